@@ -1,0 +1,1 @@
+"""stereonet_ros.ros."""
