@@ -1,0 +1,241 @@
+"""Run a StereoNet checkpoint on image arrays: preprocess, pad, run, unpad.
+
+Preprocessing follows the checkpoint's :class:`~stereonet_ros.model.checkpoint.InputContract`:
+
+1. Values to 0..255 units: uint8 as is, uint16 times 255/65535, float arrays taken as 0..255.
+2. Colour to what the weights want: RGB -> gray with ITU-R BT.601 luma (0.299 R + 0.587 G +
+   0.114 B, what OpenCV and cv_bridge use); gray -> RGB by repeating the channel; RGBA drops alpha.
+3. ``(x - mean) / std`` per view and channel.
+
+Padding policy: the contract's ``pad_multiple`` (1 for seed checkpoints, which the seed ran at the
+given size; 2^K for ours) pads bottom and right with edge values, so that every pyramid level has
+an exact size; the output is cropped back. Left-view disparity only looks leftwards (x - d), so
+padding on the right never changes a real pixel's candidates. Images smaller than 2^K are padded
+up to it.
+
+On the CPU the predictor stores the network channels-last with BatchNorm folded into the
+convolutions and tunes glibc's allocator (:mod:`stereonet_ros.cpu_allocator`): measured 960x544,
+about 0.6 s against 1.9 s for a plain NCHW forward of the same weights (``benchmarks/model_forward.py``).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+from stereonet_ros.cpu_allocator import tune_allocator_for_inference
+from stereonet_ros.model.checkpoint import Checkpoint, InputContract, load_checkpoint
+from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig, fold_batchnorm, to_channels_last
+
+Precision = Literal['fp32', 'fp16', 'bf16']
+
+BT601_LUMA = (0.299, 0.587, 0.114)
+"""RGB -> gray weights (ITU-R BT.601), as OpenCV's cvtColor and cv_bridge use."""
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / 'checkpoints' / 'stereonet_default.safetensors'
+"""The bundled default checkpoint (trained by ``stereonet-train``; see the README)."""
+
+PLACEHOLDER_CONFIG = StereoNetConfig(in_channels=1, max_disparity=192, disparity_grid='exact',
+                                     cost_volume_border='replicate')
+PLACEHOLDER_CONTRACT = InputContract(color='gray', left_mean=(127.5,), left_std=(127.5,), right_mean=(127.5,),
+                                     right_std=(127.5,), max_disparity=192.0, pad_multiple=8)
+
+
+class InputError(ValueError):
+    """Images, device or precision that the predictor cannot use."""
+
+
+class UntrainedPlaceholderWarning(UserWarning):
+    """The predictor runs the untrained placeholder: its disparities are meaningless."""
+
+
+def placeholder_checkpoint() -> Checkpoint:
+    """Random weights (seed 0) in the default architecture: what runs while no trained default ships.
+
+    It exercises the whole pipeline; its output is NOT depth. Marked ``placeholder`` in provenance.
+    """
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(0)
+        model = StereoNet(PLACEHOLDER_CONFIG)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return Checkpoint(config=PLACEHOLDER_CONFIG, contract=PLACEHOLDER_CONTRACT, state_dict=model.state_dict(),
+                      provenance={'placeholder': True, 'trained': False,
+                                  'note': 'UNTRAINED placeholder (random weights, seed 0); not depth'})
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; otherwise a torch device string ('cpu', 'cuda:1')."""
+    if device == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise InputError(f"device {device!r} is not a device ('auto', 'cpu', 'cuda', 'cuda:N')") from err
+    if resolved.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise InputError(f'device {device!r}: CUDA is not available here')
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise InputError(f'device {device!r}: only {torch.cuda.device_count()} CUDA device(s)')
+    elif resolved.type != 'cpu':
+        raise InputError(f"device {device!r}: only 'cpu' and 'cuda' are supported")
+    return resolved
+
+
+def _as_float_image(image: npt.ArrayLike, name: str) -> npt.NDArray[np.float32]:
+    """(H, W) or (H, W, C) in 0..255 units, float32; C in 1, 3, 4 (alpha dropped)."""
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
+        array = array[:, :, 0] if array.shape[2] == 1 else array[:, :, :3]
+    elif array.ndim != 2:
+        raise InputError(f'{name} image must be HxW, HxWx1, HxWx3 or HxWx4, got shape {array.shape}')
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise InputError(f'{name} image is empty (shape {array.shape})')
+    if array.dtype == np.uint8:
+        return array.astype(np.float32)
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) * np.float32(255.0 / 65535.0)
+    if array.dtype in (np.float32, np.float64):
+        values = array.astype(np.float32)
+        if not np.isfinite(values).all():
+            raise InputError(f'{name} image has non-finite values')
+        return values
+    raise InputError(f'{name} image has dtype {array.dtype}; expected uint8, uint16 or float (0..255)')
+
+
+def to_contract_color(image: npt.NDArray[np.float32], color: Literal['gray', 'rgb']) -> npt.NDArray[np.float32]:
+    """(H, W) or (H, W, 3) -> (C, H, W) in the contract's colour (BT.601 luma for gray)."""
+    if color == 'gray':
+        if image.ndim == 3:
+            red, green, blue = BT601_LUMA
+            image = red * image[:, :, 0] + green * image[:, :, 1] + blue * image[:, :, 2]
+        return image[np.newaxis]  # (1, H, W)
+    if image.ndim == 2:
+        return np.repeat(image[np.newaxis], 3, axis=0)  # (3, H, W)
+    return np.ascontiguousarray(image.transpose(2, 0, 1))  # (3, H, W)
+
+
+class Predictor:
+    """A checkpoint ready to turn image pairs into left-view disparity.
+
+    >>> predictor = Predictor.from_checkpoint()          # doctest: +SKIP
+    >>> disparity = predictor.predict(left, right)       # doctest: +SKIP  (H, W) float32, pixels
+    """
+
+    def __init__(self, checkpoint: Checkpoint, device: str = 'auto', precision: Precision = 'fp32') -> None:
+        self.checkpoint = checkpoint
+        self.device = resolve_device(device)
+        if precision not in ('fp32', 'fp16', 'bf16'):
+            raise InputError(f"precision {precision!r}: must be 'fp32', 'fp16' or 'bf16'")
+        if precision != 'fp32' and self.device.type != 'cuda':
+            raise InputError(f'precision {precision!r} needs a CUDA device; the CPU runs fp32')
+        self.precision: Precision = precision
+        if checkpoint.config.in_channels != checkpoint.contract.channels:
+            raise InputError(f'checkpoint model takes {checkpoint.config.in_channels} channel(s) but its input '
+                             f'contract is {checkpoint.contract.color!r}')
+        self.model: StereoNet = checkpoint.build_model()
+        """The network with the checkpoint's weights (eval mode, CPU), as saved."""
+        if self.device.type == 'cpu':
+            tune_allocator_for_inference()
+        # The network that runs: BatchNorm folded, channels-last, on the device.
+        self._runner = to_channels_last(fold_batchnorm(self.model)).to(self.device)
+        if checkpoint.provenance.get('placeholder'):
+            warnings.warn('stereonet_ros: running the UNTRAINED placeholder network (random weights); '
+                          'its disparities are meaningless. Pass a trained checkpoint.',
+                          UntrainedPlaceholderWarning, stacklevel=2)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str] | None = None, device: str = 'auto',
+                        precision: Precision = 'fp32') -> Predictor:
+        """Load ``path`` (ours or a seed ``.ckpt``); ``None`` = the bundled default checkpoint.
+
+        While no trained default is bundled, ``None`` gives the untrained placeholder and warns.
+
+        Raises:
+            CheckpointError: the file cannot be used (message says why).
+            InputError: bad device or precision.
+        """
+        if path is None:
+            checkpoint = load_checkpoint(DEFAULT_CHECKPOINT) if DEFAULT_CHECKPOINT.exists() else placeholder_checkpoint()
+        else:
+            checkpoint = load_checkpoint(path)
+        return cls(checkpoint, device=device, precision=precision)
+
+    @property
+    def contract(self) -> InputContract:
+        return self.checkpoint.contract
+
+    @property
+    def config(self) -> StereoNetConfig:
+        return self.checkpoint.config
+
+    @property
+    def is_placeholder(self) -> bool:
+        return bool(self.checkpoint.provenance.get('placeholder'))
+
+    def preprocess(self, left: npt.ArrayLike, right: npt.ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two images -> normalized ``(1, C, H, W)`` float32 tensors on the device, unpadded."""
+        left_image = _as_float_image(left, 'left')
+        right_image = _as_float_image(right, 'right')
+        if left_image.shape[:2] != right_image.shape[:2]:
+            raise InputError(f'left and right images differ in size: {left_image.shape[1]}x{left_image.shape[0]} '
+                             f'vs {right_image.shape[1]}x{right_image.shape[0]}')
+        contract = self.contract
+        tensors = []
+        for image, mean, std in ((left_image, contract.left_mean, contract.left_std),
+                                 (right_image, contract.right_mean, contract.right_std)):
+            planes = to_contract_color(image, contract.color)  # (C, H, W)
+            mean_array = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
+            std_array = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
+            normalized = (planes - mean_array) / std_array
+            tensors.append(torch.from_numpy(np.ascontiguousarray(normalized)).unsqueeze(0).to(self.device))
+        return tensors[0], tensors[1]
+
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size the network runs at for an ``height`` x ``width`` input (see the padding policy)."""
+        multiple = self.contract.pad_multiple
+        smallest = self.config.downsampling_factor
+        padded_height = max(-(-height // multiple) * multiple, smallest)
+        padded_width = max(-(-width // multiple) * multiple, smallest)
+        return padded_height, padded_width
+
+    def run(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """Normalized ``(B, C, H, W)`` tensors -> ``(B, 1, H, W)`` float32 disparity: pads, runs, unpads."""
+        height, width = left.shape[-2:]
+        padded_height, padded_width = self.padded_size(height, width)
+        padding = (0, padded_width - width, 0, padded_height - height)
+        if any(padding):
+            left = F.pad(left, padding, mode='replicate')
+            right = F.pad(right, padding, mode='replicate')
+        left = left.contiguous(memory_format=torch.channels_last)
+        right = right.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if self.precision == 'fp32':
+                disparity = self._runner(left, right)
+            else:
+                dtype = torch.float16 if self.precision == 'fp16' else torch.bfloat16
+                with torch.autocast(device_type=self.device.type, dtype=dtype):
+                    disparity = self._runner(left, right)
+        result: torch.Tensor = disparity[:, :, :height, :width].float()
+        return result
+
+    def predict(self, left: npt.ArrayLike, right: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """Left-view disparity ``(H, W)`` float32 in pixels of the input, for a rectified pair.
+
+        Args:
+            left, right: ``(H, W)`` gray or ``(H, W, 3|4)`` RGB(A), uint8, uint16, or float in 0..255;
+                equal sizes.
+
+        Raises:
+            InputError: shapes, dtypes or sizes the predictor cannot use (message says which).
+        """
+        left_tensor, right_tensor = self.preprocess(left, right)
+        disparity = self.run(left_tensor, right_tensor)
+        return np.ascontiguousarray(disparity[0, 0].cpu().numpy(), dtype=np.float32)
