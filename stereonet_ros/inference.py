@@ -163,7 +163,8 @@ class Predictor:
             InputError: bad device or precision.
         """
         if path is None:
-            checkpoint = load_checkpoint(DEFAULT_CHECKPOINT) if DEFAULT_CHECKPOINT.exists() else placeholder_checkpoint()
+            bundled = DEFAULT_CHECKPOINT.exists()
+            checkpoint = load_checkpoint(DEFAULT_CHECKPOINT) if bundled else placeholder_checkpoint()
         else:
             checkpoint = load_checkpoint(path)
         return cls(checkpoint, device=device, precision=precision)

@@ -1,9 +1,11 @@
 """stereonet-infer: disparity for one rectified stereo pair.
 
-    stereonet-infer LEFT RIGHT --out OUT.(npy|pfm) [--color OUT.png] [--checkpoint PATH] [--device auto]
+    stereonet-infer LEFT RIGHT --out OUT.(npy|pfm) [--color OUT.png] [--gt GT.(pfm|npy)]
+                    [--checkpoint PATH] [--device auto]
 
 Writes the left-view disparity, float32 pixels of the input, as ``.npy`` or ``.pfm``; with
-``--color`` also a colour-mapped picture. Bad input exits non-zero with a one-line reason.
+``--color`` also a colour-mapped picture; with ``--gt`` prints EPE, bad-1/2/3 and D1 against a
+ground-truth disparity (non-finite = unknown). Bad input exits non-zero with a one-line reason.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('right', type=Path, help='right image, same size as left')
     parser.add_argument('--out', type=Path, required=True, help='disparity output: .npy or .pfm (float32 pixels)')
     parser.add_argument('--color', type=Path, help='also write a colour-mapped disparity picture (.png)')
+    parser.add_argument('--gt', type=Path,
+                        help='ground-truth disparity (.pfm or .npy; inf/NaN = unknown) to score against')
     parser.add_argument('--checkpoint', type=Path,
                         help='stereonet_ros .safetensors or seed Lightning .ckpt (default: the bundled checkpoint)')
     parser.add_argument('--device', default='auto', help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'")
@@ -32,8 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     # Imported here so that --help and usage errors answer without loading torch.
     from stereonet_ros.cli import fail
+    from stereonet_ros.evaluation.metrics import MetricsError, disparity_metrics
     from stereonet_ros.image_io import (DisparityFileError, ImageReadError, ImageWriteError, colorize_disparity,
-                                        read_image, write_disparity, write_png)
+                                        read_disparity, read_image, write_disparity, write_png)
     from stereonet_ros.inference import InputError, Predictor, UntrainedPlaceholderWarning
     from stereonet_ros.model.checkpoint import CheckpointError
 
@@ -44,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         left = read_image(arguments.left)
         right = read_image(arguments.right)
+        truth = read_disparity(arguments.gt) if arguments.gt is not None else None
         if left.shape[:2] != right.shape[:2]:
             raise InputError(f'left image {arguments.left} is {left.shape[1]}x{left.shape[0]} but right image '
                              f'{arguments.right} is {right.shape[1]}x{right.shape[0]}; a rectified pair has one size')
@@ -56,7 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_disparity(arguments.out, disparity)
         if arguments.color is not None:
             write_png(arguments.color, colorize_disparity(disparity, vmin=0.0))
-    except (ImageReadError, ImageWriteError, DisparityFileError, InputError, CheckpointError) as err:
+        scores = disparity_metrics(disparity, truth) if truth is not None else None
+    except (ImageReadError, ImageWriteError, DisparityFileError, InputError, CheckpointError, MetricsError) as err:
         fail(PROGRAM, str(err))
     except OSError as err:
         fail(PROGRAM, f'{err.filename or ""}: {err.strerror or err}')
@@ -64,6 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     valid = disparity[disparity >= 0]
     print(f'{PROGRAM}: {width}x{height} disparity (min {valid.min():.2f}, max {valid.max():.2f} px, '
           f'device {predictor.device}) -> {arguments.out}' + (f', {arguments.color}' if arguments.color else ''))
+    if scores is not None:
+        print(f'{PROGRAM}: against {arguments.gt} ({scores.valid_pixels} pixels with ground truth): '
+              f'EPE {scores.epe:.2f} px, bad-1 {scores.bad1:.1f} %, bad-2 {scores.bad2:.1f} %, '
+              f'bad-3 {scores.bad3:.1f} %, D1 {scores.d1:.1f} %')
+        if predictor.is_placeholder:
+            print(f'{PROGRAM}: (these scores are of the untrained placeholder network, not of StereoNet)')
     return 0
 
 

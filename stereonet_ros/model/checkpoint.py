@@ -25,7 +25,7 @@ import pickle
 import re
 import struct
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -249,18 +249,19 @@ SEED_STAND_INS: dict[str, type] = {
 }
 """Globals a seed checkpoint may name beyond PyTorch's tensor rebuilders, each mapped to an inert stand-in."""
 
-_UNSUPPORTED_GLOBAL = re.compile(r'GLOBAL ([\w.]+(?:\s[\w.]+)?)')
+_UNSUPPORTED_GLOBAL = re.compile(r'GLOBAL ([\w.]+)')  # torch words it two ways; both name it so
 
 
 def _torch_load_seed(path: Path) -> dict[str, Any]:
-    stand_ins = [(stand_in, name) for name, stand_in in SEED_STAND_INS.items()]
+    stand_ins: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+        (stand_in, name) for name, stand_in in SEED_STAND_INS.items()]
     try:
         with torch.serialization.safe_globals(stand_ins):
             loaded = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
         match = _UNSUPPORTED_GLOBAL.search(str(err))
         if match:
-            name = match.group(1).replace(' ', '.')
+            name = match.group(1)
             raise CheckpointError(f'{path}: refused: it names the global {name!r}, which is not one of the '
                                   f'known seed checkpoint globals; nothing in it was executed') from err
         raise CheckpointError(f'{path}: refused: not loadable as weights only ({str(err).splitlines()[0]})') from err

@@ -101,9 +101,10 @@ class StereoNetConfig:
             if not ok:
                 raise ModelConfigError(f'StereoNetConfig.{name}={getattr(self, name)!r}: {requirement}')
         if self.num_candidates < 2:
+            factor = self.downsampling_factor
             raise ModelConfigError(
                 f'StereoNetConfig.max_disparity={self.max_disparity!r}: gives {self.num_candidates} candidate(s) '
-                f'at 1/{2 ** self.k_downsampling_layers}; need max_disparity >= {2 * 2 ** self.k_downsampling_layers - 1}')
+                f'at 1/{factor}; need max_disparity >= {2 * factor - 1}')
 
     @property
     def downsampling_factor(self) -> int:
@@ -332,7 +333,8 @@ class StereoNet(nn.Module):
         cost = self.cost_volumizer(volume)  # (B, D, h, w)
         candidates: torch.Tensor = self.candidates  # type: ignore[assignment]
         pyramid = [soft_argmin(cost, candidates)]
-        for refiner, size in zip(self.refiners, self.refinement_sizes(reference.shape[2], reference.shape[3])):
+        sizes = self.refinement_sizes(reference.shape[2], reference.shape[3])
+        for refiner, size in zip(self.refiners, sizes, strict=True):
             image = F.interpolate(reference, size=size, mode='bilinear', align_corners=config.align_corners)
             coarse = F.interpolate(pyramid[-1], size=size, mode='bilinear', align_corners=config.align_corners)
             pyramid.append(F.relu(refiner(image, coarse) + coarse))

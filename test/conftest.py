@@ -1,0 +1,29 @@
+"""Shared fixtures: the seed checkpoint fixture from ../shared, when present."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+SEED_FIXTURE_DIR = REPOSITORY.parent / 'shared' / 'fixtures' / 'seed_checkpoint_gray'
+
+
+@pytest.fixture(scope='session')
+def seed_fixture_dir() -> Path:
+    """The seed checkpoint fixture folder; tests needing it skip (with the reason) where it is absent."""
+    if not (SEED_FIXTURE_DIR / 'seed_gray_random.ckpt').exists():
+        pytest.skip(f'seed checkpoint fixture not found at {SEED_FIXTURE_DIR} (it ships in ../shared, present in CI)')
+    return SEED_FIXTURE_DIR
+
+
+@pytest.fixture(scope='session')
+def seed_checkpoint_path(seed_fixture_dir: Path) -> Path:
+    return seed_fixture_dir / 'seed_gray_random.ckpt'
+
+
+@pytest.fixture(scope='session')
+def seed_reference(seed_fixture_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(seed_fixture_dir / 'reference_outputs.npz') as archive:
+        return {key: archive[key] for key in archive.files}

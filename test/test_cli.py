@@ -1,0 +1,126 @@
+"""stereonet-infer and stereonet-convert as a user runs them: installed console scripts, real files."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stereonet_ros.pfm import read_pfm
+
+BIN = Path(sys.executable).parent
+
+
+def _run(program: str, *arguments: str | Path) -> subprocess.CompletedProcess[str]:
+    executable = BIN / program
+    if not executable.exists():
+        pytest.fail(f'{executable} is not installed: run scripts/setup')
+    return subprocess.run([str(executable), *map(str, arguments)], capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL, env={**os.environ, 'PYTHONWARNINGS': 'default'})
+
+
+@pytest.fixture(scope='module')
+def seed_pair(tmp_path_factory: pytest.TempPathFactory, seed_reference: dict[str, np.ndarray]) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp('pair')
+    left, right = folder / 'left.png', folder / 'right.png'
+    Image.fromarray(seed_reference['left_100x170'].astype(np.uint8)).save(left)
+    Image.fromarray(seed_reference['right_100x170'].astype(np.uint8)).save(right)
+    return left, right
+
+
+def _single_error_line(result: subprocess.CompletedProcess[str], program: str) -> str:
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f'{program}: error: ')
+    return lines[0]
+
+
+def test_infer_writes_seed_disparity_as_pfm_npy_and_colour_png(tmp_path: Path, seed_pair: tuple[Path, Path],
+                                                               seed_checkpoint_path: Path,
+                                                               seed_reference: dict[str, np.ndarray]) -> None:
+    left, right = seed_pair
+    expected = seed_reference['disparity_100x170'][0, 0]
+    pfm, npy, picture = tmp_path / 'd.pfm', tmp_path / 'd.npy', tmp_path / 'd.png'
+    result = _run('stereonet-infer', left, right, '--checkpoint', seed_checkpoint_path, '--out', pfm,
+                  '--color', picture, '--device', 'cpu')
+    assert result.returncode == 0, result.stderr
+    assert np.abs(read_pfm(pfm) - expected).max() <= 1e-3
+    with Image.open(picture) as image:
+        assert image.mode == 'RGB' and image.size == (170, 100)
+    result = _run('stereonet-infer', left, right, '--checkpoint', seed_checkpoint_path, '--out', npy)
+    assert result.returncode == 0, result.stderr
+    stored = np.load(npy)
+    assert stored.dtype == np.float32 and np.abs(stored - expected).max() <= 1e-3
+
+
+def test_infer_without_checkpoint_warns_that_the_placeholder_is_untrained(tmp_path: Path,
+                                                                          seed_pair: tuple[Path, Path]) -> None:
+    result = _run('stereonet-infer', *seed_pair, '--out', tmp_path / 'd.npy')
+    assert result.returncode == 0, result.stderr
+    assert 'UNTRAINED placeholder' in result.stderr
+    assert np.load(tmp_path / 'd.npy').shape == (100, 170)
+
+
+def test_convert_then_infer_gives_the_same_numbers(tmp_path: Path, seed_pair: tuple[Path, Path],
+                                                   seed_checkpoint_path: Path) -> None:
+    converted = tmp_path / 'seed.safetensors'
+    result = _run('stereonet-convert', seed_checkpoint_path, converted)
+    assert result.returncode == 0, result.stderr
+    assert 'gray, K=3, R=3, max disparity 256' in result.stdout
+    from_seed, from_ours = tmp_path / 'a.npy', tmp_path / 'b.npy'
+    assert _run('stereonet-infer', *seed_pair, '--checkpoint', seed_checkpoint_path, '--out', from_seed).returncode == 0
+    assert _run('stereonet-infer', *seed_pair, '--checkpoint', converted, '--out', from_ours).returncode == 0
+    assert np.array_equal(np.load(from_seed), np.load(from_ours))
+
+
+def test_infer_bad_inputs_exit_nonzero_with_one_line(tmp_path: Path, seed_pair: tuple[Path, Path]) -> None:
+    left, right = seed_pair
+    out = tmp_path / 'd.npy'
+    line = _single_error_line(_run('stereonet-infer', left, tmp_path / 'missing.png', '--out', out), 'stereonet-infer')
+    assert 'missing.png' in line
+
+    garbage = tmp_path / 'garbage.png'
+    garbage.write_bytes(b'\x89PNG\r\n\x1a\nthis is not really a png')
+    line = _single_error_line(_run('stereonet-infer', left, garbage, '--out', out), 'stereonet-infer')
+    assert 'garbage.png' in line
+
+    small = tmp_path / 'small.png'
+    Image.fromarray(np.zeros((50, 60), np.uint8)).save(small)
+    line = _single_error_line(_run('stereonet-infer', left, small, '--out', out), 'stereonet-infer')
+    assert '170x100' in line and '60x50' in line
+
+    line = _single_error_line(_run('stereonet-infer', left, right, '--out', tmp_path / 'd.tiff'), 'stereonet-infer')
+    assert '.npy or .pfm' in line
+
+    not_a_checkpoint = tmp_path / 'weights.ckpt'
+    not_a_checkpoint.write_text('not weights')
+    line = _single_error_line(_run('stereonet-infer', left, right, '--checkpoint', not_a_checkpoint, '--out', out),
+                              'stereonet-infer')
+    assert 'weights.ckpt' in line
+    assert not out.exists()
+
+
+def test_infer_refuses_an_unsafe_checkpoint_without_running_it(tmp_path: Path, seed_pair: tuple[Path, Path]) -> None:
+    marker = tmp_path / 'payload_ran'
+    evil = tmp_path / 'evil.ckpt'
+    script = (f'import os, torch\nclass P:\n    def __reduce__(self):\n'
+              f'        return (os.system, ("touch {marker}",))\n'
+              f'torch.save({{"state_dict": {{}}, "x": P()}}, "{evil}")\n')
+    subprocess.run([sys.executable, '-c', script], check=True, timeout=120)
+    line = _single_error_line(_run('stereonet-infer', *seed_pair, '--checkpoint', evil, '--out', tmp_path / 'd.npy'),
+                              'stereonet-infer')
+    assert 'system' in line and 'nothing in it was executed' in line
+    assert not marker.exists()
+
+
+def test_convert_bad_inputs_exit_nonzero_with_one_line(tmp_path: Path, seed_checkpoint_path: Path) -> None:
+    line = _single_error_line(_run('stereonet-convert', tmp_path / 'none.ckpt', tmp_path / 'o.safetensors'),
+                              'stereonet-convert')
+    assert 'none.ckpt' in line
+    line = _single_error_line(_run('stereonet-convert', seed_checkpoint_path, tmp_path / 'o.pt'), 'stereonet-convert')
+    assert 'must end in .safetensors' in line

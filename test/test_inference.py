@@ -1,0 +1,138 @@
+"""Predictor: seed numbers through the array API, colour/bit-depth conversion, padding policy, errors."""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stereonet_ros.inference import (BT601_LUMA, InputError, Predictor, UntrainedPlaceholderWarning,
+                                     placeholder_checkpoint, resolve_device, to_contract_color)
+from stereonet_ros.model.checkpoint import Checkpoint, load_checkpoint
+
+
+@pytest.fixture(scope='module')
+def seed_predictor(seed_checkpoint_path: Path) -> Predictor:
+    return Predictor.from_checkpoint(seed_checkpoint_path, device='cpu')
+
+
+@pytest.mark.parametrize('tag', ['96x160', '100x170'])
+def test_predict_reproduces_the_seed_from_uint8_images(seed_predictor: Predictor,
+                                                       seed_reference: dict[str, np.ndarray], tag: str) -> None:
+    left = seed_reference[f'left_{tag}'].astype(np.uint8)
+    right = seed_reference[f'right_{tag}'].astype(np.uint8)
+    disparity = seed_predictor.predict(left, right)
+    assert disparity.dtype == np.float32 and disparity.shape == left.shape
+    assert np.abs(disparity - seed_reference[f'disparity_{tag}'][0, 0]).max() <= 1e-3
+
+
+def test_preprocess_applies_the_per_view_normalization(seed_predictor: Predictor,
+                                                       seed_reference: dict[str, np.ndarray]) -> None:
+    left_tensor, right_tensor = seed_predictor.preprocess(seed_reference['left_96x160'].astype(np.uint8),
+                                                          seed_reference['right_96x160'].astype(np.uint8))
+    expected = seed_reference['input_96x160']
+    assert np.abs(left_tensor.numpy() - expected[:, :1]).max() < 1e-6
+    assert np.abs(right_tensor.numpy() - expected[:, 1:]).max() < 1e-6
+
+
+def test_color_gray_and_bit_depth_inputs_agree(seed_predictor: Predictor) -> None:
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, size=(48, 64), dtype=np.uint8)
+    other = np.roll(gray, -3, axis=1)
+    reference = seed_predictor.predict(gray, other)
+    # The same content as 16 bit (x * 257 = x * 65535 / 255), as HxWx1, and as equal-channel RGB/RGBA.
+    assert np.abs(seed_predictor.predict(gray.astype(np.uint16) * 257, other.astype(np.uint16) * 257)
+                  - reference).max() < 1e-3
+    assert np.array_equal(seed_predictor.predict(gray[..., None], other[..., None]), reference)
+    rgba = np.dstack([gray, gray, gray, np.full_like(gray, 7)])
+    rgba_other = np.dstack([other, other, other, np.zeros_like(other)])
+    assert np.abs(seed_predictor.predict(rgba, rgba_other) - reference).max() < 1e-3
+
+
+def test_rgb_to_gray_uses_bt601_luma() -> None:
+    pixel = np.array([[[200.0, 100.0, 50.0]]], dtype=np.float32)
+    gray = to_contract_color(pixel, 'gray')
+    assert gray.shape == (1, 1, 1)
+    assert gray[0, 0, 0] == pytest.approx(BT601_LUMA[0] * 200 + BT601_LUMA[1] * 100 + BT601_LUMA[2] * 50)
+    rgb = to_contract_color(np.full((2, 3), 9.0, dtype=np.float32), 'rgb')
+    assert rgb.shape == (3, 2, 3) and np.all(rgb == 9.0)
+
+
+def test_padding_policy_pads_to_the_contract_multiple_and_crops_back(seed_checkpoint_path: Path) -> None:
+    seed = load_checkpoint(seed_checkpoint_path)
+    padded = Checkpoint(config=seed.config, contract=dataclasses.replace(seed.contract, pad_multiple=8),
+                        state_dict=seed.state_dict)
+    predictor = Predictor(padded, device='cpu')
+    assert predictor.padded_size(37, 51) == (40, 56)
+    assert predictor.padded_size(3, 5) == (8, 8)  # never below 2^K
+    rng = np.random.default_rng(1)
+    left = rng.integers(0, 256, size=(37, 51), dtype=np.uint8)
+    right = rng.integers(0, 256, size=(37, 51), dtype=np.uint8)
+    disparity = predictor.predict(left, right)
+    assert disparity.shape == (37, 51)
+    # Equal to running the network on the edge-padded images and cropping.
+    left_padded = np.pad(left, ((0, 3), (0, 5)), mode='edge')
+    right_padded = np.pad(right, ((0, 3), (0, 5)), mode='edge')
+    unpadded_predictor = Predictor(seed, device='cpu')
+    assert np.abs(unpadded_predictor.predict(left_padded, right_padded)[:37, :51] - disparity).max() < 1e-4
+
+
+def test_default_checkpoint_is_the_clearly_marked_placeholder_while_none_ships() -> None:
+    with pytest.warns(UntrainedPlaceholderWarning, match='UNTRAINED placeholder'):
+        predictor = Predictor.from_checkpoint(device='cpu')
+    assert predictor.is_placeholder
+    assert predictor.checkpoint.provenance['trained'] is False
+    # Deterministic: the placeholder does not depend on (or disturb) the global torch seed.
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    again = placeholder_checkpoint()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(again.state_dict[k], v) for k, v in predictor.checkpoint.state_dict.items())
+
+
+def test_predictor_model_is_the_checkpoints_network(seed_predictor: Predictor, seed_checkpoint_path: Path) -> None:
+    assert isinstance(seed_predictor.model, torch.nn.Module)
+    saved = load_checkpoint(seed_checkpoint_path).state_dict
+    assert all(torch.equal(seed_predictor.model.state_dict()[k], v) for k, v in saved.items())
+
+
+@pytest.mark.parametrize('left, right, message', [
+    (np.zeros((10, 12), np.uint8), np.zeros((10, 13), np.uint8), r'differ in size: 12x10 vs 13x10'),
+    (np.zeros((10, 12), np.int32), np.zeros((10, 12), np.int32), r'dtype int32'),
+    (np.zeros((10, 12, 2), np.uint8), np.zeros((10, 12, 2), np.uint8), r'HxWx3 or HxWx4, got shape \(10, 12, 2\)'),
+    (np.zeros((0, 12), np.uint8), np.zeros((0, 12), np.uint8), r'empty'),
+    (np.full((10, 12), np.nan, np.float32), np.zeros((10, 12), np.float32), r'non-finite'),
+])
+def test_bad_images_are_refused_with_the_reason(seed_predictor: Predictor, left: np.ndarray, right: np.ndarray,
+                                                message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        seed_predictor.predict(left, right)
+
+
+def test_bad_device_and_precision_are_refused() -> None:
+    assert resolve_device('cpu') == torch.device('cpu')
+    with pytest.raises(InputError, match="device 'gpu0' is not a device"):
+        resolve_device('gpu0')
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match='CUDA is not available'):
+            resolve_device('cuda')
+        assert resolve_device('auto') == torch.device('cpu')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UntrainedPlaceholderWarning)
+        with pytest.raises(InputError, match="precision 'fp16' needs a CUDA device"):
+            Predictor(placeholder_checkpoint(), device='cpu', precision='fp16')
+        with pytest.raises(InputError, match="precision 'fp8'"):
+            Predictor(placeholder_checkpoint(), device='cpu', precision='fp8')  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (run on the lent device machine)')
+def test_gpu_matches_cpu(seed_checkpoint_path: Path, seed_reference: dict[str, np.ndarray]) -> None:
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    predictor = Predictor.from_checkpoint(seed_checkpoint_path, device='cuda')
+    disparity = predictor.predict(seed_reference['left_100x170'].astype(np.uint8),
+                                  seed_reference['right_100x170'].astype(np.uint8))
+    assert np.abs(disparity - seed_reference['disparity_100x170'][0, 0]).max() <= 1e-3
