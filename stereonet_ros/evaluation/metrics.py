@@ -1,0 +1,316 @@
+"""Stereo and depth error metrics, defined as the public benchmarks define them (CONVENTIONS.md).
+
+Disparity (pixels), over the pixels with valid ground truth:
+
+- EPE: mean ``|d_pred - d_gt|``;
+- bad-N (N = 1, 2, 3): percentage with ``|d_pred - d_gt| > N``;
+- D1 (KITTI 2015): percentage with ``|err| > 3`` **and** ``|err| > 0.05 * d_gt``.
+
+Which ground truth is valid is explicit: non-finite ground truth is always invalid (Middlebury's ``inf``);
+``gt_zero_invalid=True`` adds KITTI's "0 = unknown"; ``max_disparity`` drops ``gt >= max_disparity``
+(the usual SceneFlow protocol); ``valid`` is an extra mask ANDed with these.
+
+Predictions without a value (NaN or +-inf) are *missing*. Like the benchmarks, which score every pixel of
+the ground truth, a missing prediction counts as **bad** in bad-N and D1 (it is never right). EPE has no
+finite error for it, so EPE is averaged over the pixels that have both ground truth and a prediction, and
+``density`` (predicted / valid) reports how many those were. No valid ground truth at all gives NaN
+metrics with ``valid_pixels == 0`` rather than an exception, so that a sequence with a few empty frames
+can still be scored; :class:`MetricAccumulator` leaves such frames out of its per-frame means.
+
+Depth (metres), as used to score a bag against a depth reference: AbsRel = mean ``|z - z_gt| / z_gt``,
+RMSE = ``sqrt(mean (z - z_gt)^2)``, both over pixels where both are valid, and completeness = that count
+over the valid ground-truth pixels. Depth is valid when finite and > 0 (REP 118: NaN or 0 = no depth,
++inf = too far to measure, which has no error to score).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    'DepthErrorCounts',
+    'DepthMetricAccumulator',
+    'DepthMetrics',
+    'DisparityErrorCounts',
+    'DisparityMetrics',
+    'MetricAccumulator',
+    'MetricsError',
+    'depth_error_counts',
+    'depth_metrics',
+    'disparity_error_counts',
+    'disparity_metrics',
+]
+
+BAD_THRESHOLDS = (1.0, 2.0, 3.0)  # pixels
+D1_ABSOLUTE = 3.0  # pixels
+D1_RELATIVE = 0.05  # fraction of the true disparity
+
+
+class MetricsError(ValueError):
+    """Prediction, ground truth and mask do not have one (H, W) shape, or a parameter is out of range."""
+
+
+@dataclass(frozen=True)
+class DisparityMetrics:
+    """Disparity metrics of one frame or a set of frames. NaN when ``valid_pixels == 0``."""
+
+    epe: float  # mean absolute error over predicted valid pixels, pixels
+    bad1: float  # percent of valid pixels with error > 1 px (missing predictions count as bad)
+    bad2: float  # percent, > 2 px
+    bad3: float  # percent, > 3 px
+    d1: float  # percent with error > 3 px and > 5 % of the ground truth (KITTI D1)
+    density: float  # fraction (0..1) of valid pixels that have a finite prediction
+    valid_pixels: int  # pixels with valid ground truth
+    predicted_pixels: int  # of those, pixels with a finite prediction
+
+
+@dataclass(frozen=True)
+class DisparityErrorCounts:
+    """Additive totals behind :class:`DisparityMetrics`: sum counts of many frames, then take ``metrics()``."""
+
+    valid_pixels: int = 0
+    predicted_pixels: int = 0
+    abs_error_sum: float = 0.0  # pixels, over predicted valid pixels
+    bad1: int = 0
+    bad2: int = 0
+    bad3: int = 0
+    d1: int = 0
+
+    def __add__(self, other: DisparityErrorCounts) -> DisparityErrorCounts:
+        return DisparityErrorCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def metrics(self) -> DisparityMetrics:
+        """The metrics of these totals (pixel-weighted over every frame added in)."""
+        valid = self.valid_pixels
+        nan = math.nan
+        return DisparityMetrics(
+            epe=self.abs_error_sum / self.predicted_pixels if self.predicted_pixels else nan,
+            bad1=100.0 * self.bad1 / valid if valid else nan,
+            bad2=100.0 * self.bad2 / valid if valid else nan,
+            bad3=100.0 * self.bad3 / valid if valid else nan,
+            d1=100.0 * self.d1 / valid if valid else nan,
+            density=self.predicted_pixels / valid if valid else nan,
+            valid_pixels=valid, predicted_pixels=self.predicted_pixels)
+
+
+_Maps = tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.bool_]]
+
+
+def _as_maps(pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike | None) -> _Maps:
+    """Check one ``(H, W)`` shape; return float64 copies (errors summed in float64) and the mask."""
+    prediction = np.asarray(pred, dtype=np.float64)
+    truth = np.asarray(gt, dtype=np.float64)
+    if truth.ndim != 2:
+        raise MetricsError(f'ground truth must be (H, W), got shape {truth.shape}')
+    if prediction.shape != truth.shape:
+        raise MetricsError(f'prediction shape {prediction.shape} differs from ground truth {truth.shape}')
+    if valid is None:
+        mask = np.ones(truth.shape, dtype=bool)
+    else:
+        mask = np.asarray(valid)
+        if mask.shape != truth.shape:
+            raise MetricsError(f'valid mask shape {mask.shape} differs from ground truth {truth.shape}')
+        if mask.dtype != np.bool_:
+            raise MetricsError(f'valid mask must be bool, got {mask.dtype}')
+    return prediction, truth, mask
+
+
+def disparity_error_counts(pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike | None = None, *,
+                           gt_zero_invalid: bool = False,
+                           max_disparity: float | None = None) -> DisparityErrorCounts:
+    """Error totals of one frame; see :func:`disparity_metrics` for the arguments."""
+    prediction, truth, mask = _as_maps(pred, gt, valid)
+    if max_disparity is not None and not max_disparity > 0:
+        raise MetricsError(f'max_disparity must be > 0, got {max_disparity}')
+    mask = mask & np.isfinite(truth)
+    if gt_zero_invalid:
+        mask &= truth != 0  # KITTI PNGs store 0 for "no ground truth"
+    if max_disparity is not None:
+        mask &= truth < max_disparity
+    truth_valid = truth[mask]
+    prediction_valid = prediction[mask]
+    predicted = np.isfinite(prediction_valid)
+    # Missing predictions get an infinite error: never within any threshold, i.e. counted as bad.
+    error = np.full(truth_valid.shape, np.inf)
+    error[predicted] = np.abs(prediction_valid[predicted] - truth_valid[predicted])
+    bad = [int(np.count_nonzero(error > threshold)) for threshold in BAD_THRESHOLDS]
+    # D1 is an AND: a 4 px error on a 100 px disparity (4 %) is not an outlier.
+    d1 = int(np.count_nonzero((error > D1_ABSOLUTE) & (error > D1_RELATIVE * np.abs(truth_valid))))
+    return DisparityErrorCounts(
+        valid_pixels=int(truth_valid.size), predicted_pixels=int(np.count_nonzero(predicted)),
+        abs_error_sum=float(error[predicted].sum()), bad1=bad[0], bad2=bad[1], bad3=bad[2], d1=d1)
+
+
+def disparity_metrics(pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike | None = None, *,
+                      gt_zero_invalid: bool = False, max_disparity: float | None = None) -> DisparityMetrics:
+    """EPE, bad-1/2/3, D1 and density of one disparity map (rules in the module docstring).
+
+    Args:
+        pred: ``(H, W)`` predicted left-view disparity, pixels; NaN/inf = no prediction.
+        gt: ``(H, W)`` ground-truth disparity, pixels; non-finite is always invalid.
+        valid: optional ``(H, W)`` bool mask of ground truth to score (ANDed with the rules below).
+        gt_zero_invalid: also treat ``gt == 0`` as invalid (KITTI's convention).
+        max_disparity: also drop ``gt >= max_disparity`` (pixels), if given.
+
+    Raises:
+        MetricsError: shapes differ or are not ``(H, W)``, the mask is not bool, max_disparity <= 0.
+    """
+    return disparity_error_counts(pred, gt, valid, gt_zero_invalid=gt_zero_invalid,
+                                  max_disparity=max_disparity).metrics()
+
+
+class MetricAccumulator:
+    """Aggregates disparity metrics over frames.
+
+    ``total()`` is pixel-weighted (every valid pixel of every frame counts once, as the KITTI and
+    SceneFlow tables are computed); ``per_frame_mean()`` averages the frames' own metrics (each frame
+    counts once, as Middlebury's per-image averages). Frames without valid pixels are kept in ``frames``
+    but left out of the per-frame mean.
+    """
+
+    def __init__(self, *, gt_zero_invalid: bool = False, max_disparity: float | None = None) -> None:
+        self.gt_zero_invalid = gt_zero_invalid
+        self.max_disparity = max_disparity
+        self.frames: list[DisparityMetrics] = []
+        self._totals = DisparityErrorCounts()
+
+    def add(self, pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike | None = None) -> DisparityMetrics:
+        """Score one frame with the accumulator's rules, record it and return its metrics."""
+        counts = disparity_error_counts(pred, gt, valid, gt_zero_invalid=self.gt_zero_invalid,
+                                        max_disparity=self.max_disparity)
+        self._totals = self._totals + counts
+        frame = counts.metrics()
+        self.frames.append(frame)
+        return frame
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def total(self) -> DisparityMetrics:
+        """Pixel-weighted metrics over all frames (NaN when no frame had a valid pixel)."""
+        return self._totals.metrics()
+
+    def per_frame_mean(self) -> DisparityMetrics:
+        """Mean of each metric over the frames with valid pixels; counts are summed. NaN if there are none."""
+        scored = [frame for frame in self.frames if frame.valid_pixels > 0]
+        return _mean_of(DisparityMetrics, scored, ('valid_pixels', 'predicted_pixels'))
+
+
+_Metrics = TypeVar('_Metrics', 'DisparityMetrics', 'DepthMetrics')
+
+
+def _mean_of(kind: type[_Metrics], frames: list[_Metrics], summed: tuple[str, ...]) -> _Metrics:
+    values: dict[str, Any] = {}
+    for f in fields(kind):
+        column = [getattr(frame, f.name) for frame in frames]
+        if f.name in summed:
+            values[f.name] = int(sum(column))
+        else:
+            # A frame's EPE is NaN when it has ground truth but no prediction; skip it for EPE only.
+            finite = [value for value in column if not math.isnan(value)]
+            values[f.name] = float(np.mean(finite)) if finite else math.nan
+    return kind(**values)
+
+
+# --- depth -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DepthMetrics:
+    """Depth metrics of one frame or a set of frames. NaN where the count they divide by is 0."""
+
+    abs_rel: float  # mean |z - z_gt| / z_gt over pixels where both are valid (unitless)
+    rmse: float  # sqrt(mean (z - z_gt)^2) over the same pixels, metres
+    completeness: float  # fraction (0..1) of valid ground-truth pixels that have a valid prediction
+    valid_pixels: int  # pixels with valid ground truth
+    predicted_pixels: int  # of those, pixels with a valid prediction
+
+
+@dataclass(frozen=True)
+class DepthErrorCounts:
+    """Additive totals behind :class:`DepthMetrics`."""
+
+    valid_pixels: int = 0
+    predicted_pixels: int = 0
+    abs_rel_sum: float = 0.0
+    squared_error_sum: float = 0.0  # square metres
+
+    def __add__(self, other: DepthErrorCounts) -> DepthErrorCounts:
+        return DepthErrorCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def metrics(self) -> DepthMetrics:
+        """The metrics of these totals (pixel-weighted)."""
+        n = self.predicted_pixels
+        return DepthMetrics(
+            abs_rel=self.abs_rel_sum / n if n else math.nan,
+            rmse=math.sqrt(self.squared_error_sum / n) if n else math.nan,
+            completeness=n / self.valid_pixels if self.valid_pixels else math.nan,
+            valid_pixels=self.valid_pixels, predicted_pixels=n)
+
+
+def depth_error_counts(pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike | None = None, *,
+                       max_depth: float | None = None) -> DepthErrorCounts:
+    """Error totals of one depth frame; see :func:`depth_metrics`."""
+    prediction, truth, mask = _as_maps(pred, gt, valid)
+    if max_depth is not None and not max_depth > 0:
+        raise MetricsError(f'max_depth must be > 0, got {max_depth}')
+    # Depth 0 is "no depth" (REP 118, 16UC1) and +inf is "too far": neither has an error to score.
+    mask = mask & np.isfinite(truth) & (truth > 0)
+    if max_depth is not None:
+        mask &= truth <= max_depth
+    truth_valid = truth[mask]
+    prediction_valid = prediction[mask]
+    predicted = np.isfinite(prediction_valid) & (prediction_valid > 0)
+    difference = prediction_valid[predicted] - truth_valid[predicted]  # metres
+    return DepthErrorCounts(
+        valid_pixels=int(truth_valid.size), predicted_pixels=int(np.count_nonzero(predicted)),
+        abs_rel_sum=float((np.abs(difference) / truth_valid[predicted]).sum()),
+        squared_error_sum=float((difference ** 2).sum()))
+
+
+def depth_metrics(pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike | None = None, *,
+                  max_depth: float | None = None) -> DepthMetrics:
+    """AbsRel, RMSE (metres) and completeness of one depth map.
+
+    Args:
+        pred: ``(H, W)`` predicted depth, metres; valid when finite and > 0.
+        gt: ``(H, W)`` reference depth, metres; valid when finite and > 0.
+        valid: optional ``(H, W)`` bool mask ANDed with the ground-truth rule.
+        max_depth: also drop ground truth beyond this range, metres, if given.
+
+    Raises:
+        MetricsError: shapes differ or are not ``(H, W)``, the mask is not bool, max_depth <= 0.
+    """
+    return depth_error_counts(pred, gt, valid, max_depth=max_depth).metrics()
+
+
+class DepthMetricAccumulator:
+    """Aggregates depth metrics over frames: ``total()`` pixel-weighted, ``per_frame_mean()`` per frame."""
+
+    def __init__(self, *, max_depth: float | None = None) -> None:
+        self.max_depth = max_depth
+        self.frames: list[DepthMetrics] = []
+        self._totals = DepthErrorCounts()
+
+    def add(self, pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike | None = None) -> DepthMetrics:
+        """Score one frame, record it and return its metrics."""
+        counts = depth_error_counts(pred, gt, valid, max_depth=self.max_depth)
+        self._totals = self._totals + counts
+        frame = counts.metrics()
+        self.frames.append(frame)
+        return frame
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def total(self) -> DepthMetrics:
+        """Pixel-weighted metrics over all frames."""
+        return self._totals.metrics()
+
+    def per_frame_mean(self) -> DepthMetrics:
+        """Mean of each metric over the frames with valid ground truth; counts are summed."""
+        scored = [frame for frame in self.frames if frame.valid_pixels > 0]
+        return _mean_of(DepthMetrics, scored, ('valid_pixels', 'predicted_pixels'))
