@@ -1,0 +1,885 @@
+"""Synthetic stereo pairs with exact ground truth, generated on the fly.
+
+A scene is a stack of textured layers seen by a rectified camera pair: a background (one plane, or a
+floor meeting a wall) plus 10-30 occluding objects (superellipses, star polygons, thin bars and fences,
+rings, noise blobs). Every layer is a surface ``d(x, y)`` given in LEFT-view pixel coordinates: a
+slanted plane ``d = c + a (x - cx) + b (y - cy)`` or such a plane plus a Gaussian bump. Its outline and
+texture are functions of the left-view point ``(x_L, y)`` it covers, so both views see the same surface.
+
+Both views are rendered by inverse mapping, never by warping an image:
+
+* left pixel ``(x, y)``: ``x_L = x``;
+* right pixel ``(x, y)``: ``x_L`` solves ``x = x_L - d(x_L, y)`` (closed form for planes, Newton for
+  bumps; ``|dd/dx| < 1`` keeps it one-to-one, so a surface never hides itself);
+
+and at each pixel the front-most layer (largest disparity, a z-buffer) wins. Mask and texture are sampled
+at ``(x_L, y)`` with the same bilinear filter in both views, from textures prefiltered (mip levels chosen
+so a texel covers at least one pixel) so that neither view aliases differently. Camera effects (gain,
+gamma, colour, blur, noise, 8-bit quantisation, JPEG) are drawn per view AFTER rendering.
+
+Conventions (see CONVENTIONS.md): left disparity ``D_L``: the left pixel at column ``x`` is at
+``x - D_L`` in the right image; right disparity ``D_R``: the right pixel at ``x`` is at ``x + D_R`` in
+the left image. Both are exact float32 pixels. A left pixel is occluded iff ``x - D_L < 0`` or a nearer
+layer covers the right-view point ``(x - D_L, y)``; a right pixel iff ``x + D_R > W - 1`` or a nearer layer
+covers the left-view point ``(x + D_R, y)``. Each sample is a pure function of ``(config, seed, index)``.
+
+Example::
+
+    >>> cfg = SyntheticConfig(height=64, width=128, disparity_range=(8.0, 40.0), max_disparity=48.0)
+    >>> s = generate_sample(cfg, seed=0, index=3)
+    >>> s.left.shape, s.disp_left.dtype
+    ((64, 128, 1), dtype('float32'))
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch.utils.data import Dataset
+
+from stereonet_ros.image_codec import BT601_WEIGHTS
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+Mask = npt.NDArray[np.bool_]
+I16 = npt.NDArray[np.int16]
+I64 = npt.NDArray[np.int64]
+
+SHAPE_KINDS: Final = ('superellipse', 'polygon', 'bar', 'ring', 'blob')
+"""Object outlines, in the order of ``SyntheticConfig.shape_weights``. 'bar' = thin bars, fences, grids."""
+
+TEXTURE_KINDS: Final = ('photo', 'fbm', 'stripes', 'checker', 'gradient')
+"""Textures, in the order of ``SyntheticConfig.texture_weights``; 'flat' (near-textureless) is drawn apart."""
+
+PHOTO_NAMES: Final = (
+    'astronaut', 'coffee', 'chelsea', 'rocket', 'camera', 'brick', 'grass', 'gravel', 'text', 'moon',
+    'page', 'coins', 'hubble_deep_field', 'immunohistochemistry', 'retina', 'cell', 'colorwheel', 'clock',
+)
+"""scikit-image photos bundled with 0.26 (no download). ``stereo_motorcycle`` is left out on purpose: it
+is the Middlebury Motorcycle pair we evaluate on, and training on its texture would leak the test set."""
+
+# A curved layer's |dd/dx| stays below this so x_R = x_L - d(x_L) is strictly increasing (invertible,
+# no self-occlusion) and the right view squeezes a texture by at most 1 / (1 - 0.6) = 2.5x.
+_MAX_CURVED_SLOPE: Final = 0.6
+# Disparity margin deciding "another layer is nearer" in the occlusion test: Newton solves to ~1e-10 px.
+_OCCLUSION_EPS: Final = 1e-6
+_FBM_TILE: Final = 256
+
+
+class SyntheticConfigError(ValueError):
+    """A ``SyntheticConfig`` field is out of range; the message names the field and its value."""
+
+
+def _bad(key: str, value: object, why: str) -> SyntheticConfigError:
+    return SyntheticConfigError(f'SyntheticConfig.{key}={value!r}: {why}')
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """What the generator draws from. Probabilities are per sample unless said per layer or per view.
+
+    Ranges are ``(low, high)`` tuples, inclusive. Disparities and lengths are in pixels of the output.
+    """
+
+    height: int = 256  # output rows, pixels
+    width: int = 512  # output columns, pixels; keep >= 2 * disparity_range[1] so far content survives
+    channels: int = 1  # 1 = gray (the default StereoNet input), 3 = RGB
+    n_layers: tuple[int, int] = (10, 30)  # number of objects in front of the background (uniform)
+    disparity_range: tuple[float, float] = (24.0, 180.0)  # per-sample d_max is log-uniform in this range
+    min_disparity_fraction: float = 0.3  # per-sample d_min ~ U(0, fraction * d_max)
+    max_disparity: float = 192.0  # the model's range: valid masks keep D < max_disparity
+    overshoot_probability: float = 0.01  # per sample: d_max = max_disparity * U(overshoot_range) instead
+    overshoot_range: tuple[float, float] = (1.05, 1.15)  # so a few pixels lie past the model's range
+    max_slant: float = 0.3  # |a|, |b| of layer planes, pixels of disparity per pixel; must be < 1
+    curved_probability: float = 0.25  # per object: add a smooth Gaussian bump to its plane
+    floor_wall_probability: float = 0.5  # background = floor meeting a wall, else one slanted plane
+    shape_weights: tuple[float, float, float, float, float] = (0.3, 0.2, 0.25, 0.1, 0.15)  # SHAPE_KINDS
+    texture_weights: tuple[float, float, float, float, float] = (0.55, 0.2, 0.1, 0.08, 0.07)  # TEXTURE_KINDS
+    flat_probability: float = 0.07  # per layer: near-textureless (constant + <= 2 grey-level noise)
+    texture_scale_range: tuple[float, float] = (0.5, 2.0)  # photo magnification, output px per photo px
+    shading_strength: float = 0.3  # smooth multiplicative shading per layer, shared by both views
+    photometric: bool = True  # master switch; False = views differ by geometry only (exact GT tests)
+    gain_probability: float = 0.8  # per view
+    gain_range: tuple[float, float] = (0.8, 1.2)
+    gamma_probability: float = 0.5  # per view
+    gamma_range: tuple[float, float] = (0.8, 1.25)
+    color_jitter_probability: float = 0.3  # per view, RGB only: per-channel gain 1 +- color_jitter
+    color_jitter: float = 0.08
+    blur_probability: float = 0.4  # per view, Gaussian sigma in pixels
+    blur_sigma_range: tuple[float, float] = (0.3, 1.2)
+    noise_probability: float = 0.7  # per view, additive Gaussian, std in grey levels (0..255)
+    noise_std_range: tuple[float, float] = (0.5, 4.0)
+    jpeg_probability: float = 0.25  # per view, after 8-bit quantisation
+    jpeg_quality_range: tuple[int, int] = (30, 95)
+    quantize: bool = True  # round to 8 bits (a real camera's output); only when photometric is on
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def _validate(self) -> None:
+        def integer(key: str, low: int) -> int:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise _bad(key, value, f'must be an int >= {low}')
+            return value
+
+        def number(key: str, low: float, high: float) -> float:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise _bad(key, value, f'must be a number in [{low}, {high}]')
+            return float(value)
+
+        def pair(key: str, low: float, high: float, integral: bool = False) -> tuple[float, float]:
+            value = getattr(self, key)
+            kinds = (int,) if integral else (int, float)
+            if (not isinstance(value, tuple) or len(value) != 2
+                    or any(isinstance(v, bool) or not isinstance(v, kinds) for v in value)):
+                raise _bad(key, value, f'must be a (low, high) tuple of {"ints" if integral else "numbers"}')
+            if not low <= value[0] <= value[1] <= high:
+                raise _bad(key, value, f'must satisfy {low} <= low <= high <= {high}')
+            return float(value[0]), float(value[1])
+
+        def weights(key: str, n: int) -> None:
+            value = getattr(self, key)
+            if (not isinstance(value, tuple) or len(value) != n
+                    or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in value)
+                    or sum(value) <= 0):
+                raise _bad(key, value, f'must be a tuple of {n} non-negative numbers with a positive sum')
+
+        integer('height', 16)
+        width = integer('width', 32)
+        if self.channels not in (1, 3) or isinstance(self.channels, bool):
+            raise _bad('channels', self.channels, 'must be 1 (gray) or 3 (RGB)')
+        pair('n_layers', 0, 1000, integral=True)
+        _, d_high = pair('disparity_range', 1.0, math.inf)
+        if d_high >= width:
+            raise _bad('disparity_range', self.disparity_range, f'high must be < width={width}')
+        number('min_disparity_fraction', 0.0, 1.0)
+        max_disp = number('max_disparity', 1.0, math.inf)
+        number('overshoot_probability', 0.0, 1.0)
+        _, over_high = pair('overshoot_range', 1.0, math.inf)
+        if self.overshoot_probability > 0 and max_disp * over_high >= width:
+            raise _bad('overshoot_range', self.overshoot_range,
+                       f'max_disparity * high must be < width={width} when overshoot_probability > 0')
+        number('max_slant', 0.0, 0.5)
+        for key in ('curved_probability', 'floor_wall_probability', 'flat_probability', 'gain_probability',
+                    'gamma_probability', 'color_jitter_probability', 'blur_probability', 'noise_probability',
+                    'jpeg_probability'):
+            number(key, 0.0, 1.0)
+        weights('shape_weights', len(SHAPE_KINDS))
+        weights('texture_weights', len(TEXTURE_KINDS))
+        pair('texture_scale_range', 0.05, 20.0)
+        number('shading_strength', 0.0, 1.0)
+        for key in ('photometric', 'quantize'):
+            if not isinstance(getattr(self, key), bool):
+                raise _bad(key, getattr(self, key), 'must be a bool')
+        pair('gain_range', 0.01, 100.0)
+        pair('gamma_range', 0.05, 20.0)
+        number('color_jitter', 0.0, 0.9)
+        pair('blur_sigma_range', 0.0, 20.0)
+        pair('noise_std_range', 0.0, 255.0)
+        pair('jpeg_quality_range', 1, 100, integral=True)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What one layer is, for inspection and tests (index = its id in ``layer_left`` / ``layer_right``)."""
+
+    shape: str  # 'background', 'floor', 'wall' or one of SHAPE_KINDS
+    texture: str  # one of TEXTURE_KINDS or 'flat'
+    curved: bool
+
+
+@dataclass(frozen=True, eq=False)
+class StereoSample:
+    """One rendered pair with its exact ground truth. H, W = config height, width; C = config channels."""
+
+    left: F32  # (H, W, C) float32, grey levels 0..255 (integers when quantised)
+    right: F32  # (H, W, C) float32, grey levels 0..255
+    disp_left: F32  # (H, W) float32, pixels: left (x, y) is at (x - D_L, y) in the right view
+    disp_right: F32  # (H, W) float32, pixels: right (x, y) is at (x + D_R, y) in the left view
+    occluded_left: Mask  # (H, W) bool: not visible in the right view (out of view or hidden)
+    occluded_right: Mask  # (H, W) bool: not visible in the left view
+    valid_left: Mask  # (H, W) bool: not occluded and 0 <= D_L < max_disparity
+    valid_right: Mask  # (H, W) bool: not occluded and 0 <= D_R < max_disparity
+    layer_left: I16  # (H, W) int16: index into ``layers`` of the front-most layer
+    layer_right: I16  # (H, W) int16
+    d_min: float  # the sample's drawn disparity range, pixels; D_L, D_R lie in [d_min, d_max]
+    d_max: float
+    layers: tuple[LayerInfo, ...]
+
+
+# --------------------------------------------------------------------------------------------------
+# Textures
+
+
+@functools.lru_cache(maxsize=2)
+def _photo_mips(channels: int) -> tuple[tuple[F32, ...], ...]:
+    """Bundled photos as float32 mip pyramids, (h, w, C) grey levels; loaded once per process.
+
+    Level k is the photo shrunk 2**k times with INTER_AREA (a box prefilter), so any magnification in
+    texture_scale_range can be met by a level whose texels cover >= 1 output pixel: no aliasing.
+    """
+    import skimage.data  # heavy import, only needed once the first photo texture is drawn
+
+    photos: list[tuple[F32, ...]] = []
+    for name in PHOTO_NAMES:
+        try:
+            image = np.asarray(getattr(skimage.data, name)())
+        except (AttributeError, ImportError, OSError, ValueError):
+            continue  # a photo missing from this install (pooch-only data) just narrows the choice
+        image = image.astype(np.float32)
+        if image.ndim == 2:
+            image = image[:, :, None]
+        image = image[:, :, :3]
+        if channels == 1 and image.shape[2] == 3:
+            # ITU-R 601 luma, as cv2's RGB2GRAY (what a mono camera roughly sees)
+            image = image @ np.array(BT601_WEIGHTS, np.float32).reshape(3, 1)
+        levels = [np.ascontiguousarray(image)]
+        while min(levels[-1].shape[:2]) >= 64 and len(levels) < 5:
+            prev = levels[-1]
+            small = cv2.resize(prev, (prev.shape[1] // 2, prev.shape[0] // 2), interpolation=cv2.INTER_AREA)
+            levels.append(small.reshape(small.shape[0], small.shape[1], -1))
+        photos.append(tuple(levels))
+    return tuple(photos)
+
+
+def _reflect_index(index: I64, size: int) -> I64:
+    """Mirror integer texel indices into [0, size), as cv2.BORDER_REFLECT_101."""
+    if size == 1:
+        return np.zeros_like(index)
+    period = 2 * size - 2
+    index = np.abs(index) % period
+    return np.where(index >= size, period - index, index)
+
+
+def _bilinear(image: F32, x: F64, y: F64) -> F32:
+    """Sample ``image`` (h, w, C) float32 at texel coordinates x, y (N,) float64 -> (N, C) float32.
+
+    Plain float bilinear interpolation with mirrored borders. Not cv2.remap: it rounds coordinates to
+    1/32 texel, an error that would differ between the two views.
+    """
+    h, w, c = image.shape
+    x0f = np.floor(x)
+    y0f = np.floor(y)
+    fx = (x - x0f).astype(np.float32)[:, None]
+    fy = (y - y0f).astype(np.float32)[:, None]
+    x0 = x0f.astype(np.int64)
+    y0 = y0f.astype(np.int64)
+    ix0, ix1 = _reflect_index(x0, w), _reflect_index(x0 + 1, w)
+    iy0, iy1 = _reflect_index(y0, h) * w, _reflect_index(y0 + 1, h) * w
+    flat = image.reshape(h * w, c)
+    top = flat[iy0 + ix0] * (1 - fx) + flat[iy0 + ix1] * fx
+    bottom = flat[iy1 + ix0] * (1 - fx) + flat[iy1 + ix1] * fx
+    out: F32 = top * (1 - fy) + bottom * fy
+    return out
+
+
+def _fbm(rng: np.random.Generator, size: int, base: int, persistence: float) -> F32:
+    """Fractal noise tile (size, size, 1) float32 in [0, 1]: octaves of bicubically upsampled noise."""
+    acc = np.zeros((size, size), np.float32)
+    amp = 1.0
+    cells = base
+    while cells <= size // 2:
+        grid = rng.standard_normal((cells + 1, cells + 1)).astype(np.float32)
+        acc += amp * cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
+        amp *= persistence
+        cells *= 2
+    acc -= acc.min()
+    acc /= max(float(acc.max()), 1e-6)
+    return acc[:, :, None]
+
+
+@dataclass(frozen=True)
+class _Texture:
+    """A texture on a layer, sampled at texture-plane coordinates (u, v) in output pixels.
+
+    kind 'photo', 'fbm', 'flat': ``image`` sampled at (u, v) / texel_size + offset; 'flat' is a low-amplitude
+    fBm. 'stripes', 'checker', 'gradient': closed-form patterns. Procedural patterns p in [0, 1] become
+    colour ``low + (high - low) p``; photos become ``contrast * image + brightness``, times ``tint``.
+    """
+
+    kind: str
+    low: F32  # (C,) grey levels
+    high: F32  # (C,)
+    image: F32 | None = None  # (h, w, C) float32
+    texel_size: float = 1.0  # output pixels per texel of ``image``
+    offset: tuple[float, float] = (0.0, 0.0)  # texel coordinates of the layer's anchor
+    period: float = 8.0  # stripes / checker period, pixels
+    sharpness: float = 1.0  # tanh gain of stripes / checker edges; bounded so an edge spans >= ~1.4 px
+    contrast: float = 1.0
+    brightness: float = 0.0
+    tint: F32 | None = None  # (C,)
+
+    def sample(self, u: F64, v: F64) -> F32:
+        """Colour at (u, v) (N,) float64 pixels -> (N, C) float32 grey levels (unclipped)."""
+        if self.image is not None:
+            texel = _bilinear(self.image, u / self.texel_size + self.offset[0], v / self.texel_size + self.offset[1])
+            if self.kind == 'photo':
+                out: F32 = texel * np.float32(self.contrast) + np.float32(self.brightness)
+                return out * self.tint if self.tint is not None else out
+            return self.low + (self.high - self.low) * texel
+        omega = 2 * math.pi / self.period
+        if self.kind == 'stripes':
+            p = np.tanh(self.sharpness * np.sin(omega * u)) / math.tanh(self.sharpness)
+        elif self.kind == 'checker':
+            p = np.tanh(self.sharpness * np.sin(omega * u) * np.sin(omega * v)) / math.tanh(self.sharpness)
+        else:  # gradient: one smooth ramp across ``period`` pixels
+            p = np.tanh(u / self.period)
+        p32 = (0.5 + 0.5 * p).astype(np.float32)[:, None]
+        return self.low + (self.high - self.low) * p32
+
+
+def _random_color(rng: np.random.Generator, channels: int, level: float) -> F32:
+    """A colour (C,) around grey level ``level``: saturated enough to differ per channel in RGB."""
+    if channels == 1:
+        return np.array([level], np.float32)
+    hue = rng.uniform(0.6, 1.4, size=3)
+    color: F32 = np.clip(level * hue / hue.mean(), 0, 255).astype(np.float32)
+    return color
+
+
+def _draw_texture(rng: np.random.Generator, cfg: SyntheticConfig, flat: bool) -> _Texture:
+    c = cfg.channels
+    lo_level = rng.uniform(0, 200)
+    hi_level = lo_level + rng.uniform(20, 255 - lo_level) if lo_level < 235 else 255.0
+    low, high = _random_color(rng, c, lo_level), _random_color(rng, c, hi_level)
+    if rng.random() < 0.5:
+        low, high = high, low  # dark-on-bright as often as bright-on-dark
+    if flat:
+        # Near-textureless: +-1..2 grey levels of smooth noise, so a matcher sees (almost) nothing.
+        amp = rng.uniform(0.5, 2.0)
+        base = _random_color(rng, c, rng.uniform(20, 235))
+        tile = _fbm(rng, _FBM_TILE // 2, 2, 0.5)
+        return _Texture('flat', base - amp, base + amp, image=tile, texel_size=rng.uniform(2.0, 6.0),
+                        offset=(rng.uniform(0, 128), rng.uniform(0, 128)))
+    weights = np.asarray(cfg.texture_weights, np.float64)
+    kind = TEXTURE_KINDS[int(rng.choice(len(TEXTURE_KINDS), p=weights / weights.sum()))]
+    photos = _photo_mips(c) if kind == 'photo' else ()
+    if kind == 'photo' and photos:
+        levels = photos[int(rng.integers(len(photos)))]
+        lo_s, hi_s = cfg.texture_scale_range
+        scale = math.exp(rng.uniform(math.log(lo_s), math.log(hi_s)))  # output px per photo px
+        level = 0
+        while scale < 1.0 and level + 1 < len(levels):  # minification: use a prefiltered level
+            scale *= 2.0
+            level += 1
+        image = levels[level]
+        tint = None
+        if c == 3 and (image.shape[2] == 1 or rng.random() < 0.3):
+            tint = rng.uniform(0.6, 1.3, size=3).astype(np.float32)
+        if image.shape[2] != c:
+            image = np.repeat(image, c, axis=2)
+        return _Texture('photo', low, high, image=image, texel_size=scale,
+                        offset=(rng.uniform(0, image.shape[1]), rng.uniform(0, image.shape[0])),
+                        contrast=rng.uniform(0.6, 1.2), brightness=rng.normal(0.0, 20.0), tint=tint)
+    if kind in ('photo', 'fbm'):  # 'photo' lands here only when no photo could be loaded
+        # Persistence 0.55-0.85 keeps texel-scale detail visible over the coarse octaves.
+        tile = _fbm(rng, _FBM_TILE, int(rng.integers(2, 9)), rng.uniform(0.55, 0.85))
+        return _Texture('fbm', low, high, image=tile, texel_size=rng.uniform(1.0, 4.0),
+                        offset=(rng.uniform(0, _FBM_TILE), rng.uniform(0, _FBM_TILE)))
+    if kind == 'gradient':
+        return _Texture('gradient', low, high, period=_log_uniform(rng, 4.0, 60.0))
+    period = math.exp(rng.uniform(math.log(4.0), math.log(48.0)))
+    # Edge slope of tanh(k sin(2 pi u / P)) is k 2 pi / P per pixel; <= 0.7 keeps edges >= ~1.4 px wide
+    # in the left view and still > 1 px where the right view squeezes the surface.
+    sharpness = min(rng.uniform(0.5, 4.0), 0.7 * period / (2 * math.pi))
+    return _Texture(kind, low, high, period=period, sharpness=max(sharpness, 0.3))
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry
+
+
+@dataclass(frozen=True)
+class _Surface:
+    """Disparity of a layer over the left view: ``c + a (x - cx) + b (y - cy) + h g(x, y)``, pixels.
+
+    ``g = exp(-((x - bx)^2 + (y - by)^2) / (2 sigma^2))`` (h = 0: a plane). Invariant: |dd/dx| < 1.
+    """
+
+    c: float
+    a: float
+    b: float
+    cx: float
+    cy: float
+    h: float = 0.0
+    bx: float = 0.0
+    by: float = 0.0
+    sigma: float = 1.0
+
+    def _bump(self, x: F64, y: F64) -> F64:
+        out: F64 = np.exp(-((x - self.bx) ** 2 + (y - self.by) ** 2) / (2.0 * self.sigma**2))
+        return out
+
+    def disparity(self, x: F64, y: F64) -> F64:
+        """d at left-view points (x, y) (broadcastable float64 arrays), pixels."""
+        d: F64 = self.c + self.a * (x - self.cx) + self.b * (y - self.cy)
+        if self.h != 0.0:
+            d = d + self.h * self._bump(x, y)
+        return d
+
+    def slopes(self, x: F64, y: F64) -> tuple[F64, F64]:
+        """(dd/dx, dd/dy) at (x, y), dimensionless."""
+        gx = np.full(np.broadcast(x, y).shape, self.a)
+        gy = np.full(gx.shape, self.b)
+        if self.h != 0.0:
+            g = self.h * self._bump(x, y) / self.sigma**2
+            gx = gx - g * (x - self.bx)
+            gy = gy - g * (y - self.by)
+        return gx, gy
+
+    def left_x(self, x_r: F64, y: F64) -> F64:
+        """Solve ``x_r = x_L - d(x_L, y)`` for x_L: the left-view point seen at right-view (x_r, y)."""
+        # Plane: x_r = x_L (1 - a) - c + a cx - b (y - cy), solved exactly.
+        x_l: F64 = (x_r + self.c - self.a * self.cx + self.b * (y - self.cy)) / (1.0 - self.a)
+        if self.h != 0.0:
+            # Newton on f(x) = x - d(x) - x_r with f' = 1 - dd/dx in [0.4, 1.6]: a monotone function with
+            # bounded slope, started at the plane's answer (off by <= |h| / 0.4); 8 steps reach ~1e-12 px.
+            x_l = np.broadcast_to(x_l, np.broadcast(x_r, y).shape).copy()
+            for _ in range(8):
+                f = x_l - self.disparity(x_l, y) - x_r
+                x_l -= f / (1.0 - self.slopes(x_l, y)[0])
+        return x_l
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """An outline in object coordinates (u, v), pixels; ``radius`` bounds it (|(u, v)| <= radius)."""
+
+    kind: str  # 'full' or one of SHAPE_KINDS
+    radius: float
+    params: tuple[float, ...] = ()
+    vertices: F64 | None = None  # polygon: (n, 3) angle, x, y, counter-clockwise
+    field: F32 | None = None  # blob: (n, n, 1) smooth noise over [-radius, radius]^2
+
+    def inside(self, u: F64, v: F64) -> Mask:
+        """Point-sampled coverage at (u, v) (same shape arrays) -> bool array of that shape."""
+        p = self.params
+        if self.kind == 'full':
+            return np.ones(np.broadcast(u, v).shape, np.bool_)
+        if self.kind == 'superellipse':
+            rx, ry, power = p
+            out: Mask = np.abs(u / rx) ** power + np.abs(v / ry) ** power <= 1.0
+            return out
+        if self.kind == 'ring':
+            r_in, r_out, squash = p
+            rho = np.hypot(u, v / squash)
+            out = (rho >= r_in) & (rho <= r_out)
+            return out
+        if self.kind == 'bar':
+            # half length, half width; fences repeat the bar every ``pitch`` across a half-height;
+            # grids add crossing bars along u with the same pitch.
+            half_len, half_w, pitch, half_h, grid = p
+            out = (np.abs(u) <= half_len) & (np.abs(v) <= max(half_h, half_w))
+            if pitch <= 0:
+                return out & (np.abs(v) <= half_w)
+            across = np.abs(np.mod(v, pitch) - 0.5 * pitch) >= 0.5 * pitch - half_w
+            if grid > 0:
+                across |= np.abs(np.mod(u, pitch) - 0.5 * pitch) >= 0.5 * pitch - half_w
+            return out & across
+        if self.kind == 'polygon':
+            assert self.vertices is not None
+            angles, vx, vy = self.vertices[:, 0], self.vertices[:, 1], self.vertices[:, 2]
+            theta = np.mod(np.arctan2(v, u), 2 * math.pi)
+            # Star-shaped around the origin with each wedge < pi: a point in wedge k is inside iff it
+            # lies left of the edge from vertex k to vertex k + 1.
+            k = (np.searchsorted(angles, theta, side='right') - 1) % len(angles)
+            k1 = (k + 1) % len(angles)
+            ex, ey = vx[k1] - vx[k], vy[k1] - vy[k]
+            out = ex * (v - vy[k]) - ey * (u - vx[k]) >= 0
+            return out
+        assert self.kind == 'blob' and self.field is not None
+        r = self.radius
+        n = self.field.shape[0]
+        flat_u, flat_v = u.ravel(), v.ravel()
+        noise = _bilinear(self.field, (flat_u / r + 1) * 0.5 * (n - 1), (flat_v / r + 1) * 0.5 * (n - 1))
+        rho2 = (flat_u**2 + flat_v**2) / r**2
+        out = ((noise[:, 0] + 1.0 - 2.0 * rho2 > 0) & (rho2 <= 1.0)).reshape(np.broadcast(u, v).shape)
+        return out
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """A textured surface. (cx, cy) anchors shape and texture; (rx, ry) half-size of its left-view box."""
+
+    surface: _Surface
+    shape: _Shape
+    texture: _Texture
+    info: LayerInfo
+    cx: float
+    cy: float
+    rx: float
+    ry: float
+    cos_t: float  # shape rotation
+    sin_t: float
+    cos_p: float  # texture rotation (independent of the outline)
+    sin_p: float
+    shade: tuple[float, float, float]  # (gain along x, gain along y, gain along the surface slope)
+    d_low: float  # disparity bounds over the box, pixels (a layer behind others may dip below d_min)
+    d_high: float
+
+    def inside(self, x_l: F64, y: F64) -> Mask:
+        dx, dy = x_l - self.cx, y - self.cy
+        return self.shape.inside(self.cos_t * dx + self.sin_t * dy, -self.sin_t * dx + self.cos_t * dy)
+
+    def color(self, x_l: F64, y: F64) -> F32:
+        """Shaded colour at left-view points (N,) -> (N, C) float32; a function of (x_L, y) only, so both
+        views see the same surface colour (Lambertian, no view-dependent light)."""
+        dx, dy = x_l - self.cx, y - self.cy
+        rgb = self.texture.sample(self.cos_p * dx + self.sin_p * dy, -self.sin_p * dx + self.cos_p * dy)
+        gx, gy = self.surface.slopes(x_l, y)
+        sx, sy, sn = self.shade
+        shade = 1.0 + sx * dx / max(self.rx, 50.0) + sy * dy / max(self.ry, 50.0) + sn * (gx + 0.5 * gy)
+        return rgb * np.clip(shade, 0.35, 1.65).astype(np.float32)[:, None]
+
+
+def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    return math.exp(rng.uniform(math.log(low), math.log(high)))
+
+
+def _fit_plane(c: float, a: float, b: float, bump: float, rx: float, ry: float,
+               d_min: float, d_max: float) -> tuple[float, float, float, float]:
+    """Shrink slopes and bump and move c so ``d`` stays in [d_min, d_max] over a (2rx, 2ry) box.
+
+    Over the box, ``d`` lies in [c - r + min(h, 0), c + r + max(h, 0)] with ``r = |a| rx + |b| ry``.
+    Returns (c, a, b, h).
+    """
+    span = d_max - d_min
+    need = 2 * (abs(a) * rx + abs(b) * ry) + abs(bump)
+    if need > 0.98 * span:
+        k = 0.98 * span / need
+        a, b, bump = a * k, b * k, bump * k
+    r = abs(a) * rx + abs(b) * ry
+    c = min(max(c, d_min + r - min(bump, 0.0)), d_max - r - max(bump, 0.0))
+    return c, a, b, bump
+
+
+def _draw_shape(rng: np.random.Generator, cfg: SyntheticConfig, radius: float) -> tuple[_Shape, str]:
+    weights = np.asarray(cfg.shape_weights, np.float64)
+    kind = SHAPE_KINDS[int(rng.choice(len(SHAPE_KINDS), p=weights / weights.sum()))]
+    if kind == 'superellipse':
+        rx, ry = radius, radius * rng.uniform(0.25, 1.0)
+        return _Shape(kind, math.hypot(rx, ry), (rx, ry, _log_uniform(rng, 0.6, 4.0))), kind
+    if kind == 'ring':
+        r_in = radius * rng.uniform(0.35, 0.9)
+        r_in = min(r_in, radius - 1.5)  # rings at least 1.5 px thick
+        return _Shape(kind, radius, (max(r_in, 0.0), radius, rng.uniform(0.5, 1.0))), kind
+    if kind == 'bar':
+        # Widths >= 1 px: a band that wide holds a pixel centre in every row and column it crosses, so a
+        # bar never breaks into dots (outlines are point-sampled).
+        half_w = 0.5 * _log_uniform(rng, 1.0, 8.0)
+        half_len = radius
+        pitch, half_h, grid = 0.0, 0.0, 0.0
+        if rng.random() < 0.4:  # fence: parallel bars (thin AND repetitive)
+            pitch = max(rng.uniform(3.0, 10.0) * half_w * 2, 4.0)
+            half_h = radius * rng.uniform(0.3, 1.0)
+            grid = float(rng.random() < 0.4)
+        bound = math.hypot(half_len, max(half_h, half_w))
+        return _Shape(kind, bound, (half_len, half_w, pitch, half_h, grid)), kind
+    if kind == 'polygon':
+        n = int(rng.integers(3, 10))
+        # Jitter <= 0.2 of the even spacing keeps every wedge < pi (n >= 3), as the inside test needs.
+        angles = np.sort(np.mod((np.arange(n) + rng.uniform(-0.2, 0.2, n)) * 2 * math.pi / n
+                                + rng.uniform(0, 2 * math.pi), 2 * math.pi))
+        radii = radius * (rng.uniform(0.35, 1.0, n) if rng.random() < 0.5 else rng.uniform(0.85, 1.0, n))
+        verts = np.stack([angles, radii * np.cos(angles), radii * np.sin(angles)], axis=1)
+        return _Shape(kind, radius, (), vertices=verts), kind
+    cells = int(rng.integers(4, 9))
+    coarse = rng.standard_normal((cells, cells)).astype(np.float32)
+    field = np.asarray(cv2.resize(coarse, (64, 64), interpolation=cv2.INTER_CUBIC), np.float32)[:, :, None]
+    return _Shape('blob', radius, (), field=field), 'blob'
+
+
+def _draw_scene(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[list[_Layer], float, float]:
+    """Background layer(s) then objects, all fitted inside the sample's [d_min, d_max]."""
+    h_img, w_img = cfg.height, cfg.width
+    if rng.random() < cfg.overshoot_probability:
+        d_max = cfg.max_disparity * rng.uniform(*cfg.overshoot_range)
+    else:
+        d_max = _log_uniform(rng, *cfg.disparity_range)
+    d_min = rng.uniform(0.0, cfg.min_disparity_fraction * d_max)
+    span = d_max - d_min
+    s = cfg.max_slant
+
+    def layer(surface: _Surface, shape: _Shape, name: str, cx: float, cy: float, rx: float, ry: float,
+              bump: float = 0.0) -> _Layer:
+        theta = rng.uniform(0, 2 * math.pi)
+        phi = rng.uniform(0, 2 * math.pi)
+        texture = _draw_texture(rng, cfg, flat=rng.random() < cfg.flat_probability)
+        k = cfg.shading_strength
+        shade = (rng.normal(0, k / 2), rng.normal(0, k / 2), rng.normal(0, 2 * k))
+        r = abs(surface.a) * rx + abs(surface.b) * ry
+        info = LayerInfo(name, texture.kind, bump != 0.0)
+        return _Layer(surface, shape, texture, info, cx, cy, rx, ry, math.cos(theta), math.sin(theta),
+                      math.cos(phi), math.sin(phi), shade, surface.c - r + min(bump, 0.0),
+                      surface.c + r + max(bump, 0.0))
+
+    layers: list[_Layer] = []
+    # The background box spans the left image plus what only the right camera sees (x_L up to W + d_max).
+    bx, by = 0.5 * (w_img + d_max), 0.5 * h_img
+    brx, bry = bx + 1.0, by + 1.0
+    full = _Shape('full', math.inf)
+    far = d_min + rng.uniform(0.0, 0.3) * span
+    if rng.random() < cfg.floor_wall_probability:
+        # A wall (nearly fronto-parallel) and a floor rising from the horizon row towards the camera.
+        # They share the x-slope, so they meet along a horizontal line, and z-buffering draws it.
+        a = rng.uniform(-0.05, 0.05) * min(1.0, s / 0.05)
+        c, a, b, _ = _fit_plane(far, a, rng.uniform(-0.02, 0.02), 0.0, brx, bry, d_min, d_min + 0.5 * span)
+        wall = _Surface(c, a, b, bx, by)
+        horizon = rng.uniform(0.15, 0.75) * h_img
+        top = c + abs(a) * brx + abs(b) * bry  # the wall's highest disparity in the box
+        # floor(x, y) = wall(x, y) + b_floor (y - horizon): equal on the horizon, nearer below it, and at
+        # most top + b_floor (H + 1 - horizon) <= d_max over the box.
+        b_floor = min(rng.uniform(0.05, 1.0) * s, (d_max - top) / (h_img + 1.0 - horizon))
+        b_floor = max(b_floor, 0.0)
+        floor = _Surface(c + b_floor * (by - horizon), a, b + b_floor, bx, by)
+        layers.append(layer(wall, full, 'wall', bx, by, brx, bry))
+        layers.append(layer(floor, full, 'floor', bx, by, brx, bry))
+    else:
+        c, a, b, _ = _fit_plane(far, rng.uniform(-s, s), rng.uniform(-s, s), 0.0, brx, bry, d_min, d_max)
+        layers.append(layer(_Surface(c, a, b, bx, by), full, 'background', bx, by, brx, bry))
+
+    n_background = len(layers)
+    n_objects = int(rng.integers(cfg.n_layers[0], cfg.n_layers[1] + 1))
+    size_hi = 0.4 * max(h_img, w_img)
+    for _ in range(n_objects):
+        radius = _log_uniform(rng, min(8.0, size_hi), size_hi)
+        shape, kind = _draw_shape(rng, cfg, radius)
+        # Centres over the left view plus a strip only the right view sees (x_L in [W, W + d)).
+        cx = rng.uniform(-0.1 * w_img, 1.05 * w_img + 0.5 * (d_min + d_max))
+        cy = rng.uniform(-0.1 * h_img, 1.1 * h_img)
+        # In front of the background at the centre, so few objects are drawn only to be hidden.
+        behind = max(lay.surface.disparity(np.array(cx), np.array(cy)).item() for lay in layers[:n_background])
+        c = rng.uniform(min(max(behind, d_min), d_max), d_max)
+        r = shape.radius
+        a, b = rng.uniform(-s, s), rng.uniform(-s, s)
+        curved = rng.random() < cfg.curved_probability
+        bump, bump_x, bump_y, sigma = 0.0, cx, cy, 1.0
+        if curved:
+            sigma = radius * rng.uniform(0.3, 1.0)
+            # max |d/dx of h g| = |h| e^-1/2 / sigma: keep |a| + that <= _MAX_CURVED_SLOPE.
+            a = float(np.clip(a, -0.5 * _MAX_CURVED_SLOPE, 0.5 * _MAX_CURVED_SLOPE))
+            room = (_MAX_CURVED_SLOPE - abs(a)) * sigma / math.exp(-0.5)
+            bump = (1.0 if rng.random() < 0.5 else -1.0) * rng.uniform(0.3, 1.0) * min(room, 0.5 * span)
+            bump_x, bump_y = cx + rng.uniform(-0.5, 0.5) * radius, cy + rng.uniform(-0.5, 0.5) * radius
+        c, a, b, bump = _fit_plane(c, a, b, bump, r, r, d_min, d_max)
+        surface = _Surface(c, a, b, cx, cy, bump, bump_x, bump_y, sigma)
+        layers.append(layer(surface, shape, kind, cx, cy, r, r, bump))
+    return layers, d_min, d_max
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _box(lo: float, hi: float, size: int) -> tuple[int, int]:
+    """Integer pixel range [start, stop) of pixel centres inside [lo, hi], clipped to [0, size)."""
+    start = max(math.ceil(lo), 0) if math.isfinite(lo) else 0
+    stop = min(math.floor(hi) + 1, size) if math.isfinite(hi) else size
+    return start, max(stop, start)
+
+
+def _render_view(layers: list[_Layer], height: int, width: int, channels: int,
+                 right: bool) -> tuple[F32, F64, I16]:
+    """Z-buffer render of one view -> image (H, W, C) float32, disparity (H, W) float64, layer ids (H, W)."""
+    best_d = np.full((height, width), -np.inf)
+    best_id = np.full((height, width), -1, np.int16)
+    best_xl = np.zeros((height, width))
+    for i, lay in enumerate(layers):
+        y0, y1 = _box(lay.cy - lay.ry, lay.cy + lay.ry, height)
+        if right:  # the box moves left by d in the right view: x_R = x_L - d
+            x0, x1 = _box(lay.cx - lay.rx - lay.d_high, lay.cx + lay.rx - lay.d_low, width)
+        else:
+            x0, x1 = _box(lay.cx - lay.rx, lay.cx + lay.rx, width)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        ys = np.arange(y0, y1, dtype=np.float64)[:, None]
+        xs = np.arange(x0, x1, dtype=np.float64)[None, :]
+        x_l = lay.surface.left_x(xs, ys) if right else np.broadcast_to(xs, (y1 - y0, x1 - x0))
+        d = lay.surface.disparity(x_l, ys)
+        win = lay.inside(x_l, ys) & (d > best_d[y0:y1, x0:x1])
+        best_d[y0:y1, x0:x1][win] = d[win]
+        best_id[y0:y1, x0:x1][win] = i
+        best_xl[y0:y1, x0:x1][win] = x_l[win]
+    image = np.zeros((height, width, channels), np.float32)
+    for i, lay in enumerate(layers):
+        rows, cols = np.nonzero(best_id == i)
+        if rows.size:
+            image[rows, cols] = lay.color(best_xl[rows, cols], rows.astype(np.float64))
+    return image, best_d, best_id
+
+
+def _occlusion(layers: list[_Layer], disp: F64, ids: I16, width: int, right: bool) -> Mask:
+    """Occlusion of one view's pixels, tested analytically against every other layer in the other view.
+
+    Left view (right=False): the point (x - D_L, y) in the right view is hidden iff a layer covers it there
+    with disparity > D_L. Right view: the point (x + D_R, y) in the left view, likewise. Out-of-image
+    correspondences count as occluded.
+    """
+    height = disp.shape[0]
+    cols = np.arange(width, dtype=np.float64)[None, :]
+    target = cols + disp if right else cols - disp  # (H, W) the corresponding x in the other view
+    occluded = (target > width - 1) if right else (target < 0)
+    for i, lay in enumerate(layers):
+        y0, y1 = _box(lay.cy - lay.ry, lay.cy + lay.ry, height)
+        if right:
+            lo, hi = lay.cx - lay.rx, lay.cx + lay.rx
+        else:
+            lo, hi = lay.cx - lay.rx - lay.d_high, lay.cx + lay.rx - lay.d_low
+        t = target[y0:y1]
+        pick = (t >= lo) & (t <= hi) & (ids[y0:y1] != i) & ~occluded[y0:y1]
+        rows, cc = np.nonzero(pick)
+        if not rows.size:
+            continue
+        ys = (rows + y0).astype(np.float64)
+        x_other = t[rows, cc]
+        x_l = x_other if right else lay.surface.left_x(x_other, ys)
+        d_here = disp[rows + y0, cc]
+        hidden = lay.inside(x_l, ys) & (lay.surface.disparity(x_l, ys) > d_here + _OCCLUSION_EPS * (1 + d_here))
+        occluded[rows[hidden] + y0, cc[hidden]] = True
+    return occluded
+
+
+def _camera(rng: np.random.Generator, cfg: SyntheticConfig, image: F32) -> F32:
+    """One view's camera effects, drawn independently per view: blur, gain, gamma, colour, noise, 8 bits,
+    JPEG. (H, W, C) float32 in 0..255 -> same shape."""
+    out = np.clip(image, 0, 255)
+    if rng.random() < cfg.blur_probability:
+        sigma = rng.uniform(*cfg.blur_sigma_range)
+        out = np.asarray(cv2.GaussianBlur(out, (0, 0), sigmaX=sigma, sigmaY=sigma), np.float32).reshape(out.shape)
+    gain = rng.uniform(*cfg.gain_range) if rng.random() < cfg.gain_probability else 1.0
+    gamma = rng.uniform(*cfg.gamma_range) if rng.random() < cfg.gamma_probability else 1.0
+    out = 255.0 * np.clip(out * np.float32(gain / 255.0), 0, 1) ** np.float32(gamma)
+    if cfg.channels == 3 and rng.random() < cfg.color_jitter_probability:
+        out = out * (1 + rng.uniform(-cfg.color_jitter, cfg.color_jitter, 3)).astype(np.float32)
+    if rng.random() < cfg.noise_probability:
+        std = rng.uniform(*cfg.noise_std_range)
+        out = out + rng.standard_normal(out.shape, dtype=np.float32) * np.float32(std)
+    out = np.clip(out, 0, 255).astype(np.float32)
+    if cfg.quantize:
+        out = np.round(out)
+    if rng.random() < cfg.jpeg_probability:
+        quality = int(rng.integers(cfg.jpeg_quality_range[0], cfg.jpeg_quality_range[1] + 1))
+        u8 = out.round().astype(np.uint8)
+        # cv2 codes colour as BGR: swap so JPEG's luma/chroma split weighs our RGB channels correctly.
+        u8 = u8[:, :, 0] if cfg.channels == 1 else cv2.cvtColor(u8, cv2.COLOR_RGB2BGR)
+        ok, buf = cv2.imencode('.jpg', u8, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        decoded = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE if cfg.channels == 1 else cv2.IMREAD_COLOR) if ok else None
+        if decoded is not None:  # cv2 cannot fail on a valid uint8 image; keep the un-JPEG'd view if it did
+            if cfg.channels == 3:
+                decoded = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+            out = np.asarray(decoded, np.float32).reshape(out.shape)
+    return out
+
+
+def generate_sample(config: SyntheticConfig, seed: int, index: int) -> StereoSample:
+    """Render sample ``index`` of the stream with base ``seed``; same arguments -> identical arrays.
+
+    The random stream is ``np.random.default_rng([seed, index])``, so any process (DataLoader workers
+    included) reproduces any sample alone. Raises ValueError for a negative seed or index.
+    """
+    if seed < 0 or index < 0:
+        raise ValueError(f'seed and index must be >= 0, got seed={seed}, index={index}')
+    rng = np.random.default_rng([seed, index])
+    h, w, c = config.height, config.width, config.channels
+    layers, d_min, d_max = _draw_scene(rng, config)
+    left, disp_l, ids_l = _render_view(layers, h, w, c, right=False)
+    right, disp_r, ids_r = _render_view(layers, h, w, c, right=True)
+    occ_l = _occlusion(layers, disp_l, ids_l, w, right=False)
+    occ_r = _occlusion(layers, disp_r, ids_r, w, right=True)
+    if config.photometric:
+        left, right = _camera(rng, config, left), _camera(rng, config, right)
+    else:
+        left, right = np.clip(left, 0, 255), np.clip(right, 0, 255)
+    dl, dr = disp_l.astype(np.float32), disp_r.astype(np.float32)
+    return StereoSample(
+        left=left, right=right, disp_left=dl, disp_right=dr, occluded_left=occ_l, occluded_right=occ_r,
+        valid_left=~occ_l & (dl >= 0) & (dl < config.max_disparity),
+        valid_right=~occ_r & (dr >= 0) & (dr < config.max_disparity),
+        layer_left=ids_l, layer_right=ids_r, d_min=d_min, d_max=d_max,
+        layers=tuple(lay.info for lay in layers))
+
+
+class SyntheticStereoDataset(Dataset[dict[str, torch.Tensor]]):
+    """Map-style dataset of ``length`` synthetic pairs rendered on demand (nothing on disk).
+
+    Item ``i`` is ``generate_sample(config, seed, i)`` as tensors: ``left``, ``right`` (C, H, W) float32 in
+    0..255; ``disp_left``, ``disp_right`` (1, H, W) float32 pixels; ``valid_left``, ``valid_right``
+    (1, H, W) bool (not occluded and in [0, max_disparity)). Deterministic in any worker.
+
+    Do not call ``cv2.setNumThreads`` in a forked DataLoader worker (e.g. in ``worker_init_fn``): when the
+    parent has used OpenCV's thread pool, reconfiguring it in the child deadlocks (seen with cv2 5.0).
+    """
+
+    def __init__(self, config: SyntheticConfig | None = None, length: int = 100_000, seed: int = 0) -> None:
+        if length < 1 or seed < 0:
+            raise ValueError(f'length must be >= 1 and seed >= 0, got length={length}, seed={seed}')
+        self.config = config if config is not None else SyntheticConfig()
+        self.length = length
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not -self.length <= index < self.length:
+            raise IndexError(f'index {index} out of range for a dataset of length {self.length}')
+        s = generate_sample(self.config, self.seed, index % self.length)
+        return {
+            'left': torch.from_numpy(np.ascontiguousarray(s.left.transpose(2, 0, 1))),  # (C, H, W)
+            'right': torch.from_numpy(np.ascontiguousarray(s.right.transpose(2, 0, 1))),
+            'disp_left': torch.from_numpy(s.disp_left[None]),  # (1, H, W)
+            'disp_right': torch.from_numpy(s.disp_right[None]),
+            'valid_left': torch.from_numpy(s.valid_left[None]),
+            'valid_right': torch.from_numpy(s.valid_right[None]),
+        }
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn`` for ``SyntheticStereoDataset``: deliberately does nothing.
+
+    No per-worker set-up is needed: every sample is seeded by its own index, and DataLoader already
+    limits each worker to one torch thread. In particular it must NOT call ``cv2.setNumThreads``: in a
+    forked worker whose parent has used OpenCV's thread pool, reconfiguring the pool deadlocks
+    (reproduced with opencv-python-headless 5.0), while plain cv2 calls are fine.
+    """
+    del worker_id
+
+
+def save_sample_pngs(sample: StereoSample, directory: str | Path, stem: str = 'sample') -> list[Path]:
+    """Write a sample as PNGs for a visual check: left, right, both disparities (colour-mapped over
+    [d_min, d_max]) and validity masks. Returns the written paths; the directory is created if needed."""
+    out_dir = Path(directory)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scale = 255.0 / max(sample.d_max, 1e-6)
+
+    def color(image: F32) -> npt.NDArray[np.uint8]:
+        u8 = np.clip(image, 0, 255).round().astype(np.uint8)
+        return u8[:, :, 0] if u8.shape[2] == 1 else np.asarray(cv2.cvtColor(u8, cv2.COLOR_RGB2BGR), np.uint8)
+
+    images = {
+        'left': color(sample.left),
+        'right': color(sample.right),
+        'disp_left': cv2.applyColorMap(np.clip(sample.disp_left * scale, 0, 255).astype(np.uint8),
+                                       cv2.COLORMAP_TURBO),
+        'disp_right': cv2.applyColorMap(np.clip(sample.disp_right * scale, 0, 255).astype(np.uint8),
+                                        cv2.COLORMAP_TURBO),
+        'valid_left': sample.valid_left.astype(np.uint8) * 255,
+        'valid_right': sample.valid_right.astype(np.uint8) * 255,
+    }
+    paths = []
+    for name, image in images.items():
+        path = out_dir / f'{stem}_{name}.png'
+        if not cv2.imwrite(str(path), image):
+            raise OSError(f'could not write {path}')
+        paths.append(path)
+    return paths
