@@ -28,6 +28,7 @@ setup(
         'console_scripts': [
             'stereonet-infer = stereonet_ros.cli.infer:main',
             'stereonet-convert = stereonet_ros.cli.convert:main',
+            'stereonet-train = stereonet_ros.training.train:main',
         ],
     },
 )

@@ -30,13 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from stereonet_ros.cpu_allocator import tune_allocator_for_inference
+from stereonet_ros.image_codec import BT601_WEIGHTS
 from stereonet_ros.model.checkpoint import Checkpoint, InputContract, load_checkpoint
 from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig, fold_batchnorm, to_channels_last
 
 Precision = Literal['fp32', 'fp16', 'bf16']
 
-BT601_LUMA = (0.299, 0.587, 0.114)
-"""RGB -> gray weights (ITU-R BT.601), as OpenCV's cvtColor and cv_bridge use."""
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / 'checkpoints' / 'stereonet_default.safetensors'
 """The bundled default checkpoint (trained by ``stereonet-train``; see the README)."""
@@ -89,7 +88,7 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def _as_float_image(image: npt.ArrayLike, name: str) -> npt.NDArray[np.float32]:
+def as_float_image(image: npt.ArrayLike, name: str) -> npt.NDArray[np.float32]:
     """(H, W) or (H, W, C) in 0..255 units, float32; C in 1, 3, 4 (alpha dropped)."""
     array = np.asarray(image)
     if array.ndim == 3 and array.shape[2] in (1, 3, 4):
@@ -114,7 +113,7 @@ def to_contract_color(image: npt.NDArray[np.float32], color: Literal['gray', 'rg
     """(H, W) or (H, W, 3) -> (C, H, W) in the contract's colour (BT.601 luma for gray)."""
     if color == 'gray':
         if image.ndim == 3:
-            red, green, blue = BT601_LUMA
+            red, green, blue = BT601_WEIGHTS
             image = red * image[:, :, 0] + green * image[:, :, 1] + blue * image[:, :, 2]
         return image[np.newaxis]  # (1, H, W)
     if image.ndim == 2:
@@ -183,8 +182,8 @@ class Predictor:
 
     def preprocess(self, left: npt.ArrayLike, right: npt.ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
         """Two images -> normalized ``(1, C, H, W)`` float32 tensors on the device, unpadded."""
-        left_image = _as_float_image(left, 'left')
-        right_image = _as_float_image(right, 'right')
+        left_image = as_float_image(left, 'left')
+        right_image = as_float_image(right, 'right')
         if left_image.shape[:2] != right_image.shape[:2]:
             raise InputError(f'left and right images differ in size: {left_image.shape[1]}x{left_image.shape[0]} '
                              f'vs {right_image.shape[1]}x{right_image.shape[0]}')

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from stereonet_ros.inference import (BT601_LUMA, InputError, Predictor, UntrainedPlaceholderWarning,
+from stereonet_ros.image_codec import BT601_WEIGHTS
+from stereonet_ros.inference import (InputError, Predictor, UntrainedPlaceholderWarning,
                                      placeholder_checkpoint, resolve_device, to_contract_color)
 from stereonet_ros.model.checkpoint import Checkpoint, load_checkpoint
 
@@ -56,7 +57,7 @@ def test_rgb_to_gray_uses_bt601_luma() -> None:
     pixel = np.array([[[200.0, 100.0, 50.0]]], dtype=np.float32)
     gray = to_contract_color(pixel, 'gray')
     assert gray.shape == (1, 1, 1)
-    assert gray[0, 0, 0] == pytest.approx(BT601_LUMA[0] * 200 + BT601_LUMA[1] * 100 + BT601_LUMA[2] * 50)
+    assert gray[0, 0, 0] == pytest.approx(BT601_WEIGHTS[0] * 200 + BT601_WEIGHTS[1] * 100 + BT601_WEIGHTS[2] * 50)
     rgb = to_contract_color(np.full((2, 3), 9.0, dtype=np.float32), 'rgb')
     assert rgb.shape == (3, 2, 3) and np.all(rgb == 9.0)
 

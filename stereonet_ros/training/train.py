@@ -1,0 +1,496 @@
+"""stereonet-train: train StereoNet on synthetic stereo (left + right disparity, robust loss).
+
+    stereonet-train [--config FILE.yaml] [key=value ...] [--output-dir DIR]
+
+Defaults <- the YAML file <- ``key=value`` overrides (dotted for sections: ``model.max_disparity=192``,
+``data.height=192``) make one :class:`TrainConfig`, saved as ``config.yaml`` in the output folder.
+
+What the run writes in its output folder:
+
+- ``state.pt``: the full training state (weights, optimizer, scheduler, step), written atomically
+  every ``checkpoint_every`` steps, on Ctrl-C and SIGTERM, and at the end. Loaded with
+  ``torch.load(weights_only=True)``. A run started again on the same folder resumes from it, exactly:
+  the samples of step ``s`` are a function of ``(seed, s)`` only, so nothing else needs saving.
+- ``model_latest.safetensors`` (and ``model_best.safetensors`` by validation EPE): our checkpoint
+  format with the training config, steps and data in its provenance.
+- ``log.csv``: one row per logged step (and TensorBoard events when ``tensorboard`` is installed).
+
+Multi-GPU: ``torchrun --nproc_per_node N -m stereonet_ros.training.train ...`` (DDP; the batch size
+is per process). On the CPU: channels-last, all cores, glibc allocator tuned. On a GPU:
+``precision=bf16`` autocast by default.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import yaml
+
+from stereonet_ros.config import ConfigError, load, to_dict
+from stereonet_ros.data.synthetic import SyntheticConfig, SyntheticStereoDataset, worker_init_fn
+from stereonet_ros.model.checkpoint import Checkpoint, InputContract, save_checkpoint
+from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig, to_channels_last
+from stereonet_ros.training.loss import stereo_pyramid_loss
+
+PROGRAM = 'stereonet-train'
+STATE_FILE = 'state.pt'
+
+# Inputs are normalized to about [-1, 1] in 0..255 units: gray (x - 127.5) / 127.5, both views.
+TRAIN_MEAN = 127.5
+TRAIN_STD = 127.5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run (saved beside its outputs)."""
+
+    model: StereoNetConfig = field(default_factory=lambda: StereoNetConfig(
+        in_channels=1, max_disparity=192, disparity_grid='exact', cost_volume_border='replicate'))
+    """The network; default: grayscale, 192 px, the paper's exact candidate grid."""
+    data: SyntheticConfig = field(default_factory=lambda: SyntheticConfig(height=192, width=384))
+    """The synthetic generator (crop size = data.height x data.width)."""
+    steps: int = 100_000
+    """Optimizer steps in total (a resumed run continues up to this)."""
+    batch_size: int = 4
+    """Pairs per step per process."""
+    optimizer: Literal['rmsprop', 'adamw'] = 'rmsprop'
+    """RMSprop as the paper and the seed; AdamW as RAFT-Stereo."""
+    lr: float = 1e-3
+    """Peak learning rate (the paper's RMSprop rate)."""
+    weight_decay: float = 1e-4
+    warmup_steps: int = 200
+    """Linear warm-up from lr/100."""
+    lr_decay_every: int = 10_000
+    """Multiply the rate by lr_decay_gamma every this many steps (exponential step decay)."""
+    lr_decay_gamma: float = 0.9
+    grad_clip: float = 1.0
+    """Clip the gradient norm (0 = off)."""
+    loss_alpha: float = 1.0
+    """Barron robust loss shape (StereoNet: 1)."""
+    loss_c: float = 2.0
+    """Barron robust loss scale, pixels (the seed: 2)."""
+    supervise_occluded: bool = True
+    """Also supervise occluded pixels (their ground truth is exact in synthetic data)."""
+    seed: int = 0
+    """Base seed: sample i of the stream is generated from (seed, i)."""
+    validation_seed: int = 1_000_003
+    """Seed of the held-out synthetic validation stream (never used for training)."""
+    validation_samples: int = 16
+    validate_every: int = 500
+    checkpoint_every: int = 100
+    log_every: int = 10
+    workers: int = 1
+    """DataLoader worker processes generating samples."""
+    threads: int = 0
+    """CPU threads for the network (0 = all cores)."""
+    device: str = 'auto'
+    precision: Literal['fp32', 'bf16', 'fp16'] = 'bf16'
+    """Autocast precision on a GPU; the CPU always trains in fp32."""
+    init_checkpoint: str = ''
+    """Start from these weights (ours or a seed .ckpt) instead of random ones; ignored on resume."""
+    score_real_pair: bool = True
+    """Also score the Middlebury Motorcycle pair (scikit-image) at each validation."""
+
+    def __post_init__(self) -> None:
+        positive = ('steps', 'batch_size', 'validation_samples', 'validate_every', 'checkpoint_every', 'log_every')
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f'{name}={getattr(self, name)!r}: must be >= 1')
+        for name in ('lr', 'loss_c', 'lr_decay_gamma'):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f'{name}={getattr(self, name)!r}: must be > 0')
+        for name in ('weight_decay', 'warmup_steps', 'grad_clip', 'workers', 'threads', 'seed', 'lr_decay_every'):
+            if getattr(self, name) < 0:
+                raise ConfigError(f'{name}={getattr(self, name)!r}: must be >= 0')
+        if self.model.in_channels != self.data.channels:
+            raise ConfigError(f'model.in_channels={self.model.in_channels} but data.channels={self.data.channels}')
+        if float(self.model.max_disparity) != self.data.max_disparity:
+            raise ConfigError(f'model.max_disparity={self.model.max_disparity} but data.max_disparity='
+                              f'{self.data.max_disparity}: the loss mask and the network must agree')
+        if self.validation_seed == self.seed:
+            raise ConfigError('validation_seed must differ from seed (held-out data)')
+
+    def contract(self) -> InputContract:
+        channels = self.model.in_channels
+        return InputContract(color='gray' if channels == 1 else 'rgb', left_mean=(TRAIN_MEAN,) * channels,
+                             left_std=(TRAIN_STD,) * channels, right_mean=(TRAIN_MEAN,) * channels,
+                             right_std=(TRAIN_STD,) * channels, max_disparity=float(self.model.max_disparity),
+                             pad_multiple=self.model.downsampling_factor)
+
+
+# --- pieces ----------------------------------------------------------------------------------------
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The rate for optimizer step ``step`` (0-based): linear warm-up, then exponential step decay."""
+    rate = config.lr
+    if config.lr_decay_every > 0:
+        rate *= config.lr_decay_gamma ** (step // config.lr_decay_every)
+    if step < config.warmup_steps:
+        rate *= 0.01 + 0.99 * step / config.warmup_steps
+    return rate
+
+
+class StepBatches(torch.utils.data.Sampler[list[int]]):
+    """Batches of sample indices as a function of the step: step ``s``, rank ``r`` of ``w`` gets
+    ``[(s * w + r) * B, ... + B)``. Resuming at any step gives exactly the batches a straight run gets."""
+
+    def __init__(self, first_step: int, last_step: int, batch_size: int, rank: int = 0, world: int = 1) -> None:
+        self.first_step, self.last_step = first_step, last_step
+        self.batch_size, self.rank, self.world = batch_size, rank, world
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.first_step, self.last_step):
+            start = (step * self.world + self.rank) * self.batch_size
+            yield list(range(start, start + self.batch_size))
+
+    def __len__(self) -> int:
+        return max(0, self.last_step - self.first_step)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """0..255 images -> the training normalization (see :data:`TRAIN_MEAN`)."""
+    return (images - TRAIN_MEAN) / TRAIN_STD
+
+
+def git_sha() -> str:
+    try:
+        completed = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=10,
+                                   cwd=Path(__file__).resolve().parent)
+        return completed.stdout.strip() if completed.returncode == 0 else 'unknown'
+    except (OSError, subprocess.SubprocessError):
+        return 'unknown'
+
+
+def _atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
+    temporary = path.with_suffix(path.suffix + '.tmp')
+    torch.save(payload, temporary)
+    os.replace(temporary, path)  # a crash mid-write never leaves a half state.pt
+
+
+def _atomic_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
+    temporary = path.with_suffix('.tmp.safetensors')
+    save_checkpoint(temporary, checkpoint)
+    os.replace(temporary, path)
+
+
+class _StopRequested(Exception):
+    pass
+
+
+@dataclass
+class _Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(device_request: str) -> tuple[_Distributed, torch.device]:
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if world <= 1:
+        from stereonet_ros.inference import resolve_device
+        return _Distributed(), resolve_device(device_request)
+    import torch.distributed as dist
+    rank, local_rank = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
+    use_cuda = torch.cuda.is_available() and device_request in ('auto', 'cuda')
+    dist.init_process_group(backend='nccl' if use_cuda else 'gloo')
+    device = torch.device('cuda', local_rank) if use_cuda else torch.device('cpu')
+    if use_cuda:
+        torch.cuda.set_device(device)
+    return _Distributed(rank=rank, world=world, local_rank=local_rank), device
+
+
+# --- validation --------------------------------------------------------------------------------------
+
+def validate(model: StereoNet, config: TrainConfig, device: torch.device) -> dict[str, float]:
+    """EPE / bad-3 on the held-out synthetic stream, and on the real Motorcycle pair when asked.
+
+    Runs the weights through :class:`~stereonet_ros.inference.Predictor`, i.e. exactly the
+    preprocessing, padding and folded network that users get.
+    """
+    from stereonet_ros.evaluation.metrics import MetricAccumulator, disparity_metrics
+    from stereonet_ros.inference import Predictor
+
+    predictor = Predictor(_export(model, config, step=0), device=str(device))
+
+    def image(tensor: torch.Tensor) -> np.ndarray:  # (C, H, W) 0..255 -> (H, W[, 3]) float32
+        return tensor[0].numpy() if tensor.shape[0] == 1 else tensor.permute(1, 2, 0).numpy()
+
+    results: dict[str, float] = {}
+    dataset = SyntheticStereoDataset(config.data, length=config.validation_samples, seed=config.validation_seed)
+    accumulator = MetricAccumulator()
+    for index in range(len(dataset)):
+        item = dataset[index]
+        prediction = predictor.predict(image(item['left']), image(item['right']))
+        accumulator.add(prediction, item['disp_left'][0].numpy(), item['valid_left'][0].numpy())
+    overall = accumulator.total()
+    results['val_epe'], results['val_bad3'] = overall.epe, overall.bad3
+    if config.score_real_pair:
+        from stereonet_ros.samples import motorcycle
+
+        sample = motorcycle()
+        real = disparity_metrics(predictor.predict(sample.left, sample.right), sample.disparity)
+        results['real_epe'], results['real_bad2'], results['real_bad3'] = real.epe, real.bad2, real.bad3
+    return results
+
+
+# --- the loop ----------------------------------------------------------------------------------------
+
+def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = None, progress: bool = True) -> int:
+    """Run (or resume) training into ``output_dir``. Returns the step reached.
+
+    ``stop_after``: return after this many steps of *this call* (tests use it to interrupt a run).
+    """
+    distributed, device = _setup_distributed(config.device)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    state_path = output_dir / STATE_FILE
+    config_path = output_dir / 'config.yaml'
+    resolved = to_dict(config)
+    if state_path.exists() and config_path.exists():
+        previous = yaml.safe_load(config_path.read_text())
+        if previous != resolved:
+            changed = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
+            raise ConfigError(f'{output_dir} holds a run with another config (differs in {changed}); '
+                              'resume with the same config or choose another --output-dir')
+    if distributed.is_main:
+        config_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+    if device.type == 'cpu':
+        from stereonet_ros.cpu_allocator import tune_allocator_for_inference
+        tune_allocator_for_inference()  # the same reuse of large blocks helps training
+        if config.threads:
+            torch.set_num_threads(config.threads)
+
+    torch.manual_seed(config.seed)
+    model = StereoNet(config.model)
+    if config.init_checkpoint and not state_path.exists():
+        from stereonet_ros.model.checkpoint import load_checkpoint
+        initial = load_checkpoint(config.init_checkpoint)
+        if initial.config != config.model:
+            raise ConfigError(f'init_checkpoint {config.init_checkpoint} has model config {initial.config}, '
+                              f'this run wants {config.model}')
+        model.load_state_dict(initial.state_dict)
+    model = model.to(device)
+    if device.type == 'cpu':
+        to_channels_last(model)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer: torch.optim.Optimizer
+    if config.optimizer == 'rmsprop':
+        optimizer = torch.optim.RMSprop(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+
+    step = 0
+    best_epe = math.inf
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state['model'])
+        optimizer.load_state_dict(state['optimizer'])
+        step = int(state['step'])
+        best_epe = float(state.get('best_epe', math.inf))
+        if distributed.is_main:
+            print(f'{PROGRAM}: resuming {output_dir} at step {step}', file=sys.stderr)
+    if step >= config.steps:
+        return step
+
+    runner: torch.nn.Module = model
+    if distributed.world > 1:
+        runner = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == 'cuda' else None)
+    model.train()
+
+    last_step = config.steps if stop_after is None else min(config.steps, step + stop_after)
+    dataset = SyntheticStereoDataset(config.data, length=2**62, seed=config.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=StepBatches(step, last_step, config.batch_size, distributed.rank, distributed.world),
+        num_workers=config.workers, worker_init_fn=worker_init_fn if config.workers else None,
+        persistent_workers=False, pin_memory=device.type == 'cuda')
+    autocast_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': None}[config.precision]
+    use_autocast = device.type == 'cuda' and autocast_dtype is not None
+    scaler = torch.amp.GradScaler('cuda', enabled=use_autocast and autocast_dtype == torch.float16)
+
+    def save_state() -> None:
+        if not distributed.is_main:
+            return
+        _atomic_torch_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
+                            'best_epe': best_epe}, state_path)
+        _atomic_checkpoint(_export(model, config, step), output_dir / 'model_latest.safetensors')
+
+    stop: list[str] = []
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        del frame
+        stop.append(signal.Signals(signum).name)
+
+    previous_handlers = {}
+    if distributed.is_main and _in_main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous_handlers[signum] = signal.signal(signum, request_stop)
+
+    log_path = output_dir / 'log.csv'
+    fields_ = ['step', 'wall_s', 'samples_per_s', 'loss', 'lr', 'val_epe', 'val_bad3', 'real_epe', 'real_bad2',
+               'real_bad3']
+    new_log = not log_path.exists()
+    log_file = log_path.open('a', newline='') if distributed.is_main else None
+    writer = csv.DictWriter(log_file, fieldnames=fields_) if log_file else None
+    if writer and new_log:
+        writer.writeheader()
+    tensorboard = _tensorboard(output_dir) if distributed.is_main else None
+    bar = _progress_bar(step, config.steps, enabled=progress and distributed.is_main)
+    started, window_start, window_samples, losses = time.time(), time.time(), 0, []
+    try:
+        for batch in loader:
+            rate = learning_rate(config, step)
+            for group in optimizer.param_groups:
+                group['lr'] = rate
+            left = normalize(batch['left'].to(device, non_blocking=True))
+            right = normalize(batch['right'].to(device, non_blocking=True))
+            if device.type == 'cpu':
+                left = left.contiguous(memory_format=torch.channels_last)
+                right = right.contiguous(memory_format=torch.channels_last)
+            gt_left, gt_right = batch['disp_left'].to(device), batch['disp_right'].to(device)
+            if config.supervise_occluded:
+                valid_left = valid_right = None  # finite and < max_disparity: the loss's own mask
+            else:
+                valid_left, valid_right = batch['valid_left'].to(device), batch['valid_right'].to(device)
+            with torch.autocast(device_type=device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
+                output = runner(left, right, with_right=True)
+            loss = stereo_pyramid_loss([p.float() for p in output.pyramid],
+                                       [p.float() for p in output.right_pyramid], gt_left, gt_right,
+                                       valid_left, valid_right, float(config.model.max_disparity),
+                                       alpha=config.loss_alpha, c=config.loss_c)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f'loss is {loss.item()} at step {step}; last good state is in {state_path}')
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+            if config.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            losses.append(float(loss.detach()))
+            window_samples += config.batch_size * distributed.world
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f'{losses[-1]:.3f}', lr=f'{rate:.2e}')
+            row: dict[str, Any] = {}
+            if step % config.log_every == 0 or step == last_step:
+                elapsed = time.time() - window_start
+                row.update(step=step, wall_s=round(time.time() - started, 1),
+                           samples_per_s=round(window_samples / max(elapsed, 1e-9), 3),
+                           loss=round(float(np.mean(losses)), 5), lr=rate)
+                window_start, window_samples, losses = time.time(), 0, []
+            if distributed.is_main and (step % config.validate_every == 0 or step == config.steps):
+                scores = validate(model, config, device)
+                row.update({key: round(value, 4) for key, value in scores.items()}, step=step)
+                if scores['val_epe'] < best_epe:
+                    best_epe = scores['val_epe']
+                    _atomic_checkpoint(_export(model, config, step, scores), output_dir / 'model_best.safetensors')
+                if bar is not None:
+                    bar.write(f'step {step}: ' + ', '.join(f'{k} {v:.3f}' for k, v in scores.items()))
+            if row and writer and log_file:
+                writer.writerow(row)
+                log_file.flush()
+                if tensorboard is not None:
+                    for key, value in row.items():
+                        if key != 'step' and isinstance(value, (int, float)):
+                            tensorboard.add_scalar(key, value, step)
+            if step % config.checkpoint_every == 0:
+                save_state()
+            if stop:
+                raise _StopRequested(stop[0])
+        save_state()
+    except (_StopRequested, KeyboardInterrupt) as interruption:
+        save_state()
+        if distributed.is_main:
+            print(f'\n{PROGRAM}: stopped by {interruption or "Ctrl-C"} at step {step}; state saved to {state_path} '
+                  '(run the same command again to resume)', file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        if bar is not None:
+            bar.close()
+        if log_file:
+            log_file.close()
+        if tensorboard is not None:
+            tensorboard.close()
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+    return step
+
+
+def _in_main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _export(model: StereoNet, config: TrainConfig, step: int, scores: dict[str, float] | None = None) -> Checkpoint:
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    provenance: dict[str, Any] = {
+        'trained': True,
+        'data': 'synthetic stereo (stereonet_ros.data.synthetic), generated on the fly',
+        'steps': step,
+        'samples_seen': step * config.batch_size * int(os.environ.get('WORLD_SIZE', '1')),
+        'git_sha': git_sha(),
+        'train_config': to_dict(config),
+        'reproduce': 'stereonet-train --config config.yaml (the train_config above as YAML)',
+    }
+    if scores:
+        provenance['validation'] = scores
+    return Checkpoint(config=config.model, contract=config.contract(), state_dict=state, provenance=provenance)
+
+
+def _progress_bar(initial: int, total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, unit='step', dynamic_ncols=True, smoothing=0.05)
+
+
+def _tensorboard(output_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(output_dir / 'tensorboard'))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument('--config', type=Path, help='YAML file with TrainConfig values')
+    parser.add_argument('--output-dir', type=Path, default=Path('runs/stereonet'),
+                        help='where state, checkpoints and logs go; an existing run there is resumed')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar (logs only)')
+    parser.add_argument('overrides', nargs='*', metavar='key=value', help='config overrides, e.g. lr=5e-4')
+    arguments = parser.parse_args(argv)
+    from stereonet_ros.cli import fail
+    try:
+        config = load(TrainConfig, arguments.config, arguments.overrides)
+        train(config, arguments.output_dir, progress=not arguments.no_progress)
+    except ConfigError as err:
+        fail(PROGRAM, str(err), status=2)
+    except FloatingPointError as err:
+        fail(PROGRAM, str(err))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
+

@@ -1,0 +1,157 @@
+"""stereonet-train: schedule, step-indexed data, learning, exact resume, interruption, config errors."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from stereonet_ros.config import ConfigError, load
+from stereonet_ros.data.synthetic import SyntheticConfig, SyntheticStereoDataset
+from stereonet_ros.model.checkpoint import load_checkpoint
+from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig
+from stereonet_ros.training.loss import stereo_pyramid_loss
+from stereonet_ros.training.train import StepBatches, TrainConfig, learning_rate, normalize, train
+
+TINY = [
+    'model.max_disparity=64', 'data.max_disparity=64', 'data.height=64', 'data.width=128',
+    'data.disparity_range=[8, 48]', 'data.n_layers=[2, 4]', 'batch_size=2', 'workers=0',
+    'validate_every=1000', 'validation_samples=1', 'score_real_pair=false', 'warmup_steps=0', 'lr=1e-3',
+    'log_every=1',
+]
+
+
+def test_learning_rate_warms_up_then_decays_by_steps() -> None:
+    config = TrainConfig(lr=1e-3, warmup_steps=100, lr_decay_every=1000, lr_decay_gamma=0.5)
+    assert learning_rate(config, 0) == pytest.approx(1e-5)
+    assert learning_rate(config, 50) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
+    assert learning_rate(config, 100) == pytest.approx(1e-3)
+    assert learning_rate(config, 1999) == pytest.approx(5e-4)
+    assert learning_rate(config, 2000) == pytest.approx(2.5e-4)
+
+
+def test_batches_are_a_function_of_the_step_only() -> None:
+    straight = list(StepBatches(0, 6, batch_size=3))
+    resumed = list(StepBatches(4, 6, batch_size=3))
+    assert straight[4:] == resumed
+    assert straight[1] == [3, 4, 5]
+    # Two processes split each step's work without overlap.
+    rank0, rank1 = list(StepBatches(0, 2, 2, rank=0, world=2)), list(StepBatches(0, 2, 2, rank=1, world=2))
+    assert rank0 == [[0, 1], [4, 5]] and rank1 == [[2, 3], [6, 7]]
+
+
+def test_a_few_steps_on_a_fixed_batch_lower_the_loss() -> None:
+    torch.manual_seed(0)
+    config = StereoNetConfig(max_disparity=64, disparity_grid='exact', cost_volume_border='replicate')
+    model = StereoNet(config).train()
+    data = SyntheticStereoDataset(SyntheticConfig(height=64, width=128, max_disparity=64, disparity_range=(8, 48),
+                                                  n_layers=(2, 4)), length=2, seed=0)
+    batch = torch.utils.data.default_collate([data[0], data[1]])
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+
+    def loss_now() -> torch.Tensor:
+        output = model(normalize(batch['left']), normalize(batch['right']), with_right=True)
+        return stereo_pyramid_loss(output.pyramid, output.right_pyramid, batch['disp_left'], batch['disp_right'],
+                                   None, None, 64.0)
+    losses = []
+    for _ in range(15):
+        loss = loss_now()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def _state(folder: Path) -> dict[str, object]:
+    state: dict[str, object] = torch.load(folder / 'state.pt', weights_only=True)
+    return state
+
+
+def test_resume_after_an_interruption_gives_the_same_steps_as_a_straight_run(tmp_path: Path) -> None:
+    torch.set_num_threads(1)  # the same thread count in both runs, for bitwise-equal reductions
+    try:
+        config = load(TrainConfig, overrides=[*TINY, 'steps=4', 'checkpoint_every=1'])
+        assert train(config, tmp_path / 'straight', progress=False) == 4
+        assert train(config, tmp_path / 'resumed', stop_after=2, progress=False) == 2
+        assert _state(tmp_path / 'resumed')['step'] == 2
+        assert train(config, tmp_path / 'resumed', progress=False) == 4
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    straight, resumed = _state(tmp_path / 'straight'), _state(tmp_path / 'resumed')
+    for key, tensor in straight['model'].items():  # type: ignore[attr-defined]
+        assert torch.equal(tensor, resumed['model'][key]), key  # type: ignore[index]
+    rows = {int(row['step']): float(row['loss']) for row in csv.DictReader((tmp_path / 'straight' / 'log.csv').open())
+            if row['loss']}
+    resumed_rows = {int(row['step']): float(row['loss'])
+                    for row in csv.DictReader((tmp_path / 'resumed' / 'log.csv').open()) if row['loss']}
+    assert rows[3] == resumed_rows[3] and rows[4] == resumed_rows[4]  # the step after the resume, and the next
+    exported = load_checkpoint(tmp_path / 'straight' / 'model_latest.safetensors')
+    assert exported.provenance['steps'] == 4 and exported.provenance['trained'] is True
+    assert exported.config == config.model and exported.contract.pad_multiple == 8
+    assert (tmp_path / 'straight' / 'config.yaml').read_text().startswith('model:')
+
+
+def test_resuming_with_another_config_is_refused(tmp_path: Path) -> None:
+    config = load(TrainConfig, overrides=[*TINY, 'steps=1'])
+    train(config, tmp_path, progress=False)
+    other = load(TrainConfig, overrides=[*TINY, 'steps=1', 'lr=5e-4'])
+    with pytest.raises(ConfigError, match=r"another config \(differs in \['lr'\]\)"):
+        train(other, tmp_path, progress=False)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (['lr=-1'], r'lr=-1\.0: must be > 0'),
+    (['batch_size=0'], r'batch_size=0: must be >= 1'),
+    (['steps=many'], r"steps='many': must be an integer"),
+    (['model.max_disp=3'], r"unknown key\(s\) \['model\.max_disp'\]"),
+    (['optimizer=sgd'], r"optimizer='sgd': must be one of \['rmsprop', 'adamw'\]"),
+    (['model.in_channels=3'], r'model.in_channels=3 but data.channels=1'),
+    (['data.height=-5'], r'data: SyntheticConfig.height=-5'),
+    (['lr'], r"override 'lr': expected key=value"),
+])
+def test_bad_config_values_are_refused_naming_them(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(TrainConfig, overrides=overrides)
+
+
+def test_config_file_and_overrides_merge(tmp_path: Path) -> None:
+    path = tmp_path / 'run.yaml'
+    path.write_text('lr: 0.0005\ndata:\n  height: 96\n  width: 192\n')
+    config = load(TrainConfig, path, ['data.width=256'])
+    assert config.lr == 5e-4 and config.data.height == 96 and config.data.width == 256
+    assert config.data.max_disparity == 192.0  # untouched defaults stay
+    with pytest.raises(ConfigError, match='cannot read config file'):
+        load(TrainConfig, tmp_path / 'missing.yaml')
+
+
+def test_cli_ctrl_c_saves_the_state_and_exits_130(tmp_path: Path) -> None:
+    program = Path(sys.executable).parent / 'stereonet-train'
+    process = subprocess.Popen([str(program), '--no-progress', '--output-dir', str(tmp_path), *TINY, 'steps=500',
+                                'checkpoint_every=1000'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / 'log.csv'
+    deadline = time.time() + 180
+    while time.time() < deadline and process.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 3:  # header + two steps done
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert 'state saved' in stderr
+    logged = [int(row['step']) for row in csv.DictReader(log.open()) if row['step']]
+    assert _state(tmp_path)['step'] >= max(logged) >= 2  # nothing done before Ctrl-C is lost
+
+
+def test_cli_bad_override_exits_2_with_one_line(tmp_path: Path) -> None:
+    program = Path(sys.executable).parent / 'stereonet-train'
+    result = subprocess.run([str(program), '--output-dir', str(tmp_path), 'lr=-1'], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == 'stereonet-train: error: lr=-1.0: must be > 0'
