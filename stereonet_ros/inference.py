@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from stereonet_ros.cpu_allocator import tune_allocator_for_inference
 from stereonet_ros.image_codec import BT601_WEIGHTS
 from stereonet_ros.model.checkpoint import Checkpoint, InputContract, load_checkpoint
-from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig, fold_batchnorm, to_channels_last
+from stereonet_ros.model.stereonet import (StereoNet, StereoNetConfig, fold_batchnorm, matching_confidence,
+                                           to_channels_last)
 
 Precision = Literal['fp32', 'fp16', 'bf16']
 
@@ -208,6 +209,18 @@ class Predictor:
 
     def run(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """Normalized ``(B, C, H, W)`` tensors -> ``(B, 1, H, W)`` float32 disparity: pads, runs, unpads."""
+        disparity, _ = self._run(left, right, with_confidence=False)
+        return disparity
+
+    def run_with_confidence(self, left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`run`, plus ``(B, 1, H, W)`` confidence in [0, 1]
+        (:func:`~stereonet_ros.model.stereonet.matching_confidence` of the cost volume, resized bilinearly)."""
+        disparity, confidence = self._run(left, right, with_confidence=True)
+        assert confidence is not None
+        return disparity, confidence
+
+    def _run(self, left: torch.Tensor, right: torch.Tensor,
+             with_confidence: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         height, width = left.shape[-2:]
         padded_height, padded_width = self.padded_size(height, width)
         padding = (0, padded_width - width, 0, padded_height - height)
@@ -216,15 +229,15 @@ class Predictor:
             right = F.pad(right, padding, mode='replicate')
         left = left.contiguous(memory_format=torch.channels_last)
         right = right.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            if self.precision == 'fp32':
-                disparity = self._runner(left, right)
-            else:
-                dtype = torch.float16 if self.precision == 'fp16' else torch.bfloat16
-                with torch.autocast(device_type=self.device.type, dtype=dtype):
-                    disparity = self._runner(left, right)
-        result: torch.Tensor = disparity[:, :, :height, :width].float()
-        return result
+        dtype = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}[self.precision]
+        with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=dtype,
+                                                    enabled=self.precision != 'fp32'):
+            if not with_confidence:
+                return self._runner(left, right)[:, :, :height, :width].float(), None
+            output = self._runner(left, right, with_pyramid=True)
+            confidence = F.interpolate(matching_confidence(output.cost), size=left.shape[-2:], mode='bilinear',
+                                       align_corners=self.config.align_corners)
+        return output.disparity[:, :, :height, :width].float(), confidence[:, :, :height, :width].float()
 
     def predict(self, left: npt.ArrayLike, right: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """Left-view disparity ``(H, W)`` float32 in pixels of the input, for a rectified pair.

@@ -137,3 +137,14 @@ def test_gpu_matches_cpu(seed_checkpoint_path: Path, seed_reference: dict[str, n
     disparity = predictor.predict(seed_reference['left_100x170'].astype(np.uint8),
                                   seed_reference['right_100x170'].astype(np.uint8))
     assert np.abs(disparity - seed_reference['disparity_100x170'][0, 0]).max() <= 1e-3
+
+
+def test_run_with_confidence_gives_the_same_disparity_and_a_full_size_confidence(seed_predictor: Predictor) -> None:
+    rng = np.random.default_rng(2)
+    left = rng.integers(0, 256, size=(45, 70), dtype=np.uint8)
+    right = np.roll(left, -4, axis=1)
+    left_tensor, right_tensor = seed_predictor.preprocess(left, right)
+    disparity, confidence = seed_predictor.run_with_confidence(left_tensor, right_tensor)
+    assert torch.equal(disparity, seed_predictor.run(left_tensor, right_tensor))
+    assert confidence.shape == (1, 1, 45, 70)
+    assert float(confidence.min()) >= 0.0 and float(confidence.max()) <= 1.0

@@ -198,3 +198,16 @@ def test_bad_input_shapes_are_refused(left_shape: tuple[int, ...], right_shape: 
     model = StereoNet(StereoNetConfig()).eval()
     with pytest.raises(ValueError, match=message):
         model(torch.zeros(left_shape), torch.zeros(right_shape))
+
+
+def test_matching_confidence_is_one_for_a_decided_match_and_zero_for_a_uniform_cost() -> None:
+    from stereonet_ros.model.stereonet import matching_confidence
+    cost = torch.zeros(1, 24, 2, 2)
+    cost[0, :, 0, 0] = 1000.0
+    cost[0, 5, 0, 0] = 0.0  # one candidate takes everything
+    confidence = matching_confidence(cost)
+    assert confidence.shape == (1, 1, 2, 2)
+    assert float(confidence[0, 0, 0, 0]) == pytest.approx(1.0, abs=1e-6)
+    assert float(confidence[0, 0, 1, 1]) == pytest.approx(0.0, abs=1e-6)  # uniform
+    cost[0, :, 0, 1] = torch.linspace(0, 3, 24)  # in between
+    assert 0.0 < float(matching_confidence(cost)[0, 0, 0, 1]) < 1.0

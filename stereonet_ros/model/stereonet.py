@@ -39,6 +39,7 @@ value is named:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -257,6 +258,24 @@ def soft_argmin(cost: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     probabilities = F.softmax(-cost, dim=1)  # (B, D, h, w)
     grid = candidates.to(device=cost.device, dtype=probabilities.dtype).view(1, -1, 1, 1)
     return torch.sum(probabilities * grid, dim=1, keepdim=True)
+
+
+def matching_confidence(cost: torch.Tensor) -> torch.Tensor:
+    """How peaked the soft-argmin distribution is: ``1 - H(p) / log(D)``, ``p = softmax(-cost)``.
+
+    1 when one candidate takes all the probability (an unambiguous match), 0 when the distribution
+    is uniform (no information: textureless or occluded). Not a calibrated probability of being
+    correct; it ranks pixels by how decided the network was at the cost-volume stage.
+
+    Args:
+        cost: ``(B, D, h, w)`` filtered cost.
+
+    Returns:
+        ``(B, 1, h, w)`` in [0, 1].
+    """
+    log_probabilities = F.log_softmax(-cost.float(), dim=1)  # (B, D, h, w)
+    entropy = -(log_probabilities.exp() * log_probabilities).sum(dim=1, keepdim=True)  # (B, 1, h, w)
+    return (1.0 - entropy / math.log(cost.shape[1])).clamp(0.0, 1.0)
 
 
 class Refiner(nn.Module):
