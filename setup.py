@@ -29,6 +29,7 @@ setup(
             'stereonet-infer = stereonet_ros.cli.infer:main',
             'stereonet-convert = stereonet_ros.cli.convert:main',
             'stereonet-train = stereonet_ros.training.train:main',
+            'stereonet-evaluate = stereonet_ros.evaluation.evaluate:main',
         ],
     },
 )

@@ -1,0 +1,324 @@
+"""stereonet-evaluate: score a checkpoint on stereo sets, beside OpenCV SGBM measured in the same run.
+
+    stereonet-evaluate [--checkpoint PATH] [--sets synthetic,motorcycle,middlebury2014:ROOT,...]
+                       [--synthetic-samples 32] [--device auto] [--no-sgbm] [--out results.json]
+
+Sets:
+
+- ``synthetic``: held-out pairs of our generator (seed :data:`HELD_OUT_SEED`, never used by
+  ``stereonet-train``), 256x512, disparities up to the model's range.
+- ``motorcycle``: the real Middlebury 2014 Motorcycle pair at quarter scale that ships with
+  scikit-image (``inf`` = no ground truth).
+- ``sceneflow:ROOT``, ``kitti2012:ROOT``, ``kitti2015:ROOT``, ``middlebury2014:ROOT``,
+  ``keystone:ROOT``, ``folder:ROOT``: the public formats of :mod:`stereonet_ros.data.datasets`.
+
+Pixels scored: finite ground truth below the model's max disparity (KITTI: and non-zero), occluded
+pixels included. Metrics as the benchmarks define them (:mod:`stereonet_ros.evaluation.metrics`):
+EPE over pixels with a prediction, bad-N and D1 counting missing predictions as bad, and density.
+
+Classical baselines, on the gray images (what stereo_image_proc matches on):
+
+- ``sgbm-stereo_image_proc``: stereo_image_proc's SGBM defaults (block 15, P1 200, P2 400,
+  uniqueness 15, speckle window 100 / range 4, prefilter cap 31, disp12MaxDiff 0), the disparity
+  range widened to cover each set (a multiple of 16 above its largest ground truth);
+- ``sgbm-tuned``: the best of a small grid (block size, uniqueness, mode) chosen by bad-3 on a
+  *separate* synthetic tuning stream (seed :data:`SGBM_TUNING_SEED`), never on the scored sets.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from stereonet_ros.evaluation.metrics import DisparityMetrics, MetricAccumulator
+
+PROGRAM = 'stereonet-evaluate'
+HELD_OUT_SEED = 2_000_003
+SGBM_TUNING_SEED = 3_000_017
+F32 = npt.NDArray[np.float32]
+
+
+class EvaluationError(ValueError):
+    """A set cannot be evaluated (unknown name, unreadable data); the message says which."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One scored pair: images in 0..255 ((H, W) gray or (H, W, 3) RGB) and left ground truth."""
+
+    name: str
+    left: F32
+    right: F32
+    disparity: F32
+    """(H, W) pixels; non-finite = no ground truth."""
+
+
+@dataclass(frozen=True)
+class SgbmParams:
+    """OpenCV StereoSGBM settings (names as stereo_image_proc's parameters where they exist)."""
+
+    block_size: int
+    p1: int
+    p2: int
+    uniqueness_ratio: int
+    speckle_size: int
+    speckle_range: int
+    prefilter_cap: int
+    disp12_max_diff: int
+    mode: Literal['sgbm', 'hh', '3way']
+
+
+STEREO_IMAGE_PROC_SGBM = SgbmParams(block_size=15, p1=200, p2=400, uniqueness_ratio=15, speckle_size=100,
+                                    speckle_range=4, prefilter_cap=31, disp12_max_diff=0, mode='sgbm')
+"""stereo_image_proc's disparity node defaults with stereo_algorithm = SGBM."""
+
+
+def sgbm_candidates() -> list[SgbmParams]:
+    """The tuning grid: block size, uniqueness and mode; P1/P2 from OpenCV's rule 8/32 * block^2."""
+    grid = []
+    for block, uniqueness, mode in itertools.product((3, 5, 7, 9), (5, 10), ('sgbm', 'hh')):
+        grid.append(SgbmParams(block_size=block, p1=8 * block * block, p2=32 * block * block,
+                               uniqueness_ratio=uniqueness, speckle_size=100, speckle_range=2, prefilter_cap=63,
+                               disp12_max_diff=1, mode=mode))  # type: ignore[arg-type]
+    return grid
+
+
+def to_gray_u8(image: F32) -> npt.NDArray[np.uint8]:
+    from stereonet_ros.inference import to_contract_color
+    gray = to_contract_color(image, 'gray')[0]
+    gray_u8: npt.NDArray[np.uint8] = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+    return gray_u8
+
+
+def sgbm_disparity(left: F32, right: F32, params: SgbmParams, num_disparities: int) -> F32:
+    """OpenCV SGBM disparity, (H, W) float32 pixels, NaN where SGBM gives none."""
+    import cv2
+
+    modes = {'sgbm': cv2.STEREO_SGBM_MODE_SGBM, 'hh': cv2.STEREO_SGBM_MODE_HH,
+             '3way': cv2.STEREO_SGBM_MODE_SGBM_3WAY}
+    matcher = cv2.StereoSGBM_create(  # type: ignore[attr-defined]
+        minDisparity=0, numDisparities=num_disparities, blockSize=params.block_size, P1=params.p1, P2=params.p2,
+        disp12MaxDiff=params.disp12_max_diff, preFilterCap=params.prefilter_cap,
+        uniquenessRatio=params.uniqueness_ratio, speckleWindowSize=params.speckle_size,
+        speckleRange=params.speckle_range, mode=modes[params.mode])
+    fixed_point = matcher.compute(to_gray_u8(left), to_gray_u8(right))  # int16, 4 fractional bits
+    disparity: F32 = fixed_point.astype(np.float32) / np.float32(16.0)
+    disparity[fixed_point < 0] = np.nan  # OpenCV writes (minDisparity - 1) * 16 where it has no match
+    return disparity
+
+
+def sgbm_method(params: SgbmParams, num_disparities: int) -> Callable[[Frame], F32]:
+    """A frame -> disparity function for :func:`score`."""
+    def predict(frame: Frame) -> F32:
+        return sgbm_disparity(frame.left, frame.right, params, num_disparities)
+    return predict
+
+
+def covering_range(frames: Sequence[Frame]) -> int:
+    """SGBM numDisparities: a multiple of 16 above every finite ground-truth value."""
+    largest = max(float(np.nanmax(np.where(np.isfinite(f.disparity), f.disparity, np.nan))) for f in frames)
+    return int(16 * math.ceil((largest + 1) / 16))
+
+
+# --- sets --------------------------------------------------------------------------------------------
+
+def _synthetic_frames(count: int, seed: int, max_disparity: float, channels: int) -> list[Frame]:
+    from stereonet_ros.data.synthetic import SyntheticConfig, generate_sample
+
+    config = SyntheticConfig(height=256, width=512, channels=channels, max_disparity=max_disparity,
+                             disparity_range=(24.0, min(180.0, 0.95 * max_disparity)))
+    frames = []
+    for index in range(count):
+        sample = generate_sample(config, seed, index)
+        left, right = (sample.left[:, :, 0], sample.right[:, :, 0]) if channels == 1 else (sample.left, sample.right)
+        frames.append(Frame(name=f'synthetic-{seed}-{index}', left=left, right=right, disparity=sample.disp_left))
+    return frames
+
+
+def _motorcycle_frames() -> list[Frame]:
+    from stereonet_ros.samples import motorcycle
+
+    sample = motorcycle()
+    return [Frame(name=sample.name, left=sample.left.astype(np.float32), right=sample.right.astype(np.float32),
+                  disparity=sample.disparity)]
+
+
+def _hwc(tensor: Any) -> F32:
+    """(C, H, W) tensor -> (H, W, C) float32 array."""
+    return np.ascontiguousarray(tensor.permute(1, 2, 0).numpy(), dtype=np.float32)
+
+
+def _dataset_frames(kind: str, root: str) -> Iterator[Frame]:
+    from stereonet_ros.data import datasets
+
+    constructors: dict[str, Callable[[str], Any]] = {
+        'sceneflow': datasets.SceneFlowDataset, 'kitti2012': datasets.Kitti2012Dataset,
+        'kitti2015': datasets.Kitti2015Dataset, 'middlebury2014': datasets.Middlebury2014Dataset,
+        'keystone': datasets.KeystoneDataset, 'folder': datasets.PairFolderDataset,
+    }
+    try:
+        dataset = constructors[kind](root)
+    except datasets.DatasetError as err:
+        raise EvaluationError(str(err)) from err
+    for index in range(len(dataset)):
+        item = dataset[index]
+        if 'disp_left' not in item:
+            raise EvaluationError(f'{kind}:{root} has no ground-truth disparity for {item["name"]}')
+        yield Frame(name=str(item['name']), left=_hwc(item['left']), right=_hwc(item['right']),
+                    disparity=item['disp_left'][0].numpy().astype(np.float32))
+
+
+KNOWN_SETS = ('synthetic', 'motorcycle', 'sceneflow:ROOT', 'kitti2012:ROOT', 'kitti2015:ROOT', 'middlebury2014:ROOT',
+              'keystone:ROOT', 'folder:ROOT')
+
+
+def load_set(spec: str, synthetic_samples: int, max_disparity: float, channels: int) -> list[Frame]:
+    kind, _, root = spec.partition(':')
+    if kind == 'synthetic' and not root:
+        return _synthetic_frames(synthetic_samples, HELD_OUT_SEED, max_disparity, channels)
+    if kind == 'motorcycle' and not root:
+        return _motorcycle_frames()
+    if kind in ('sceneflow', 'kitti2012', 'kitti2015', 'middlebury2014', 'keystone', 'folder') and root:
+        frames = list(_dataset_frames(kind, root))
+        if not frames:
+            raise EvaluationError(f'{spec}: no pairs found')
+        return frames
+    raise EvaluationError(f'unknown set {spec!r}; known: {", ".join(KNOWN_SETS)}')
+
+
+# --- scoring -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MethodResult:
+    method: str
+    metrics: DisparityMetrics
+    seconds_per_frame: float
+    detail: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def score(frames: Sequence[Frame], predict: Callable[[Frame], F32], max_disparity: float,
+          gt_zero_invalid: bool) -> tuple[DisparityMetrics, float]:
+    accumulator = MetricAccumulator(gt_zero_invalid=gt_zero_invalid, max_disparity=max_disparity)
+    elapsed = 0.0
+    for frame in frames:
+        start = time.perf_counter()
+        prediction = predict(frame)
+        elapsed += time.perf_counter() - start
+        accumulator.add(prediction, frame.disparity)
+    return accumulator.total(), elapsed / max(len(frames), 1)
+
+
+def tune_sgbm(max_disparity: float, samples: int = 12) -> tuple[SgbmParams, dict[str, float]]:
+    """Pick the grid point with the lowest bad-3 on a synthetic tuning stream (not a scored set)."""
+    frames = _synthetic_frames(samples, SGBM_TUNING_SEED, max_disparity, channels=1)
+    range_ = covering_range(frames)
+    best: tuple[float, SgbmParams] | None = None
+    for params in sgbm_candidates():
+        metrics, _ = score(frames, sgbm_method(params, range_), max_disparity, gt_zero_invalid=False)
+        if best is None or metrics.bad3 < best[0]:
+            best = (metrics.bad3, params)
+    assert best is not None
+    return best[1], {'tuning_bad3': best[0], 'tuning_samples': float(samples)}
+
+
+def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto', synthetic_samples: int = 32,
+             with_sgbm: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Score the checkpoint (and SGBM) on every set. Returns the JSON-ready results."""
+    import warnings
+
+    from stereonet_ros.inference import Predictor, UntrainedPlaceholderWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UntrainedPlaceholderWarning)
+        predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    max_disparity = float(predictor.contract.max_disparity)
+    tuned: SgbmParams | None = None
+    tuning: dict[str, float] = {}
+    if with_sgbm:
+        log('tuning SGBM on the synthetic tuning stream ...')
+        tuned, tuning = tune_sgbm(max_disparity)
+    results: dict[str, Any] = {
+        'checkpoint': checkpoint or 'bundled default',
+        'placeholder': predictor.is_placeholder,
+        'provenance': predictor.checkpoint.provenance,
+        'device': str(predictor.device),
+        'max_disparity': max_disparity,
+        'sgbm_tuned_params': dataclasses.asdict(tuned) if tuned else None,
+        'sgbm_tuning': tuning,
+        'sets': {},
+    }
+    for spec in sets:
+        frames = load_set(spec, synthetic_samples, max_disparity, predictor.contract.channels)
+        kitti = spec.startswith('kitti')
+        methods: list[MethodResult] = []
+        metrics, seconds = score(frames, lambda f: predictor.predict(f.left, f.right), max_disparity, kitti)
+        methods.append(MethodResult('stereonet', metrics, seconds))
+        if with_sgbm and tuned is not None:
+            range_ = covering_range(frames)
+            for name, params in (('sgbm-stereo_image_proc', STEREO_IMAGE_PROC_SGBM), ('sgbm-tuned', tuned)):
+                metrics, seconds = score(frames, sgbm_method(params, range_), max_disparity, kitti)
+                methods.append(MethodResult(name, metrics, seconds, {'num_disparities': range_}))
+        results['sets'][spec] = {
+            'frames': len(frames),
+            'methods': {m.method: {**dataclasses.asdict(m.metrics), 'seconds_per_frame': m.seconds_per_frame,
+                                   **m.detail} for m in methods},
+        }
+        log(f'{spec}: {len(frames)} frame(s) scored')
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    lines = ['| set | method | EPE px | bad-1 % | bad-2 % | bad-3 % | D1 % | density | s/frame |',
+             '| --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+    for spec, entry in results['sets'].items():
+        for method, m in entry['methods'].items():
+            lines.append(f'| {spec} ({entry["frames"]}) | {method} | {m["epe"]:.2f} | {m["bad1"]:.1f} | '
+                         f'{m["bad2"]:.1f} | {m["bad3"]:.1f} | {m["d1"]:.1f} | {m["density"]:.3f} | '
+                         f'{m["seconds_per_frame"]:.3f} |')
+    return '\n'.join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument('--checkpoint', help='ours (.safetensors) or a seed .ckpt; default: the bundled checkpoint')
+    parser.add_argument('--sets', default='synthetic,motorcycle', help=f'comma-separated: {", ".join(KNOWN_SETS)}')
+    parser.add_argument('--synthetic-samples', type=int, default=32, help='held-out synthetic pairs to score')
+    parser.add_argument('--device', default='auto')
+    parser.add_argument('--no-sgbm', action='store_true', help='skip the SGBM baselines')
+    parser.add_argument('--out', type=Path, help='also write the results as JSON here')
+    arguments = parser.parse_args(argv)
+
+    from stereonet_ros.cli import fail
+    from stereonet_ros.inference import InputError
+    from stereonet_ros.model.checkpoint import CheckpointError
+
+    if arguments.synthetic_samples < 1:
+        fail(PROGRAM, f'--synthetic-samples {arguments.synthetic_samples}: must be >= 1', status=2)
+    sets = [spec.strip() for spec in arguments.sets.split(',') if spec.strip()]
+    try:
+        results = evaluate(arguments.checkpoint, sets, device=arguments.device,
+                           synthetic_samples=arguments.synthetic_samples, with_sgbm=not arguments.no_sgbm,
+                           log=lambda text: print(f'{PROGRAM}: {text}', file=sys.stderr))
+    except (EvaluationError, CheckpointError, InputError) as err:
+        fail(PROGRAM, str(err))
+    print(format_table(results))
+    if results['placeholder']:
+        print(f'{PROGRAM}: note: the checkpoint is the UNTRAINED placeholder; its rows are not StereoNet\'s accuracy')
+    if arguments.out:
+        arguments.out.write_text(json.dumps(results, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
