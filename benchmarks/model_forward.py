@@ -12,10 +12,10 @@ ours / baseline, and each process's peak resident memory. On a GPU machine, CUDA
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import subprocess
+import functools
 import sys
+
+from _workers import alternate, median, run_worker
 
 SIZES = ((960, 544), (640, 480))
 
@@ -59,12 +59,7 @@ print(json.dumps({'times': times, 'peak_rss_mib': resource.getrusage(resource.RU
 
 def measure(variant: str, device: str, size: tuple[int, int], repeats: int, checkpoint: str) -> dict[str, object]:
     width, height = size
-    completed = subprocess.run([sys.executable, '-c', WORKER, variant, device, str(width), str(height),
-                                str(repeats), checkpoint], capture_output=True, text=True, timeout=1800)
-    if completed.returncode != 0:
-        raise SystemExit(f'benchmark worker failed ({variant}, {device}, {width}x{height}):\n{completed.stderr}')
-    result: dict[str, object] = json.loads(completed.stdout.strip().splitlines()[-1])
-    return result
+    return run_worker(WORKER, [variant, device, width, height, repeats, checkpoint])
 
 
 def main() -> int:
@@ -83,19 +78,13 @@ def main() -> int:
     for device in devices:
         variants = ['baseline', 'ours'] + (['ours-fp16'] if device == 'cuda' else [])
         for size in SIZES:
-            times: dict[str, list[float]] = {variant: [] for variant in variants}
-            memory: dict[str, tuple[float, float]] = {}
-            for _ in range(arguments.rounds):
-                for variant in variants:
-                    result = measure(variant, device, size, arguments.repeats, arguments.checkpoint)
-                    times[variant] += list(result['times'])  # type: ignore[call-overload]
-                    memory[variant] = (float(result['peak_rss_mib']), float(result['peak_cuda_mib']))  # type: ignore[arg-type]
-            baseline = statistics.median(times['baseline'])
+            pooled = alternate(variants, arguments.rounds, functools.partial(
+                measure, device=device, size=size, repeats=arguments.repeats, checkpoint=arguments.checkpoint))
+            baseline = median(pooled['baseline']['times'])
             for variant in variants:
-                median = statistics.median(times[variant])
-                rss, cuda = memory[variant]
-                print(f'| {device} | {size[0]}x{size[1]} | {variant} | {median:.3f} | {median / baseline:.2f}x | '
-                      f'{rss:.0f} | {cuda:.0f} |', flush=True)
+                seconds = median(pooled[variant]['times'])
+                print(f'| {device} | {size[0]}x{size[1]} | {variant} | {seconds:.3f} | {seconds / baseline:.2f}x | '
+                      f'{pooled[variant]["peak_rss_mib"]:.0f} | {pooled[variant]["peak_cuda_mib"]:.0f} |', flush=True)
     return 0
 
 
