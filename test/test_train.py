@@ -155,3 +155,16 @@ def test_cli_bad_override_exits_2_with_one_line(tmp_path: Path) -> None:
                             timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == 'stereonet-train: error: lr=-1.0: must be > 0'
+
+
+def test_torchrun_ddp_on_cpu_trains_with_two_processes(tmp_path: Path) -> None:
+    command = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
+               str(29500 + os.getpid() % 1000), '-m', 'stereonet_ros.training.train', '--no-progress',
+               '--output-dir', str(tmp_path), *TINY, 'steps=2', 'batch_size=1', 'threads=1']
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = _state(tmp_path)
+    assert state['step'] == 2
+    assert not any(key.startswith('module.') for key in state['model'])  # type: ignore[attr-defined]
+    exported = load_checkpoint(tmp_path / 'model_latest.safetensors')
+    assert exported.provenance['samples_seen'] == 2 * 1 * 2  # steps x batch x processes
