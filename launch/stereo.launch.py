@@ -1,0 +1,93 @@
+"""Start stereonet_node: ``ros2 launch stereonet_ros stereo.launch.py [name:=value ...]``.
+
+Arguments (``ros2 launch stereonet_ros stereo.launch.py --show-args``):
+
+- ``namespace``: namespace of the node (its topics are relative: ``<namespace>/disparity`` ...).
+- ``left_namespace`` / ``right_namespace`` (``left`` / ``right``): where the cameras publish; the
+  node's ``left/image_rect`` is remapped to ``<left_namespace>/image_rect`` and so on.
+- ``params_file``: parameters (default: the installed ``config/stereonet.yaml``). For QoS overrides
+  (e.g. reliable subscriptions for large images between processes) copy it and uncomment its
+  ``qos_overrides`` section.
+- ``checkpoint``, ``device``, ``approximate_sync``, ``use_sim_time``: when given, they override the
+  params file; left empty (the default) the params file's value holds.
+- ``log_level``: ``debug``, ``info`` (default), ``warn``, ``error``.
+
+Example: a bag of a camera publishing ``/stereo/left/image_rect`` ...::
+
+    ros2 launch stereonet_ros stereo.launch.py namespace:=stereo use_sim_time:=true
+    ros2 bag play --clock my_bag
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+PACKAGE = 'stereonet_ros'
+EXECUTABLE = 'stereonet_node'
+OVERRIDABLE = ('checkpoint', 'device', 'approximate_sync', 'use_sim_time')
+BOOLEAN = ('approximate_sync', 'use_sim_time')
+
+
+def parameter_overrides(values):
+    """Launch argument values (strings) -> parameter overrides: only the arguments that were set.
+
+    An empty argument leaves the params file's value in force; booleans become ``bool``.
+    """
+    overrides = {}
+    for name in OVERRIDABLE:
+        text = values.get(name, '').strip()
+        if not text:
+            continue
+        if name in BOOLEAN:
+            if text.lower() not in ('true', 'false'):
+                raise ValueError(f'launch argument {name}:={text!r}: must be true or false')
+            overrides[name] = text.lower() == 'true'
+        else:
+            overrides[name] = text
+    return overrides
+
+
+def _node(context):
+    values = {name: LaunchConfiguration(name).perform(context) for name in OVERRIDABLE}
+    left = LaunchConfiguration('left_namespace')
+    right = LaunchConfiguration('right_namespace')
+    return [Node(
+        package=PACKAGE,
+        executable=EXECUTABLE,
+        name='stereonet_node',
+        namespace=LaunchConfiguration('namespace'),
+        parameters=[LaunchConfiguration('params_file'), parameter_overrides(values)],
+        remappings=[
+            ('left/image_rect', [left, '/image_rect']),
+            ('left/camera_info', [left, '/camera_info']),
+            ('right/image_rect', [right, '/image_rect']),
+            ('right/camera_info', [right, '/camera_info']),
+        ],
+        arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],
+        output='screen',
+    )]
+
+
+def generate_launch_description():
+    return LaunchDescription([
+        DeclareLaunchArgument('namespace', default_value='', description='Namespace of the node and its topics'),
+        DeclareLaunchArgument('left_namespace', default_value='left',
+                              description='Namespace of the left camera (image_rect, camera_info)'),
+        DeclareLaunchArgument('right_namespace', default_value='right',
+                              description='Namespace of the right camera (image_rect, camera_info)'),
+        DeclareLaunchArgument('params_file',
+                              default_value=PathJoinSubstitution([FindPackageShare(PACKAGE), 'config',
+                                                                  'stereonet.yaml']),
+                              description='Node parameters (YAML)'),
+        DeclareLaunchArgument('checkpoint', default_value='',
+                              description="Checkpoint path; '' = the params file's (bundled default)"),
+        DeclareLaunchArgument('device', default_value='',
+                              description="auto, cpu, cuda or cuda:N; '' = the params file's (auto)"),
+        DeclareLaunchArgument('approximate_sync', default_value='',
+                              description="true or false; '' = the params file's (false)"),
+        DeclareLaunchArgument('use_sim_time', default_value='',
+                              description="true for bag replay with --clock; '' = the params file's (false)"),
+        DeclareLaunchArgument('log_level', default_value='info', description='debug, info, warn or error'),
+        OpaqueFunction(function=_node),
+    ])

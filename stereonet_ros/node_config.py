@@ -1,0 +1,145 @@
+"""The ROS node's parameters as a frozen dataclass, validated without ROS.
+
+Every field is one ROS parameter of ``stereonet_node`` (same name, type and default); the field's
+metadata holds the description and range the node declares, so this file is the single source of
+truth for ``config/stereonet.yaml``, the parameter descriptors and the README table. Names follow
+image_pipeline's stereo_image_proc where the meaning is the same (``approximate_sync``,
+``approximate_sync_tolerance_seconds``, ``queue_size``, ``use_color``, ``avoid_point_cloud_padding``,
+``use_system_default_qos``, ``min_disparity``).
+
+A bad value raises :class:`NodeConfigError` (a :class:`~stereonet_ros.config.ConfigError`) naming the
+key and the value, so the node can refuse a run-time change with that reason and keep the old value.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from stereonet_ros.config import ConfigError, build, to_dict
+
+Precision = Literal['fp32', 'fp16', 'bf16']
+
+# 'auto', 'cpu', 'cuda' or 'cuda:N' (whether the device exists is checked when the model loads).
+_DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
+
+
+class NodeConfigError(ConfigError):
+    """A node parameter has a value the node cannot use (the message names key and value)."""
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """How a field is declared as a ROS parameter.
+
+    Attributes:
+        description: the ParameterDescriptor's description.
+        low, high: inclusive range (IntegerRange / FloatingPointRange), or None.
+        choices: allowed string values, or None (stated in ``additional_constraints``).
+        read_only: fixed at start-up (e.g. QoS: subscriptions are not re-created).
+    """
+
+    description: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+    read_only: bool = False
+
+    @property
+    def constraints(self) -> str:
+        """Human-readable constraints (``additional_constraints``)."""
+        if self.choices is not None:
+            return 'one of ' + ', '.join(repr(choice) for choice in self.choices)
+        if self.low is not None and self.high is not None:
+            return f'in [{self.low}, {self.high}]'
+        return ''
+
+
+def _param(default: Any, description: str, low: float | None = None, high: float | None = None,
+           choices: tuple[str, ...] | None = None, read_only: bool = False) -> Any:
+    spec = ParameterSpec(description, low, high, choices, read_only)
+    return field(default=default, metadata={'spec': spec})
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Parameters of ``stereonet_node`` (defaults = ``config/stereonet.yaml``)."""
+
+    queue_size: int = _param(5, 'Messages per input topic the synchronizer holds (as stereo_image_proc)', 1, 1000)
+    approximate_sync: bool = _param(
+        False, 'Pair the four inputs by approximate instead of identical stamps (as stereo_image_proc)')
+    approximate_sync_tolerance_seconds: float = _param(
+        0.0, 'approximate_sync only: largest stamp spread within a set, seconds; 0 = unbounded '
+        '(as stereo_image_proc)', 0.0, 10.0)
+    use_color: bool = _param(True, 'Add the left image colour as an rgb field to points2 (as stereo_image_proc)')
+    avoid_point_cloud_padding: bool = _param(
+        False, 'Pack points2 without alignment padding: 12/16 instead of 16/32 bytes per point '
+        '(as stereo_image_proc)')
+    use_system_default_qos: bool = _param(
+        False, 'Subscribe with the system default QoS (reliable) instead of sensor data QoS (best effort); '
+        'read-only (as stereo_image_proc)', read_only=True)
+    checkpoint: str = _param('', "StereoNet checkpoint (.safetensors, or a seed .ckpt); '' = the bundled default")
+    device: str = _param('auto', "Inference device: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:N'")
+    precision: Precision = _param('fp32', "Inference precision; 'fp16' and 'bf16' need a CUDA device",
+                                  choices=('fp32', 'fp16', 'bf16'))
+    min_disparity: float = _param(
+        0.0, 'Smallest valid disparity, pixels (DisparityImage.min_disparity); smaller values are invalid '
+        'and written as min_disparity - 1', 0.0, 1024.0)
+    min_confidence: float = _param(
+        0.0, 'Pixels whose matching confidence (1 - normalized entropy of the soft-argmin distribution) is '
+        'below this are invalid; 0 = keep all', 0.0, 1.0)
+    inference_scale: float = _param(
+        1.0, 'Run the network on images resized by this factor (faster); outputs are rescaled to the input '
+        'resolution', 0.1, 1.0)
+    diagnostics_period_seconds: float = _param(
+        1.0, 'Period of the /diagnostics status and of the stalled-input check, seconds; read-only',
+        0.1, 60.0, read_only=True)
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            spec: ParameterSpec = item.metadata['spec']
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise NodeConfigError(f'{item.name}={value!r}: must be finite')
+            if spec.low is not None and spec.high is not None and not spec.low <= value <= spec.high:
+                raise NodeConfigError(f'{item.name}={value!r}: must be in [{spec.low}, {spec.high}]')
+            if spec.choices is not None and value not in spec.choices:
+                raise NodeConfigError(f'{item.name}={value!r}: must be one of {list(spec.choices)}')
+        if not _DEVICE_PATTERN.match(self.device):
+            raise NodeConfigError(f"device={self.device!r}: must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> NodeConfig:
+        """Defaults updated by ``values`` (parameter name -> value), type-checked and validated.
+
+        Raises:
+            ConfigError: an unknown key, a value of the wrong type, or one out of range (named).
+        """
+        return build(cls, values)
+
+    def with_changes(self, changes: Mapping[str, Any]) -> NodeConfig:
+        """A copy with ``changes`` applied, validated as a whole (see :meth:`from_mapping`)."""
+        return build(NodeConfig, {**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def changed_keys(self, other: NodeConfig) -> set[str]:
+        """Names whose value differs between ``self`` and ``other``."""
+        return {name for name in PARAMETER_NAMES if getattr(self, name) != getattr(other, name)}
+
+
+PARAMETER_SPECS: dict[str, ParameterSpec] = {item.name: item.metadata['spec']
+                                             for item in dataclasses.fields(NodeConfig)}
+"""Parameter name -> its declaration (description, range, choices, read-only)."""
+
+PARAMETER_NAMES: tuple[str, ...] = tuple(PARAMETER_SPECS)
+
+SYNC_KEYS = frozenset({'queue_size', 'approximate_sync', 'approximate_sync_tolerance_seconds'})
+"""Changing one of these rebuilds the synchronizer (pending messages are dropped)."""
+
+MODEL_KEYS = frozenset({'checkpoint', 'device', 'precision'})
+"""Changing one of these loads a new predictor before the change is accepted."""

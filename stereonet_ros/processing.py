@@ -1,0 +1,263 @@
+"""What the node does with one synchronized stereo set, without ROS: arrays in, output arrays out.
+
+:class:`StereoProcessor` turns decoded left/right images and the :class:`~stereonet_ros.camera.StereoCamera`
+into the arrays behind every output topic, computing only those asked for (:class:`OutputSelection`).
+The node only decodes messages with :func:`decode_pair`, calls :meth:`StereoProcessor.process` and
+wraps the arrays into messages (``stereonet_ros.ros.messages``).
+
+Validity (docs CONVENTIONS.md). The network predicts a left-view image *shift* ``s``; the published
+disparity is ``d = s - (cx_left - cx_right)`` (:meth:`StereoCamera.shift_to_disparity`). A pixel
+``(u, v)`` is valid when all of these hold:
+
+1. ``d`` is finite and ``d >= min_disparity`` and ``d > 0`` (a finite, positive depth);
+2. ``u - s >= 0``: its match lies inside the right image (a point left of the right camera's view
+   cannot be matched; the network's value there is a guess);
+3. with ``min_confidence > 0``: ``confidence >= min_confidence``.
+
+Invalid pixels are written as ``min_disparity - 1`` in the disparity (what stereo_image_proc writes:
+OpenCV's ``minDisparity - 1``, so its consumers keep working), NaN in depth and NaN points.
+
+``valid_window`` is the region where the network could see its whole candidate range: columns
+``u >= max_shift`` (every candidate's match inside the right image), all rows. For an image
+narrower than ``max_shift`` it is empty (``x_offset = width``, ``width = height = 0``).
+
+Confidence is :func:`~stereonet_ros.model.stereonet.matching_confidence`: ``1 - H(p) / log(D)`` with
+``p = softmax(-cost)`` the soft-argmin distribution over the ``D`` candidates at the cost-volume
+resolution, resized bilinearly to the input: 1 = one candidate holds all the probability, 0 = the
+distribution is uniform. It ranks pixels by how decided the network was; it is not a calibrated
+probability of being correct.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+from stereonet_ros.camera import StereoCamera, check_image_size
+from stereonet_ros.geometry import CloudBuffer, disparity_to_depth, pointcloud2_buffer, reproject_to_3d
+from stereonet_ros.image_codec import ImageLike, to_model_input
+from stereonet_ros.image_io import colorize_disparity
+from stereonet_ros.inference import Predictor
+from stereonet_ros.node_config import NodeConfig
+
+
+class StereoInputError(ValueError):
+    """A decoded stereo pair the processor cannot use (e.g. left and right sizes differ)."""
+
+
+@dataclass(frozen=True)
+class OutputSelection:
+    """Which outputs to compute (the node sets a flag when the topic has a subscriber)."""
+
+    disparity: bool = True
+    depth: bool = True
+    points: bool = True
+    confidence: bool = True
+    disparity_color: bool = True
+
+    @property
+    def any(self) -> bool:
+        """Whether anything is wanted; when not, the model does not run."""
+        return self.disparity or self.depth or self.points or self.confidence or self.disparity_color
+
+    def describe(self) -> str:
+        names = [name for name in ('disparity', 'depth', 'points', 'confidence', 'disparity_color')
+                 if getattr(self, name)]
+        return ', '.join(names) or 'nothing'
+
+
+@dataclass(frozen=True)
+class ValidWindow:
+    """``DisparityImage.valid_window`` (a RegionOfInterest), pixels."""
+
+    x_offset: int
+    y_offset: int
+    width: int
+    height: int
+
+
+@dataclass
+class StereoOutputs:
+    """The arrays of one processed pair; ``None`` for outputs not asked for.
+
+    Attributes:
+        disparity: ``(H, W)`` float32, pixels, DisparityImage convention; invalid = ``min_disparity - 1``.
+        valid: ``(H, W)`` bool, the validity rule of the module doc.
+        min_disparity, max_disparity, delta_d: the DisparityImage fields, pixels.
+        valid_window: the DisparityImage field.
+        depth: ``(H, W)`` float32 metres (REP 118), NaN invalid.
+        cloud: stereo_image_proc's organized PointCloud2 layout (NaN points invalid).
+        confidence: ``(H, W)`` float32 in [0, 1].
+        disparity_color: ``(H, W, 3)`` uint8 RGB (turbo from min to max disparity, invalid black).
+        timings: seconds per stage: ``model`` (preprocess + network + resize back), ``post`` (validity,
+            depth, cloud, colour).
+    """
+
+    disparity: npt.NDArray[np.float32]
+    valid: npt.NDArray[np.bool_]
+    min_disparity: float
+    max_disparity: float
+    delta_d: float
+    valid_window: ValidWindow
+    depth: npt.NDArray[np.float32] | None = None
+    cloud: CloudBuffer | None = None
+    confidence: npt.NDArray[np.float32] | None = None
+    disparity_color: npt.NDArray[np.uint8] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def to_rgb8(image: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+    """``(H, W, 3)`` RGB of any decoded dtype -> uint8 for the cloud's ``rgb`` field.
+
+    uint16 keeps the high byte (``x >> 8``, full scale to full scale); float (32FC1, taken in 0..255
+    units as the predictor takes it) is rounded and clipped.
+    """
+    out: npt.NDArray[np.uint8]
+    if image.dtype == np.uint8:
+        out = image
+    elif image.dtype == np.uint16:
+        out = (image >> 8).astype(np.uint8)
+    else:
+        out = np.clip(np.rint(np.nan_to_num(image, nan=0.0)), 0, 255).astype(np.uint8)
+    return out
+
+
+def decode_pair(left: ImageLike, right: ImageLike, color: Literal['gray', 'rgb'],
+                want_rgb: bool) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[np.uint8] | None]:
+    """Decode the two images into what the network takes, and the left colours if wanted.
+
+    Args:
+        left, right: image messages (any supported encoding).
+        color: the checkpoint's input colour (``Predictor.contract.color``).
+        want_rgb: also return the left image as ``(H, W, 3)`` uint8 RGB (for ``points2``'s rgb).
+
+    Raises:
+        ImageCodecError: an unsupported encoding or a malformed message (the message says which).
+    """
+    left_array = to_model_input(left, color)
+    right_array = to_model_input(right, color)
+    rgb = None
+    if want_rgb:
+        # Decoded again rather than derived from the network input: for a gray checkpoint that
+        # input has already lost the colour.
+        rgb = left_array if color == 'rgb' else to_model_input(left, 'rgb')
+        rgb = to_rgb8(rgb)
+    return left_array, right_array, rgb
+
+
+class StereoProcessor:
+    """A predictor plus the post-processing of the node; see the module doc for validity.
+
+    Args:
+        predictor: the loaded network (device and precision chosen there).
+    """
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0,
+              with_confidence: bool = False) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None, float]:
+        """Run the network; returns ``(shift, confidence | None, max_shift)`` at the input resolution.
+
+        ``shift`` is the ``(H, W)`` float32 left-view image shift in input pixels. With ``scale < 1``
+        the network runs on ``round(H * scale) x round(W * scale)`` images (area-averaged) and the
+        shift is resized back bilinearly and multiplied by ``W / w`` (disparities scale with the
+        width). ``max_shift`` is the largest shift the network can express, in input pixels.
+
+        Raises:
+            InputError: the images cannot be used (shapes, dtypes, sizes differ).
+        """
+        left_tensor, right_tensor = self.predictor.preprocess(left, right)  # (1, C, H, W) each
+        height, width = left_tensor.shape[-2:]
+        run_height, run_width = height, width
+        if scale != 1.0:
+            run_height, run_width = max(1, round(height * scale)), max(1, round(width * scale))
+            left_tensor = F.interpolate(left_tensor, size=(run_height, run_width), mode='area')
+            right_tensor = F.interpolate(right_tensor, size=(run_height, run_width), mode='area')
+        confidence: torch.Tensor | None = None
+        if with_confidence:
+            shift, confidence = self.predictor.run_with_confidence(left_tensor, right_tensor)  # (1, 1, h, w) each
+        else:
+            shift = self.predictor.run(left_tensor, right_tensor)  # (1, 1, h, w)
+        ratio = width / run_width
+        if (run_height, run_width) != (height, width):
+            shift = F.interpolate(shift, size=(height, width), mode='bilinear', align_corners=False) * ratio
+            if confidence is not None:
+                confidence = F.interpolate(confidence, size=(height, width), mode='bilinear', align_corners=False)
+        shift_array = np.ascontiguousarray(shift[0, 0].cpu().numpy(), dtype=np.float32)  # (H, W)
+        confidence_array = None
+        if confidence is not None:
+            confidence_array = np.ascontiguousarray(confidence[0, 0].clamp(0.0, 1.0).cpu().numpy(), dtype=np.float32)
+        return shift_array, confidence_array, float(self.predictor.contract.max_disparity) * ratio
+
+    def process(self, left: npt.ArrayLike, right: npt.ArrayLike, camera: StereoCamera, config: NodeConfig,
+                outputs: OutputSelection, rgb: npt.NDArray[np.uint8] | None = None) -> StereoOutputs:
+        """One pair -> the selected outputs' arrays.
+
+        Args:
+            left, right: decoded images (``decode_pair``), ``(H, W)`` or ``(H, W, 3)``.
+            camera: the pair's camera model; its size must equal the images'.
+            config: the node's parameters (``min_disparity``, ``min_confidence``, ``inference_scale``,
+                ``use_color``, ``avoid_point_cloud_padding`` are used).
+            outputs: which outputs to compute.
+            rgb: ``(H, W, 3)`` uint8 left colours for the cloud, or ``None`` (no rgb field).
+
+        Raises:
+            StereoInputError: left and right sizes differ.
+            CameraModelError: the images' size differs from the camera infos'.
+            InputError: the predictor refuses the images.
+        """
+        left_array, right_array = np.asarray(left), np.asarray(right)
+        if left_array.shape[:2] != right_array.shape[:2]:
+            raise StereoInputError(f'left image is {left_array.shape[1]}x{left_array.shape[0]} but right is '
+                                   f'{right_array.shape[1]}x{right_array.shape[0]} (WxH)')
+        height, width = left_array.shape[:2]
+        check_image_size(camera, height, width)
+        start = time.perf_counter()
+        want_confidence = outputs.confidence or config.min_confidence > 0.0
+        shift, confidence, max_shift = self.infer(left_array, right_array, config.inference_scale, want_confidence)
+        model_done = time.perf_counter()
+
+        disparity = camera.shift_to_disparity(shift)  # (H, W) float32, DisparityImage convention
+        columns = np.arange(width, dtype=np.float32)[np.newaxis, :]  # (1, W)
+        with np.errstate(invalid='ignore'):
+            valid = (np.isfinite(disparity) & (disparity >= np.float32(config.min_disparity)) & (disparity > 0.0)
+                     & (columns - shift >= 0.0))
+            if confidence is not None and config.min_confidence > 0.0:
+                valid &= confidence >= np.float32(config.min_confidence)
+        invalid_value = np.float32(config.min_disparity - 1.0)
+        published = np.where(valid, disparity, invalid_value).astype(np.float32)
+        max_disparity = max_shift - camera.principal_offset
+        x_offset = min(int(math.ceil(max_shift)), width)
+        window = ValidWindow(x_offset, 0, width - x_offset, height if x_offset < width else 0)
+        result = StereoOutputs(
+            disparity=published, valid=valid, min_disparity=float(config.min_disparity),
+            max_disparity=float(max_disparity),
+            # The values are continuous (soft argmin, refinement, bilinear resize): the only step is
+            # float32's, taken at the largest disparity (where it is coarsest).
+            delta_d=float(np.spacing(np.float32(max(abs(max_disparity), 1.0)))),
+            valid_window=window,
+            confidence=confidence if outputs.confidence else None)
+        if outputs.depth or outputs.points:
+            masked = np.where(valid, disparity, np.float32(np.nan))  # (H, W), NaN invalid
+            if outputs.depth:
+                result.depth = disparity_to_depth(masked, camera.focal, camera.baseline, config.min_disparity)
+            if outputs.points:
+                points = reproject_to_3d(masked, camera, config.min_disparity)  # (H, W, 3)
+                colours = rgb if config.use_color else None
+                if colours is not None and colours.shape[:2] != (height, width):
+                    raise StereoInputError(f'colour image is {colours.shape[1]}x{colours.shape[0]}, '
+                                           f'the pair {width}x{height}')
+                result.cloud = pointcloud2_buffer(points, colours, config.avoid_point_cloud_padding)
+        if outputs.disparity_color:
+            result.disparity_color = colorize_disparity(np.where(valid, disparity, np.float32(np.nan)),
+                                                        vmin=config.min_disparity,
+                                                        vmax=max(max_disparity, config.min_disparity))
+        result.timings = {'model': model_done - start, 'post': time.perf_counter() - model_done}
+        return result

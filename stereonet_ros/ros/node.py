@@ -1,0 +1,402 @@
+"""``stereonet_node``: synchronized rectified stereo in; DisparityImage, PointCloud2, depth out.
+
+A drop-in for image_pipeline's stereo_image_proc (its DisparityNode and PointCloudNode in one):
+
+Subscriptions (relative names, so namespaces and remapping work; sensor-data QoS by default):
+    ``left/image_rect``, ``right/image_rect`` (sensor_msgs/Image), ``left/camera_info``,
+    ``right/camera_info`` (sensor_msgs/CameraInfo), paired by exact or approximate stamps.
+Publications (reliable, depth 1; each computed only while it has a subscriber):
+    ``disparity`` (stereo_msgs/DisparityImage), ``points2`` (sensor_msgs/PointCloud2, organized),
+    ``depth`` (REP 118, 32FC1 metres, NaN invalid), ``confidence`` (32FC1 in [0, 1]),
+    ``disparity/image_color`` (rgb8, for viewers), and ``/diagnostics``.
+
+Threads: the executor (``rclpy.spin``) receives and pairs messages and answers parameter changes;
+one worker thread decodes, runs the network and publishes. Between them a slot of one: a pair that
+arrives while the worker is busy replaces the waiting one (counted as dropped), so the outputs
+follow the newest input however slow the device. With no subscriber at all nothing is decoded and
+the model does not run.
+
+Every QoS is overridable with the standard ``qos_overrides`` parameters, e.g. (a params file)::
+
+    stereonet_node:
+      ros__parameters:
+        qos_overrides:
+          /left/image_rect:
+            subscription:
+              reliability: reliable
+
+Measured on one machine between processes, best-effort delivery lost most ~1 MB images (0 of 12
+641x555 rgb8 images arrived) while reliable delivered them: with large images and a reliable
+publisher, override the subscriptions to reliable.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import sys
+import threading
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data, qos_profile_system_default
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from stereo_msgs.msg import DisparityImage
+from diagnostic_msgs.msg import DiagnosticArray
+
+from stereonet_ros.camera import CameraModelError, from_camera_infos
+from stereonet_ros.config import ConfigError
+from stereonet_ros.geometry import GeometryError
+from stereonet_ros.image_codec import ImageCodecError
+from stereonet_ros.inference import InputError, Predictor, UntrainedPlaceholderWarning
+from stereonet_ros.model.checkpoint import CheckpointError
+from stereonet_ros.node_config import MODEL_KEYS, PARAMETER_SPECS, SYNC_KEYS, NodeConfig
+from stereonet_ros.node_runtime import InputWatch, LatestSlot, NodeStatistics, WarningThrottle, problem_kind
+from stereonet_ros.processing import OutputSelection, StereoInputError, StereoProcessor, decode_pair
+from stereonet_ros.ros.messages import (diagnostic_array, disparity_message, float_image_message,
+                                        pointcloud_message, rgb_image_message)
+from stereonet_ros.sync import MatchedSet, StereoSynchronizer, SyncError, stamp_to_ns
+
+NODE_NAME = 'stereonet_node'
+INPUT_TOPICS = ('left/image_rect', 'right/image_rect', 'left/camera_info', 'right/camera_info')
+"""In :data:`stereonet_ros.sync.STEREO_TOPICS` order."""
+WARNING_PERIOD = 5.0
+"""Seconds between two warnings of the same kind."""
+CLOCK_JUMP_NS = 1_000_000_000
+"""A stamp this much older than its topic's previous one means time went back (a bag loop)."""
+
+# Problems with one input pair: logged (throttled), the pair dropped, the node goes on.
+BAD_INPUT_ERRORS = (ImageCodecError, CameraModelError, StereoInputError, InputError, GeometryError)
+
+
+class StartupError(RuntimeError):
+    """The node cannot start (bad parameter at start-up, unusable checkpoint or device)."""
+
+
+@dataclass(frozen=True)
+class _Job:
+    matched: MatchedSet[Any]
+    formed: float  # time.monotonic() when the set was formed
+
+
+def _descriptor(name: str, value: Any) -> ParameterDescriptor:
+    spec = PARAMETER_SPECS[name]
+    descriptor = ParameterDescriptor(name=name, description=spec.description, read_only=spec.read_only,
+                                     additional_constraints=spec.constraints)
+    if spec.low is not None and spec.high is not None:
+        if isinstance(value, bool):
+            pass
+        elif isinstance(value, int):
+            descriptor.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
+        elif isinstance(value, float):
+            descriptor.floating_point_range = [FloatingPointRange(from_value=float(spec.low),
+                                                                  to_value=float(spec.high), step=0.0)]
+    return descriptor
+
+
+class StereoNetNode(Node):
+    """The node; see the module doc. Construct after ``rclpy.init``; call :meth:`close` before destroying."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self._lock = threading.Lock()
+        self._throttle = WarningThrottle(WARNING_PERIOD)
+        self._stats = NodeStatistics()
+        self._model_runs = 0
+        defaults = NodeConfig()
+        try:
+            for name in PARAMETER_SPECS:
+                value = getattr(defaults, name)
+                self.declare_parameter(name, value, _descriptor(name, value))
+            self._config = NodeConfig.from_mapping({name: self.get_parameter(name).value for name in PARAMETER_SPECS})
+        except (ConfigError, rclpy.exceptions.ParameterException) as err:
+            raise StartupError(f'bad parameter: {err}') from err
+        config = self._config
+        try:
+            self._processor = StereoProcessor(self._load_predictor(config))
+        except (CheckpointError, InputError) as err:
+            raise StartupError(f'cannot load the model: {err}') from err
+        self._synchronizer: StereoSynchronizer[Any] = self._make_synchronizer(config)
+        self._last_stamps: list[int | None] = [None] * len(INPUT_TOPICS)
+
+        # stereo_image_proc subscribes with SensorDataQoS (best effort) unless use_system_default_qos.
+        input_qos = qos_profile_system_default if config.use_system_default_qos else qos_profile_sensor_data
+        overrides = QoSOverridingOptions.with_default_policies()
+        self._subscriptions_in = []
+        for index, (topic, kind) in enumerate(zip(INPUT_TOPICS, (Image, Image, CameraInfo, CameraInfo), strict=True)):
+            self._subscriptions_in.append(self.create_subscription(
+                kind, topic, functools.partial(self._on_message, index), input_qos,
+                qos_overriding_options=overrides))
+        self._watch = InputWatch([sub.topic_name for sub in self._subscriptions_in],
+                                 patience=2.0 * config.diagnostics_period_seconds)
+
+        output_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        self._pub_disparity = self.create_publisher(DisparityImage, 'disparity', output_qos,
+                                                    qos_overriding_options=overrides)
+        self._pub_points = self.create_publisher(PointCloud2, 'points2', output_qos, qos_overriding_options=overrides)
+        self._pub_depth = self.create_publisher(Image, 'depth', output_qos, qos_overriding_options=overrides)
+        self._pub_confidence = self.create_publisher(Image, 'confidence', output_qos,
+                                                     qos_overriding_options=overrides)
+        self._pub_color = self.create_publisher(Image, 'disparity/image_color', output_qos,
+                                                qos_overriding_options=overrides)
+        self._pub_diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', QoSProfile(depth=10),
+                                                      qos_overriding_options=overrides)
+
+        self._slot: LatestSlot[_Job] = LatestSlot()
+        self._worker = threading.Thread(target=self._work, name='stereonet_inference', daemon=True)
+        self._worker.start()
+        self._diagnostics_timer = self.create_timer(config.diagnostics_period_seconds, self._on_diagnostics)
+        # Registered after declaring, so that declaration does not run it.
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.get_logger().info(
+            f'ready: {self._describe_model()}; sync {"approximate" if config.approximate_sync else "exact"} '
+            f'(queue_size {config.queue_size}); inputs {", ".join(s.topic_name for s in self._subscriptions_in)}')
+
+    # ------------------------------------------------------------------ model and config
+
+    def _load_predictor(self, config: NodeConfig) -> Predictor:
+        """Load the configured checkpoint; the untrained placeholder's warning is logged loudly."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always', UntrainedPlaceholderWarning)
+            predictor = Predictor.from_checkpoint(config.checkpoint or None, device=config.device,
+                                                  precision=config.precision)
+        for warning in caught:
+            if issubclass(warning.category, UntrainedPlaceholderWarning):
+                self.get_logger().warning(
+                    '*** UNTRAINED PLACEHOLDER CHECKPOINT: no trained default checkpoint is bundled; the '
+                    'disparities, depth and points are MEANINGLESS. Set the checkpoint parameter to a trained '
+                    'checkpoint. ***')
+            else:
+                self.get_logger().warning(f'loading the model: {warning.message}')
+        return predictor
+
+    def _describe_model(self) -> str:
+        predictor = self._processor.predictor
+        source = self._config.checkpoint or 'bundled default'
+        placeholder = ' (UNTRAINED PLACEHOLDER)' if predictor.is_placeholder else ''
+        return (f'checkpoint {source}{placeholder}, {predictor.contract.color} input, max disparity '
+                f'{predictor.contract.max_disparity:g} px, device {predictor.device}, {predictor.precision}')
+
+    @staticmethod
+    def _make_synchronizer(config: NodeConfig) -> StereoSynchronizer[Any]:
+        return StereoSynchronizer.from_parameters(config.queue_size, config.approximate_sync,
+                                                  config.approximate_sync_tolerance_seconds)
+
+    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        """Validate run-time changes as a whole; apply them, or refuse with the reason and keep the old values."""
+        changes = {p.name: p.value for p in parameters if p.name in PARAMETER_SPECS}
+        if not changes:
+            return SetParametersResult(successful=True)
+        try:
+            new = self._config.with_changes(changes)
+        except ConfigError as err:
+            self._warn(problem_kind(err), f'parameter change refused: {err}')
+            return SetParametersResult(successful=False, reason=str(err))
+        changed = self._config.changed_keys(new)
+        processor = self._processor
+        if changed & MODEL_KEYS:
+            try:
+                processor = StereoProcessor(self._load_predictor(new))
+            except (CheckpointError, InputError, OSError) as err:
+                reason = f'cannot switch the model ({", ".join(sorted(changed & MODEL_KEYS))}): {err}'
+                self._warn(problem_kind(err), f'parameter change refused, keeping the current model: {reason}')
+                return SetParametersResult(successful=False, reason=reason)
+        try:
+            synchronizer = self._make_synchronizer(new) if changed & SYNC_KEYS else None
+        except SyncError as err:
+            return SetParametersResult(successful=False, reason=str(err))
+        with self._lock:
+            self._config = new
+            self._processor = processor
+            if synchronizer is not None:
+                self._synchronizer = synchronizer
+                self._last_stamps = [None] * len(INPUT_TOPICS)
+                self._watch.reset(time.monotonic())
+        if changed:
+            summary = ', '.join(f'{key}={getattr(new, key)!r}' for key in sorted(changed))
+            self.get_logger().info(f'parameters changed: {summary}'
+                                   + (f'; now {self._describe_model()}' if changed & MODEL_KEYS else ''))
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ inputs (executor thread)
+
+    def _outputs(self) -> OutputSelection:
+        return OutputSelection(disparity=self._pub_disparity.get_subscription_count() > 0,
+                               depth=self._pub_depth.get_subscription_count() > 0,
+                               points=self._pub_points.get_subscription_count() > 0,
+                               confidence=self._pub_confidence.get_subscription_count() > 0,
+                               disparity_color=self._pub_color.get_subscription_count() > 0)
+
+    def _on_message(self, index: int, msg: Any) -> None:
+        stamp = stamp_to_ns(msg.header.stamp)
+        now = time.monotonic()
+        with self._lock:
+            last = self._last_stamps[index]
+            if last is not None and stamp < last - CLOCK_JUMP_NS:
+                # Time went back (a bag played in a loop, a restarted simulator): start pairing afresh.
+                self.get_logger().info(f'{INPUT_TOPICS[index]} stamp went back by {(last - stamp) / 1e9:.3f} s: '
+                                       'resetting the synchronizer')
+                self._synchronizer.reset()
+                self._last_stamps = [None] * len(INPUT_TOPICS)
+            self._last_stamps[index] = stamp
+            self._watch.message(index, stamp, now)
+            before = self._synchronizer.counters
+            matched_sets = self._synchronizer.add(index, stamp, msg)
+            after = self._synchronizer.counters
+            if matched_sets:
+                self._watch.matched(now)
+        lost = (after.unmatched - before.unmatched) + (after.overflow - before.overflow)
+        rejected = after.rejected - before.rejected
+        if lost > 0:
+            self._warn('sync-unmatched', f'{lost} input message(s) discarded without a match: their stamps never '
+                       'formed a set with the other three topics (a missing or late topic, or stamps that differ; '
+                       f'sync is {"approximate" if self._config.approximate_sync else "exact"})')
+        if rejected > 0:
+            self._warn('sync-rejected', f'{INPUT_TOPICS[index]} message at stamp {stamp} refused: not newer than '
+                       'an earlier message of that topic (duplicate or out of order)')
+        for matched in matched_sets:
+            self._stats.record_set()
+            if not self._outputs().any:
+                self._stats.record_skipped()  # nobody listens: no decode, no model
+                continue
+            if self._slot.put(_Job(matched, now)):
+                self._stats.record_dropped()
+
+    # ------------------------------------------------------------------ processing (worker thread)
+
+    def _work(self) -> None:
+        while True:
+            job = self._slot.take()
+            if job is None:
+                return
+            try:
+                self._process(job)
+            except BAD_INPUT_ERRORS as err:
+                self._stats.record_bad_input()
+                self._warn(problem_kind(err), f'stereo pair at stamp {job.matched.stamp_ns} dropped: {err}')
+            except Exception:  # noqa: BLE001 - the worker must outlive any one pair; the traceback is logged
+                self._stats.record_bad_input()
+                self._warn('unexpected', f'stereo pair at stamp {job.matched.stamp_ns} failed:\n'
+                           f'{traceback.format_exc()}')
+
+    def _process(self, job: _Job) -> None:
+        outputs = self._outputs()
+        if not outputs.any:
+            self._stats.record_skipped()
+            return
+        with self._lock:
+            processor, config = self._processor, self._config
+        left_msg, right_msg, left_info, right_info = job.matched.messages
+        camera = from_camera_infos(left_info, right_info)
+        want_rgb = outputs.points and config.use_color
+        left, right, rgb = decode_pair(left_msg, right_msg, processor.predictor.contract.color, want_rgb)
+        result = processor.process(left, right, camera, config, outputs, rgb)
+        self._model_runs += 1
+        header = left_msg.header  # outputs are in the left camera's optical frame, at its stamp
+        if outputs.disparity:
+            self._pub_disparity.publish(disparity_message(result, camera, header))
+        if result.cloud is not None:
+            self._pub_points.publish(pointcloud_message(result.cloud, camera.height, camera.width, header))
+        if result.depth is not None:
+            self._pub_depth.publish(float_image_message(result.depth, header))
+        if result.confidence is not None:
+            self._pub_confidence.publish(float_image_message(result.confidence, header))
+        if result.disparity_color is not None:
+            self._pub_color.publish(rgb_image_message(result.disparity_color, header))
+        self._stats.record_processed(time.monotonic() - job.formed, result.timings['model'])
+
+    # ------------------------------------------------------------------ warnings and diagnostics
+
+    def _warn(self, kind: str, text: str) -> None:
+        admitted, suppressed = self._throttle.admit(kind, time.monotonic())
+        if admitted:
+            more = f' ({suppressed} similar warning(s) suppressed)' if suppressed else ''
+            self.get_logger().warning(text + more)
+
+    def _on_diagnostics(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            config, processor = self._config, self._processor
+            problem = self._watch.problem(now, config.approximate_sync)
+            sync = self._synchronizer.counters
+        if problem is not None:
+            self._warn(problem[0], problem[1])
+        snapshot = self._stats.snapshot(now)
+        predictor = processor.predictor
+        level, message = 'OK', 'running'
+        if predictor.is_placeholder:
+            level, message = 'WARN', 'UNTRAINED placeholder checkpoint: outputs are meaningless'
+        elif problem is not None:
+            level, message = 'WARN', problem[1]
+        elif snapshot.processed == 0 and snapshot.sets == 0:
+            message = 'waiting for synchronized stereo input'
+
+        def number(value: float) -> str:
+            return 'n/a' if math.isnan(value) else f'{value:.1f}'
+
+        values = {
+            'input sets/s': number(snapshot.input_rate),
+            'output sets/s': number(snapshot.output_rate),
+            'latency p50 (ms)': number(snapshot.latency_p50_ms),
+            'latency p95 (ms)': number(snapshot.latency_p95_ms),
+            'model time p50 (ms)': number(snapshot.model_p50_ms),
+            'sets formed': str(snapshot.sets),
+            'sets processed': str(snapshot.processed),
+            'model runs': str(self._model_runs),
+            'dropped pairs (latest wins)': str(snapshot.dropped),
+            'skipped (no subscriber)': str(snapshot.skipped_no_subscriber),
+            'bad input pairs': str(snapshot.bad_inputs),
+            'sync unmatched messages': str(sync.unmatched + sync.overflow),
+            'sync rejected messages': str(sync.rejected),
+            'outputs subscribed': self._outputs().describe(),
+            'device': str(predictor.device),
+            'precision': predictor.precision,
+            'checkpoint': config.checkpoint or 'bundled default',
+            'checkpoint provenance': repr(predictor.checkpoint.provenance),
+            'placeholder': str(predictor.is_placeholder).lower(),
+        }
+        self._pub_diagnostics.publish(diagnostic_array(self.get_clock().now().to_msg(),
+                                                       f'{self.get_fully_qualified_name()}: stereo processing',
+                                                       str(predictor.device), level, message, values))
+
+    def close(self) -> None:
+        """Stop the worker thread (waits for the pair in progress, up to 10 s)."""
+        self._slot.close()
+        self._worker.join(timeout=10.0)
+
+
+def main(args: list[str] | None = None) -> int:
+    """``stereonet_node`` console script: ``stereonet_node --ros-args -p checkpoint:=... --params-file ...``."""
+    try:
+        rclpy.init(args=args)
+    except _rclpy.RCLError as err:  # e.g. an unreadable --params-file: one line, not a traceback
+        print(f'{NODE_NAME}: cannot start: {err}'.splitlines()[0], file=sys.stderr)
+        return 2
+    node: StereoNetNode | None = None
+    try:
+        node = StereoNetNode()
+        rclpy.spin(node)
+    except StartupError as err:
+        rclpy.logging.get_logger(NODE_NAME).fatal(str(err))
+        return 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

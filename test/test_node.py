@@ -1,0 +1,481 @@
+"""stereonet_node across processes: real rclpy and DDS, the node started as its console script.
+
+The node runs as a subprocess (``.venv/bin/stereonet_node --ros-args --params-file ...``) on a
+ROS domain of its own (from the pid) with discovery limited to this host. The test process talks to
+it with its own rclpy context. Its four subscriptions are switched to *reliable* through the standard
+``qos_overrides`` parameters in the params file (the node's default, sensor-data QoS, is best
+effort, which may lose large images between processes); the test's publishers are reliable too.
+
+Tests run in file order on one node process (module fixture), each waiting with a deadline, never
+a bare sleep. Images are small (256x64) so that the CPU runs the network in well under a second.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+rclpy = pytest.importorskip('rclpy')
+
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.context import Context  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+from stereo_msgs.msg import DisparityImage  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+
+from stereonet_ros.image_codec import array_to_image_fields, to_model_input  # noqa: E402
+from stereonet_ros.inference import Predictor, placeholder_checkpoint  # noqa: E402
+from stereonet_ros.model.checkpoint import Checkpoint, InputContract, save_checkpoint  # noqa: E402
+from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig  # noqa: E402
+
+pytestmark = [pytest.mark.timeout(400),
+              pytest.mark.filterwarnings('ignore::stereonet_ros.inference.UntrainedPlaceholderWarning')]
+
+NODE = Path(sys.executable).parent / 'stereonet_node'
+HEIGHT, WIDTH = 64, 256
+FX = FY = 200.0
+CX_LEFT, CX_RIGHT, CY = 130.0, 126.0, 31.5  # principal offset cx_l - cx_r = 4 px
+BASELINE = 0.1  # metres: right P[3] = -FX * BASELINE
+SHIFT = 12  # px, the synthetic pair's true image shift
+DOMAIN_ID = 1 + os.getpid() % 100
+WAIT = 60.0  # seconds: generous for a loaded 2-core machine; the normal case takes ~1 s
+OUTPUT_TOPICS = {'disparity': DisparityImage, 'points2': PointCloud2, 'depth': Image, 'confidence': Image,
+                 'disparity/image_color': Image}
+INPUT_TOPICS = ('left/image_rect', 'right/image_rect', 'left/camera_info', 'right/camera_info')
+
+
+def make_pair(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A textured left RGB image and the right view of the same plane, shifted by SHIFT px."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (HEIGHT // 2, (WIDTH + SHIFT) // 2, 3), dtype=np.uint8)
+    scene = np.repeat(np.repeat(coarse, 2, axis=0), 2, axis=1)  # (H, W + SHIFT, 3): 2x2 blocks
+    left = np.ascontiguousarray(scene[:, SHIFT:SHIFT + WIDTH])
+    right = np.ascontiguousarray(scene[:, :WIDTH])  # x_right = x_left - SHIFT
+    return left, right
+
+
+def image_msg(array: np.ndarray, encoding: str, stamp_ns: int, frame: str) -> Image:
+    fields = array_to_image_fields(array, encoding)
+    msg = Image(height=fields.height, width=fields.width, encoding=fields.encoding,
+                is_bigendian=fields.is_bigendian, step=fields.step)
+    msg.data = fields.data
+    set_header(msg, stamp_ns, frame)
+    return msg
+
+
+def camera_info(stamp_ns: int, right: bool, tx: float | None = None) -> CameraInfo:
+    msg = CameraInfo(width=WIDTH, height=HEIGHT)
+    cx = CX_RIGHT if right else CX_LEFT
+    tx = (-FX * BASELINE if right else 0.0) if tx is None else tx
+    msg.p = [FX, 0.0, cx, tx, 0.0, FY, CY, 0.0, 0.0, 0.0, 1.0, 0.0]
+    set_header(msg, stamp_ns, 'right_optical' if right else 'left_optical')
+    return msg
+
+
+def set_header(msg: Any, stamp_ns: int, frame: str) -> None:
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    msg.header.frame_id = frame
+
+
+def stamp_of(msg: Any) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+@dataclass
+class NodeProcess:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors='replace')
+
+
+@pytest.fixture(scope='module')
+def node_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    folder = tmp_path_factory.mktemp('node')
+    params = {'stereonet_node': {'ros__parameters': {
+        'diagnostics_period_seconds': 0.5,
+        'device': 'cpu',
+        # Fresh dicts per topic: a shared one would be dumped as a YAML alias, which rcl refuses.
+        'qos_overrides': {f'/{topic}': {'subscription': {'reliability': 'reliable', 'depth': 10}}
+                          for topic in INPUT_TOPICS},
+    }}}
+    params_file = folder / 'params.yaml'
+    params_file.write_text(yaml.safe_dump(params))
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
+               RCUTILS_LOGGING_BUFFERED_STREAM='0', PYTHONUNBUFFERED='1')
+    log = folder / 'node.log'
+    with log.open('wb') as stream:
+        process = subprocess.Popen([str(NODE), '--ros-args', '--params-file', str(params_file)],
+                                   stdout=stream, stderr=subprocess.STDOUT, env=env)
+    handle = NodeProcess(process, log)
+    yield handle
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    assert 'Traceback' not in handle.text(), handle.text()
+
+
+class Client:
+    """The test's side: publishers of the four inputs, subscriptions to every output."""
+
+    def __init__(self, node_process: NodeProcess) -> None:
+        self.node_process = node_process
+        self.context = Context()
+        # Read by rcl at init: this process discovers only its own host, like the node.
+        self._saved_range = os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE')
+        os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
+        self.node = rclpy.create_node('stereonet_test_client', context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.publishers = [self.node.create_publisher(kind, topic, qos)
+                           for topic, kind in zip(INPUT_TOPICS, (Image, Image, CameraInfo, CameraInfo), strict=True)]
+        self.received: dict[str, dict[int, Any]] = {topic: {} for topic in OUTPUT_TOPICS}
+        self.output_subscriptions: list[Any] = []
+        self.diagnostics: dict[str, str] = {}
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
+        self.parameters = self.node.create_client(SetParameters, '/stereonet_node/set_parameters')
+        self.next_stamp = 1_000_000_000_000
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name.startswith('/stereonet_node'):
+                self.diagnostics = {value.key: value.value for value in status.values}
+                self.diagnostics['_level'] = str(status.level)
+                self.diagnostics['_message'] = status.message
+
+    def spin_until(self, predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.05)
+            if predicate():
+                return True
+            if self.node_process.process.poll() is not None:
+                raise AssertionError(f'the node exited ({self.node_process.process.returncode}):\n'
+                                     f'{self.node_process.text()}')
+        return False
+
+    def wait_for_node(self) -> None:
+        ready = self.spin_until(lambda: all(p.get_subscription_count() > 0 for p in self.publishers)
+                                and self.parameters.service_is_ready())
+        assert ready, f'the node did not come up:\n{self.node_process.text()}'
+
+    def subscribe_outputs(self) -> None:
+        if self.output_subscriptions:
+            return
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        for topic, kind in OUTPUT_TOPICS.items():
+            store = self.received[topic]
+            self.output_subscriptions.append(self.node.create_subscription(
+                kind, topic, lambda msg, store=store: store.__setitem__(stamp_of(msg), msg), qos))
+        matched = self.spin_until(lambda: self.diagnostics.get('outputs subscribed')
+                                  == 'disparity, depth, points, confidence, disparity_color')
+        assert matched, f'the node never saw the output subscriptions: {self.diagnostics}'
+
+    def stamp(self) -> int:
+        self.next_stamp += 100_000_000
+        return self.next_stamp
+
+    def publish(self, messages: list[Any | None]) -> None:
+        for publisher, msg in zip(self.publishers, messages, strict=True):
+            if msg is not None:
+                publisher.publish(msg)
+
+    def good_set(self, stamp: int, left: np.ndarray, right: np.ndarray) -> list[Any]:
+        return [image_msg(left, 'rgb8', stamp, 'left_optical'), image_msg(right[:, :, ::-1].copy(), 'bgr8', stamp,
+                                                                          'right_optical'),
+                camera_info(stamp, right=False), camera_info(stamp, right=True)]
+
+    def send_good(self, left: np.ndarray, right: np.ndarray, topics: tuple[str, ...] = tuple(OUTPUT_TOPICS)
+                  ) -> dict[str, Any]:
+        """Publish a good set; return the outputs with its stamp (asserting they all arrive)."""
+        self.subscribe_outputs()
+        stamp = self.stamp()
+        self.publish(self.good_set(stamp, left, right))
+        arrived = self.spin_until(lambda: all(stamp in self.received[topic] for topic in topics))
+        assert arrived, (f'outputs for stamp {stamp} missing: '
+                         f'{[t for t in topics if stamp not in self.received[t]]}\n{self.node_process.text()}')
+        return {topic: self.received[topic][stamp] for topic in topics}
+
+    def set_parameter(self, name: str, value: Any) -> Any:
+        request = SetParameters.Request()
+        request.parameters = [Parameter(name, value=value).to_parameter_msg()]
+        future = self.parameters.call_async(request)
+        assert self.spin_until(future.done), f'set_parameters {name} timed out'
+        return future.result().results[0]
+
+    def wait_for_log(self, text: str, start: int) -> str:
+        found = self.spin_until(lambda: text in self.node_process.text()[start:])
+        log = self.node_process.text()
+        assert found, f'{text!r} not logged:\n{log[start:]}'
+        return log[start:]
+
+    def close(self) -> None:
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        if self._saved_range is None:
+            os.environ.pop('ROS_AUTOMATIC_DISCOVERY_RANGE', None)
+        else:
+            os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = self._saved_range
+
+
+@pytest.fixture(scope='module')
+def client(node_process: NodeProcess) -> Iterator[Client]:
+    handle = Client(node_process)
+    handle.wait_for_node()
+    yield handle
+    handle.close()
+
+
+@pytest.fixture(scope='module')
+def pair() -> tuple[np.ndarray, np.ndarray]:
+    return make_pair()
+
+
+@pytest.fixture(scope='module')
+def reference() -> Predictor:
+    return Predictor(placeholder_checkpoint(), device='cpu')
+
+
+def model_shift(predictor: Predictor, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """The model's own output on the images the node receives, decoded as the node decodes them."""
+    color = predictor.contract.color
+    left_input = to_model_input(image_msg(left, 'rgb8', 0, ''), color)
+    right_input = to_model_input(image_msg(right[:, :, ::-1].copy(), 'bgr8', 0, ''), color)
+    return predictor.predict(left_input, right_input)
+
+
+def as_float_image(msg: Image) -> np.ndarray:
+    assert msg.encoding == '32FC1' and msg.is_bigendian == 0 and msg.step == msg.width * 4
+    return np.frombuffer(msg.data, dtype='<f4').reshape(msg.height, msg.width)
+
+
+def cloud_array(msg: PointCloud2) -> np.ndarray:
+    dtype = np.dtype({'names': [f.name for f in msg.fields], 'formats': ['<f4'] * len(msg.fields),
+                      'offsets': [f.offset for f in msg.fields], 'itemsize': msg.point_step})
+    return np.frombuffer(msg.data, dtype=dtype).reshape(msg.height, msg.width)
+
+
+def test_without_subscribers_the_model_does_not_run_and_the_placeholder_is_announced(client: Client,
+                                                                                      pair: Any) -> None:
+    assert 'UNTRAINED PLACEHOLDER' in client.node_process.text()
+    left, right = pair
+    client.publish(client.good_set(client.stamp(), left, right))
+    seen = client.spin_until(lambda: int(client.diagnostics.get('skipped (no subscriber)', '0')) >= 1)
+    assert seen, client.diagnostics
+    assert client.diagnostics['model runs'] == '0'
+    assert client.diagnostics['placeholder'] == 'true' and client.diagnostics['device'] == 'cpu'
+    assert client.diagnostics['_level'] == str(b'\x01')  # WARN while the placeholder runs
+
+
+def test_disparity_depth_points_and_extras_match_the_model_and_the_camera(client: Client, pair: Any,
+                                                                          reference: Predictor) -> None:
+    left, right = pair
+    out = client.send_good(left, right)
+    shift = model_shift(reference, left, right)  # (H, W) the network's image shift
+    offset = CX_LEFT - CX_RIGHT
+    expected = shift - offset  # DisparityImage convention
+    u = np.arange(WIDTH)[np.newaxis, :]
+
+    disparity_msg: DisparityImage = out['disparity']
+    assert disparity_msg.header.frame_id == 'left_optical'
+    assert disparity_msg.image.header.frame_id == 'left_optical'
+    assert (disparity_msg.image.height, disparity_msg.image.width) == (HEIGHT, WIDTH)
+    assert disparity_msg.f == FX and disparity_msg.t == np.float32(BASELINE)  # float32 fields
+    assert disparity_msg.min_disparity == 0.0
+    assert disparity_msg.max_disparity == pytest.approx(192.0 - offset)
+    assert 0.0 < disparity_msg.delta_d < 1e-3
+    window = disparity_msg.valid_window
+    assert (window.x_offset, window.y_offset, window.width, window.height) == (192, 0, WIDTH - 192, HEIGHT)
+    disparity = as_float_image(disparity_msg.image)
+    valid = disparity >= disparity_msg.min_disparity
+    # Validity as documented: positive, >= min_disparity, and the match inside the right image.
+    expected_valid = (expected > 0.0) & (u - shift >= 0.0)
+    borderline = (np.abs(expected) < 1e-2) | (np.abs(u - shift) < 1e-2)
+    assert np.array_equal(valid[~borderline], expected_valid[~borderline])
+    assert valid.mean() > 0.2
+    np.testing.assert_allclose(disparity[valid], expected[valid], atol=2e-3)
+    assert np.all(disparity[~valid] == disparity_msg.min_disparity - 1.0)
+
+    depth = as_float_image(out['depth'])
+    assert out['depth'].header.frame_id == 'left_optical'
+    np.testing.assert_allclose(depth[valid], FX * BASELINE / disparity[valid], rtol=1e-5)
+    assert np.isnan(depth[~valid]).all()
+
+    cloud_msg: PointCloud2 = out['points2']
+    assert [(f.name, f.offset, f.datatype, f.count) for f in cloud_msg.fields] == [
+        ('x', 0, 7, 1), ('y', 4, 7, 1), ('z', 8, 7, 1), ('rgb', 16, 7, 1)]
+    assert (cloud_msg.height, cloud_msg.width, cloud_msg.point_step) == (HEIGHT, WIDTH, 32)
+    assert cloud_msg.row_step == WIDTH * 32 and not cloud_msg.is_dense and not cloud_msg.is_bigendian
+    assert cloud_msg.header.frame_id == 'left_optical'
+    points = cloud_array(cloud_msg)
+    for axis in 'xyz':
+        assert np.isnan(points[axis][~valid]).all()
+    np.testing.assert_allclose(points['z'][valid], FX * BASELINE / disparity[valid], rtol=1e-5)
+    rows, columns = np.nonzero(valid)
+    for v, col in zip(rows[::97], columns[::97], strict=True):  # a spread of valid pixels
+        x, y, z = points['x'][v, col], points['y'][v, col], points['z'][v, col]
+        assert FX * x / z + CX_LEFT == pytest.approx(col, abs=1e-3)
+        assert FY * y / z + CY == pytest.approx(v, abs=1e-3)
+    rgb_bits = np.frombuffer(np.ascontiguousarray(points['rgb']).tobytes(), dtype='<u4').reshape(HEIGHT, WIDTH)
+    packed = (left[:, :, 0].astype(np.uint32) << 16) | (left[:, :, 1].astype(np.uint32) << 8) | left[:, :, 2]
+    assert np.array_equal(rgb_bits, packed)
+
+    confidence = as_float_image(out['confidence'])
+    assert confidence.shape == (HEIGHT, WIDTH) and confidence.min() >= 0.0 and confidence.max() <= 1.0
+    color = out['disparity/image_color']
+    assert color.encoding == 'rgb8' and (color.height, color.width, color.step) == (HEIGHT, WIDTH, WIDTH * 3)
+    colors = np.frombuffer(color.data, dtype=np.uint8).reshape(HEIGHT, WIDTH, 3)
+    assert np.all(colors[~valid] == 0) and np.all(colors[valid].max(axis=1) > 0)
+
+
+def _short_data(stamp: int, left: np.ndarray, right: np.ndarray) -> list[Any]:
+    msg = image_msg(left, 'rgb8', stamp, 'left_optical')
+    msg.data = msg.data[:len(msg.data) // 2]
+    return [msg, image_msg(right, 'rgb8', stamp, 'right_optical'), camera_info(stamp, False),
+            camera_info(stamp, True)]
+
+
+def _bad_step(stamp: int, left: np.ndarray, right: np.ndarray) -> list[Any]:
+    msg = image_msg(right, 'rgb8', stamp, 'right_optical')
+    msg.step = WIDTH  # < WIDTH * 3 bytes per row
+    return [image_msg(left, 'rgb8', stamp, 'left_optical'), msg, camera_info(stamp, False), camera_info(stamp, True)]
+
+
+def _bad_encoding(stamp: int, left: np.ndarray, right: np.ndarray) -> list[Any]:
+    msg = image_msg(left, 'rgb8', stamp, 'left_optical')
+    msg.encoding = 'yuv422'
+    return [msg, image_msg(right, 'rgb8', stamp, 'right_optical'), camera_info(stamp, False),
+            camera_info(stamp, True)]
+
+
+def _size_mismatch(stamp: int, left: np.ndarray, right: np.ndarray) -> list[Any]:
+    return [image_msg(left, 'rgb8', stamp, 'left_optical'),
+            image_msg(np.ascontiguousarray(right[:, :-8]), 'rgb8', stamp, 'right_optical'),
+            camera_info(stamp, False), camera_info(stamp, True)]
+
+
+def _no_baseline(stamp: int, left: np.ndarray, right: np.ndarray) -> list[Any]:
+    return [image_msg(left, 'rgb8', stamp, 'left_optical'), image_msg(right, 'rgb8', stamp, 'right_optical'),
+            camera_info(stamp, False), camera_info(stamp, True, tx=0.0)]
+
+
+def _missing_camera_info(stamp: int, left: np.ndarray, right: np.ndarray) -> list[Any]:
+    return [image_msg(left, 'rgb8', stamp, 'left_optical'), image_msg(right, 'rgb8', stamp, 'right_optical'),
+            camera_info(stamp, False), None]
+
+
+def _stamps_never_match(stamp: int, left: np.ndarray, right: np.ndarray) -> list[Any]:
+    return [image_msg(left, 'rgb8', stamp, 'left_optical'), image_msg(right, 'rgb8', stamp + 1_000_000,
+                                                                      'right_optical'),
+            camera_info(stamp, False), camera_info(stamp + 2_000_000, True)]
+
+
+BAD_INPUTS = [
+    (_short_data, 'fewer than step'),
+    (_bad_step, 'is smaller than width'),
+    (_bad_encoding, "unsupported image encoding 'yuv422'"),
+    (_size_mismatch, 'left image is 256x64 but right is 248x64'),
+    (_no_baseline, 'P[3] (Tx) is 0'),
+    (_missing_camera_info, 'nothing received on /right/camera_info'),
+    (_stamps_never_match, 'although all inputs arrive'),
+]
+
+
+@pytest.mark.parametrize(('make_bad', 'warning'), BAD_INPUTS, ids=[make.__name__[1:] for make, _ in BAD_INPUTS])
+def test_a_bad_input_is_dropped_with_a_warning_and_the_next_good_pair_is_processed(
+        client: Client, pair: Any, make_bad: Callable[..., list[Any]], warning: str) -> None:
+    left, right = pair
+    client.subscribe_outputs()
+    start = len(client.node_process.text())
+    bad_stamp = client.stamp()
+    client.publish(make_bad(bad_stamp, left, right))
+    # Wait for the warning first: a good pair sent at once could replace the bad one in the
+    # latest-wins slot before the worker saw it.
+    client.wait_for_log(warning, start)
+    out = client.send_good(left, right, topics=('disparity',))
+    assert as_float_image(out['disparity'].image).shape == (HEIGHT, WIDTH)
+    assert all(bad_stamp not in received for received in client.received.values())
+    assert client.node_process.process.poll() is None
+
+
+def test_run_time_parameter_changes_are_applied_or_refused_with_a_reason(client: Client, pair: Any,
+                                                                         tmp_path: Path) -> None:
+    left, right = pair
+    result = client.set_parameter('min_disparity', 40.0)
+    assert result.successful, result.reason
+    disparity = client.send_good(left, right, topics=('disparity',))['disparity']
+    assert disparity.min_disparity == 40.0
+    values = as_float_image(disparity.image)
+    assert np.all((values >= 40.0) | (values == 39.0)) and np.any(values == 39.0)
+
+    refused = {
+        'min_disparity': (-5.0, ''),  # out of the declared range: rclpy refuses it
+        'queue_size': (0, ''),
+        'device': ('tpu', "device='tpu'"),
+        'precision': ('fp16', 'needs a CUDA device'),
+        'checkpoint': (str(tmp_path / 'missing.safetensors'), 'missing.safetensors'),
+    }
+    start = len(client.node_process.text())
+    for name, (value, reason) in refused.items():
+        result = client.set_parameter(name, value)
+        assert not result.successful, name
+        assert reason in result.reason, (name, result.reason)
+    client.wait_for_log('missing.safetensors', start)  # the unreadable checkpoint is warned about by name
+    disparity = client.send_good(left, right, topics=('disparity',))['disparity']
+    assert disparity.min_disparity == 40.0  # the old value is kept
+
+    # Switching the checkpoint without a restart: a different (small) network.
+    config = StereoNetConfig(in_channels=1, max_disparity=63, feature_channels=8, cost_filter_channels=8,
+                             refiner_channels=8, disparity_grid='exact', cost_volume_border='replicate')
+    import torch
+    torch.manual_seed(1)
+    contract = InputContract(color='gray', left_mean=(127.5,), left_std=(127.5,), right_mean=(127.5,),
+                             right_std=(127.5,), max_disparity=63.0, pad_multiple=8)
+    checkpoint = Checkpoint(config=config, contract=contract, state_dict=StereoNet(config).state_dict(),
+                            provenance={'test': 'node run-time switch'})
+    path = tmp_path / 'small.safetensors'
+    save_checkpoint(path, checkpoint)
+    assert client.set_parameter('min_disparity', 0.0).successful
+    result = client.set_parameter('checkpoint', str(path))
+    assert result.successful, result.reason
+    disparity = client.send_good(left, right, topics=('disparity',))['disparity']
+    assert disparity.max_disparity == pytest.approx(63.0 - (CX_LEFT - CX_RIGHT))
+    values = as_float_image(disparity.image)
+    expected = model_shift(Predictor(checkpoint, device='cpu'), left, right) - (CX_LEFT - CX_RIGHT)
+    valid = values >= 0.0
+    assert valid.any()
+    np.testing.assert_allclose(values[valid], expected[valid], atol=2e-3)
+
+
+@pytest.mark.parametrize(('arguments', 'status', 'message'), [
+    (['-p', 'checkpoint:=/nonexistent/weights.safetensors', '-p', 'device:=cpu'], 1,
+     'cannot load the model: cannot open checkpoint /nonexistent/weights.safetensors'),
+    (['-p', 'queue_size:=0'], 1, 'Parameter queue_size out of range'),
+    (['-p', 'device:=tpu'], 1, "device='tpu': must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+])
+def test_an_unusable_start_up_configuration_exits_non_zero_with_one_line_saying_why(
+        arguments: list[str], status: int, message: str) -> None:
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
+    completed = subprocess.run([str(NODE), '--ros-args', *arguments], capture_output=True, text=True, env=env,
+                               timeout=120)
+    assert completed.returncode == status, completed.stderr
+    assert message in completed.stderr and 'Traceback' not in completed.stderr

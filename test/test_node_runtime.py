@@ -1,0 +1,87 @@
+"""The node's bookkeeping without ROS: latest-wins slot, warning throttle, input watch, statistics."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from stereonet_ros.node_runtime import InputWatch, LatestSlot, NodeStatistics, WarningThrottle, problem_kind
+
+TOPICS = ('/left/image_rect', '/right/image_rect', '/left/camera_info', '/right/camera_info')
+
+
+def test_the_latest_item_wins_and_replaced_items_are_counted_as_dropped() -> None:
+    slot: LatestSlot[int] = LatestSlot()
+    assert slot.put(1) is False
+    assert slot.put(2) is True and slot.put(3) is True
+    assert slot.dropped == 2
+    assert slot.take(timeout=0.0) == 3
+    assert slot.take(timeout=0.01) is None
+
+
+def test_close_wakes_a_waiting_consumer() -> None:
+    slot: LatestSlot[int] = LatestSlot()
+    results: list[int | None] = []
+    consumer = threading.Thread(target=lambda: results.append(slot.take()))
+    consumer.start()
+    slot.close()
+    consumer.join(timeout=5.0)
+    assert not consumer.is_alive() and results == [None]
+    assert slot.take() is None
+
+
+def test_the_throttle_admits_one_warning_per_kind_and_period_and_counts_the_rest() -> None:
+    throttle = WarningThrottle(period=5.0)
+    assert throttle.admit('a', now=0.0) == (True, 0)
+    assert throttle.admit('a', now=1.0) == (False, 0)
+    assert throttle.admit('b', now=1.0) == (True, 0)  # another kind is not hidden
+    assert throttle.admit('a', now=2.0) == (False, 0)
+    assert throttle.admit('a', now=5.5) == (True, 2)
+    with pytest.raises(ValueError, match='period must be >= 0'):
+        WarningThrottle(-1.0)
+
+
+def test_problem_kind_groups_the_same_problem_at_other_numbers() -> None:
+    first = problem_kind(ValueError('image data has 10 bytes, fewer than step 4 x height 3 = 12'))
+    second = problem_kind(ValueError('image data has 99 bytes, fewer than step 50 x height 2.5 = 125'))
+    assert first == second == 'ValueError: image data has # bytes, fewer than step # x height # = #'
+    assert problem_kind(KeyError('x')) != problem_kind(ValueError('x'))
+
+
+def test_the_watch_names_a_topic_that_sends_nothing_after_its_patience() -> None:
+    watch = InputWatch(TOPICS, patience=2.0)
+    for index in range(3):
+        watch.message(index, 5_000_000_001, now=10.0)
+    assert watch.problem(now=11.0, approximate=False) is None  # not yet patient enough
+    kind, text = watch.problem(now=12.5, approximate=False) or ('', '')
+    assert kind == 'missing-input'
+    assert 'nothing received on /right/camera_info' in text and 'last stamp 5.000000001' in text
+    watch.matched(now=13.0)
+    assert watch.problem(now=20.0, approximate=False) is None
+
+
+def test_the_watch_says_when_every_topic_arrives_but_nothing_pairs() -> None:
+    watch = InputWatch(TOPICS, patience=1.0)
+    for index in range(4):
+        watch.message(index, 1_000 + index, now=0.0)
+    kind, text = watch.problem(now=1.0, approximate=False) or ('', '')
+    assert kind == 'unmatched-stamps' and 'approximate_sync: true?' in text
+    assert 'approximate_sync_tolerance_seconds' in (watch.problem(now=1.0, approximate=True) or ('', ''))[1]
+
+
+def test_statistics_give_rates_between_snapshots_and_latency_percentiles() -> None:
+    stats = NodeStatistics(window=10)
+    first = stats.snapshot(now=0.0)
+    assert first.input_rate == 0.0 and first.latency_p50_ms != first.latency_p50_ms  # NaN without data
+    for latency in (0.1, 0.2, 0.3, 0.4):
+        stats.record_set()
+        stats.record_processed(latency, model_time=0.05)
+    stats.record_set()
+    stats.record_dropped()
+    stats.record_skipped()
+    stats.record_bad_input()
+    snapshot = stats.snapshot(now=2.0)
+    assert snapshot.input_rate == 2.5 and snapshot.output_rate == 2.0
+    assert snapshot.latency_p50_ms == pytest.approx(250.0) and snapshot.model_p50_ms == pytest.approx(50.0)
+    assert (snapshot.sets, snapshot.processed, snapshot.dropped, snapshot.skipped_no_subscriber,
+            snapshot.bad_inputs) == (5, 4, 1, 1, 1)

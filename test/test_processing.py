@@ -1,0 +1,186 @@
+"""StereoProcessor without ROS: the node's arrays from a real (small, random) network."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stereonet_ros.camera import CameraModelError, StereoCamera
+from stereonet_ros.geometry import project_to_pixel
+from stereonet_ros.image_codec import array_to_image_fields
+from stereonet_ros.inference import Predictor
+from stereonet_ros.model.checkpoint import Checkpoint, InputContract
+from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig
+from stereonet_ros.node_config import NodeConfig
+from stereonet_ros.processing import OutputSelection, StereoInputError, StereoProcessor, decode_pair, to_rgb8
+
+HEIGHT, WIDTH = 32, 96
+CAMERA = StereoCamera(width=WIDTH, height=HEIGHT, fx=100.0, fy=110.0, cx=50.0, cy=15.5, cx_right=47.0, focal=100.0,
+                      baseline=0.2, frame_id='left_optical')
+
+
+@pytest.fixture(scope='module')
+def processor() -> StereoProcessor:
+    config = StereoNetConfig(in_channels=1, k_downsampling_layers=2, k_refinement_layers=2, feature_channels=4,
+                             cost_filter_channels=4, refiner_channels=4, max_disparity=31, disparity_grid='exact',
+                             cost_volume_border='replicate')
+    torch.manual_seed(3)
+    contract = InputContract(color='gray', left_mean=(127.5,), left_std=(127.5,), right_mean=(127.5,),
+                             right_std=(127.5,), max_disparity=31.0, pad_multiple=4)
+    checkpoint = Checkpoint(config=config, contract=contract, state_dict=StereoNet(config).state_dict())
+    return StereoProcessor(Predictor(checkpoint, device='cpu'))
+
+
+@pytest.fixture(scope='module')
+def pair() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    scene = rng.integers(0, 256, (HEIGHT, WIDTH + 6, 3), dtype=np.uint8)
+    left_rgb = np.ascontiguousarray(scene[:, 6:])
+    right_rgb = np.ascontiguousarray(scene[:, :WIDTH])
+    gray = (left_rgb @ np.array([0.299, 0.587, 0.114])).round().astype(np.uint8)
+    right_gray = (right_rgb @ np.array([0.299, 0.587, 0.114])).round().astype(np.uint8)
+    return gray, right_gray, left_rgb
+
+
+def expected_valid(shift: np.ndarray, min_disparity: float) -> np.ndarray:
+    disparity = shift - CAMERA.principal_offset
+    columns = np.arange(WIDTH)[np.newaxis, :]
+    return (disparity >= min_disparity) & (disparity > 0) & (columns - shift >= 0)
+
+
+def test_disparity_is_the_network_shift_minus_the_principal_offset_and_invalid_is_min_minus_one(
+        processor: StereoProcessor, pair: Any) -> None:
+    left, right, rgb = pair
+    config = NodeConfig(min_disparity=2.0)
+    out = processor.process(left, right, CAMERA, config, OutputSelection(), rgb)
+    shift = processor.predictor.predict(left, right)
+    valid = expected_valid(shift, 2.0)
+    assert valid.any() and (~valid).any()
+    assert np.array_equal(out.valid, valid)
+    np.testing.assert_array_equal(out.disparity[valid], (shift - 3.0)[valid])
+    assert np.all(out.disparity[~valid] == np.float32(1.0))
+    assert out.disparity.dtype == np.float32 and out.disparity.shape == (HEIGHT, WIDTH)
+    assert (out.min_disparity, out.max_disparity) == (2.0, 31.0 - 3.0)
+    assert out.valid_window.x_offset == 31 and out.valid_window.width == WIDTH - 31
+    assert (out.valid_window.y_offset, out.valid_window.height) == (0, HEIGHT)
+    assert out.delta_d == float(np.spacing(np.float32(28.0)))
+
+
+def test_depth_and_points_follow_the_camera_and_are_nan_where_invalid(processor: StereoProcessor, pair: Any) -> None:
+    left, right, rgb = pair
+    out = processor.process(left, right, CAMERA, NodeConfig(), OutputSelection(), rgb)
+    valid = out.valid
+    assert out.depth is not None and out.cloud is not None
+    np.testing.assert_allclose(out.depth[valid], 100.0 * 0.2 / out.disparity[valid], rtol=1e-6)
+    assert np.isnan(out.depth[~valid]).all()
+    assert out.cloud.point_step == 32 and [f.name for f in out.cloud.fields] == ['x', 'y', 'z', 'rgb']
+    records = np.frombuffer(out.cloud.data, dtype=np.float32).reshape(HEIGHT, WIDTH, 8)  # 32-byte points
+    xyz = records[:, :, :3]
+    assert np.isnan(xyz[~valid]).all()
+    pixels = project_to_pixel(xyz[valid], CAMERA)  # a point reprojects to its pixel
+    rows, columns = np.nonzero(valid)
+    np.testing.assert_allclose(pixels[:, 0], columns, atol=1e-3)
+    np.testing.assert_allclose(pixels[:, 1], rows, atol=1e-3)
+    bits = records[:, :, 4].view(np.uint32)
+    assert np.array_equal(bits, (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8)
+                          | rgb[..., 2])
+
+
+def test_only_the_selected_outputs_are_computed(processor: StereoProcessor, pair: Any) -> None:
+    left, right, rgb = pair
+    out = processor.process(left, right, CAMERA, NodeConfig(), OutputSelection(depth=False, points=False,
+                                                                                confidence=False,
+                                                                                disparity_color=False))
+    assert out.depth is None and out.cloud is None and out.confidence is None and out.disparity_color is None
+    assert not OutputSelection(False, False, False, False, False).any
+
+
+def test_cloud_layout_follows_use_color_and_avoid_point_cloud_padding(processor: StereoProcessor, pair: Any) -> None:
+    left, right, rgb = pair
+    steps = {}
+    for use_color in (True, False):
+        for avoid in (False, True):
+            config = NodeConfig(use_color=use_color, avoid_point_cloud_padding=avoid)
+            cloud = processor.process(left, right, CAMERA, config, OutputSelection(), rgb).cloud
+            assert cloud is not None
+            steps[(use_color, avoid)] = cloud.point_step
+    assert steps == {(True, False): 32, (True, True): 16, (False, False): 16, (False, True): 12}
+
+
+def test_min_confidence_invalidates_undecided_pixels(processor: StereoProcessor, pair: Any) -> None:
+    left, right, rgb = pair
+    everything = processor.process(left, right, CAMERA, NodeConfig(), OutputSelection())
+    assert everything.confidence is not None
+    assert everything.confidence.min() >= 0.0 and everything.confidence.max() <= 1.0
+    threshold = float(np.median(everything.confidence))
+    strict = processor.process(left, right, CAMERA, NodeConfig(min_confidence=threshold), OutputSelection())
+    assert np.array_equal(strict.valid, everything.valid & (everything.confidence >= np.float32(threshold)))
+    assert strict.valid.sum() < everything.valid.sum()
+
+
+def test_a_smaller_inference_scale_runs_the_network_smaller_and_rescales_the_values(
+        processor: StereoProcessor, pair: Any) -> None:
+    left, right, _ = pair
+    shift, _, max_shift = processor.infer(left, right, scale=0.5)
+    small_left, small_right = (F.interpolate(t, size=(HEIGHT // 2, WIDTH // 2), mode='area')
+                               for t in processor.predictor.preprocess(left, right))
+    small = processor.predictor.run(small_left, small_right)  # (1, 1, H/2, W/2)
+    expected = F.interpolate(small, size=(HEIGHT, WIDTH), mode='bilinear', align_corners=False)[0, 0].numpy() * 2.0
+    np.testing.assert_allclose(shift, expected, rtol=1e-6)
+    assert max_shift == 62.0
+    out = processor.process(left, right, CAMERA, NodeConfig(inference_scale=0.5), OutputSelection())
+    assert out.max_disparity == 62.0 - 3.0 and out.valid_window.x_offset == 62
+
+
+def test_an_image_narrower_than_the_disparity_range_has_an_empty_valid_window(processor: StereoProcessor) -> None:
+    camera = StereoCamera(width=24, height=8, fx=10.0, fy=10.0, cx=12.0, cy=4.0, cx_right=12.0, focal=10.0,
+                          baseline=0.1)
+    image = np.full((8, 24), 100, np.uint8)
+    window = processor.process(image, image, camera, NodeConfig(), OutputSelection()).valid_window
+    assert (window.x_offset, window.width, window.height) == (24, 0, 0)
+
+
+def test_bad_pairs_raise_named_errors(processor: StereoProcessor, pair: Any) -> None:
+    left, right, _ = pair
+    with pytest.raises(StereoInputError, match=r'left image is 96x32 but right is 90x32'):
+        processor.process(left, right[:, :90], CAMERA, NodeConfig(), OutputSelection())
+    with pytest.raises(CameraModelError, match=r'image is 48x32 \(WxH\) but camera_info says 96x32'):
+        processor.process(left[:, :48], right[:, :48], CAMERA, NodeConfig(), OutputSelection())
+
+
+@dataclass
+class FakeImage:
+    """An Image-like dataclass (image_codec reads fields by name)."""
+
+    height: int
+    width: int
+    encoding: str
+    is_bigendian: int
+    step: int
+    data: Any = field(repr=False)
+
+
+def as_message(array: np.ndarray, encoding: str) -> FakeImage:
+    fields = array_to_image_fields(array, encoding)
+    return FakeImage(fields.height, fields.width, fields.encoding, fields.is_bigendian, fields.step, fields.data)
+
+
+def test_decode_pair_gives_the_network_input_and_the_left_colours_when_asked(pair: Any) -> None:
+    _, _, rgb = pair
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    left, right, colours = decode_pair(as_message(rgb, 'rgb8'), as_message(bgr, 'bgr8'), 'gray', want_rgb=True)
+    assert left.shape == (HEIGHT, WIDTH) and np.array_equal(left, right)
+    assert colours is not None and np.array_equal(colours, rgb)
+    assert decode_pair(as_message(rgb, 'rgb8'), as_message(rgb, 'rgb8'), 'gray', want_rgb=False)[2] is None
+    mono16 = (np.arange(HEIGHT * WIDTH, dtype=np.uint16).reshape(HEIGHT, WIDTH) * 20)
+    _, _, colours16 = decode_pair(as_message(mono16, 'mono16'), as_message(mono16, 'mono16'), 'gray', True)
+    assert colours16 is not None and np.array_equal(colours16[..., 1], (mono16 >> 8).astype(np.uint8))
+
+
+def test_to_rgb8_scales_each_dtype_to_bytes() -> None:
+    assert to_rgb8(np.array([[[0, 65535, 256]]], np.uint16)).tolist() == [[[0, 255, 1]]]
+    assert to_rgb8(np.array([[[-3.0, 254.6, np.nan]]], np.float32)).tolist() == [[[0, 255, 0]]]
