@@ -1,0 +1,445 @@
+"""Write a bag evaluation's report: ``metrics.json``, ``per_frame.csv``, ``report.md``, ``report.html``, pictures.
+
+Everything is first written into a staging folder inside the output folder and moved into place only
+when complete (:class:`ReportFolder`), ``metrics.json`` last; a run that fails leaves no new report
+file behind (and a previous report, if any, untouched).
+
+``report.html`` is self-contained: its pictures are embedded as base64 PNGs. ``report.md`` links the
+same pictures in ``pictures/``.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from stereonet_ros.evaluation.bag_eval import (ERROR_HISTOGRAM_EDGES, ERROR_MAP_MAX, OUTPUT_TOPICS,
+                                               EvaluationResult, FrameResult, Showcase)
+from stereonet_ros.evaluation.charts import ChartError, histogram_chart, histogram_of, line_chart
+from stereonet_ros.image_io import ImageWriteError, colorize_disparity, write_png
+
+REPORT_FILES = ('pictures', 'per_frame.csv', 'report.md', 'report.html', 'metrics.json')
+"""What a report consists of, in the order it is moved into place (``metrics.json`` last)."""
+OUTPUT_BAG_NAME = 'output_bag'
+"""Folder name of the ``--write-bag`` output (a rosbag2 bag, mcap storage) inside the report folder."""
+PICTURE_MAX_WIDTH = 640
+
+CSV_COLUMNS = ('bag', 'index', 'stamp_ns', 'width', 'height', 'status', 'gt_kind', 'model_ms', 'epe', 'bad1',
+               'bad2', 'bad3', 'd1', 'density', 'valid_pixels', 'abs_rel', 'rmse_m', 'completeness', 'note')
+
+
+class ReportError(Exception):
+    """The report cannot be written (output folder unusable, disk error)."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What produced the numbers; shown at the top of every report."""
+
+    checkpoint: str  # path given, or 'bundled default'
+    checkpoint_note: str  # provenance note ('' if none)
+    placeholder: bool  # the untrained placeholder network ran: disparities are meaningless
+    device: str
+    command: str
+    git_sha: str
+    created: str  # ISO 8601, UTC
+
+
+class ReportFolder:
+    """Stage a report inside ``folder`` and publish it atomically per file on :meth:`publish`.
+
+    >>> with ReportFolder(out) as staging:          # doctest: +SKIP
+    ...     write_report(result, info, staging.path)
+    ...     staging.publish()
+
+    Leaving the block without :meth:`publish` (an error) removes the staging folder.
+
+    Raises:
+        ReportError: ``folder`` exists and is not a folder, or cannot be created.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self._staging: Path | None = None
+
+    def __enter__(self) -> ReportFolder:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._staging = Path(tempfile.mkdtemp(prefix='.partial-report-', dir=self.folder))
+        except (FileExistsError, NotADirectoryError) as err:
+            raise ReportError(f'--out {self.folder}: exists and is not a folder') from err
+        except OSError as err:
+            raise ReportError(f'--out {self.folder}: cannot create: {err.strerror or err}') from err
+        return self
+
+    @property
+    def path(self) -> Path:
+        if self._staging is None:
+            raise ReportError('ReportFolder is not open')
+        return self._staging
+
+    def publish(self, extra: tuple[str, ...] = ()) -> None:
+        """Move the staged files into the folder, replacing a previous report; ``metrics.json`` goes last."""
+        staging = self.path
+        names = [name for name in (*extra, *REPORT_FILES) if (staging / name).exists()]
+        try:
+            for name in (*extra, *REPORT_FILES):
+                target = self.folder / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+            for name in names:
+                os.replace(staging / name, self.folder / name)
+        except OSError as err:
+            raise ReportError(f'cannot move the report into {self.folder}: {err}') from err
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+
+
+# --- numbers -----------------------------------------------------------------------------------------
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: NaN and inf become null."""
+    return float(value) if math.isfinite(value) else None
+
+
+def timing_summary(result: EvaluationResult) -> dict[str, float | int | None]:
+    """Model time per frame (ms: p50, p95, mean, max), model throughput and end-to-end throughput (fps)."""
+    times = np.asarray(result.model_ms, dtype=np.float64)
+    frames_run = int(times.size)
+    if frames_run == 0:
+        return {'frames_timed': 0, 'model_ms_p50': None, 'model_ms_p95': None, 'model_ms_mean': None,
+                'model_ms_max': None, 'model_fps': None, 'end_to_end_fps': None, 'wall_seconds': result.wall_seconds}
+    total_s = float(times.sum()) / 1e3
+    return {'frames_timed': frames_run,
+            'model_ms_p50': float(np.percentile(times, 50)), 'model_ms_p95': float(np.percentile(times, 95)),
+            'model_ms_mean': float(times.mean()), 'model_ms_max': float(times.max()),
+            'model_fps': frames_run / total_s if total_s > 0 else None,
+            'end_to_end_fps': frames_run / result.wall_seconds if result.wall_seconds > 0 else None,
+            'wall_seconds': result.wall_seconds}
+
+
+def metrics_document(result: EvaluationResult, info: RunInfo) -> dict[str, Any]:
+    """The content of ``metrics.json`` (NaN written as null)."""
+    disparity = result.disparity
+    depth = result.depth
+    skipped = [{'bag': f.bag, 'index': f.index, 'stamp_ns': f.stamp_ns, 'status': f.status, 'reason': f.note}
+               for f in result.frames if f.status in ('skipped', 'dropped') or (f.status == 'no-gt' and f.note)]
+    document: dict[str, Any] = {
+        'frames': len(result.frames),
+        'frames_evaluated': result.count('scored') + result.count('no-gt'),
+        'frames_scored': result.count('scored'),
+        'frames_skipped': result.count('skipped'),
+        'frames_dropped': result.count('dropped'),
+        'epe': _finite(disparity.epe) if disparity else None,
+        'bad1': _finite(disparity.bad1) if disparity else None,
+        'bad2': _finite(disparity.bad2) if disparity else None,
+        'bad3': _finite(disparity.bad3) if disparity else None,
+        'd1': _finite(disparity.d1) if disparity else None,
+        'density': _finite(disparity.density) if disparity else None,
+        'valid_pixels': disparity.valid_pixels if disparity else 0,
+        'depth_abs_rel': _finite(depth.abs_rel) if depth else None,
+        'depth_rmse_m': _finite(depth.rmse) if depth else None,
+        'depth_completeness': _finite(depth.completeness) if depth else None,
+        'per_frame_mean': ({k: (_finite(v) if isinstance(v, float) else v)
+                            for k, v in asdict(result.disparity_per_frame).items()}
+                           if result.disparity_per_frame else None),
+        'timing': timing_summary(result),
+        'units': {'disparity': 'pixels of left-view image shift (the network output; DisparityImage values plus '
+                               'cx_left - cx_right)',
+                  'epe': 'pixels', 'bad1': 'percent', 'd1': 'percent', 'depth_rmse_m': 'metres',
+                  'depth_completeness': 'fraction of ground-truth pixels with a predicted depth'},
+        'source': result.source,
+        'checkpoint': {'path': info.checkpoint, 'placeholder': info.placeholder, 'note': info.checkpoint_note},
+        'device': info.device,
+        'bags': [{'path': b.path, 'topics': b.topics, **asdict(b.counters)} for b in result.bags],
+        'replay': asdict(result.config),
+        'skipped': skipped,
+        'command': info.command,
+        'git_sha': info.git_sha,
+        'created': info.created,
+    }
+    return document
+
+
+def _csv_value(value: float | int | str | None) -> str:
+    if value is None:
+        return ''
+    if isinstance(value, float):
+        return '' if not math.isfinite(value) else f'{value:.6g}'
+    return str(value)
+
+
+def _frame_row(frame: FrameResult) -> list[str]:
+    d, z = frame.disparity, frame.depth
+    values: list[float | int | str | None] = [
+        frame.bag, frame.index, frame.stamp_ns, frame.width, frame.height, frame.status, frame.gt_kind,
+        frame.model_ms, d.epe if d else None, d.bad1 if d else None, d.bad2 if d else None, d.bad3 if d else None,
+        d.d1 if d else None, d.density if d else None, d.valid_pixels if d else None,
+        z.abs_rel if z else None, z.rmse if z else None, z.completeness if z else None, frame.note]
+    return [_csv_value(v) for v in values]
+
+
+# --- pictures ------------------------------------------------------------------------------------------
+
+def _fit_width(picture: npt.NDArray[np.uint8], nearest: bool) -> npt.NDArray[np.uint8]:
+    height, width = picture.shape[:2]
+    if width <= PICTURE_MAX_WIDTH:
+        return picture
+    size = (PICTURE_MAX_WIDTH, max(1, round(height * PICTURE_MAX_WIDTH / width)))
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(picture).resize(size, resample), dtype=np.uint8).copy()
+
+
+def error_map(shift: npt.ArrayLike, gt_shift: npt.ArrayLike) -> npt.NDArray[np.uint8]:
+    """``|prediction - ground truth|`` coloured with turbo from 0 px to :data:`ERROR_MAP_MAX` px (and beyond);
+    black where there is no ground truth. ``(H, W, 3)`` uint8."""
+    error = np.abs(np.asarray(shift, dtype=np.float32) - np.asarray(gt_shift, dtype=np.float32))  # NaN = none
+    return colorize_disparity(error, vmin=0.0, vmax=ERROR_MAP_MAX)
+
+
+def _showcase_pictures(showcase: Showcase) -> list[tuple[str, str, npt.NDArray[np.uint8]]]:
+    """(file stem, caption, picture) for one showcased frame."""
+    truth = showcase.gt_shift
+    reference = truth if truth is not None and np.isfinite(truth).any() else showcase.shift
+    finite = reference[np.isfinite(reference)]
+    vmax = float(np.percentile(finite, 99)) if finite.size else 1.0
+    vmax = vmax if vmax > 0 else 1.0
+    pictures = [('left', 'left input', _fit_width(showcase.left_rgb, nearest=False)),
+                ('disparity', f'predicted disparity (turbo, 0 to {vmax:.0f} px)',
+                 _fit_width(colorize_disparity(showcase.shift, vmin=0.0, vmax=vmax), nearest=True))]
+    if truth is not None:
+        pictures.append(('gt', 'ground truth (same scale; black = none)',
+                         _fit_width(colorize_disparity(truth, vmin=0.0, vmax=vmax), nearest=True)))
+        pictures.append(('error', f'|error| (0 px blue to >= {ERROR_MAP_MAX:.0f} px red; black = no ground truth)',
+                         _fit_width(error_map(showcase.shift, truth), nearest=True)))
+    return pictures
+
+
+@dataclass(frozen=True)
+class _Picture:
+    path: str  # relative to the report folder
+    caption: str
+
+
+def _write_pictures(result: EvaluationResult, folder: Path) -> tuple[list[tuple[str, list[_Picture]]], list[_Picture]]:
+    """Write every picture; return the showcased frames' pictures and the charts."""
+    pictures = folder / 'pictures'
+    pictures.mkdir()
+    frames: list[tuple[str, list[_Picture]]] = []
+    for number, showcase in enumerate(result.showcases):
+        entries = []
+        for stem, caption, picture in _showcase_pictures(showcase):
+            name = f'pictures/frame{number}_{stem}.png'
+            write_png(folder / name, picture)
+            entries.append(_Picture(name, caption))
+        title = showcase.title + (f' (EPE {showcase.epe:.2f} px)' if math.isfinite(showcase.epe) else '')
+        frames.append((title, entries))
+    charts: list[_Picture] = []
+
+    def chart(name: str, caption: str, picture: npt.NDArray[np.uint8]) -> None:
+        write_png(folder / f'pictures/{name}.png', picture)
+        charts.append(_Picture(f'pictures/{name}.png', caption))
+
+    scored = [f for f in result.frames if f.disparity is not None]
+    if result.disparity is not None:
+        chart('error_histogram', 'Absolute disparity error over every scored pixel (last bin: >= 16 px); '
+              'dashed: the bad-1/2/3 thresholds',
+              histogram_chart(result.error_histogram, ERROR_HISTOGRAM_EDGES, 'Disparity error histogram',
+                              '|prediction - ground truth| (px)', marks=(1.0, 2.0, 3.0)))
+        x = np.arange(len(scored), dtype=np.float64)
+        chart('per_frame_epe', 'EPE per scored frame, in replay order',
+              line_chart(x, {'EPE': [f.disparity.epe for f in scored if f.disparity]}, 'EPE per frame',
+                         'scored frame', 'EPE (px)', integer_x=True))
+        chart('per_frame_bad', 'bad-1/2/3 and D1 per scored frame',
+              line_chart(x, {'bad-1': [f.disparity.bad1 for f in scored if f.disparity],
+                             'bad-2': [f.disparity.bad2 for f in scored if f.disparity],
+                             'bad-3': [f.disparity.bad3 for f in scored if f.disparity],
+                             'D1': [f.disparity.d1 for f in scored if f.disparity]},
+                         'Outliers per frame', 'scored frame', 'percent of pixels', integer_x=True))
+    times = result.model_ms
+    if times:
+        run = [f for f in result.frames if math.isfinite(f.model_ms)]
+        chart('per_frame_time', 'Model time per frame, in replay order',
+              line_chart(np.arange(len(run), dtype=np.float64), {'model time': [f.model_ms for f in run]},
+                         'Model time per frame', 'frame', 'ms', integer_x=True))
+        try:
+            chart('timing_histogram', 'Model time per frame (warm-up runs excluded)',
+                  histogram_of(times, 'Model time histogram', 'model time per frame (ms)', bins=20))
+        except ChartError:
+            pass
+    return frames, charts
+
+
+# --- documents ----------------------------------------------------------------------------------------
+
+def _fmt(value: float | None, digits: int = 2, suffix: str = '') -> str:
+    return '-' if value is None or not math.isfinite(value) else f'{value:.{digits}f}{suffix}'
+
+
+def _summary_rows(result: EvaluationResult, metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    timing = metrics['timing']
+    rows = [('frames (pairs)', str(metrics['frames'])),
+            ('evaluated / scored against ground truth', f"{metrics['frames_evaluated']} / {metrics['frames_scored']}"),
+            ('skipped / dropped', f"{metrics['frames_skipped']} / {metrics['frames_dropped']}")]
+    if result.disparity is not None:
+        rows += [('EPE', _fmt(metrics['epe'], 3, ' px')), ('bad-1', _fmt(metrics['bad1'], 2, ' %')),
+                 ('bad-2', _fmt(metrics['bad2'], 2, ' %')), ('bad-3', _fmt(metrics['bad3'], 2, ' %')),
+                 ('D1', _fmt(metrics['d1'], 2, ' %')),
+                 ('density (predicted / ground-truth pixels)', _fmt(metrics['density'], 4)),
+                 ('pixels with ground truth', str(metrics['valid_pixels'])),
+                 ('depth AbsRel', _fmt(metrics['depth_abs_rel'], 4)),
+                 ('depth RMSE', _fmt(metrics['depth_rmse_m'], 3, ' m')),
+                 ('depth completeness', _fmt(metrics['depth_completeness'], 4))]
+    rows += [('model time p50 / p95', f"{_fmt(timing['model_ms_p50'], 1)} / {_fmt(timing['model_ms_p95'], 1)} ms"),
+             ('throughput: model / end to end', f"{_fmt(timing['model_fps'], 2)} / {_fmt(timing['end_to_end_fps'], 2)}"
+                                                ' frames/s')]
+    return rows
+
+
+def _notes(result: EvaluationResult, info: RunInfo) -> list[str]:
+    notes = []
+    if info.placeholder:
+        notes.append('**The network is the UNTRAINED placeholder (random weights): its disparities are meaningless '
+                     'and so are these scores.** Pass a trained checkpoint with `--checkpoint`.')
+    if result.disparity is None:
+        notes.append('No ground truth was scored (no `--gt-topic`, or none matched): the error parts are left out.')
+    notes.append('Disparity is compared as the left-view image shift in pixels (what the network predicts); '
+                 'DisparityImage values are that minus `cx_left - cx_right`. Depth is `f * T / d` from the camera '
+                 'infos. Bad-N: percentage of ground-truth pixels with error above N px; D1: above 3 px and 5 %.')
+    return notes
+
+
+def _skipped_lines(metrics: dict[str, Any], limit: int = 50) -> list[str]:
+    lines = [f"{Path(s['bag']).name} #{s['index']} (stamp {s['stamp_ns']}): {s['status']}, {s['reason']}"
+             for s in metrics['skipped']]
+    if len(lines) > limit:
+        lines = lines[:limit] + [f'... and {len(lines) - limit} more (per_frame.csv has them all)']
+    return lines
+
+
+def _bag_lines(metrics: dict[str, Any]) -> list[str]:
+    return [f"{b['path']}: {b['pairs']} pair{'s' if b['pairs'] != 1 else ''} from {b['input_messages']} input messages "
+            f"({b['unpaired_messages']} unpaired), ground truth {b['gt_matched']} of {b['gt_messages']} matched"
+            for b in metrics['bags']]
+
+
+def _markdown(result: EvaluationResult, info: RunInfo, metrics: dict[str, Any],
+              frames: list[tuple[str, list[_Picture]]], charts: list[_Picture], output_bag: str | None) -> str:
+    lines = ['# Stereo depth on recorded bags', '']
+    lines += [f'- {note}' for note in _notes(result, info)]
+    lines += ['', '## Run', '',
+              f'- Source: {result.source}', f'- Device: `{info.device}`',
+              f'- Checkpoint: `{info.checkpoint}`' + (f' ({info.checkpoint_note})' if info.checkpoint_note else ''),
+              f'- Command: `{info.command}`', f'- Git: `{info.git_sha}`; created {info.created}']
+    lines += [f'- Bag: {line}' for line in _bag_lines(metrics)]
+    if output_bag:
+        lines.append(f'- Output bag: `{output_bag}` (mcap: {", ".join(OUTPUT_TOPICS.values())})')
+    lines += ['', '## Summary', '', '| | |', '| --- | --- |']
+    lines += [f'| {name} | {value} |' for name, value in _summary_rows(result, metrics)]
+    skipped = _skipped_lines(metrics)
+    if skipped:
+        lines += ['', '## Skipped', ''] + [f'- {line}' for line in skipped]
+    for title, pictures in frames:
+        lines += ['', f'## {title}', '']
+        lines += [f'![{p.caption}]({p.path})  ' + '\n' + f'*{p.caption}*' + '\n' for p in pictures]
+    if charts:
+        lines += ['', '## Charts', '']
+        lines += [f'![{p.caption}]({p.path})' + '\n' + f'*{p.caption}*' + '\n' for p in charts]
+    lines += ['', 'Per-frame numbers: `per_frame.csv`; all numbers: `metrics.json`.', '']
+    return '\n'.join(lines)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:1em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+.warn{background:#fff3cd;border:1px solid #e0b000;padding:.6em}.frames{display:flex;flex-wrap:wrap;gap:10px}
+figure{margin:0}figcaption{font-size:85%;color:#555;max-width:640px}img{max-width:100%}code{background:#f4f4f4}"""
+
+
+def _inline_markdown(text: str) -> str:
+    """The little markdown the notes use (``code`` and **bold**) as HTML, everything else escaped."""
+    escaped = html.escape(text)
+    parts = escaped.split('`')
+    escaped = ''.join(f'<code>{part}</code>' if i % 2 else part for i, part in enumerate(parts))
+    parts = escaped.split('**')
+    return ''.join(f'<b>{part}</b>' if i % 2 else part for i, part in enumerate(parts))
+
+
+def _html(result: EvaluationResult, info: RunInfo, metrics: dict[str, Any], folder: Path,
+          frames: list[tuple[str, list[_Picture]]], charts: list[_Picture], output_bag: str | None) -> str:
+    def image(picture: _Picture) -> str:
+        data = base64.b64encode((folder / picture.path).read_bytes()).decode('ascii')
+        caption = html.escape(picture.caption)
+        return (f'<figure><img alt="{caption}" src="data:image/png;base64,{data}">'
+                f'<figcaption>{caption}</figcaption></figure>')
+
+    esc = html.escape
+    body = ['<h1>Stereo depth on recorded bags</h1>']
+    for note in _notes(result, info):
+        css = ' class="warn"' if 'UNTRAINED' in note else ''
+        body.append(f'<p{css}>{_inline_markdown(note)}</p>')
+    run = [f'Source: {esc(result.source)}', f'Device: <code>{esc(info.device)}</code>',
+           f'Checkpoint: <code>{esc(info.checkpoint)}</code> {esc(info.checkpoint_note)}',
+           f'Command: <code>{esc(info.command)}</code>',
+           f'Git: <code>{esc(info.git_sha)}</code>; created {esc(info.created)}']
+    run += [f'Bag: {esc(line)}' for line in _bag_lines(metrics)]
+    if output_bag:
+        run.append(f'Output bag: <code>{esc(output_bag)}</code> (mcap: {esc(", ".join(OUTPUT_TOPICS.values()))})')
+    body.append('<h2>Run</h2><ul>' + ''.join(f'<li>{item}</li>' for item in run) + '</ul>')
+    body.append('<h2>Summary</h2><table>' + ''.join(
+        f'<tr><th>{esc(name)}</th><td>{esc(value)}</td></tr>' for name, value in _summary_rows(result, metrics))
+        + '</table>')
+    skipped = _skipped_lines(metrics)
+    if skipped:
+        body.append('<h2>Skipped</h2><ul>' + ''.join(f'<li>{esc(line)}</li>' for line in skipped) + '</ul>')
+    for title, pictures in frames:
+        body.append(f'<h2>{esc(title)}</h2><div class="frames">' + ''.join(image(p) for p in pictures) + '</div>')
+    if charts:
+        body.append('<h2>Charts</h2><div class="frames">' + ''.join(image(p) for p in charts) + '</div>')
+    body.append('<p>Per-frame numbers: <code>per_frame.csv</code>; all numbers: <code>metrics.json</code>.</p>')
+    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>stereonet bag evaluation</title>'
+            f'<style>{_CSS}</style></head><body>\n' + '\n'.join(body) + '\n</body></html>\n')
+
+
+def write_report(result: EvaluationResult, info: RunInfo, folder: str | os.PathLike[str],
+                 output_bag: str | None = None) -> dict[str, Any]:
+    """Write the report files (:data:`REPORT_FILES`) into ``folder`` (normally a :class:`ReportFolder`'s
+    staging path) and return the ``metrics.json`` document.
+
+    Raises:
+        ReportError: a file cannot be written.
+    """
+    target = Path(folder)
+    metrics = metrics_document(result, info)
+    try:
+        frames, charts = _write_pictures(result, target)
+        with open(target / 'per_frame.csv', 'w', newline='', encoding='utf-8') as stream:
+            writer = csv.writer(stream)
+            writer.writerow(CSV_COLUMNS)
+            writer.writerows(_frame_row(frame) for frame in result.frames)
+        (target / 'report.md').write_text(_markdown(result, info, metrics, frames, charts, output_bag),
+                                          encoding='utf-8')
+        (target / 'report.html').write_text(_html(result, info, metrics, target, frames, charts, output_bag),
+                                            encoding='utf-8')
+        (target / 'metrics.json').write_text(json.dumps(metrics, indent=2, allow_nan=False) + '\n', encoding='utf-8')
+    except (OSError, ImageWriteError) as err:
+        raise ReportError(f'cannot write the report in {target}: {err}') from err
+    return metrics

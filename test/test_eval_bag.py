@@ -1,0 +1,398 @@
+"""stereonet-eval-bag and stereonet-make-bag as a user runs them: real bags (mcap, sqlite3), real reports."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from rosbags.highlevel import AnyReader
+
+from stereonet_ros.cli import eval_bag, infer, make_bag
+from stereonet_ros.evaluation.bag_eval import PredictorSource
+from stereonet_ros.evaluation.bagio import TYPESTORE
+from stereonet_ros.evaluation.makebag import StereoPair, simple_camera, write_stereo_bag
+from stereonet_ros.evaluation.metrics import MetricAccumulator
+from stereonet_ros.evaluation.replay import BagReplay, ReplayConfig, ReplayFrame
+from stereonet_ros.image_codec import array_to_image_fields
+from stereonet_ros.image_io import read_disparity, write_png
+from stereonet_ros.inference import InputError, Predictor
+from stereonet_ros.pfm import write_pfm
+
+BIN = Path(sys.executable).parent
+DOFFS = 12.0  # cx_right - cx_left of the Middlebury-style pair, pixels
+GT_TOPIC = '/ground_truth/disparity'
+
+
+def _predictor() -> Predictor:
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        return Predictor.from_checkpoint(None, device='cpu')
+
+
+def _images(rng: np.random.Generator, height: int, width: int, colour: bool) -> tuple[np.ndarray, np.ndarray]:
+    shape = (height, width, 3) if colour else (height, width)
+    left = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    right = np.roll(left, -6, axis=1)  # some structure; what the network makes of it does not matter here
+    return left, right
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two pairs of different size and colour, as PNG files and ground truth PFMs, and as StereoPairs.
+
+    The ground truth is the placeholder network's own output plus noise kept away from 1, 2 and 3 px, so
+    that EPE and bad-N are far from trivial (the untrained network is nowhere near any real ground truth).
+    The second pair is Middlebury-style: cx_right - cx_left = DOFFS.
+    """
+    folder = tmp_path_factory.mktemp('dataset')
+    rng = np.random.default_rng(3)
+    predictor = _predictor()
+    pairs = []
+    files = []
+    for index, (height, width, colour, doffs) in enumerate(((40, 64, False, 0.0), (48, 72, True, DOFFS))):
+        left, right = _images(rng, height, width, colour)
+        prediction = predictor.predict(left, right)
+        noise = rng.integers(0, 4, size=prediction.shape) + rng.uniform(0.1, 0.9, size=prediction.shape)
+        truth = (prediction + noise * rng.choice([-1.0, 1.0], size=noise.shape)).astype(np.float32)
+        truth[:4, :] = np.inf  # unknown, as Middlebury marks it
+        paths = folder / f'left{index}.png', folder / f'right{index}.png', folder / f'gt{index}.pfm'
+        write_png(paths[0], left)
+        write_png(paths[1], right)
+        write_pfm(paths[2], truth)
+        files.append(paths)
+        camera = simple_camera(width, height, focal=60.0, baseline=0.2, doffs=doffs)
+        pairs.append(StereoPair(f'pair{index}', left, right, camera, truth))
+    return {'folder': folder, 'pairs': pairs, 'files': files}
+
+
+def _run_main(main: Any, arguments: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        code = main(arguments)
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _error_line(code: int, err: str, program: str) -> str:
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.strip() and 'warning' not in line]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f'{program}: error: ')
+    return lines[0]
+
+
+def _report_files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()} if folder.exists() else set()
+
+
+@pytest.fixture(scope='module', params=['mcap', 'sqlite3'])
+def evaluated(request: pytest.FixtureRequest, dataset: dict[str, Any],
+              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One evaluation with ground truth and --write-bag, per storage."""
+    storage = request.param
+    folder = tmp_path_factory.mktemp(f'eval-{storage}')
+    # One bag per size, as a camera would record them.
+    bags = []
+    for index, pair in enumerate(dataset['pairs']):
+        write_stereo_bag(folder / f'bag{index}', [pair], storage=storage)
+        bags.append(folder / f'bag{index}')
+    out = folder / 'report'
+    code = eval_bag.main([*map(str, bags), '--out', str(out), '--gt-topic', GT_TOPIC, '--device', 'cpu',
+                          '--write-bag', '--no-progress'])
+    assert code == 0
+    return {'bags': bags, 'out': out, 'storage': storage}
+
+
+def test_eval_bag_scores_equal_stereonet_infer_on_the_same_images(evaluated: dict[str, Any],
+                                                                  dataset: dict[str, Any], tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    total = MetricAccumulator()
+    per_image = []
+    for index, (left, right, truth_path) in enumerate(dataset['files']):
+        out = tmp_path / f'd{index}.pfm'
+        code, stdout, err = _run_main(infer.main, [str(left), str(right), '--out', str(out), '--gt', str(truth_path),
+                                                   '--device', 'cpu'], capsys)
+        assert code == 0, err
+        disparity, truth = read_disparity(out), read_disparity(truth_path)
+        scores = total.add(disparity, truth)
+        per_image.append(scores)
+        assert f'EPE {scores.epe:.2f} px, bad-1 {scores.bad1:.1f} %' in stdout  # what infer printed
+        assert 20 < scores.bad1 < 95 and 5 < scores.bad3 < 50  # not trivial
+    metrics = json.loads((evaluated['out'] / 'metrics.json').read_text())
+    expected = total.total()
+    assert metrics['frames'] == metrics['frames_scored'] == 2
+    assert metrics['valid_pixels'] == expected.valid_pixels
+    assert metrics['epe'] == pytest.approx(expected.epe, rel=1e-6)
+    for name in ('bad1', 'bad2', 'bad3', 'd1'):
+        assert metrics[name] == pytest.approx(getattr(expected, name), abs=1e-9), name
+    with open(evaluated['out'] / 'per_frame.csv', newline='') as stream:
+        rows = list(csv.DictReader(stream))
+    assert [row['status'] for row in rows] == ['scored', 'scored']
+    for row, scores in zip(rows, per_image, strict=True):
+        assert float(row['epe']) == pytest.approx(scores.epe, rel=1e-5)
+        assert float(row['bad3']) == pytest.approx(scores.bad3, rel=1e-5)
+        assert float(row['model_ms']) > 0
+
+
+def test_metrics_json_has_the_overall_scores_depth_and_timing(evaluated: dict[str, Any]) -> None:
+    metrics = json.loads((evaluated['out'] / 'metrics.json').read_text())
+    for key in ('frames', 'epe', 'bad1', 'bad2', 'bad3', 'd1', 'depth_abs_rel', 'depth_rmse_m', 'depth_completeness'):
+        assert isinstance(metrics[key], (int, float)), key
+    assert 0 < metrics['depth_completeness'] <= 1
+    timing = metrics['timing']
+    assert timing['frames_timed'] == 2
+    assert 0 < timing['model_ms_p50'] <= timing['model_ms_p95'] <= timing['model_ms_max']
+    assert timing['model_fps'] > 0 and timing['end_to_end_fps'] > 0
+    assert metrics['device'] == 'cpu' and metrics['checkpoint']['placeholder'] is True
+    assert [b['pairs'] for b in metrics['bags']] == [1, 1] and metrics['skipped'] == []
+
+
+def test_the_report_files_exist_and_the_pictures_render(evaluated: dict[str, Any]) -> None:
+    out: Path = evaluated['out']
+    assert {'metrics.json', 'per_frame.csv', 'report.md', 'report.html', 'pictures', 'output_bag'} == \
+        _report_files(out)
+    pictures = sorted((out / 'pictures').glob('*.png'))
+    names = {p.name for p in pictures}
+    for needed in ('frame0_left.png', 'frame0_disparity.png', 'frame0_gt.png', 'frame0_error.png',
+                   'error_histogram.png', 'per_frame_epe.png', 'per_frame_bad.png', 'timing_histogram.png'):
+        assert needed in names
+    for picture in pictures:
+        with Image.open(picture) as image:
+            image.load()
+            assert image.width > 0 and image.height > 0
+            colours = image.convert('RGB').getcolors(maxcolors=1 << 20)
+            if 'frame' not in picture.name or 'left' in picture.name:  # charts and inputs are never flat
+                assert colours is None or len(colours) > 1, picture.name
+    markdown = (out / 'report.md').read_text()
+    for link in re.findall(r'\]\((pictures/[^)]+)\)', markdown):
+        assert (out / link).is_file()
+    assert 'UNTRAINED placeholder' in markdown and '| EPE |' in markdown and 'model time p50 / p95' in markdown
+    page = (out / 'report.html').read_text()
+    assert page.count('src="data:image/png;base64,') == len(pictures)
+    assert 'src="pictures/' not in page  # self-contained
+    assert 'UNTRAINED' in page and 'cpu' in page
+
+
+def test_write_bag_holds_disparity_points_and_depth_on_the_input_stamps(evaluated: dict[str, Any],
+                                                                        dataset: dict[str, Any]) -> None:
+    predictor = _predictor()
+    with AnyReader([evaluated['out'] / 'output_bag'], default_typestore=TYPESTORE) as reader:
+        assert {c.topic: c.msgtype for c in reader.connections} == {
+            '/disparity': 'stereo_msgs/msg/DisparityImage', '/points2': 'sensor_msgs/msg/PointCloud2',
+            '/depth': 'sensor_msgs/msg/Image', '/left/image_rect': 'sensor_msgs/msg/Image',
+            '/left/camera_info': 'sensor_msgs/msg/CameraInfo'}
+        messages: dict[str, list[Any]] = {}
+        for connection, _, raw in reader.messages():
+            messages.setdefault(connection.topic, []).append(reader.deserialize(raw, connection.msgtype))
+    stamps = []
+    for bag in evaluated['bags']:
+        with BagReplay(bag, ReplayConfig()) as replay:
+            stamps += [item.stamp_ns for item in replay.frames()]
+    for topic in ('/disparity', '/points2', '/depth'):
+        assert [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in messages[topic]] == stamps
+    for index, pair in enumerate(dataset['pairs']):
+        shift = predictor.predict(pair.left, pair.right)
+        message = messages['/disparity'][index]
+        values = np.frombuffer(message.image.data, dtype='<f4').reshape(shift.shape)
+        # DisparityImage convention: offset removed (Middlebury-style pair: + DOFFS).
+        np.testing.assert_allclose(values, shift - pair.camera.principal_offset, atol=1e-4)
+        assert message.min_disparity == pytest.approx(-pair.camera.principal_offset)
+        depth = np.frombuffer(messages['/depth'][index].data, dtype='<f4').reshape(shift.shape)
+        np.testing.assert_allclose(depth, 60.0 * 0.2 / values, rtol=1e-5)
+        cloud = messages['/points2'][index]
+        assert (cloud.height, cloud.width, cloud.point_step) == (*shift.shape, 32)
+        assert [f.name for f in cloud.fields] == ['x', 'y', 'z', 'rgb']
+        z = np.frombuffer(cloud.data, dtype=np.uint8).reshape(-1, 32)[:, 8:12].copy().view('<f4').reshape(shift.shape)
+        np.testing.assert_allclose(z, depth, rtol=1e-6)
+
+
+def test_without_ground_truth_the_report_leaves_the_error_parts_out(dataset: dict[str, Any], tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    write_stereo_bag(tmp_path / 'bag', dataset['pairs'][:1], gt='none')
+    code, stdout, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(tmp_path / 'out'),
+                                                  '--device', 'cpu'], capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
+    assert metrics['frames'] == 1 and metrics['frames_scored'] == 0 and metrics['epe'] is None
+    assert metrics['timing']['frames_timed'] == 1
+    names = {p.name for p in (tmp_path / 'out' / 'pictures').iterdir()}
+    assert names == {'frame0_left.png', 'frame0_disparity.png', 'per_frame_time.png', 'timing_histogram.png'}
+    markdown = (tmp_path / 'out' / 'report.md').read_text()
+    assert 'No ground truth was scored' in markdown and '| EPE |' not in markdown
+    assert 'report.html' in stdout
+
+
+def test_a_corrupt_or_truncated_bag_exits_with_one_line_and_no_report(dataset: dict[str, Any], tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    for storage in ('mcap', 'sqlite3'):
+        bag = tmp_path / f'bag-{storage}'
+        write_stereo_bag(bag, dataset['pairs'][:1], storage='mcap' if storage == 'mcap' else 'sqlite3')
+        data_file = next(p for p in bag.iterdir() if p.suffix in ('.mcap', '.db3'))
+        data_file.write_bytes(data_file.read_bytes()[:data_file.stat().st_size // 2])
+        out = tmp_path / f'out-{storage}'
+        code, _, err = _run_main(eval_bag.main, [str(bag), '--out', str(out)], capsys)
+        line = _error_line(code, err, 'stereonet-eval-bag')
+        assert 'corrupt' in line and str(bag) in line
+        assert not _report_files(out)
+
+
+def test_a_missing_topic_lists_the_topics_the_bag_has(dataset: dict[str, Any], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    write_stereo_bag(tmp_path / 'bag', dataset['pairs'][:1])
+    code, _, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(tmp_path / 'out'),
+                                             '--left-topic', '/stereo/left/image_rect'], capsys)
+    line = _error_line(code, err, 'stereonet-eval-bag')
+    assert line.endswith('has no topic /stereo/left/image_rect (left image); the bag has: /ground_truth/disparity '
+                         '(stereo_msgs/msg/DisparityImage), /left/camera_info (sensor_msgs/msg/CameraInfo), '
+                         '/left/image_rect (sensor_msgs/msg/Image), /right/camera_info (sensor_msgs/msg/CameraInfo), '
+                         '/right/image_rect (sensor_msgs/msg/Image)')
+    code, _, err = _run_main(eval_bag.main, [str(tmp_path / 'nothing'), '--out', str(tmp_path / 'out')], capsys)
+    assert 'no such file or folder' in _error_line(code, err, 'stereonet-eval-bag')
+    assert not _report_files(tmp_path / 'out')
+
+
+def test_ground_truth_of_another_size_is_skipped_and_the_report_says_so(dataset: dict[str, Any], tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    pair = dataset['pairs'][0]
+    small = StereoPair('small-gt', pair.left, pair.right, pair.camera, np.ones((10, 16), np.float32))
+    write_stereo_bag(tmp_path / 'bag', [small, pair])
+    code, _, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(tmp_path / 'out'),
+                                             '--gt-topic', GT_TOPIC, '--device', 'cpu'], capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
+    assert metrics['frames'] == 2 and metrics['frames_scored'] == 1
+    reason = 'ground truth is 16x10 but the images are 64x40'
+    assert metrics['skipped'] == [{'bag': str(tmp_path / 'bag'), 'index': 0, 'stamp_ns': 1_700_000_000_000_000_000,
+                                   'status': 'no-gt', 'reason': reason}]
+    assert reason in (tmp_path / 'out' / 'report.md').read_text()
+    assert reason in (tmp_path / 'out' / 'report.html').read_text()
+
+
+def test_a_run_that_fails_midway_leaves_no_report_and_keeps_the_previous_one(
+        dataset: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    write_stereo_bag(tmp_path / 'bag', dataset['pairs'][:1] * 3)
+    out = tmp_path / 'out'
+    code, _, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(out), '--device', 'cpu'], capsys)
+    assert code == 0, err
+    before = {name: (out / name).read_bytes() for name in ('metrics.json', 'report.md', 'report.html')}
+    calls = []
+    original = PredictorSource.__call__
+
+    def failing(self: PredictorSource, frame: ReplayFrame) -> Any:
+        calls.append(frame.index)
+        if len(calls) == 2:
+            raise InputError('simulated failure on the second pair')
+        return original(self, frame)
+
+    monkeypatch.setattr(PredictorSource, '__call__', failing)
+    code, _, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(out), '--device', 'cpu',
+                                             '--write-bag'], capsys)
+    assert 'simulated failure on the second pair' in _error_line(code, err, 'stereonet-eval-bag')
+    assert _report_files(out) == {'metrics.json', 'per_frame.csv', 'report.md', 'report.html', 'pictures'}
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_out_that_is_a_file_is_refused(dataset: dict[str, Any], tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    write_stereo_bag(tmp_path / 'bag', dataset['pairs'][:1])
+    (tmp_path / 'file').write_text('x')
+    code, _, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(tmp_path / 'file'),
+                                             '--device', 'cpu'], capsys)
+    assert 'exists and is not a folder' in _error_line(code, err, 'stereonet-eval-bag')
+
+
+def test_make_bag_writes_synthetic_scenes_and_the_motorcycle_pair(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, err = _run_main(make_bag.main, [str(tmp_path / 'bag'), '--synthetic', '2', '--size', '64x48',
+                                                  '--motorcycle', '--storage', 'sqlite3', '--gt', 'depth-mm'], capsys)
+    assert code == 0, err
+    assert 'wrote 3 stereo pairs (sqlite3' in stdout
+    with BagReplay(tmp_path / 'bag', ReplayConfig(gt_topic='/ground_truth/depth')) as replay:
+        frames = [item for item in replay.frames() if isinstance(item, ReplayFrame)]
+    assert [f.left.shape for f in frames] == [(48, 64), (48, 64), (500, 741, 3)]
+    assert all(f.ground_truth is not None and f.ground_truth.kind == 'depth-16UC1' for f in frames)
+    moto = frames[2]
+    assert moto.camera.principal_offset == pytest.approx(-31.086)
+    assert moto.ground_truth is not None
+    from stereonet_ros.samples import motorcycle
+
+    truth = motorcycle().disparity
+    known = np.isfinite(truth)
+    # 16UC1 keeps millimetres: depths of 2-3 m, so the disparity comes back within ~0.1 px.
+    assert np.abs(moto.ground_truth.shift[known] - truth[known]).max() < 0.2
+
+
+def test_make_bag_reads_a_pairs_folder_and_a_middlebury_scene(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(0)
+    left, right = _images(rng, 20, 30, True)
+    truth = rng.uniform(1, 10, size=(20, 30)).astype(np.float32)
+    for sub in ('left', 'right', 'disparity'):
+        (tmp_path / 'pairs' / sub).mkdir(parents=True)
+    write_png(tmp_path / 'pairs' / 'left' / 'a.png', left)
+    write_png(tmp_path / 'pairs' / 'right' / 'a.png', right)
+    np.save(tmp_path / 'pairs' / 'disparity' / 'a.npy', truth)
+    scene = tmp_path / 'middlebury' / 'Scene'
+    scene.mkdir(parents=True)
+    write_png(scene / 'im0.png', left)
+    write_png(scene / 'im1.png', right)
+    write_pfm(scene / 'disp0.pfm', truth)
+    (scene / 'calib.txt').write_text('cam0=[100 0 14.5; 0 100 9.5; 0 0 1]\ncam1=[100 0 20.5; 0 100 9.5; 0 0 1]\n'
+                                     'doffs=6\nbaseline=150\nwidth=30\nheight=20\nndisp=32\nvmin=1\nvmax=10\n')
+    code, _, err = _run_main(make_bag.main, [str(tmp_path / 'bag'), '--pairs', str(tmp_path / 'pairs'),
+                                             '--middlebury', str(tmp_path / 'middlebury'), '--focal', '50'], capsys)
+    assert code == 0, err
+    with BagReplay(tmp_path / 'bag', ReplayConfig(gt_topic=GT_TOPIC)) as replay:
+        frames = [item for item in replay.frames() if isinstance(item, ReplayFrame)]
+    assert len(frames) == 2
+    middlebury, folder = frames  # sources are written in a fixed order: middlebury before pairs
+    assert middlebury.camera.principal_offset == -6.0 and middlebury.camera.baseline == pytest.approx(0.15)
+    assert folder.camera.focal == 50.0 and folder.camera.principal_offset == 0.0
+    for frame in frames:
+        assert frame.ground_truth is not None
+        np.testing.assert_allclose(frame.ground_truth.shift, truth, atol=1e-5)
+        np.testing.assert_array_equal(frame.left, left)
+
+
+def test_make_bag_bad_inputs_exit_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run_main(make_bag.main, [str(tmp_path / 'bag')], capsys)
+    assert 'no source' in _error_line(code, err, 'stereonet-make-bag')
+    (tmp_path / 'exists').mkdir()
+    code, _, err = _run_main(make_bag.main, [str(tmp_path / 'exists'), '--motorcycle'], capsys)
+    assert 'exists; not overwriting' in _error_line(code, err, 'stereonet-make-bag')
+    code, _, err = _run_main(make_bag.main, [str(tmp_path / 'bag'), '--pairs', str(tmp_path / 'none')], capsys)
+    assert 'needs left/ and right/' in _error_line(code, err, 'stereonet-make-bag')
+    assert not (tmp_path / 'bag').exists()
+
+
+def test_the_console_scripts_are_installed() -> None:
+    for program in ('stereonet-eval-bag', 'stereonet-make-bag'):
+        executable = BIN / program
+        if not executable.exists():
+            pytest.fail(f'{executable} is not installed: run scripts/setup')
+        result = subprocess.run([str(executable), '--help'], capture_output=True, text=True, timeout=120,
+                                env={**os.environ, 'PYTHONWARNINGS': 'default'})
+        assert result.returncode == 0 and program in result.stdout
+
+
+def test_image_fields_of_the_bag_match_the_node_codec(dataset: dict[str, Any], tmp_path: Path) -> None:
+    pair = dataset['pairs'][1]
+    write_stereo_bag(tmp_path / 'bag', [pair])
+    with AnyReader([tmp_path / 'bag'], default_typestore=TYPESTORE) as reader:
+        connection = next(c for c in reader.connections if c.topic == '/left/image_rect')
+        _, _, raw = next(reader.messages(connections=[connection]))
+        message: Any = reader.deserialize(raw, connection.msgtype)
+    fields = array_to_image_fields(pair.left, 'rgb8')
+    assert (message.encoding, message.step, message.height, message.width) == ('rgb8', fields.step, 48, 72)
+    assert bytes(message.data) == bytes(fields.data)
