@@ -55,6 +55,10 @@ class UntrainedPlaceholderWarning(UserWarning):
     """The predictor runs the untrained placeholder: its disparities are meaningless."""
 
 
+class PreliminaryCheckpointWarning(UserWarning):
+    """The checkpoint's provenance marks it preliminary (trained, but short of its accuracy goal)."""
+
+
 def placeholder_checkpoint() -> Checkpoint:
     """Random weights (seed 0) in the default architecture: what runs while no trained default ships.
 
@@ -150,6 +154,10 @@ class Predictor:
             warnings.warn('stereonet_ros: running the UNTRAINED placeholder network (random weights); '
                           'its disparities are meaningless. Pass a trained checkpoint.',
                           UntrainedPlaceholderWarning, stacklevel=2)
+        elif checkpoint.provenance.get('preliminary'):
+            note = checkpoint.provenance.get('note', 'see its provenance')
+            warnings.warn(f'stereonet_ros: PRELIMINARY checkpoint: {note}', PreliminaryCheckpointWarning,
+                          stacklevel=2)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str] | None = None, device: str = 'auto',

@@ -148,3 +148,15 @@ def test_run_with_confidence_gives_the_same_disparity_and_a_full_size_confidence
     assert torch.equal(disparity, seed_predictor.run(left_tensor, right_tensor))
     assert confidence.shape == (1, 1, 45, 70)
     assert float(confidence.min()) >= 0.0 and float(confidence.max()) <= 1.0
+
+
+def test_a_checkpoint_marked_preliminary_warns_with_its_note(seed_checkpoint_path: Path) -> None:
+    from stereonet_ros.inference import PreliminaryCheckpointWarning
+    seed = load_checkpoint(seed_checkpoint_path)
+    marked = Checkpoint(config=seed.config, contract=seed.contract, state_dict=seed.state_dict,
+                        provenance={'preliminary': True, 'note': '500 steps; Motorcycle EPE 5.7 px'})
+    with pytest.warns(PreliminaryCheckpointWarning, match='PRELIMINARY checkpoint: 500 steps; Motorcycle EPE 5.7'):
+        Predictor(marked, device='cpu')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        Predictor(seed, device='cpu')  # an ordinary checkpoint warns about nothing
