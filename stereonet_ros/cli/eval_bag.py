@@ -4,9 +4,14 @@
                        [--left-info-topic T] [--right-info-topic T] [--approximate-sync]
                        [--sync-tolerance S] [--queue-size N] [--checkpoint PATH] [--device auto]
                        [--write-bag] [--max-frames N] [--no-progress]
+                       [--through-node [--rate R] [--use-running-node] [--ros-domain-id N]
+                                       [--node-timeout S] [--answer-timeout S] [--node-executable PATH]]
 
 Reads mcap and sqlite3 bags (folders or their files), pairs the four inputs as the node does, runs the
-network on every pair and writes into DIR: ``metrics.json``, ``per_frame.csv``, ``report.md``,
+network on every pair (in this process, or with ``--through-node`` in ``stereonet_node`` over DDS: the
+bag is played into the node at the recorded rate times ``--rate`` with ``/clock`` and ``use_sim_time``,
+its ``disparity`` recorded; unanswered pairs count as dropped, end-to-end latency is reported) and writes
+into DIR: ``metrics.json``, ``per_frame.csv``, ``report.md``,
 ``report.html`` (self-contained), ``pictures/`` and, with ``--write-bag``, ``output_bag/`` (mcap:
 ``/disparity``, ``/points2``, ``/depth`` and the left view on the input stamps). Ground truth
 (``--gt-topic``): a ``stereo_msgs/DisparityImage`` or a depth ``sensor_msgs/Image`` (32FC1 m, 16UC1 mm).
@@ -15,16 +20,26 @@ Bad input exits non-zero with a one-line reason and leaves no new report.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stereonet_ros.evaluation.replay import (DEFAULT_LEFT_INFO_TOPIC, DEFAULT_LEFT_TOPIC, DEFAULT_QUEUE_SIZE,
                                              DEFAULT_RIGHT_INFO_TOPIC, DEFAULT_RIGHT_TOPIC)
+from stereonet_ros.evaluation.through_node import (DEFAULT_ANSWER_TIMEOUT, DEFAULT_STARTUP_TIMEOUT, NodeProcess,
+                                                   NodeSource, PlaybackResult, PlaySettings, unique_domain_id)
+
+if TYPE_CHECKING:  # loaded in main(): --help answers without torch
+    from stereonet_ros.evaluation.bag_eval import EvaluationResult
+    from stereonet_ros.evaluation.replay import ReplayConfig
+    from stereonet_ros.evaluation.report import RunInfo
 
 PROGRAM = 'stereonet-eval-bag'
 
@@ -48,22 +63,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--queue-size', type=int, default=DEFAULT_QUEUE_SIZE, help='sync queue size (as the node)')
     parser.add_argument('--checkpoint', type=Path,
                         help='stereonet_ros .safetensors or seed Lightning .ckpt (default: the bundled checkpoint)')
-    parser.add_argument('--device', default='auto', help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'")
+    parser.add_argument('--device', help="'auto' (CUDA when available; the default), 'cpu', 'cuda', 'cuda:N'")
     parser.add_argument('--write-bag', action='store_true',
                         help='also write DIR/output_bag (mcap): /disparity, /points2, /depth on the input stamps')
     parser.add_argument('--max-frames', type=int, help='stop after this many pairs')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    node = parser.add_argument_group('through the ROS node (--through-node)')
+    node.add_argument('--through-node', action='store_true',
+                      help='start stereonet_node (or use a running one), play the bags into it over DDS with /clock '
+                      'and use_sim_time, and score what it publishes on disparity; reports latency and dropped pairs')
+    node.add_argument('--rate', type=float, help='playback speed factor: 1 = as recorded (default), 0.1 = ten times '
+                      'slower (fewer pairs dropped by a slow node)')
+    node.add_argument('--use-running-node', action='store_true',
+                      help="do not start a node: play into the one running on this environment's ROS domain")
+    node.add_argument('--ros-domain-id', type=int,
+                      help='ROS domain of the node (default: a free-looking one for the node this run starts, the '
+                      "environment's with --use-running-node)")
+    node.add_argument('--node-timeout', type=float,
+                      help=f'seconds to wait for the node to subscribe (default {DEFAULT_STARTUP_TIMEOUT:g})')
+    node.add_argument('--answer-timeout', type=float,
+                      help='after a bag ends, seconds without a new disparity before the unanswered pairs count as '
+                      f'dropped (default {DEFAULT_ANSWER_TIMEOUT:g})')
+    node.add_argument('--node-executable', type=Path,
+                      help='the node program to start (default: stereonet_node beside this Python)')
     return parser
+
+
+NODE_ONLY_OPTIONS = ('rate', 'use_running_node', 'ros_domain_id', 'node_timeout', 'answer_timeout',
+                     'node_executable')
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     # Imported here so that --help and usage errors answer without loading torch.
     from stereonet_ros.cli import fail
-    from stereonet_ros.evaluation.bag_eval import PredictorSource, check_bags, evaluate_bags
+    from stereonet_ros.evaluation.bag_eval import DisparitySource, PredictorSource, check_bags, evaluate_bags
     from stereonet_ros.evaluation.bagio import BagWriteError, open_bag_writer
     from stereonet_ros.evaluation.replay import ReplayConfig, ReplayError
     from stereonet_ros.evaluation.report import OUTPUT_BAG_NAME, ReportError, ReportFolder, RunInfo, write_report
+    from stereonet_ros.evaluation.through_node import ThroughNodeError
     from stereonet_ros.geometry import GeometryError
     from stereonet_ros.image_codec import ImageCodecError
     from stereonet_ros.inference import InputError, Predictor, UntrainedPlaceholderWarning
@@ -72,6 +110,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if arguments.max_frames is not None and arguments.max_frames < 1:
         fail(PROGRAM, f'--max-frames {arguments.max_frames}: must be >= 1', status=2)
+    if not arguments.through_node:
+        given = [name for name in NODE_ONLY_OPTIONS if getattr(arguments, name) not in (None, False)]
+        if given:
+            fail(PROGRAM, f'--{given[0].replace("_", "-")} needs --through-node', status=2)
+    else:
+        if arguments.max_frames is not None:
+            fail(PROGRAM, '--max-frames is not supported with --through-node (the bag is played whole)', status=2)
+        if arguments.use_running_node and (arguments.checkpoint or arguments.device or arguments.node_executable):
+            fail(PROGRAM, '--checkpoint, --device and --node-executable configure a node this run starts; with '
+                 '--use-running-node set them on the running node', status=2)
     try:
         config = ReplayConfig(left_topic=arguments.left_topic, right_topic=arguments.right_topic,
                               left_info_topic=arguments.left_info_topic, right_info_topic=arguments.right_info_topic,
@@ -80,30 +128,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReplayError as err:
         fail(PROGRAM, str(err), status=2)
     command = ' '.join(shlex.quote(part) for part in [PROGRAM, *(sys.argv[1:] if argv is None else argv)])
+    created = datetime.now(timezone.utc).isoformat(timespec='seconds')
+    device = arguments.device or 'auto'
     try:
         check_bags(arguments.bags, config)  # every bag and topic, before loading the model
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter('always', UntrainedPlaceholderWarning)
-            predictor = Predictor.from_checkpoint(arguments.checkpoint, device=arguments.device)
-        for warning in caught:
-            print(f'{PROGRAM}: warning: {warning.message}', file=sys.stderr)
-        provenance = predictor.checkpoint.provenance
-        info = RunInfo(checkpoint=str(arguments.checkpoint) if arguments.checkpoint else 'bundled default',
-                       checkpoint_note=str(provenance.get('note', '')), placeholder=predictor.is_placeholder,
-                       device=str(predictor.device), command=command, git_sha=git_sha(),
-                       created=datetime.now(timezone.utc).isoformat(timespec='seconds'))
         with ReportFolder(arguments.out) as staging:
+            source: DisparitySource
+            if arguments.through_node:
+                node_run = _play_through_node(arguments, config, staging.path)
+                source, max_disparity = node_run.source, node_run.max_disparity
+                info = node_run.run_info(command, git_sha(), created)
+            else:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter('always', UntrainedPlaceholderWarning)
+                    predictor = Predictor.from_checkpoint(arguments.checkpoint, device=device)
+                for warning in caught:
+                    print(f'{PROGRAM}: warning: {warning.message}', file=sys.stderr)
+                provenance = predictor.checkpoint.provenance
+                info = RunInfo(checkpoint=str(arguments.checkpoint) if arguments.checkpoint else 'bundled default',
+                               checkpoint_note=str(provenance.get('note', '')), placeholder=predictor.is_placeholder,
+                               device=str(predictor.device), command=command, git_sha=git_sha(), created=created)
+                source, max_disparity = PredictorSource(predictor), predictor.contract.max_disparity
             bag_path = staging.path / OUTPUT_BAG_NAME
             with open_bag_writer(bag_path, 'mcap') if arguments.write_bag else nullcontext(None) as output_bag:
-                result = evaluate_bags(arguments.bags, config, PredictorSource(predictor),
-                                       max_disparity=predictor.contract.max_disparity, output_bag=output_bag,
-                                       progress=False if arguments.no_progress else None,
-                                       max_frames=arguments.max_frames)
+                result: EvaluationResult = evaluate_bags(
+                    arguments.bags, config, source, max_disparity=max_disparity, output_bag=output_bag,
+                    progress=False if arguments.no_progress else None, max_frames=arguments.max_frames)
+            if arguments.through_node:
+                node_run.annotate(result)
             published_bag = str(arguments.out / OUTPUT_BAG_NAME) if arguments.write_bag else None
             metrics = write_report(result, info, staging.path, output_bag=published_bag)
             staging.publish(extra=(OUTPUT_BAG_NAME,))
     except (ReplayError, ReportError, BagWriteError, CheckpointError, InputError, GeometryError,
-            ImageCodecError) as err:
+            ImageCodecError, ThroughNodeError) as err:
         fail(PROGRAM, str(err))
     timing = metrics['timing']
     for frame in result.frames:
@@ -111,8 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f'{PROGRAM}: warning: {Path(frame.bag).name} pair #{frame.index} {frame.status}: {frame.note}',
                   file=sys.stderr)
     summary = (f'{PROGRAM}: {metrics["frames"]} pairs ({metrics["frames_scored"]} scored, '
-               f'{metrics["frames_skipped"]} skipped) on {info.device}; model time p50 '
-               f'{timing["model_ms_p50"]:.1f} ms, p95 {timing["model_ms_p95"]:.1f} ms')
+               f'{metrics["frames_skipped"]} skipped, {metrics["frames_dropped"]} dropped) on {info.device}')
+    if timing['frames_timed']:
+        summary += f'; model time p50 {timing["model_ms_p50"]:.1f} ms, p95 {timing["model_ms_p95"]:.1f} ms'
+    if timing['frames_with_latency']:
+        summary += (f'; through the node: latency p50 {timing["latency_ms_p50"]:.1f} ms, '
+                    f'p95 {timing["latency_ms_p95"]:.1f} ms')
     if metrics['epe'] is not None:
         summary += (f'; EPE {metrics["epe"]:.2f} px, bad-1 {metrics["bad1"]:.1f} %, bad-3 {metrics["bad3"]:.1f} %, '
                     f'D1 {metrics["d1"]:.1f} %')
@@ -122,6 +183,106 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'{PROGRAM}: report: {arguments.out / "report.html"} (also report.md, metrics.json, per_frame.csv)'
           + (f'; output bag: {published_bag}' if published_bag else ''))
     return 0
+
+
+@dataclass
+class NodeRun:
+    """A finished ``--through-node`` playback and what the report needs to say about it."""
+
+    source: NodeSource
+    playback: PlaybackResult
+    settings: PlaySettings
+    started: bool  # this run started the node (else: a running one)
+    checkpoint: str
+    checkpoint_note: str
+    placeholder: bool
+    device: str
+    max_disparity: float  # the network's largest image shift, pixels (output bag bounds)
+
+    def run_info(self, command: str, git: str, created: str) -> RunInfo:
+        from stereonet_ros.evaluation.report import RunInfo
+
+        return RunInfo(checkpoint=self.checkpoint, checkpoint_note=self.checkpoint_note, placeholder=self.placeholder,
+                       device=self.device, command=command, git_sha=git, created=created)
+
+    def annotate(self, result: EvaluationResult) -> None:
+        """Add the playback's numbers to ``metrics.json`` (``through_node``) and notes to the report."""
+        answered = sum(1 for frame in result.frames if math.isfinite(frame.latency_ms))
+        dropped = result.count('dropped')
+        result.extra['through_node'] = {
+            'node': 'started by this run' if self.started else 'already running',
+            'ros_domain_id': self.settings.domain_id, 'rate': self.settings.rate,
+            'answer_timeout_s': self.settings.answer_timeout_s, 'pairs_answered': answered, 'pairs_dropped': dropped,
+            'latency': 'wall-clock receive time of the disparity minus publish time of the last input with its stamp',
+            'playback_wall_seconds': self.playback.wall_seconds,
+            'bags': [{'path': item.bag, 'left_images': item.left_images, 'messages': item.messages,
+                      'answers': len(item.answers), 'unmatched_answers': item.unmatched_answers,
+                      'stamp_offset_ns': item.stamp_offset_ns, 'play_seconds': item.play_seconds}
+                     for item in self.playback.bags],
+            'node_identity': self.playback.node_diagnostics,  # checkpoint, device, ... from its /diagnostics
+        }
+        result.notes.append(
+            f'Played through `stereonet_node` over DDS ({"started by this run" if self.started else "a running node"}'
+            f', `use_sim_time` with `/clock`, {self.settings.rate:g} x the recorded rate): {answered} pairs answered, '
+            f'{dropped} dropped (no disparity with their stamp: the node keeps only the newest waiting pair while it '
+            'is busy). Scores are of what the node published: pixels it marks invalid (disparity <= 0, below '
+            '`min_disparity`, match outside the right image) count as missing, so density is below 1 and the '
+            'scores differ from an in-process run by those pixels. Latency: disparity received minus last input '
+            'published, wall clock.')
+        if any(item.stamp_offset_ns for item in self.playback.bags):
+            result.notes.append('Bags whose stamps did not come after the previous bag\'s were played with their '
+                                'stamps moved forward by a constant (`through_node.bags[].stamp_offset_ns`), so '
+                                'the node saw time go forward; answers are matched on the bags\' own stamps.')
+
+
+def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, folder: Path) -> NodeRun:
+    """Start the node (unless ``--use-running-node``), play every bag into it, stop it; return the answers.
+
+    Raises:
+        ThroughNodeError: the node would not start, never matched, or died (one line).
+        CheckpointError: ``--checkpoint`` cannot be used (checked before starting the node).
+        ReplayError: a bag cannot be read.
+    """
+    from stereonet_ros.inference import DEFAULT_CHECKPOINT, placeholder_checkpoint
+    from stereonet_ros.model.checkpoint import load_checkpoint
+    from stereonet_ros.ros.bag_player import play_through_node
+
+    start_node = not arguments.use_running_node
+    domain = arguments.ros_domain_id
+    if start_node and domain is None:
+        domain = unique_domain_id()
+    settings = PlaySettings(rate=1.0 if arguments.rate is None else arguments.rate, domain_id=domain,
+                            localhost_only=start_node,
+                            startup_timeout_s=arguments.node_timeout or DEFAULT_STARTUP_TIMEOUT,
+                            answer_timeout_s=arguments.answer_timeout or DEFAULT_ANSWER_TIMEOUT)
+    if not start_node:
+        playback = play_through_node(arguments.bags, config, settings)
+        diagnostics = playback.node_diagnostics
+        label = diagnostics.get('checkpoint', 'unknown (the running node sent no diagnostics)')
+        return NodeRun(NodeSource(playback, f'stereonet_node over DDS (a running node, ROS domain '
+                                  f'{"of the environment" if domain is None else domain})'), playback, settings,
+                       started=False, checkpoint=label, checkpoint_note=diagnostics.get('checkpoint provenance', ''),
+                       placeholder=diagnostics.get('placeholder') == 'true',
+                       device=diagnostics.get('device', 'unknown'), max_disparity=192.0)
+    # The checkpoint is checked here first, so that a bad path is one line from us, not a node log.
+    checkpoint_path = arguments.checkpoint.resolve() if arguments.checkpoint else None
+    if checkpoint_path is not None:
+        checkpoint = load_checkpoint(checkpoint_path)
+    else:
+        checkpoint = load_checkpoint(DEFAULT_CHECKPOINT) if DEFAULT_CHECKPOINT.exists() else placeholder_checkpoint()
+    node_folder = folder / 'node'
+    node_folder.mkdir()
+    with NodeProcess(node_folder, settings.domain_id or 0, str(checkpoint_path) if checkpoint_path else None,
+                     arguments.device or 'auto', executable=arguments.node_executable) as node:
+        playback = play_through_node(arguments.bags, config, settings, node_failure=node.failure)
+    description = (f'stereonet_node over DDS (started by this run, ROS domain {settings.domain_id}, '
+                   f'use_sim_time, {settings.rate:g} x the recorded rate)')
+    device = playback.node_diagnostics.get('device', arguments.device or 'auto')
+    return NodeRun(NodeSource(playback, description), playback, settings, started=True,
+                   checkpoint=str(arguments.checkpoint) if arguments.checkpoint else 'bundled default',
+                   checkpoint_note=str(checkpoint.provenance.get('note', '')),
+                   placeholder=bool(checkpoint.provenance.get('placeholder')), device=device,
+                   max_disparity=float(checkpoint.contract.max_disparity))
 
 
 if __name__ == '__main__':

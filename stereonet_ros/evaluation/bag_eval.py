@@ -1,8 +1,8 @@
 """Score disparity on recorded bags: replay, run a disparity source, accumulate metrics and timing.
 
-The source of disparity is a :class:`DisparitySource`: today :class:`PredictorSource` runs the network
-in this process; a source that sends each pair through the ROS node and waits for its answer fits the
-same interface (``None`` = the pair was dropped, counted as such).
+The source of disparity is a :class:`DisparitySource`: :class:`PredictorSource` runs the network in this
+process; :class:`~stereonet_ros.evaluation.through_node.NodeSource` serves what the ROS node published
+when the bag was played into it over DDS (``None`` = the pair got no answer: dropped, counted as such).
 
 Timing is the model time per frame, measured around :meth:`~stereonet_ros.inference.Predictor.predict`
 (preprocessing, padding, forward, unpadding, copy back) with ``time.perf_counter``; the first pair of
@@ -46,8 +46,9 @@ OUTPUT_TOPICS = {'disparity': '/disparity', 'points2': '/points2', 'depth': '/de
 class SourceResult:
     """A source's answer for one pair."""
 
-    shift: F32  # (H, W) float32 left-view image shift, pixels
-    seconds: float  # time the disparity took (model time), seconds
+    shift: F32  # (H, W) float32 left-view image shift, pixels; NaN = no value
+    seconds: float  # time the disparity took (model time), seconds; NaN when the source cannot tell
+    latency_s: float = math.nan  # input published -> output received (through the node), seconds; NaN = n/a
 
 
 class DisparitySource(Protocol):
@@ -56,6 +57,11 @@ class DisparitySource(Protocol):
     @property
     def description(self) -> str:
         """One line for the report: what produced the disparity."""
+        ...
+
+    @property
+    def drop_reason(self) -> str:
+        """Why a pair answered with ``None`` got no disparity (the per-frame note of a dropped pair)."""
         ...
 
     def __call__(self, frame: ReplayFrame) -> SourceResult | None: ...
@@ -68,6 +74,8 @@ class PredictorSource:
         self.predictor = predictor
         self.warmup = warmup
         self._warm_sizes: set[tuple[int, int]] = set()
+
+    drop_reason = 'no disparity for this pair'
 
     @property
     def description(self) -> str:
@@ -98,6 +106,7 @@ class FrameResult:
     model_ms: float  # NaN when the pair was not run
     disparity: DisparityMetrics | None
     depth: DepthMetrics | None
+    latency_ms: float = math.nan  # through the node: input published -> disparity received; NaN = n/a
 
 
 @dataclass
@@ -133,10 +142,16 @@ class EvaluationResult:
         default_factory=lambda: np.zeros(len(ERROR_HISTOGRAM_EDGES) - 1, dtype=np.int64))
     showcases: list[Showcase] = field(default_factory=list)
     wall_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # extra lines for the report's notes (markdown)
+    extra: dict[str, Any] = field(default_factory=dict)  # extra metrics.json sections (JSON values)
 
     @property
     def model_ms(self) -> list[float]:
         return [frame.model_ms for frame in self.frames if math.isfinite(frame.model_ms)]
+
+    @property
+    def latency_ms(self) -> list[float]:
+        return [frame.latency_ms for frame in self.frames if math.isfinite(frame.latency_ms)]
 
     def count(self, status: str) -> int:
         return sum(frame.status == status for frame in self.frames)
@@ -267,16 +282,17 @@ def _evaluate_item(item: ReplayFrame | SkippedPair, source: DisparitySource, dis
     height, width = item.left.shape[:2]
     answer = source(item)
     if answer is None:
-        return FrameResult(bag, item.index, item.stamp_ns, width, height, 'dropped', 'no disparity for this pair',
+        return FrameResult(bag, item.index, item.stamp_ns, width, height, 'dropped', source.drop_reason,
                            '', math.nan, None, None), None
     shift = answer.shift
     if output_bag is not None:
         write_frame_outputs(output_bag, item, shift, max_disparity)
     truth = item.ground_truth
     showcase = Showcase('', display_rgb(item.left), shift, truth.shift if truth is not None else None)
+    latency_ms = answer.latency_s * 1e3
     if truth is None:
         return FrameResult(bag, item.index, item.stamp_ns, width, height, 'no-gt', item.gt_note or '', '',
-                           answer.seconds * 1e3, None, None), showcase
+                           answer.seconds * 1e3, None, None, latency_ms), showcase
     scores = disparity_scores.add(shift, truth.shift)
     depth = depth_scores.add(shift_to_depth(shift, item.camera), truth.depth)
     valid = np.isfinite(truth.shift) & np.isfinite(shift)
@@ -285,4 +301,4 @@ def _evaluate_item(item: ReplayFrame | SkippedPair, source: DisparitySource, dis
     histogram += counts
     showcase.epe = scores.epe
     return FrameResult(bag, item.index, item.stamp_ns, width, height, 'scored', '', truth.kind,
-                       answer.seconds * 1e3, scores, depth), showcase
+                       answer.seconds * 1e3, scores, depth, latency_ms), showcase

@@ -38,7 +38,8 @@ OUTPUT_BAG_NAME = 'output_bag'
 PICTURE_MAX_WIDTH = 640
 
 CSV_COLUMNS = ('bag', 'index', 'stamp_ns', 'width', 'height', 'status', 'gt_kind', 'model_ms', 'epe', 'bad1',
-               'bad2', 'bad3', 'd1', 'density', 'valid_pixels', 'abs_rel', 'rmse_m', 'completeness', 'note')
+               'bad2', 'bad3', 'd1', 'density', 'valid_pixels', 'abs_rel', 'rmse_m', 'completeness', 'note',
+               'latency_ms')
 
 
 class ReportError(Exception):
@@ -122,19 +123,27 @@ def _finite(value: float) -> float | None:
 
 
 def timing_summary(result: EvaluationResult) -> dict[str, float | int | None]:
-    """Model time per frame (ms: p50, p95, mean, max), model throughput and end-to-end throughput (fps)."""
+    """Model time per frame (ms: p50, p95, mean, max), model throughput and end-to-end throughput (fps);
+    through the node, end-to-end latency per answered pair (ms: p50, p95, mean, max) instead of model time."""
+    latencies = np.asarray(result.latency_ms, dtype=np.float64)
+    latency: dict[str, float | int | None] = {'frames_with_latency': int(latencies.size)}
+    for name, value in (('p50', 50.0), ('p95', 95.0)):
+        latency[f'latency_ms_{name}'] = float(np.percentile(latencies, value)) if latencies.size else None
+    latency['latency_ms_mean'] = float(latencies.mean()) if latencies.size else None
+    latency['latency_ms_max'] = float(latencies.max()) if latencies.size else None
     times = np.asarray(result.model_ms, dtype=np.float64)
     frames_run = int(times.size)
     if frames_run == 0:
         return {'frames_timed': 0, 'model_ms_p50': None, 'model_ms_p95': None, 'model_ms_mean': None,
-                'model_ms_max': None, 'model_fps': None, 'end_to_end_fps': None, 'wall_seconds': result.wall_seconds}
+                'model_ms_max': None, 'model_fps': None, 'end_to_end_fps': None, 'wall_seconds': result.wall_seconds,
+                **latency}
     total_s = float(times.sum()) / 1e3
     return {'frames_timed': frames_run,
             'model_ms_p50': float(np.percentile(times, 50)), 'model_ms_p95': float(np.percentile(times, 95)),
             'model_ms_mean': float(times.mean()), 'model_ms_max': float(times.max()),
             'model_fps': frames_run / total_s if total_s > 0 else None,
             'end_to_end_fps': frames_run / result.wall_seconds if result.wall_seconds > 0 else None,
-            'wall_seconds': result.wall_seconds}
+            'wall_seconds': result.wall_seconds, **latency}
 
 
 def metrics_document(result: EvaluationResult, info: RunInfo) -> dict[str, Any]:
@@ -177,6 +186,7 @@ def metrics_document(result: EvaluationResult, info: RunInfo) -> dict[str, Any]:
         'git_sha': info.git_sha,
         'created': info.created,
     }
+    document.update(result.extra)
     return document
 
 
@@ -194,7 +204,8 @@ def _frame_row(frame: FrameResult) -> list[str]:
         frame.bag, frame.index, frame.stamp_ns, frame.width, frame.height, frame.status, frame.gt_kind,
         frame.model_ms, d.epe if d else None, d.bad1 if d else None, d.bad2 if d else None, d.bad3 if d else None,
         d.d1 if d else None, d.density if d else None, d.valid_pixels if d else None,
-        z.abs_rel if z else None, z.rmse if z else None, z.completeness if z else None, frame.note]
+        z.abs_rel if z else None, z.rmse if z else None, z.completeness if z else None, frame.note,
+        frame.latency_ms]
     return [_csv_value(v) for v in values]
 
 
@@ -286,6 +297,13 @@ def _write_pictures(result: EvaluationResult, folder: Path) -> tuple[list[tuple[
                   histogram_of(times, 'Model time histogram', 'model time per frame (ms)', bins=20))
         except ChartError:
             pass
+    latencies = result.latency_ms
+    if latencies:
+        answered = [f for f in result.frames if math.isfinite(f.latency_ms)]
+        chart('per_frame_latency', 'End-to-end latency per answered pair (input published to disparity received), '
+              'in replay order',
+              line_chart(np.arange(len(answered), dtype=np.float64), {'latency': [f.latency_ms for f in answered]},
+                         'Latency through the node', 'answered pair', 'ms', integer_x=True))
     return frames, charts
 
 
@@ -309,9 +327,16 @@ def _summary_rows(result: EvaluationResult, metrics: dict[str, Any]) -> list[tup
                  ('depth AbsRel', _fmt(metrics['depth_abs_rel'], 4)),
                  ('depth RMSE', _fmt(metrics['depth_rmse_m'], 3, ' m')),
                  ('depth completeness', _fmt(metrics['depth_completeness'], 4))]
-    rows += [('model time p50 / p95', f"{_fmt(timing['model_ms_p50'], 1)} / {_fmt(timing['model_ms_p95'], 1)} ms"),
-             ('throughput: model / end to end', f"{_fmt(timing['model_fps'], 2)} / {_fmt(timing['end_to_end_fps'], 2)}"
-                                                ' frames/s')]
+    if timing['frames_timed']:
+        rows += [('model time p50 / p95',
+                  f"{_fmt(timing['model_ms_p50'], 1)} / {_fmt(timing['model_ms_p95'], 1)} ms"),
+                 ('throughput: model / end to end',
+                  f"{_fmt(timing['model_fps'], 2)} / {_fmt(timing['end_to_end_fps'], 2)} frames/s")]
+    if timing['frames_with_latency']:
+        rows += [('end-to-end latency p50 / p95 (through the node)',
+                  f"{_fmt(timing['latency_ms_p50'], 1)} / {_fmt(timing['latency_ms_p95'], 1)} ms"),
+                 ('answered / dropped by the node',
+                  f"{timing['frames_with_latency']} / {metrics['frames_dropped']}")]
     return rows
 
 
@@ -322,6 +347,7 @@ def _notes(result: EvaluationResult, info: RunInfo) -> list[str]:
                      'and so are these scores.** Pass a trained checkpoint with `--checkpoint`.')
     if result.disparity is None:
         notes.append('No ground truth was scored (no `--gt-topic`, or none matched): the error parts are left out.')
+    notes += result.notes
     notes.append('Disparity is compared as the left-view image shift in pixels (what the network predicts); '
                  'DisparityImage values are that minus `cx_left - cx_right`. Depth is `f * T / d` from the camera '
                  'infos. Bad-N: percentage of ground-truth pixels with error above N px; D1: above 3 px and 5 %.')
