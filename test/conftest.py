@@ -11,6 +11,21 @@ SEED_FIXTURE_DIR = REPOSITORY.parent / 'shared' / 'fixtures' / 'seed_checkpoint_
 
 
 @pytest.fixture(scope='session')
+def placeholder_checkpoint_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The untrained placeholder as a checkpoint file.
+
+    Tests that need a predictable network, or the placeholder's warnings, pass this file instead of
+    relying on the bundled default, which changes as training improves it.
+    """
+    from stereonet_ros.inference import placeholder_checkpoint
+    from stereonet_ros.model.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp('placeholder') / 'placeholder.safetensors'
+    save_checkpoint(path, placeholder_checkpoint())
+    return path
+
+
+@pytest.fixture(scope='session')
 def seed_fixture_dir() -> Path:
     """The seed checkpoint fixture folder; tests needing it skip (with the reason) where it is absent."""
     if not (SEED_FIXTURE_DIR / 'seed_gray_random.ckpt').exists():

@@ -58,11 +58,19 @@ def test_infer_writes_seed_disparity_as_pfm_npy_and_colour_png(tmp_path: Path, s
     assert stored.dtype == np.float32 and np.abs(stored - expected).max() <= 1e-3
 
 
-def test_infer_without_checkpoint_warns_that_the_placeholder_is_untrained(tmp_path: Path,
-                                                                          seed_pair: tuple[Path, Path]) -> None:
-    result = _run('stereonet-infer', *seed_pair, '--out', tmp_path / 'd.npy')
+def test_infer_warns_that_the_placeholder_is_untrained(tmp_path: Path, seed_pair: tuple[Path, Path],
+                                                       placeholder_checkpoint_path: Path) -> None:
+    result = _run('stereonet-infer', *seed_pair, '--checkpoint', placeholder_checkpoint_path, '--out',
+                  tmp_path / 'd.npy')
     assert result.returncode == 0, result.stderr
     assert 'UNTRAINED placeholder' in result.stderr
+    assert np.load(tmp_path / 'd.npy').shape == (100, 170)
+
+
+def test_infer_runs_the_bundled_default_without_a_checkpoint_argument(tmp_path: Path,
+                                                                      seed_pair: tuple[Path, Path]) -> None:
+    result = _run('stereonet-infer', *seed_pair, '--out', tmp_path / 'd.npy')
+    assert result.returncode == 0, result.stderr
     assert np.load(tmp_path / 'd.npy').shape == (100, 170)
 
 

@@ -24,7 +24,7 @@ from stereonet_ros.evaluation.metrics import MetricAccumulator
 from stereonet_ros.evaluation.replay import BagReplay, ReplayConfig, ReplayFrame
 from stereonet_ros.image_codec import array_to_image_fields
 from stereonet_ros.image_io import read_disparity, write_png
-from stereonet_ros.inference import InputError, Predictor
+from stereonet_ros.inference import InputError, Predictor, placeholder_checkpoint
 from stereonet_ros.pfm import write_pfm
 
 BIN = Path(sys.executable).parent
@@ -33,9 +33,10 @@ GT_TOPIC = '/ground_truth/disparity'
 
 
 def _predictor() -> Predictor:
+    """The untrained placeholder network: what the `evaluated` runs score (passed as a file)."""
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        return Predictor.from_checkpoint(None, device='cpu')
+        return Predictor(placeholder_checkpoint(), device='cpu')
 
 
 def _images(rng: np.random.Generator, height: int, width: int, colour: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -96,8 +97,8 @@ def _report_files(folder: Path) -> set[str]:
 
 
 @pytest.fixture(scope='module', params=['mcap', 'sqlite3'])
-def evaluated(request: pytest.FixtureRequest, dataset: dict[str, Any],
-              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def evaluated(request: pytest.FixtureRequest, dataset: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
+              placeholder_checkpoint_path: Path) -> dict[str, Any]:
     """One evaluation with ground truth and --write-bag, per storage."""
     storage = request.param
     folder = tmp_path_factory.mktemp(f'eval-{storage}')
@@ -108,20 +109,22 @@ def evaluated(request: pytest.FixtureRequest, dataset: dict[str, Any],
         bags.append(folder / f'bag{index}')
     out = folder / 'report'
     code = eval_bag.main([*map(str, bags), '--out', str(out), '--gt-topic', GT_TOPIC, '--device', 'cpu',
-                          '--write-bag', '--no-progress'])
+                          '--write-bag', '--no-progress', '--checkpoint', str(placeholder_checkpoint_path)])
     assert code == 0
     return {'bags': bags, 'out': out, 'storage': storage}
 
 
 def test_eval_bag_scores_equal_stereonet_infer_on_the_same_images(evaluated: dict[str, Any],
                                                                   dataset: dict[str, Any], tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+                                                                  capsys: pytest.CaptureFixture[str],
+                                                                  placeholder_checkpoint_path: Path) -> None:
     total = MetricAccumulator()
     per_image = []
     for index, (left, right, truth_path) in enumerate(dataset['files']):
         out = tmp_path / f'd{index}.pfm'
         code, stdout, err = _run_main(infer.main, [str(left), str(right), '--out', str(out), '--gt', str(truth_path),
-                                                   '--device', 'cpu'], capsys)
+                                                   '--device', 'cpu', '--checkpoint', str(placeholder_checkpoint_path)],
+                                      capsys)
         assert code == 0, err
         disparity, truth = read_disparity(out), read_disparity(truth_path)
         scores = total.add(disparity, truth)

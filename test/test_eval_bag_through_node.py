@@ -11,6 +11,7 @@ import json
 import os
 import stat
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from stereonet_ros.evaluation.bagio import camera_info_messages, image_message  
 from stereonet_ros.evaluation.makebag import simple_camera, synthetic_pairs, write_stereo_bag  # noqa: E402
 from stereonet_ros.evaluation.replay import ReplayConfig, ReplayFrame  # noqa: E402
 from stereonet_ros.evaluation.through_node import node_disparity_to_shift  # noqa: E402
-from stereonet_ros.inference import Predictor, placeholder_checkpoint  # noqa: E402
+from stereonet_ros.inference import Predictor, UntrainedPlaceholderWarning  # noqa: E402
 from stereonet_ros.node_config import NodeConfig  # noqa: E402
 from stereonet_ros.processing import OutputSelection, StereoProcessor  # noqa: E402
 from stereonet_ros.ros.bag_player import to_ros_message  # noqa: E402
@@ -75,10 +76,9 @@ class NodeValiditySource:
 
 
 @pytest.fixture(scope='module')
-def checkpoint() -> Path | None:
-    """The seed fixture checkpoint where ../shared has it, else None (the bundled placeholder)."""
-    path = SEED_CHECKPOINT
-    return path if path.exists() else None
+def checkpoint(placeholder_checkpoint_path: Path) -> Path:
+    """The seed fixture checkpoint where ../shared has it, else the untrained placeholder as a file."""
+    return SEED_CHECKPOINT if SEED_CHECKPOINT.exists() else placeholder_checkpoint_path
 
 
 def test_rosbags_messages_become_rclpy_messages_field_for_field() -> None:
@@ -99,23 +99,23 @@ def test_rosbags_messages_become_rclpy_messages_field_for_field() -> None:
 
 
 def test_scores_through_the_node_equal_the_in_process_scores_when_nothing_drops(
-        tmp_path: Path, checkpoint: Path | None) -> None:
+        tmp_path: Path, checkpoint: Path) -> None:
     bag = _bag(tmp_path / 'bag', 3, doffs=5.0)
     out = tmp_path / 'out'
     arguments = [str(bag), '--out', str(out), '--gt-topic', GT_TOPIC, '--no-progress', '--through-node',
-                 '--rate', '0.05', '--device', 'cpu', '--ros-domain-id', _domain(53), '--answer-timeout', '20']
-    if checkpoint is not None:
-        arguments += ['--checkpoint', str(checkpoint)]
+                 '--rate', '0.05', '--device', 'cpu', '--ros-domain-id', _domain(53), '--answer-timeout', '20',
+                 '--checkpoint', str(checkpoint)]
     assert eval_bag.main(arguments) == 0
     metrics = json.loads((out / 'metrics.json').read_text())
     assert metrics['frames_dropped'] == 0, metrics['through_node']
     assert metrics['frames_scored'] == 3 and metrics['through_node']['pairs_answered'] == 3
     timing = metrics['timing']
     assert timing['frames_with_latency'] == 3 and 0 < timing['latency_ms_p50'] <= timing['latency_ms_p95']
-    assert metrics['checkpoint']['placeholder'] == (checkpoint is None)
+    assert metrics['checkpoint']['placeholder'] == (checkpoint != SEED_CHECKPOINT)
 
-    predictor = (Predictor.from_checkpoint(checkpoint, device='cpu') if checkpoint is not None
-                 else Predictor(placeholder_checkpoint(), device='cpu'))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UntrainedPlaceholderWarning)
+        predictor = Predictor.from_checkpoint(checkpoint, device='cpu')
     expected = evaluate_bags([bag], ReplayConfig(gt_topic=GT_TOPIC), NodeValiditySource(predictor), progress=False)
     assert expected.disparity is not None
     for key in ('epe', 'bad1', 'bad2', 'bad3', 'd1', 'density'):
@@ -198,14 +198,15 @@ def test_a_node_that_never_starts_is_a_one_line_error_and_no_report(
 
 
 def test_a_running_node_is_used_as_it_is_and_reports_its_own_checkpoint(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, placeholder_checkpoint_path: Path) -> None:
     import signal
     import subprocess
 
     from stereonet_ros.evaluation.through_node import NodeProcess
 
     domain = _domain(29)
-    node = NodeProcess(tmp_path, int(domain), None, 'cpu', extra_parameters={'diagnostics_period_seconds': '0.1'})
+    node = NodeProcess(tmp_path, int(domain), str(placeholder_checkpoint_path), 'cpu',
+                       extra_parameters={'diagnostics_period_seconds': '0.1'})
     try:
         monkeypatch.setenv('ROS_DOMAIN_ID', domain)
         monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
@@ -216,7 +217,7 @@ def test_a_running_node_is_used_as_it_is_and_reports_its_own_checkpoint(
         assert node.process.poll() is None  # not ours to stop
         metrics = json.loads((out / 'metrics.json').read_text())
         assert metrics['through_node']['node'] == 'already running' and metrics['frames_scored'] == 2
-        assert metrics['checkpoint']['path'] == 'bundled default' and metrics['device'] == 'cpu'
+        assert metrics['checkpoint']['path'] == str(placeholder_checkpoint_path) and metrics['device'] == 'cpu'
         assert metrics['checkpoint']['placeholder'] is True
     finally:
         node.process.send_signal(signal.SIGINT)

@@ -81,10 +81,16 @@ def test_padding_policy_pads_to_the_contract_multiple_and_crops_back(seed_checkp
     assert np.abs(unpadded_predictor.predict(left_padded, right_padded)[:37, :51] - disparity).max() < 1e-4
 
 
-def test_default_checkpoint_is_the_clearly_marked_placeholder_while_none_ships() -> None:
+def test_default_is_the_bundled_checkpoint_else_the_clearly_marked_placeholder(
+        tmp_path: Path, seed_checkpoint_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stereonet_ros.inference as inference
+    monkeypatch.setattr(inference, 'DEFAULT_CHECKPOINT', tmp_path / 'none_bundled.safetensors')
     with pytest.warns(UntrainedPlaceholderWarning, match='UNTRAINED placeholder'):
         predictor = Predictor.from_checkpoint(device='cpu')
     assert predictor.is_placeholder
+    monkeypatch.setattr(inference, 'DEFAULT_CHECKPOINT', seed_checkpoint_path)
+    bundled = Predictor.from_checkpoint(device='cpu')
+    assert not bundled.is_placeholder and bundled.contract.left_mean == (111.5684,)
     assert predictor.checkpoint.provenance['trained'] is False
     # Deterministic: the placeholder does not depend on (or disturb) the global torch seed.
     torch.manual_seed(123)

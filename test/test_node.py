@@ -104,11 +104,14 @@ class NodeProcess:
 
 
 @pytest.fixture(scope='module')
-def node_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+def node_process(tmp_path_factory: pytest.TempPathFactory, placeholder_checkpoint_path: Path) -> Iterator[NodeProcess]:
     folder = tmp_path_factory.mktemp('node')
     params = {'stereonet_node': {'ros__parameters': {
         'diagnostics_period_seconds': 0.5,
         'device': 'cpu',
+        # The placeholder as a file, not the bundled default (which training replaces): the
+        # expected outputs below come from the same network.
+        'checkpoint': str(placeholder_checkpoint_path),
         # Fresh dicts per topic: a shared one would be dumped as a YAML alias, which rcl refuses.
         'qos_overrides': {f'/{topic}': {'subscription': {'reliability': 'reliable', 'depth': 10}}
                           for topic in INPUT_TOPICS},

@@ -335,6 +335,9 @@ class StereoNetNode(Node):
         level, message = 'OK', 'running'
         if predictor.is_placeholder:
             level, message = 'WARN', 'UNTRAINED placeholder checkpoint: outputs are meaningless'
+        elif predictor.checkpoint.provenance.get('preliminary'):
+            # Trained, but short of its accuracy goal: say so where operators look, with the figures.
+            level, message = 'WARN', f'PRELIMINARY checkpoint: {predictor.checkpoint.provenance.get("note", "")}'
         elif problem is not None:
             level, message = 'WARN', problem[1]
         elif snapshot.processed == 0 and snapshot.sets == 0:
