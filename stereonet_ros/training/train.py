@@ -22,6 +22,7 @@ is per process). On the CPU: channels-last, all cores, glibc allocator tuned. On
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 import signal
@@ -164,6 +165,7 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images - TRAIN_MEAN) / TRAIN_STD
 
 
+@functools.cache  # the code running is the code at start: one git call per process, not one per export
 def git_sha() -> str:
     try:
         completed = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=10,
