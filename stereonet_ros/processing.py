@@ -3,7 +3,9 @@
 :class:`StereoProcessor` turns decoded left/right images and the :class:`~stereonet_ros.camera.StereoCamera`
 into the arrays behind every output topic, computing only those asked for (:class:`OutputSelection`).
 The node only decodes messages with :func:`decode_pair`, calls :meth:`StereoProcessor.process` and
-wraps the arrays into messages (``stereonet_ros.ros.messages``).
+wraps the arrays into messages (``stereonet_ros.ros.messages``). The post-processing alone is the pure
+:func:`postprocess`, which ``stereonet-eval-bag --write-bag`` also uses, so its bags hold what the node
+would publish.
 
 Validity (docs CONVENTIONS.md). The network predicts a left-view image *shift* ``s``; the published
 disparity is ``d = s - (cx_left - cx_right)`` (:meth:`StereoCamera.shift_to_disparity`). A pixel
@@ -224,40 +226,66 @@ class StereoProcessor:
         shift, confidence, max_shift = self.infer(left_array, right_array, config.inference_scale, want_confidence)
         model_done = time.perf_counter()
 
-        disparity = camera.shift_to_disparity(shift)  # (H, W) float32, DisparityImage convention
-        columns = np.arange(width, dtype=np.float32)[np.newaxis, :]  # (1, W)
-        with np.errstate(invalid='ignore'):
-            valid = (np.isfinite(disparity) & (disparity >= np.float32(config.min_disparity)) & (disparity > 0.0)
-                     & (columns - shift >= 0.0))
-            if confidence is not None and config.min_confidence > 0.0:
-                valid &= confidence >= np.float32(config.min_confidence)
-        invalid_value = np.float32(config.min_disparity - 1.0)
-        published = np.where(valid, disparity, invalid_value).astype(np.float32)
-        max_disparity = max_shift - camera.principal_offset
-        x_offset = min(int(math.ceil(max_shift)), width)
-        window = ValidWindow(x_offset, 0, width - x_offset, height if x_offset < width else 0)
-        result = StereoOutputs(
-            disparity=published, valid=valid, min_disparity=float(config.min_disparity),
-            max_disparity=float(max_disparity),
-            # The values are continuous (soft argmin, refinement, bilinear resize): the only step is
-            # float32's, taken at the largest disparity (where it is coarsest).
-            delta_d=float(np.spacing(np.float32(max(abs(max_disparity), 1.0)))),
-            valid_window=window,
-            confidence=confidence if outputs.confidence else None)
-        if outputs.depth or outputs.points:
-            masked = np.where(valid, disparity, np.float32(np.nan))  # (H, W), NaN invalid
-            if outputs.depth:
-                result.depth = disparity_to_depth(masked, camera.focal, camera.baseline, config.min_disparity)
-            if outputs.points:
-                points = reproject_to_3d(masked, camera, config.min_disparity)  # (H, W, 3)
-                colours = rgb if config.use_color else None
-                if colours is not None and colours.shape[:2] != (height, width):
-                    raise StereoInputError(f'colour image is {colours.shape[1]}x{colours.shape[0]}, '
-                                           f'the pair {width}x{height}')
-                result.cloud = pointcloud2_buffer(points, colours, config.avoid_point_cloud_padding)
-        if outputs.disparity_color:
-            result.disparity_color = colorize_disparity(np.where(valid, disparity, np.float32(np.nan)),
-                                                        vmin=config.min_disparity,
-                                                        vmax=max(max_disparity, config.min_disparity))
+        result = postprocess(shift, confidence, max_shift, camera, config, outputs, rgb)
         result.timings = {'model': model_done - start, 'post': time.perf_counter() - model_done}
         return result
+
+
+def postprocess(shift: npt.NDArray[np.float32], confidence: npt.NDArray[np.float32] | None, max_shift: float,
+                camera: StereoCamera, config: NodeConfig, outputs: OutputSelection,
+                rgb: npt.NDArray[np.uint8] | None = None) -> StereoOutputs:
+    """The node's post-processing of one network answer: validity, DisparityImage fields, depth, cloud, colour.
+
+    Pure (no model, no ROS): the node and ``stereonet-eval-bag --write-bag`` both publish what this returns,
+    so a bag written offline holds what the node would have published with the same parameters.
+
+    Args:
+        shift: ``(H, W)`` float32 left-view image shift, input pixels; NaN = no value.
+        confidence: ``(H, W)`` float32 in [0, 1], or ``None`` (then ``min_confidence`` is not applied).
+        max_shift: the largest shift the network can express, input pixels.
+        camera: the pair's camera model (its size must equal ``shift``'s).
+        config: the node's parameters (``min_disparity``, ``min_confidence``, ``use_color``,
+            ``avoid_point_cloud_padding`` are used).
+        outputs: which outputs to compute (``timings`` is left empty).
+        rgb: ``(H, W, 3)`` uint8 left colours for the cloud, or ``None`` (no rgb field).
+
+    Raises:
+        StereoInputError: ``rgb`` is not the size of ``shift``.
+    """
+    height, width = shift.shape
+    disparity = camera.shift_to_disparity(shift)  # (H, W) float32, DisparityImage convention
+    columns = np.arange(width, dtype=np.float32)[np.newaxis, :]  # (1, W)
+    with np.errstate(invalid='ignore'):
+        valid = (np.isfinite(disparity) & (disparity >= np.float32(config.min_disparity)) & (disparity > 0.0)
+                 & (columns - shift >= 0.0))
+        if confidence is not None and config.min_confidence > 0.0:
+            valid &= confidence >= np.float32(config.min_confidence)
+    invalid_value = np.float32(config.min_disparity - 1.0)
+    published = np.where(valid, disparity, invalid_value).astype(np.float32)
+    max_disparity = max_shift - camera.principal_offset
+    x_offset = min(int(math.ceil(max_shift)), width)
+    window = ValidWindow(x_offset, 0, width - x_offset, height if x_offset < width else 0)
+    result = StereoOutputs(
+        disparity=published, valid=valid, min_disparity=float(config.min_disparity),
+        max_disparity=float(max_disparity),
+        # The values are continuous (soft argmin, refinement, bilinear resize): the only step is
+        # float32's, taken at the largest disparity (where it is coarsest).
+        delta_d=float(np.spacing(np.float32(max(abs(max_disparity), 1.0)))),
+        valid_window=window,
+        confidence=confidence if outputs.confidence else None)
+    if outputs.depth or outputs.points:
+        masked = np.where(valid, disparity, np.float32(np.nan))  # (H, W), NaN invalid
+        if outputs.depth:
+            result.depth = disparity_to_depth(masked, camera.focal, camera.baseline, config.min_disparity)
+        if outputs.points:
+            points = reproject_to_3d(masked, camera, config.min_disparity)  # (H, W, 3)
+            colours = rgb if config.use_color else None
+            if colours is not None and colours.shape[:2] != (height, width):
+                raise StereoInputError(f'colour image is {colours.shape[1]}x{colours.shape[0]}, '
+                                       f'the pair {width}x{height}')
+            result.cloud = pointcloud2_buffer(points, colours, config.avoid_point_cloud_padding)
+    if outputs.disparity_color:
+        result.disparity_color = colorize_disparity(np.where(valid, disparity, np.float32(np.nan)),
+                                                    vmin=config.min_disparity,
+                                                    vmax=max(max_disparity, config.min_disparity))
+    return result

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import subprocess
@@ -17,14 +18,15 @@ from PIL import Image
 from rosbags.highlevel import AnyReader
 
 from stereonet_ros.cli import eval_bag, infer, make_bag
-from stereonet_ros.evaluation.bag_eval import PredictorSource
-from stereonet_ros.evaluation.bagio import TYPESTORE
+from stereonet_ros.evaluation.bag_eval import PredictorSource, write_frame_outputs
+from stereonet_ros.evaluation.bagio import TYPESTORE, open_bag_writer
 from stereonet_ros.evaluation.makebag import StereoPair, simple_camera, write_stereo_bag
 from stereonet_ros.evaluation.metrics import MetricAccumulator
 from stereonet_ros.evaluation.replay import BagReplay, ReplayConfig, ReplayFrame
 from stereonet_ros.image_codec import array_to_image_fields
 from stereonet_ros.image_io import read_disparity, write_png
 from stereonet_ros.inference import InputError, Predictor, placeholder_checkpoint
+from stereonet_ros.node_config import NodeConfig
 from stereonet_ros.pfm import write_pfm
 
 BIN = Path(sys.executable).parent
@@ -203,20 +205,60 @@ def test_write_bag_holds_disparity_points_and_depth_on_the_input_stamps(evaluate
             stamps += [item.stamp_ns for item in replay.frames()]
     for topic in ('/disparity', '/points2', '/depth'):
         assert [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in messages[topic]] == stamps
+    max_shift = float(predictor.contract.max_disparity)
     for index, pair in enumerate(dataset['pairs']):
         shift = predictor.predict(pair.left, pair.right)
         message = messages['/disparity'][index]
         values = np.frombuffer(message.image.data, dtype='<f4').reshape(shift.shape)
-        # DisparityImage convention: offset removed (Middlebury-style pair: + DOFFS).
-        np.testing.assert_allclose(values, shift - pair.camera.principal_offset, atol=1e-4)
-        assert message.min_disparity == pytest.approx(-pair.camera.principal_offset)
+        # What the node publishes with its default parameters: DisparityImage convention (offset removed,
+        # Middlebury-style pair: + DOFFS), min_disparity 0, invalid = min_disparity - 1 where the disparity
+        # is not positive or the match falls left of the right image.
+        expected = shift - pair.camera.principal_offset
+        columns = np.arange(shift.shape[1])[np.newaxis, :]
+        valid = (expected > 0) & (columns - shift >= 0)
+        np.testing.assert_allclose(values[valid], expected[valid], atol=1e-4)
+        assert np.all(values[~valid] == -1.0)
+        assert message.min_disparity == 0.0
+        assert message.max_disparity == pytest.approx(max_shift - pair.camera.principal_offset)
+        window = message.valid_window
+        x_offset = min(math.ceil(max_shift), shift.shape[1])  # empty when the image is narrower than the range
+        assert (window.x_offset, window.y_offset, window.width, window.height) == (
+            x_offset, 0, shift.shape[1] - x_offset, shift.shape[0] if x_offset < shift.shape[1] else 0)
         depth = np.frombuffer(messages['/depth'][index].data, dtype='<f4').reshape(shift.shape)
-        np.testing.assert_allclose(depth, 60.0 * 0.2 / values, rtol=1e-5)
+        np.testing.assert_allclose(depth[valid], 60.0 * 0.2 / values[valid], rtol=1e-5)
+        assert np.isnan(depth[~valid]).all()
         cloud = messages['/points2'][index]
         assert (cloud.height, cloud.width, cloud.point_step) == (*shift.shape, 32)
         assert [f.name for f in cloud.fields] == ['x', 'y', 'z', 'rgb']
         z = np.frombuffer(cloud.data, dtype=np.uint8).reshape(-1, 32)[:, 8:12].copy().view('<f4').reshape(shift.shape)
-        np.testing.assert_allclose(z, depth, rtol=1e-6)
+        np.testing.assert_allclose(z, depth, rtol=1e-6)  # NaN where depth is NaN
+
+
+def test_written_outputs_follow_the_node_validity_rule_pixel_by_pixel(tmp_path: Path) -> None:
+    """A designed shift: every case of the validity rule, with min_disparity raised as a user would."""
+    camera = simple_camera(8, 2, focal=50.0, baseline=0.1, doffs=2.0)  # Middlebury-style: disparity = shift + 2
+    shift = np.array([[0.0, -1.5, -1.0, 3.0, 3.5, 9.0, np.nan, 4.0],
+                      [1.0, 1.0, 1.0, 3.0, 5.0, 5.0, 5.0, 6.0]], dtype=np.float32)
+    left = np.full((2, 8), 100, dtype=np.uint8)
+    frame = ReplayFrame(Path('in'), 0, 123, 0, left, left, camera, None)
+    with open_bag_writer(tmp_path / 'out') as bag:
+        write_frame_outputs(bag, frame, shift, max_shift=5.0, node_config=NodeConfig(min_disparity=1.0))
+    with AnyReader([tmp_path / 'out'], default_typestore=TYPESTORE) as reader:
+        messages = {c.topic: reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages()}
+    values = np.frombuffer(messages['/disparity'].image.data, dtype='<f4').reshape(2, 8)
+    # Valid: finite, disparity >= min_disparity (1) and > 0, and the match u - shift inside the right image.
+    expected_valid = np.array([[True, False, True, True, True, False, False, True],
+                               [False, True, True, True, False, True, True, True]])
+    expected = np.where(expected_valid, shift + 2.0, 0.0)  # invalid = min_disparity - 1 = 0
+    np.testing.assert_array_equal(values, expected.astype(np.float32))
+    message = messages['/disparity']
+    assert (message.min_disparity, message.max_disparity, message.f) == (1.0, 7.0, 50.0)
+    assert message.t == pytest.approx(0.1)
+    assert (message.valid_window.x_offset, message.valid_window.width, message.valid_window.height) == (5, 3, 2)
+    depth = np.frombuffer(messages['/depth'].data, dtype='<f4').reshape(2, 8)
+    np.testing.assert_allclose(depth[expected_valid], 50.0 * 0.1 / expected[expected_valid], rtol=1e-6)
+    assert np.isnan(depth[~expected_valid]).all()
+    assert messages['/points2'].header.stamp.nanosec == 123
 
 
 def test_without_ground_truth_the_report_leaves_the_error_parts_out(dataset: dict[str, Any], tmp_path: Path,

@@ -13,7 +13,8 @@ bag is played into the node at the recorded rate times ``--rate`` with ``/clock`
 its ``disparity`` recorded; unanswered pairs count as dropped, end-to-end latency is reported) and writes
 into DIR: ``metrics.json``, ``per_frame.csv``, ``report.md``,
 ``report.html`` (self-contained), ``pictures/`` and, with ``--write-bag``, ``output_bag/`` (mcap:
-``/disparity``, ``/points2``, ``/depth`` and the left view on the input stamps). Ground truth
+``/disparity``, ``/points2``, ``/depth`` as the node publishes them with its default parameters, and the
+left view, on the input stamps). Ground truth
 (``--gt-topic``): a ``stereo_msgs/DisparityImage`` or a depth ``sensor_msgs/Image`` (32FC1 m, 16UC1 mm).
 Bad input exits non-zero with a one-line reason and leaves no new report.
 """

@@ -22,13 +22,14 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from stereonet_ros.evaluation.bagio import (BagWriter, camera_info_messages, depth_message, disparity_message,
-                                            image_message, pointcloud_message)
+from stereonet_ros.evaluation.bagio import BagWriter, camera_info_messages, image_message, node_output_messages
 from stereonet_ros.evaluation.metrics import (DepthMetricAccumulator, DepthMetrics, DisparityMetrics,
                                               MetricAccumulator)
 from stereonet_ros.evaluation.replay import (BagReplay, ReplayConfig, ReplayCounters, ReplayError, ReplayFrame,
                                              SkippedPair, shift_to_depth)
 from stereonet_ros.inference import Predictor
+from stereonet_ros.node_config import NodeConfig
+from stereonet_ros.processing import OutputSelection, postprocess
 
 F32 = npt.NDArray[np.float32]
 
@@ -168,19 +169,25 @@ def display_rgb(image: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
     return np.ascontiguousarray(rgb[:, :, :3])
 
 
-def write_frame_outputs(bag: BagWriter, frame: ReplayFrame, shift: F32, max_disparity: float) -> None:
-    """Write one frame's ``/disparity``, ``/points2`` (coloured), ``/depth`` and left view at its stamp."""
+BAG_OUTPUTS = OutputSelection(disparity=True, depth=True, points=True, confidence=False, disparity_color=False)
+
+
+def write_frame_outputs(bag: BagWriter, frame: ReplayFrame, shift: F32, max_shift: float,
+                        node_config: NodeConfig | None = None) -> None:
+    """Write one frame's ``/disparity``, ``/points2`` (coloured), ``/depth`` and left view at its stamp.
+
+    The outputs are what the node publishes with ``node_config`` (default: its default parameters): the
+    same :func:`~stereonet_ros.processing.postprocess`, so validity, ``valid_window`` and the message fields
+    match. ``min_confidence`` cannot apply (a replayed shift has no confidence).
+    """
     camera = frame.camera
-    offset = camera.principal_offset
-    disparity = camera.shift_to_disparity(shift)  # DisparityImage convention
-    # The network searches image shifts 0..max_disparity; in DisparityImage units that is shifted by the offset.
-    min_disparity, max_value = -offset, max_disparity - offset
+    config = node_config if node_config is not None else NodeConfig()
     stamp = frame.stamp_ns
     rgb = display_rgb(frame.left)
-    bag.write(OUTPUT_TOPICS['disparity'], disparity_message(disparity, camera, stamp, min_disparity, max_value), stamp)
-    bag.write(OUTPUT_TOPICS['points2'], pointcloud_message(disparity, camera, stamp, rgb, min_disparity), stamp)
-    depth = shift_to_depth(shift, camera)
-    bag.write(OUTPUT_TOPICS['depth'], depth_message(depth, stamp, camera.frame_id), stamp)
+    outputs = postprocess(shift, None, max_shift, camera, config, BAG_OUTPUTS, rgb)
+    messages = node_output_messages(outputs, camera, stamp)
+    for key in ('disparity', 'points2', 'depth'):
+        bag.write(OUTPUT_TOPICS[key], messages[key], stamp)
     encoding = 'rgb8' if frame.left.ndim == 3 else 'mono8'
     left = rgb if encoding == 'rgb8' else rgb[:, :, 0]
     bag.write(OUTPUT_TOPICS['left_image'], image_message(np.ascontiguousarray(left), encoding, stamp, camera.frame_id),

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -26,8 +26,11 @@ from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 from rosbags.typesys import Stores, get_typestore
 
 from stereonet_ros.camera import StereoCamera
-from stereonet_ros.geometry import pointcloud2_buffer, reproject_to_3d
+from stereonet_ros.geometry import CloudBuffer, pointcloud2_buffer, reproject_to_3d
 from stereonet_ros.image_codec import array_to_image_fields
+
+if TYPE_CHECKING:  # processing imports torch; bags of ground truth are written without it
+    from stereonet_ros.processing import StereoOutputs
 
 Storage = Literal['mcap', 'sqlite3']
 STORAGES: tuple[Storage, ...] = ('mcap', 'sqlite3')
@@ -68,9 +71,9 @@ def image_message(array: npt.NDArray[Any], encoding: str, stamp_ns: int, frame_i
                         data=np.frombuffer(fields.data, dtype=np.uint8))
 
 
-def _roi(width: int = 0, height: int = 0) -> Any:
-    return _type('sensor_msgs/msg/RegionOfInterest')(x_offset=0, y_offset=0, height=height, width=width,
-                                                      do_rectify=False)
+def _roi(width: int = 0, height: int = 0, x_offset: int = 0, y_offset: int = 0) -> Any:
+    return _type('sensor_msgs/msg/RegionOfInterest')(x_offset=x_offset, y_offset=y_offset, height=height,
+                                                      width=width, do_rectify=False)
 
 
 def camera_info_messages(camera: StereoCamera, stamp_ns: int, right_frame_id: str = '') -> tuple[Any, Any]:
@@ -140,14 +143,41 @@ def pointcloud_message(disparity: npt.NDArray[np.float32], camera: StereoCamera,
         rgb: ``(H, W, 3)`` uint8 colours of the left image, or None for an xyz-only cloud.
     """
     points = reproject_to_3d(disparity, camera, min_disparity)  # (H, W, 3) float32, NaN = no depth
-    cloud = pointcloud2_buffer(points, rgb, avoid_padding=False)
     height, width = points.shape[:2]
+    return cloud_message(pointcloud2_buffer(points, rgb, avoid_padding=False), height, width, stamp_ns,
+                         camera.frame_id)
+
+
+def cloud_message(cloud: CloudBuffer, height: int, width: int, stamp_ns: int, frame_id: str) -> Any:
+    """An organized ``sensor_msgs/PointCloud2`` of ``height`` rows of ``width`` points, ``is_dense`` false."""
     point_field = _type('sensor_msgs/msg/PointField')
     fields = [point_field(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in cloud.fields]
     return _type(POINT_CLOUD2)(
-        header=header(stamp_ns, camera.frame_id), height=height, width=width, fields=fields, is_bigendian=False,
+        header=header(stamp_ns, frame_id), height=height, width=width, fields=fields, is_bigendian=False,
         point_step=cloud.point_step, row_step=cloud.point_step * width,
         data=np.frombuffer(cloud.data, dtype=np.uint8), is_dense=False)
+
+
+def node_output_messages(outputs: StereoOutputs, camera: StereoCamera, stamp_ns: int) -> dict[str, Any]:
+    """What the node publishes for ``outputs`` (:func:`~stereonet_ros.processing.postprocess`), as bag messages.
+
+    Keys are the node's topics without namespace (``disparity``, ``depth``, ``points2``), present for
+    the outputs that were computed; fields are filled as ``stereonet_ros.ros.messages`` fills them.
+    """
+    frame = camera.frame_id
+    window = outputs.valid_window
+    height, width = outputs.disparity.shape
+    messages: dict[str, Any] = {'disparity': _type(DISPARITY_IMAGE)(
+        header=header(stamp_ns, frame), image=image_message(outputs.disparity, '32FC1', stamp_ns, frame),
+        f=float(camera.focal), t=float(camera.baseline),
+        valid_window=_roi(window.width, window.height, window.x_offset, window.y_offset),
+        min_disparity=float(outputs.min_disparity), max_disparity=float(outputs.max_disparity),
+        delta_d=float(outputs.delta_d))}
+    if outputs.depth is not None:
+        messages['depth'] = depth_message(outputs.depth, stamp_ns, frame)
+    if outputs.cloud is not None:
+        messages['points2'] = cloud_message(outputs.cloud, height, width, stamp_ns, frame)
+    return messages
 
 
 @dataclass
