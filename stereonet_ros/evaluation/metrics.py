@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -163,43 +163,6 @@ def disparity_metrics(pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLi
                                   max_disparity=max_disparity).metrics()
 
 
-class MetricAccumulator:
-    """Aggregates disparity metrics over frames.
-
-    ``total()`` is pixel-weighted (every valid pixel of every frame counts once, as the KITTI and
-    SceneFlow tables are computed); ``per_frame_mean()`` averages the frames' own metrics (each frame
-    counts once, as Middlebury's per-image averages). Frames without valid pixels are kept in ``frames``
-    but left out of the per-frame mean.
-    """
-
-    def __init__(self, *, gt_zero_invalid: bool = False, max_disparity: float | None = None) -> None:
-        self.gt_zero_invalid = gt_zero_invalid
-        self.max_disparity = max_disparity
-        self.frames: list[DisparityMetrics] = []
-        self._totals = DisparityErrorCounts()
-
-    def add(self, pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike | None = None) -> DisparityMetrics:
-        """Score one frame with the accumulator's rules, record it and return its metrics."""
-        counts = disparity_error_counts(pred, gt, valid, gt_zero_invalid=self.gt_zero_invalid,
-                                        max_disparity=self.max_disparity)
-        self._totals = self._totals + counts
-        frame = counts.metrics()
-        self.frames.append(frame)
-        return frame
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def total(self) -> DisparityMetrics:
-        """Pixel-weighted metrics over all frames (NaN when no frame had a valid pixel)."""
-        return self._totals.metrics()
-
-    def per_frame_mean(self) -> DisparityMetrics:
-        """Mean of each metric over the frames with valid pixels; counts are summed. NaN if there are none."""
-        scored = [frame for frame in self.frames if frame.valid_pixels > 0]
-        return _mean_of(DisparityMetrics, scored, ('valid_pixels', 'predicted_pixels'))
-
-
 _Metrics = TypeVar('_Metrics', 'DisparityMetrics', 'DepthMetrics')
 
 
@@ -214,6 +177,68 @@ def _mean_of(kind: type[_Metrics], frames: list[_Metrics], summed: tuple[str, ..
             finite = [value for value in column if not math.isnan(value)]
             values[f.name] = float(np.mean(finite)) if finite else math.nan
     return kind(**values)
+
+
+_MetricsT_co = TypeVar('_MetricsT_co', covariant=True)
+
+
+class _ErrorCounts(Protocol[_MetricsT_co]):
+    """Additive per-frame totals that turn into metrics (``DisparityErrorCounts``, ``DepthErrorCounts``)."""
+
+    def __add__(self, other: Self) -> Self: ...
+
+    def metrics(self) -> _MetricsT_co: ...
+
+
+class _Accumulator(Generic[_Metrics]):
+    """Frames' error totals summed (``total()``, pixel-weighted) and their metrics kept (``per_frame_mean()``)."""
+
+    def __init__(self, empty: _ErrorCounts[_Metrics], kind: type[_Metrics]) -> None:
+        self._kind: type[_Metrics] = kind
+        self._totals: _ErrorCounts[_Metrics] = empty
+        self.frames: list[_Metrics] = []
+
+    def _counts(self, pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike | None) -> _ErrorCounts[_Metrics]:
+        raise NotImplementedError
+
+    def add(self, pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike | None = None) -> _Metrics:
+        """Score one frame with the accumulator's rules, record it and return its metrics."""
+        counts = self._counts(pred, gt, valid)
+        self._totals = self._totals + counts
+        frame = counts.metrics()
+        self.frames.append(frame)
+        return frame
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def total(self) -> _Metrics:
+        """Pixel-weighted metrics over all frames (NaN when no frame had a valid pixel)."""
+        return self._totals.metrics()
+
+    def per_frame_mean(self) -> _Metrics:
+        """Mean of each metric over the frames with valid ground truth; counts are summed. NaN if there are none."""
+        scored = [frame for frame in self.frames if frame.valid_pixels > 0]
+        return _mean_of(self._kind, scored, ('valid_pixels', 'predicted_pixels'))
+
+
+class MetricAccumulator(_Accumulator[DisparityMetrics]):
+    """Aggregates disparity metrics over frames.
+
+    ``total()`` is pixel-weighted (every valid pixel of every frame counts once, as the KITTI and
+    SceneFlow tables are computed); ``per_frame_mean()`` averages the frames' own metrics (each frame
+    counts once, as Middlebury's per-image averages). Frames without valid pixels are kept in ``frames``
+    but left out of the per-frame mean.
+    """
+
+    def __init__(self, *, gt_zero_invalid: bool = False, max_disparity: float | None = None) -> None:
+        super().__init__(DisparityErrorCounts(), DisparityMetrics)
+        self.gt_zero_invalid = gt_zero_invalid
+        self.max_disparity = max_disparity
+
+    def _counts(self, pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike | None) -> DisparityErrorCounts:
+        return disparity_error_counts(pred, gt, valid, gt_zero_invalid=self.gt_zero_invalid,
+                                      max_disparity=self.max_disparity)
 
 
 # --- depth -----------------------------------------------------------------------------------------
@@ -287,30 +312,12 @@ def depth_metrics(pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike |
     return depth_error_counts(pred, gt, valid, max_depth=max_depth).metrics()
 
 
-class DepthMetricAccumulator:
+class DepthMetricAccumulator(_Accumulator[DepthMetrics]):
     """Aggregates depth metrics over frames: ``total()`` pixel-weighted, ``per_frame_mean()`` per frame."""
 
     def __init__(self, *, max_depth: float | None = None) -> None:
+        super().__init__(DepthErrorCounts(), DepthMetrics)
         self.max_depth = max_depth
-        self.frames: list[DepthMetrics] = []
-        self._totals = DepthErrorCounts()
 
-    def add(self, pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike | None = None) -> DepthMetrics:
-        """Score one frame, record it and return its metrics."""
-        counts = depth_error_counts(pred, gt, valid, max_depth=self.max_depth)
-        self._totals = self._totals + counts
-        frame = counts.metrics()
-        self.frames.append(frame)
-        return frame
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def total(self) -> DepthMetrics:
-        """Pixel-weighted metrics over all frames."""
-        return self._totals.metrics()
-
-    def per_frame_mean(self) -> DepthMetrics:
-        """Mean of each metric over the frames with valid ground truth; counts are summed."""
-        scored = [frame for frame in self.frames if frame.valid_pixels > 0]
-        return _mean_of(DepthMetrics, scored, ('valid_pixels', 'predicted_pixels'))
+    def _counts(self, pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike | None) -> DepthErrorCounts:
+        return depth_error_counts(pred, gt, valid, max_depth=self.max_depth)
