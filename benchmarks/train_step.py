@@ -5,7 +5,8 @@
 A step = forward of both views' pyramids, the robust pyramid loss, backward, RMSprop update, on a
 fixed synthetic batch (so data generation is not timed). Each variant runs in a fresh subprocess:
 ``baseline`` = NCHW, glibc's default allocator, fp32 (the way the seed trains on a CPU); ``ours`` =
-what ``stereonet-train`` does: channels-last and the allocator tuned (and bf16 autocast on a GPU).
+what ``stereonet-train`` does: channels-last, the allocator tuned, and bf16 autocast on a GPU and on a
+CPU that computes bfloat16 natively (the table's ``autocast`` column says which ran).
 Rounds alternate the variants; the table gives medians and the ratio against the baseline.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ if variant != 'baseline' and device == 'cpu':
 from stereonet_ros.data.synthetic import SyntheticConfig, SyntheticStereoDataset
 from stereonet_ros.model.stereonet import StereoNet, to_channels_last
 from stereonet_ros.training.loss import stereo_pyramid_loss
-from stereonet_ros.training.train import TrainConfig, normalize
+from stereonet_ros.training.train import TrainConfig, autocast_dtype_for, cpu_has_native_bf16, normalize
 config = TrainConfig()
 torch.manual_seed(0)
 model = StereoNet(config.model).to(device).train()
@@ -41,10 +42,11 @@ if channels_last:
     right = right.contiguous(memory_format=torch.channels_last)
 gt_left, gt_right = sample['disp_left'].to(device), sample['disp_right'].to(device)
 optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-4)
-use_bf16 = variant == 'ours' and device == 'cuda'
+autocast_dtype = (autocast_dtype_for(config.precision, device, device == 'cpu' and cpu_has_native_bf16())
+                  if variant == 'ours' else None)
 synchronize = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
 def step():
-    with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
+    with torch.autocast(device_type=device, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         output = model(left, right, with_right=True)
     loss = stereo_pyramid_loss([p.float() for p in output.pyramid], [p.float() for p in output.right_pyramid],
                                gt_left, gt_right, None, None, 192.0)
@@ -55,7 +57,8 @@ step(); synchronize()
 times = []
 for _ in range(steps):
     start = time.perf_counter(); step(); synchronize(); times.append(time.perf_counter() - start)
-print(json.dumps({'times': times, 'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({'times': times, 'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  'autocast': str(autocast_dtype or torch.float32).removeprefix('torch.')}))
 '''
 
 
@@ -76,8 +79,8 @@ def main() -> int:
     devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     print(f'# StereoNet training step, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, '
           f'crop {height}x{width}, batch {arguments.batch}; median of {arguments.steps} x {arguments.rounds} steps')
-    print('| device | variant | median s/step | samples/s | ratio vs baseline | peak RSS MiB |')
-    print('| --- | --- | --- | --- | --- | --- |')
+    print('| device | variant | autocast | median s/step | samples/s | ratio vs baseline | peak RSS MiB |')
+    print('| --- | --- | --- | --- | --- | --- | --- |')
     for device in devices:
         variants = ['baseline', 'ours']
         pooled = alternate(variants, arguments.rounds, functools.partial(
@@ -85,8 +88,9 @@ def main() -> int:
         baseline = median(pooled['baseline']['times'])
         for variant in variants:
             seconds = median(pooled[variant]['times'])
-            print(f'| {device} | {variant} | {seconds:.3f} | {arguments.batch / seconds:.2f} | '
-                  f'{seconds / baseline:.2f}x | {pooled[variant]["peak_rss_mib"]:.0f} |', flush=True)
+            print(f'| {device} | {variant} | {pooled[variant]["autocast"]} | {seconds:.3f} | '
+                  f'{arguments.batch / seconds:.2f} | {seconds / baseline:.2f}x | '
+                  f'{pooled[variant]["peak_rss_mib"]:.0f} |', flush=True)
     return 0
 
 

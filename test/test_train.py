@@ -17,7 +17,8 @@ from stereonet_ros.data.synthetic import SyntheticConfig, SyntheticStereoDataset
 from stereonet_ros.model.checkpoint import load_checkpoint
 from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig
 from stereonet_ros.training.loss import stereo_pyramid_loss
-from stereonet_ros.training.train import StepBatches, TrainConfig, learning_rate, normalize, train
+from stereonet_ros.training.train import (StepBatches, TrainConfig, autocast_dtype_for, learning_rate, normalize,
+                                         train)
 
 TINY = [
     'model.max_disparity=64', 'data.max_disparity=64', 'data.height=64', 'data.width=128',
@@ -168,3 +169,22 @@ def test_torchrun_ddp_on_cpu_trains_with_two_processes(tmp_path: Path) -> None:
     assert not any(key.startswith('module.') for key in state['model'])  # type: ignore[attr-defined]
     exported = load_checkpoint(tmp_path / 'model_latest.safetensors')
     assert exported.provenance['samples_seen'] == 2 * 1 * 2  # steps x batch x processes
+
+
+@pytest.mark.parametrize(('precision', 'device', 'native', 'expected'), [
+    ('bf16', 'cuda', False, torch.bfloat16), ('fp16', 'cuda', False, torch.float16), ('fp32', 'cuda', True, None),
+    ('bf16', 'cpu', True, torch.bfloat16),  # oneDNN computes bfloat16 natively: worth it
+    ('bf16', 'cpu', False, None),  # emulated bfloat16 is slower than float32
+    ('fp16', 'cpu', True, None), ('fp32', 'cpu', True, None)])
+def test_autocast_precision_per_device(precision: str, device: str, native: bool, expected: torch.dtype | None) -> None:
+    assert autocast_dtype_for(precision, device, native) == expected
+
+
+def test_bf16_autocast_keeps_the_disparity_in_float32() -> None:
+    """Under autocast the soft argmin and every pyramid level stay float32 (bf16 would round 100 px to 0.5 px)."""
+    torch.manual_seed(0)
+    model = StereoNet(StereoNetConfig(max_disparity=64)).train()
+    left, right = torch.randn(1, 1, 64, 96), torch.randn(1, 1, 64, 96)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        output = model(left, right, with_right=True)
+    assert all(level.dtype == torch.float32 for level in output.pyramid + output.right_pyramid)

@@ -255,7 +255,8 @@ def soft_argmin(cost: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(B, 1, h, w)`` disparity, in the candidates' units.
     """
-    probabilities = F.softmax(-cost, dim=1)  # (B, D, h, w)
+    # In float32 even under autocast: in bfloat16 a disparity near 100 px would be rounded to 0.5 px.
+    probabilities = F.softmax(-cost.float(), dim=1)  # (B, D, h, w)
     grid = candidates.to(device=cost.device, dtype=probabilities.dtype).view(1, -1, 1, 1)
     return torch.sum(probabilities * grid, dim=1, keepdim=True)
 
@@ -356,7 +357,8 @@ class StereoNet(nn.Module):
         for refiner, size in zip(self.refiners, sizes, strict=True):
             image = F.interpolate(reference, size=size, mode='bilinear', align_corners=config.align_corners)
             coarse = F.interpolate(pyramid[-1], size=size, mode='bilinear', align_corners=config.align_corners)
-            pyramid.append(F.relu(refiner(image, coarse) + coarse))
+            # The residual is added in float32 (the coarse level's dtype) so autocast cannot round the disparity.
+            pyramid.append(F.relu(refiner(image, coarse).float() + coarse))
         return pyramid, cost
 
     def forward(self, left: torch.Tensor, right: torch.Tensor, *, with_right: bool = False,

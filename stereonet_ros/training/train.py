@@ -16,8 +16,9 @@ What the run writes in its output folder:
 - ``log.csv``: one row per logged step (and TensorBoard events when ``tensorboard`` is installed).
 
 Multi-GPU: ``torchrun --nproc_per_node N -m stereonet_ros.training.train ...`` (DDP; the batch size
-is per process). On the CPU: channels-last, all cores, glibc allocator tuned. On a GPU:
-``precision=bf16`` autocast by default.
+is per process). On the CPU: channels-last, all cores, glibc allocator tuned, and ``precision=bf16``
+autocast where the CPU computes bfloat16 natively (AVX512-BF16 or AMX; otherwise float32). On a GPU:
+``precision=bf16`` autocast by default. The soft argmin and the disparity sums stay float32 either way.
 """
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ class TrainConfig:
     """CPU threads for the network (0 = all cores)."""
     device: str = 'auto'
     precision: Literal['fp32', 'bf16', 'fp16'] = 'bf16'
-    """Autocast precision on a GPU; the CPU always trains in fp32."""
+    """Autocast precision: bf16 on a GPU, and on a CPU with native bfloat16 (else fp32); fp16 on a GPU only."""
     init_checkpoint: str = ''
     """Start from these weights (ours or a seed .ckpt) instead of random ones; ignored on resume."""
     score_real_pair: bool = True
@@ -132,6 +133,29 @@ class TrainConfig:
 
 
 # --- pieces ----------------------------------------------------------------------------------------
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions natively here (AVX512-BF16 or AMX), not emulated."""
+    return bool(torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def autocast_dtype_for(precision: str, device_type: str, native_cpu_bf16: bool) -> torch.dtype | None:
+    """The autocast dtype ``precision`` means on ``device_type``; ``None`` = train in float32.
+
+    On a CPU only bfloat16 with native support is worth it (measured 0.61x the float32 step time on an
+    AVX512-BF16 core, gradients' cosine similarity 0.99999 with float32's); emulated bfloat16 and
+    float16 are slower there than float32.
+    """
+    if precision == 'fp32':
+        return None
+    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
+    if device_type == 'cuda':
+        return dtype
+    if device_type == 'cpu' and dtype == torch.bfloat16 and native_cpu_bf16:
+        return dtype
+    return None
+
 
 def learning_rate(config: TrainConfig, step: int) -> float:
     """The rate for optimizer step ``step`` (0-based): linear warm-up, then exponential step decay."""
@@ -322,9 +346,13 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
         dataset, batch_sampler=StepBatches(step, last_step, config.batch_size, distributed.rank, distributed.world),
         num_workers=config.workers, worker_init_fn=worker_init_fn if config.workers else None,
         persistent_workers=False, pin_memory=device.type == 'cuda')
-    autocast_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': None}[config.precision]
-    use_autocast = device.type == 'cuda' and autocast_dtype is not None
-    scaler = torch.amp.GradScaler('cuda', enabled=use_autocast and autocast_dtype == torch.float16)
+    autocast_dtype = autocast_dtype_for(config.precision, device.type,
+                                        device.type == 'cpu' and cpu_has_native_bf16())
+    use_autocast = autocast_dtype is not None
+    if distributed.is_main:
+        print(f'{PROGRAM}: training on {device} in {str(autocast_dtype or torch.float32).removeprefix("torch.")}'
+              f' (precision={config.precision})', file=sys.stderr)
+    scaler = torch.amp.GradScaler('cuda', enabled=autocast_dtype == torch.float16)
 
     def save_state() -> None:
         if not distributed.is_main:
