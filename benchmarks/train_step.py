@@ -27,7 +27,8 @@ if variant != 'baseline' and device == 'cpu':
 from stereonet_ros.data.synthetic import SyntheticConfig, SyntheticStereoDataset
 from stereonet_ros.model.stereonet import StereoNet, to_channels_last
 from stereonet_ros.training.loss import stereo_pyramid_loss
-from stereonet_ros.training.train import TrainConfig, autocast_dtype_for, cpu_has_native_bf16, normalize
+from stereonet_ros.precision import autocast_dtype_for, cpu_has_native_bf16
+from stereonet_ros.training.train import TrainConfig, normalize
 config = TrainConfig()
 torch.manual_seed(0)
 model = StereoNet(config.model).to(device).train()

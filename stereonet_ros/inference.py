@@ -34,6 +34,7 @@ from stereonet_ros.image_codec import BT601_WEIGHTS
 from stereonet_ros.model.checkpoint import Checkpoint, InputContract, load_checkpoint
 from stereonet_ros.model.stereonet import (StereoNet, StereoNetConfig, fold_batchnorm, matching_confidence,
                                            to_channels_last)
+from stereonet_ros.precision import cpu_has_native_bf16
 
 Precision = Literal['fp32', 'fp16', 'bf16']
 
@@ -138,8 +139,12 @@ class Predictor:
         self.device = resolve_device(device)
         if precision not in ('fp32', 'fp16', 'bf16'):
             raise InputError(f"precision {precision!r}: must be 'fp32', 'fp16' or 'bf16'")
-        if precision != 'fp32' and self.device.type != 'cuda':
-            raise InputError(f'precision {precision!r} needs a CUDA device; the CPU runs fp32')
+        if precision == 'fp16' and self.device.type != 'cuda':
+            raise InputError(f'precision {precision!r} needs a CUDA device; the CPU runs fp32 or bf16')
+        if precision == 'bf16' and self.device.type == 'cpu' and not cpu_has_native_bf16():
+            # Emulated bfloat16 is slower than float32: refuse rather than slow the robot down.
+            raise InputError("precision 'bf16' on the CPU needs native bfloat16 (AVX512-BF16 or AMX), "
+                             'which this CPU lacks; use fp32')
         self.precision: Precision = precision
         if checkpoint.config.in_channels != checkpoint.contract.channels:
             raise InputError(f'checkpoint model takes {checkpoint.config.in_channels} channel(s) but its input '

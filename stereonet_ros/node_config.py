@@ -83,7 +83,8 @@ class NodeConfig:
         'read-only (as stereo_image_proc)', read_only=True)
     checkpoint: str = _param('', "StereoNet checkpoint (.safetensors, or a seed .ckpt); '' = the bundled default")
     device: str = _param('auto', "Inference device: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:N'")
-    precision: Precision = _param('fp32', "Inference precision; 'fp16' and 'bf16' need a CUDA device",
+    precision: Precision = _param('fp32', "Inference precision; 'fp16' needs a CUDA device, 'bf16' a GPU or a CPU "
+                                  'with native bfloat16 (AVX512-BF16, AMX)',
                                   choices=('fp32', 'fp16', 'bf16'))
     min_disparity: float = _param(
         0.0, 'Smallest valid disparity, pixels (DisparityImage.min_disparity); smaller values are invalid '

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from stereonet_ros.image_codec import BT601_WEIGHTS
+from stereonet_ros import inference
 from stereonet_ros.inference import (InputError, Predictor, UntrainedPlaceholderWarning,
                                      placeholder_checkpoint, resolve_device, to_contract_color)
 from stereonet_ros.model.checkpoint import Checkpoint, load_checkpoint
@@ -133,6 +134,23 @@ def test_bad_device_and_precision_are_refused() -> None:
             Predictor(placeholder_checkpoint(), device='cpu', precision='fp16')
         with pytest.raises(InputError, match="precision 'fp8'"):
             Predictor(placeholder_checkpoint(), device='cpu', precision='fp8')  # type: ignore[arg-type]
+
+
+def test_cpu_bf16_is_refused_where_emulated_and_close_to_fp32_where_native(
+        monkeypatch: pytest.MonkeyPatch, seed_checkpoint_path: Path, seed_reference: dict[str, np.ndarray]) -> None:
+    monkeypatch.setattr(inference, 'cpu_has_native_bf16', lambda: False)
+    with pytest.raises(InputError, match="precision 'bf16' on the CPU needs native bfloat16"):
+        Predictor.from_checkpoint(seed_checkpoint_path, device='cpu', precision='bf16')
+    # Where it is native it is fast; elsewhere autocast emulates it, slowly but with the same numbers.
+    monkeypatch.setattr(inference, 'cpu_has_native_bf16', lambda: True)
+    reduced = Predictor.from_checkpoint(seed_checkpoint_path, device='cpu', precision='bf16')
+    full = Predictor.from_checkpoint(seed_checkpoint_path, device='cpu')
+    left_tensor, right_tensor = full.preprocess(seed_reference['left_96x160'].astype(np.uint8),
+                                                seed_reference['right_96x160'].astype(np.uint8))
+    bf16, fp32 = reduced.run(left_tensor, right_tensor), full.run(left_tensor, right_tensor)
+    assert bf16.dtype == torch.float32  # the disparity itself is never rounded to bfloat16
+    # Random seed weights: a scale for "close" is the disparity's own spread.
+    assert (bf16 - fp32).abs().mean() < 0.05 * fp32.std()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (run on the lent device machine)')

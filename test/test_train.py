@@ -17,8 +17,8 @@ from stereonet_ros.data.synthetic import SyntheticConfig, SyntheticStereoDataset
 from stereonet_ros.model.checkpoint import load_checkpoint
 from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig
 from stereonet_ros.training.loss import stereo_pyramid_loss
-from stereonet_ros.training.train import (StepBatches, TrainConfig, autocast_dtype_for, learning_rate, normalize,
-                                         train)
+from stereonet_ros.precision import autocast_dtype_for
+from stereonet_ros.training.train import StepBatches, TrainConfig, learning_rate, normalize, train
 
 TINY = [
     'model.max_disparity=64', 'data.max_disparity=64', 'data.height=64', 'data.width=128',

@@ -44,6 +44,7 @@ from stereonet_ros.config import ConfigError, load, to_dict
 from stereonet_ros.data.synthetic import SyntheticConfig, SyntheticStereoDataset, worker_init_fn
 from stereonet_ros.model.checkpoint import Checkpoint, InputContract, save_checkpoint
 from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig, to_channels_last
+from stereonet_ros.precision import autocast_dtype_for, cpu_has_native_bf16
 from stereonet_ros.training.loss import stereo_pyramid_loss
 
 PROGRAM = 'stereonet-train'
@@ -133,29 +134,6 @@ class TrainConfig:
 
 
 # --- pieces ----------------------------------------------------------------------------------------
-
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 convolutions natively here (AVX512-BF16 or AMX), not emulated."""
-    return bool(torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
-                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def autocast_dtype_for(precision: str, device_type: str, native_cpu_bf16: bool) -> torch.dtype | None:
-    """The autocast dtype ``precision`` means on ``device_type``; ``None`` = train in float32.
-
-    On a CPU only bfloat16 with native support is worth it (measured 0.61x the float32 step time on an
-    AVX512-BF16 core, gradients' cosine similarity 0.99999 with float32's); emulated bfloat16 and
-    float16 are slower there than float32.
-    """
-    if precision == 'fp32':
-        return None
-    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
-    if device_type == 'cuda':
-        return dtype
-    if device_type == 'cpu' and dtype == torch.bfloat16 and native_cpu_bf16:
-        return dtype
-    return None
-
 
 def learning_rate(config: TrainConfig, step: int) -> float:
     """The rate for optimizer step ``step`` (0-based): linear warm-up, then exponential step decay."""
