@@ -7,7 +7,8 @@ other: the baseline is the network as the seed runs it (``model.eval()``, NCHW, 
 glibc's default allocator, ``torch.no_grad``); ours is ``Predictor.run`` (BatchNorm folded,
 channels-last, allocator tuned, ``torch.inference_mode``). Both use the same weights and inputs.
 Rounds alternate baseline and ours; the table gives the median forward over all rounds, the ratio
-ours / baseline, and each process's peak resident memory. On a GPU machine, CUDA rows are added.
+ours / baseline, and each process's peak resident memory. ``ours-bf16`` (``precision=bf16``) is added on a
+CPU with native bfloat16 and on a GPU, ``ours-fp16`` on a GPU; on a GPU machine, CUDA rows are added.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ if variant == 'baseline':
         with torch.no_grad():
             return model(left, right)
 else:
-    predictor = Predictor(loaded, device=device, precision='fp16' if variant == 'ours-fp16' else 'fp32')
+    predictor = Predictor(loaded, device=device, precision=variant.removeprefix('ours-') if '-' in variant else 'fp32')
     left, right = left.to(device), right.to(device)
     def forward():
         return predictor.run(left, right)
@@ -70,13 +71,16 @@ def main() -> int:
     arguments = parser.parse_args()
 
     import torch
+
+    from stereonet_ros.precision import cpu_has_native_bf16
     devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     print(f'# StereoNet forward, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, '
           f'checkpoint {arguments.checkpoint}; median of {arguments.repeats} x {arguments.rounds} forwards')
     print('| device | size | variant | median s | ratio vs baseline | peak RSS MiB | peak CUDA MiB |')
     print('| --- | --- | --- | --- | --- | --- | --- |')
     for device in devices:
-        variants = ['baseline', 'ours'] + (['ours-fp16'] if device == 'cuda' else [])
+        variants = ['baseline', 'ours'] + (['ours-bf16'] if device == 'cuda' or cpu_has_native_bf16() else []) + (
+            ['ours-fp16'] if device == 'cuda' else [])
         for size in SIZES:
             pooled = alternate(variants, arguments.rounds, functools.partial(
                 measure, device=device, size=size, repeats=arguments.repeats, checkpoint=arguments.checkpoint))

@@ -82,6 +82,7 @@ def test_resume_after_an_interruption_gives_the_same_steps_as_a_straight_run(tmp
         assert train(config, tmp_path / 'straight', progress=False) == 4
         assert train(config, tmp_path / 'resumed', stop_after=2, progress=False) == 2
         assert _state(tmp_path / 'resumed')['step'] == 2
+        first_session_s = float(_state(tmp_path / 'resumed')['wall_s'])  # type: ignore[arg-type]
         assert train(config, tmp_path / 'resumed', progress=False) == 4
     finally:
         torch.set_num_threads(os.cpu_count() or 1)
@@ -93,6 +94,9 @@ def test_resume_after_an_interruption_gives_the_same_steps_as_a_straight_run(tmp
     resumed_rows = {int(row['step']): float(row['loss'])
                     for row in csv.DictReader((tmp_path / 'resumed' / 'log.csv').open()) if row['loss']}
     assert rows[3] == resumed_rows[3] and rows[4] == resumed_rows[4]  # the step after the resume, and the next
+    # The log's wall clock keeps counting across the interruption instead of starting again from 0.
+    walls = [float(row['wall_s']) for row in csv.DictReader((tmp_path / 'resumed' / 'log.csv').open())]
+    assert walls == sorted(walls) and walls[-1] > first_session_s > 0
     exported = load_checkpoint(tmp_path / 'straight' / 'model_latest.safetensors')
     assert exported.provenance['steps'] == 4 and exported.provenance['trained'] is True
     assert exported.config == config.model and exported.contract.pad_multiple == 8

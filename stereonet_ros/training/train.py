@@ -301,16 +301,19 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
 
     step = 0
     best_epe = math.inf
+    wall_before = 0.0  # training seconds of earlier sessions of this run, so log.csv's wall_s keeps counting
     if state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=True)
         model.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
         step = int(state['step'])
         best_epe = float(state.get('best_epe', math.inf))
+        wall_before = float(state.get('wall_s', 0.0))
         if distributed.is_main:
             print(f'{PROGRAM}: resuming {output_dir} at step {step}', file=sys.stderr)
     if step >= config.steps:
         return step
+    started = time.time()
 
     runner: torch.nn.Module = model
     if distributed.world > 1:
@@ -336,7 +339,7 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
         if not distributed.is_main:
             return
         _atomic_torch_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
-                            'best_epe': best_epe}, state_path)
+                            'best_epe': best_epe, 'wall_s': wall_before + time.time() - started}, state_path)
         _atomic_checkpoint(_export(model, config, step), output_dir / 'model_latest.safetensors')
 
     stop: list[str] = []
@@ -360,7 +363,7 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
         writer.writeheader()
     tensorboard = _tensorboard(output_dir) if distributed.is_main else None
     bar = _progress_bar(step, config.steps, enabled=progress and distributed.is_main)
-    started, window_start, window_samples, losses = time.time(), time.time(), 0, []
+    window_start, window_samples, losses = time.time(), 0, []
     try:
         for batch in loader:
             rate = learning_rate(config, step)
@@ -400,7 +403,7 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
             row: dict[str, Any] = {}
             if step % config.log_every == 0 or step == last_step:
                 elapsed = time.time() - window_start
-                row.update(step=step, wall_s=round(time.time() - started, 1),
+                row.update(step=step, wall_s=round(wall_before + time.time() - started, 1),
                            samples_per_s=round(window_samples / max(elapsed, 1e-9), 3),
                            loss=round(float(np.mean(losses)), 5), lr=rate)
                 window_start, window_samples, losses = time.time(), 0, []
