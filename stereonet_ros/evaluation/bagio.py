@@ -26,11 +26,11 @@ from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 from rosbags.typesys import Stores, get_typestore
 
 from stereonet_ros.camera import StereoCamera
-from stereonet_ros.geometry import CloudBuffer, pointcloud2_buffer, reproject_to_3d
+from stereonet_ros.geometry import CloudBuffer
 from stereonet_ros.image_codec import array_to_image_fields
 
 if TYPE_CHECKING:  # processing imports torch; bags of ground truth are written without it
-    from stereonet_ros.processing import StereoOutputs
+    from stereonet_ros.processing import StereoOutputs, ValidWindow
 
 Storage = Literal['mcap', 'sqlite3']
 STORAGES: tuple[Storage, ...] = ('mcap', 'sqlite3')
@@ -97,7 +97,8 @@ def camera_info_messages(camera: StereoCamera, stamp_ns: int, right_frame_id: st
 
 
 def disparity_message(disparity: npt.NDArray[np.float32], camera: StereoCamera, stamp_ns: int,
-                      min_disparity: float, max_disparity: float, delta_d: float = 1.0 / 16.0) -> Any:
+                      min_disparity: float, max_disparity: float, delta_d: float = 1.0 / 16.0,
+                      valid_window: ValidWindow | None = None) -> Any:
     """``stereo_msgs/DisparityImage``: ``disparity`` is already in its convention (offset removed).
 
     Args:
@@ -105,14 +106,17 @@ def disparity_message(disparity: npt.NDArray[np.float32], camera: StereoCamera, 
         min_disparity, max_disparity: the range searched, pixels, DisparityImage convention.
         delta_d: smallest step of the values; 1/16 as stereo_image_proc's block matchers (our values
             are continuous floats, so any consumer's division by it stays finite).
+        valid_window: the region holding values, ``None`` = the whole image.
     """
     values = np.asarray(disparity, dtype=np.float32)
     if values.ndim != 2:
         raise BagWriteError(f'disparity must be (H, W), got shape {values.shape}')
     height, width = values.shape
+    window = _roi(width, height) if valid_window is None else _roi(
+        valid_window.width, valid_window.height, valid_window.x_offset, valid_window.y_offset)
     return _type(DISPARITY_IMAGE)(
         header=header(stamp_ns, camera.frame_id), image=image_message(values, '32FC1', stamp_ns, camera.frame_id),
-        f=float(camera.focal), t=float(camera.baseline), valid_window=_roi(width, height),
+        f=float(camera.focal), t=float(camera.baseline), valid_window=window,
         min_disparity=float(min_disparity), max_disparity=float(max_disparity), delta_d=float(delta_d))
 
 
@@ -134,20 +138,6 @@ def depth_message(depth_m: npt.NDArray[np.float32], stamp_ns: int, frame_id: str
     return image_message(millimetres.astype(np.uint16), '16UC1', stamp_ns, frame_id)
 
 
-def pointcloud_message(disparity: npt.NDArray[np.float32], camera: StereoCamera, stamp_ns: int,
-                       rgb: npt.NDArray[np.uint8] | None, min_disparity: float = 0.0) -> Any:
-    """Organized ``sensor_msgs/PointCloud2`` as stereo_image_proc's PointCloudNode builds it.
-
-    Args:
-        disparity: ``(H, W)`` float32, DisparityImage convention (offset removed).
-        rgb: ``(H, W, 3)`` uint8 colours of the left image, or None for an xyz-only cloud.
-    """
-    points = reproject_to_3d(disparity, camera, min_disparity)  # (H, W, 3) float32, NaN = no depth
-    height, width = points.shape[:2]
-    return cloud_message(pointcloud2_buffer(points, rgb, avoid_padding=False), height, width, stamp_ns,
-                         camera.frame_id)
-
-
 def cloud_message(cloud: CloudBuffer, height: int, width: int, stamp_ns: int, frame_id: str) -> Any:
     """An organized ``sensor_msgs/PointCloud2`` of ``height`` rows of ``width`` points, ``is_dense`` false."""
     point_field = _type('sensor_msgs/msg/PointField')
@@ -165,14 +155,10 @@ def node_output_messages(outputs: StereoOutputs, camera: StereoCamera, stamp_ns:
     the outputs that were computed; fields are filled as ``stereonet_ros.ros.messages`` fills them.
     """
     frame = camera.frame_id
-    window = outputs.valid_window
     height, width = outputs.disparity.shape
-    messages: dict[str, Any] = {'disparity': _type(DISPARITY_IMAGE)(
-        header=header(stamp_ns, frame), image=image_message(outputs.disparity, '32FC1', stamp_ns, frame),
-        f=float(camera.focal), t=float(camera.baseline),
-        valid_window=_roi(window.width, window.height, window.x_offset, window.y_offset),
-        min_disparity=float(outputs.min_disparity), max_disparity=float(outputs.max_disparity),
-        delta_d=float(outputs.delta_d))}
+    messages: dict[str, Any] = {'disparity': disparity_message(
+        outputs.disparity, camera, stamp_ns, outputs.min_disparity, outputs.max_disparity, outputs.delta_d,
+        outputs.valid_window)}
     if outputs.depth is not None:
         messages['depth'] = depth_message(outputs.depth, stamp_ns, frame)
     if outputs.cloud is not None:
