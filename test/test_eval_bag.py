@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 from rosbags.highlevel import AnyReader
 
+from stereonet_ros import inference
 from stereonet_ros.cli import eval_bag, infer, make_bag
 from stereonet_ros.evaluation.bag_eval import PredictorSource, write_frame_outputs
 from stereonet_ros.evaluation.bagio import TYPESTORE, open_bag_writer
@@ -147,6 +148,34 @@ def test_eval_bag_scores_equal_stereonet_infer_on_the_same_images(evaluated: dic
         assert float(row['epe']) == pytest.approx(scores.epe, rel=1e-5)
         assert float(row['bad3']) == pytest.approx(scores.bad3, rel=1e-5)
         assert float(row['model_ms']) > 0
+
+
+def test_precision_reaches_the_predictor_and_a_refused_one_exits_with_one_line(
+        dataset: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        placeholder_checkpoint_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    left, right, _ = dataset['files'][0]
+    common = ['--device', 'cpu', '--checkpoint', str(placeholder_checkpoint_path)]
+    monkeypatch.setattr(inference, 'cpu_has_native_bf16', lambda: True)  # emulated where not native: same numbers
+    fp32_out, bf16_out = tmp_path / 'fp32.npy', tmp_path / 'bf16.npy'
+    for out, precision in ((fp32_out, 'fp32'), (bf16_out, 'bf16')):
+        code, _, err = _run_main(infer.main, [str(left), str(right), '--out', str(out), '--precision', precision,
+                                              *common], capsys)
+        assert code == 0, err
+    fp32, bf16 = np.load(fp32_out), np.load(bf16_out)
+    assert not np.array_equal(fp32, bf16)  # bf16 did run: its convolutions round differently
+    assert np.abs(fp32 - bf16).mean() < 0.05 * fp32.std()
+    write_stereo_bag(tmp_path / 'bag', dataset['pairs'][:1], gt='none')
+    code, _, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(tmp_path / 'report'),
+                                             '--precision', 'bf16', *common], capsys)
+    assert code == 0, err
+    assert '- Device: `cpu`, precision `bf16`' in (tmp_path / 'report' / 'report.md').read_text()
+    assert json.loads((tmp_path / 'report' / 'metrics.json').read_text())['precision'] == 'bf16'
+    for main, arguments in ((infer.main, [str(left), str(right), '--out', str(tmp_path / 'x.npy')]),
+                            (eval_bag.main, [str(tmp_path / 'bag'), '--out', str(tmp_path / 'refused')])):
+        code, stdout, err = _run_main(main, [*arguments, '--precision', 'fp16', *common], capsys)
+        assert code != 0 and stdout == ''
+        assert err.strip().count('\n') == 0 and "precision 'fp16' needs a CUDA device" in err
+    assert not _report_files(tmp_path / 'refused')
 
 
 def test_metrics_json_has_the_overall_scores_depth_and_timing(evaluated: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stereonet_ros.cli import PRECISION_HELP, PRECISIONS
 from stereonet_ros.evaluation.replay import (DEFAULT_LEFT_INFO_TOPIC, DEFAULT_LEFT_TOPIC, DEFAULT_QUEUE_SIZE,
                                              DEFAULT_RIGHT_INFO_TOPIC, DEFAULT_RIGHT_TOPIC)
 from stereonet_ros.evaluation.through_node import (DEFAULT_ANSWER_TIMEOUT, DEFAULT_STARTUP_TIMEOUT, NodeProcess,
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--checkpoint', type=Path,
                         help='stereonet_ros .safetensors or seed Lightning .ckpt (default: the bundled checkpoint)')
     parser.add_argument('--device', help="'auto' (CUDA when available; the default), 'cpu', 'cuda', 'cuda:N'")
+    parser.add_argument('--precision', choices=PRECISIONS, help=PRECISION_HELP)
     parser.add_argument('--write-bag', action='store_true',
                         help='also write DIR/output_bag (mcap): /disparity, /points2, /depth on the input stamps')
     parser.add_argument('--max-frames', type=int, help='stop after this many pairs')
@@ -118,9 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         if arguments.max_frames is not None:
             fail(PROGRAM, '--max-frames is not supported with --through-node (the bag is played whole)', status=2)
-        if arguments.use_running_node and (arguments.checkpoint or arguments.device or arguments.node_executable):
-            fail(PROGRAM, '--checkpoint, --device and --node-executable configure a node this run starts; with '
-                 '--use-running-node set them on the running node', status=2)
+        if arguments.use_running_node and (arguments.checkpoint or arguments.device or arguments.precision
+                                           or arguments.node_executable):
+            fail(PROGRAM, '--checkpoint, --device, --precision and --node-executable configure a node this run '
+                 'starts; with --use-running-node set them on the running node', status=2)
     try:
         config = ReplayConfig(left_topic=arguments.left_topic, right_topic=arguments.right_topic,
                               left_info_topic=arguments.left_info_topic, right_info_topic=arguments.right_info_topic,
@@ -142,13 +145,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter('always', UntrainedPlaceholderWarning)
-                    predictor = Predictor.from_checkpoint(arguments.checkpoint, device=device)
+                    predictor = Predictor.from_checkpoint(arguments.checkpoint, device=device,
+                                                          precision=arguments.precision or 'fp32')
                 for warning in caught:
                     print(f'{PROGRAM}: warning: {warning.message}', file=sys.stderr)
                 provenance = predictor.checkpoint.provenance
                 info = RunInfo(checkpoint=str(arguments.checkpoint) if arguments.checkpoint else 'bundled default',
                                checkpoint_note=str(provenance.get('note', '')), placeholder=predictor.is_placeholder,
-                               device=str(predictor.device), command=command, git_sha=git_sha(), created=created)
+                               device=str(predictor.device), command=command, git_sha=git_sha(),
+                               created=created, precision=predictor.precision)
                 source, max_disparity = PredictorSource(predictor), predictor.contract.max_disparity
             bag_path = staging.path / OUTPUT_BAG_NAME
             with open_bag_writer(bag_path, 'mcap') if arguments.write_bag else nullcontext(None) as output_bag:
@@ -198,13 +203,15 @@ class NodeRun:
     checkpoint_note: str
     placeholder: bool
     device: str
+    precision: str
     max_disparity: float  # the network's largest image shift, pixels (output bag bounds)
 
     def run_info(self, command: str, git: str, created: str) -> RunInfo:
         from stereonet_ros.evaluation.report import RunInfo
 
         return RunInfo(checkpoint=self.checkpoint, checkpoint_note=self.checkpoint_note, placeholder=self.placeholder,
-                       device=self.device, command=command, git_sha=git, created=created)
+                       device=self.device, command=command, git_sha=git, created=created,
+                       precision=self.precision)
 
     def annotate(self, result: EvaluationResult) -> None:
         """Add the playback's numbers to ``metrics.json`` (``through_node``) and notes to the report."""
@@ -264,7 +271,8 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
                                   f'{"of the environment" if domain is None else domain})'), playback, settings,
                        started=False, checkpoint=label, checkpoint_note=diagnostics.get('checkpoint provenance', ''),
                        placeholder=diagnostics.get('placeholder') == 'true',
-                       device=diagnostics.get('device', 'unknown'), max_disparity=192.0)
+                       device=diagnostics.get('device', 'unknown'), precision=diagnostics.get('precision', 'unknown'),
+                       max_disparity=192.0)
     # The checkpoint is checked here first, so that a bad path is one line from us, not a node log.
     checkpoint_path = arguments.checkpoint.resolve() if arguments.checkpoint else None
     if checkpoint_path is not None:
@@ -274,7 +282,8 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
     node_folder = folder / 'node'
     node_folder.mkdir()
     with NodeProcess(node_folder, settings.domain_id or 0, str(checkpoint_path) if checkpoint_path else None,
-                     arguments.device or 'auto', executable=arguments.node_executable) as node:
+                     arguments.device or 'auto', executable=arguments.node_executable,
+                     extra_parameters={'precision': arguments.precision or 'fp32'}) as node:
         playback = play_through_node(arguments.bags, config, settings, node_failure=node.failure)
     description = (f'stereonet_node over DDS (started by this run, ROS domain {settings.domain_id}, '
                    f'use_sim_time, {settings.rate:g} x the recorded rate)')
@@ -283,6 +292,7 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
                    checkpoint=str(arguments.checkpoint) if arguments.checkpoint else 'bundled default',
                    checkpoint_note=str(checkpoint.provenance.get('note', '')),
                    placeholder=bool(checkpoint.provenance.get('placeholder')), device=device,
+                   precision=playback.node_diagnostics.get('precision', arguments.precision or 'fp32'),
                    max_disparity=float(checkpoint.contract.max_disparity))
 
 

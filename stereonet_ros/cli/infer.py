@@ -15,6 +15,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from stereonet_ros.cli import PRECISION_HELP, PRECISIONS
+
 PROGRAM = 'stereonet-infer'
 
 
@@ -29,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--checkpoint', type=Path,
                         help='stereonet_ros .safetensors or seed Lightning .ckpt (default: the bundled checkpoint)')
     parser.add_argument('--device', default='auto', help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'")
+    parser.add_argument('--precision', default='fp32', choices=PRECISIONS, help=PRECISION_HELP)
     return parser
 
 
@@ -55,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f'{arguments.right} is {right.shape[1]}x{right.shape[0]}; a rectified pair has one size')
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always', UntrainedPlaceholderWarning)
-            predictor = Predictor.from_checkpoint(arguments.checkpoint, device=arguments.device)
+            predictor = Predictor.from_checkpoint(arguments.checkpoint, device=arguments.device,
+                                                  precision=arguments.precision)
         for warning in caught:
             print(f'{PROGRAM}: warning: {warning.message}', file=sys.stderr)
         disparity = predictor.predict(left, right)

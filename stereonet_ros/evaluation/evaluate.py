@@ -36,12 +36,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from stereonet_ros.cli import PRECISION_HELP, PRECISIONS
 from stereonet_ros.evaluation.metrics import DisparityMetrics, MetricAccumulator
+
+if TYPE_CHECKING:  # the inference module loads torch; --help answers without it
+    from stereonet_ros.inference import Precision
 
 PROGRAM = 'stereonet-evaluate'
 HELD_OUT_SEED = 2_000_003
@@ -233,7 +237,8 @@ def tune_sgbm(max_disparity: float, samples: int = 12) -> tuple[SgbmParams, dict
 
 
 def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto', synthetic_samples: int = 32,
-             with_sgbm: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+             with_sgbm: bool = True, log: Callable[[str], None] = print,
+             precision: Precision = 'fp32') -> dict[str, Any]:
     """Score the checkpoint (and SGBM) on every set. Returns the JSON-ready results."""
     import warnings
 
@@ -241,7 +246,7 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
 
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UntrainedPlaceholderWarning)
-        predictor = Predictor.from_checkpoint(checkpoint, device=device)
+        predictor = Predictor.from_checkpoint(checkpoint, device=device, precision=precision)
     max_disparity = float(predictor.contract.max_disparity)
     tuned: SgbmParams | None = None
     tuning: dict[str, float] = {}
@@ -253,6 +258,7 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
         'placeholder': predictor.is_placeholder,
         'provenance': predictor.checkpoint.provenance,
         'device': str(predictor.device),
+        'precision': predictor.precision,
         'max_disparity': max_disparity,
         'sgbm_tuned_params': dataclasses.asdict(tuned) if tuned else None,
         'sgbm_tuning': tuning,
@@ -295,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--sets', default='synthetic,motorcycle', help=f'comma-separated: {", ".join(KNOWN_SETS)}')
     parser.add_argument('--synthetic-samples', type=int, default=32, help='held-out synthetic pairs to score')
     parser.add_argument('--device', default='auto')
+    parser.add_argument('--precision', default='fp32', choices=PRECISIONS, help=PRECISION_HELP)
     parser.add_argument('--no-sgbm', action='store_true', help='skip the SGBM baselines')
     parser.add_argument('--out', type=Path, help='also write the results as JSON here')
     arguments = parser.parse_args(argv)
@@ -307,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(PROGRAM, f'--synthetic-samples {arguments.synthetic_samples}: must be >= 1', status=2)
     sets = [spec.strip() for spec in arguments.sets.split(',') if spec.strip()]
     try:
-        results = evaluate(arguments.checkpoint, sets, device=arguments.device,
+        results = evaluate(arguments.checkpoint, sets, device=arguments.device, precision=arguments.precision,
                            synthetic_samples=arguments.synthetic_samples, with_sgbm=not arguments.no_sgbm,
                            log=lambda text: print(f'{PROGRAM}: {text}', file=sys.stderr))
     except (EvaluationError, CheckpointError, InputError) as err:

@@ -57,6 +57,7 @@ class RunInfo:
     command: str
     git_sha: str
     created: str  # ISO 8601, UTC
+    precision: str = 'fp32'  # inference precision (the Predictor's / the node's parameter)
 
 
 class ReportFolder:
@@ -179,6 +180,7 @@ def metrics_document(result: EvaluationResult, info: RunInfo) -> dict[str, Any]:
         'source': result.source,
         'checkpoint': {'path': info.checkpoint, 'placeholder': info.placeholder, 'note': info.checkpoint_note},
         'device': info.device,
+        'precision': info.precision,
         'bags': [{'path': b.path, 'topics': b.topics, **asdict(b.counters)} for b in result.bags],
         'replay': asdict(result.config),
         'skipped': skipped,
@@ -373,7 +375,7 @@ def _markdown(result: EvaluationResult, info: RunInfo, metrics: dict[str, Any],
     lines = ['# Stereo depth on recorded bags', '']
     lines += [f'- {note}' for note in _notes(result, info)]
     lines += ['', '## Run', '',
-              f'- Source: {result.source}', f'- Device: `{info.device}`',
+              f'- Source: {result.source}', f'- Device: `{info.device}`, precision `{info.precision}`',
               f'- Checkpoint: `{info.checkpoint}`' + (f' ({info.checkpoint_note})' if info.checkpoint_note else ''),
               f'- Command: `{info.command}`', f'- Git: `{info.git_sha}`; created {info.created}']
     lines += [f'- Bag: {line}' for line in _bag_lines(metrics)]
@@ -422,7 +424,8 @@ def _html(result: EvaluationResult, info: RunInfo, metrics: dict[str, Any], fold
     for note in _notes(result, info):
         css = ' class="warn"' if 'UNTRAINED' in note else ''
         body.append(f'<p{css}>{_inline_markdown(note)}</p>')
-    run = [f'Source: {esc(result.source)}', f'Device: <code>{esc(info.device)}</code>',
+    run = [f'Source: {esc(result.source)}',
+           f'Device: <code>{esc(info.device)}</code>, precision <code>{esc(info.precision)}</code>',
            f'Checkpoint: <code>{esc(info.checkpoint)}</code> {esc(info.checkpoint_note)}',
            f'Command: <code>{esc(info.command)}</code>',
            f'Git: <code>{esc(info.git_sha)}</code>; created {esc(info.created)}']
