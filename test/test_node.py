@@ -423,7 +423,7 @@ def test_a_bad_input_is_dropped_with_a_warning_and_the_next_good_pair_is_process
 def test_run_time_parameter_changes_are_applied_or_refused_with_a_reason(client: Client, pair: Any,
                                                                          tmp_path: Path) -> None:
     left, right = pair
-    result = client.set_parameter('min_disparity', 40.0)
+    result = client.set_parameter('min_disparity', 40)  # an integer, as stereo_image_proc declares it
     assert result.successful, result.reason
     disparity = client.send_good(left, right, topics=('disparity',))['disparity']
     assert disparity.min_disparity == 40.0
@@ -432,6 +432,7 @@ def test_run_time_parameter_changes_are_applied_or_refused_with_a_reason(client:
 
     refused = {
         'min_disparity': (-5.0, ''),  # out of the declared range: rclpy refuses it
+        'inference_scale': (2, 'inference_scale=2.0: must be in'),  # an integer out of range: NodeConfig refuses it
         'queue_size': (0, ''),
         'device': ('tpu', "device='tpu'"),
         'precision': ('fp16', 'needs a CUDA device'),
@@ -482,3 +483,38 @@ def test_an_unusable_start_up_configuration_exits_non_zero_with_one_line_saying_
                                timeout=120)
     assert completed.returncode == status, completed.stderr
     assert message in completed.stderr and 'Traceback' not in completed.stderr
+
+
+def test_the_shipped_params_file_applies_under_a_namespace_and_doubles_take_integers(
+        tmp_path: Path, placeholder_checkpoint_path: Path) -> None:
+    """``ros2 launch ... namespace:=stereo`` with config/stereonet.yaml: the file must reach /stereo/stereonet_node.
+
+    stereo_image_proc declares ``min_disparity`` as an integer, so ported launch files pass ints.
+    """
+    document = yaml.safe_load((Path(__file__).resolve().parents[1] / 'config' / 'stereonet.yaml').read_text())
+    parameters = document['/**']['ros__parameters']
+    parameters.update(queue_size=7, min_disparity=3, checkpoint=str(placeholder_checkpoint_path), device='cpu')
+    params_file = tmp_path / 'stereonet.yaml'
+    params_file.write_text(yaml.safe_dump(document))
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
+               RCUTILS_LOGGING_BUFFERED_STREAM='0', PYTHONUNBUFFERED='1')
+    log = tmp_path / 'node.log'
+    with log.open('wb') as stream:
+        process = subprocess.Popen([str(NODE), '--ros-args', '-r', '__ns:=/stereo', '--params-file', str(params_file),
+                                    '-p', 'approximate_sync_tolerance_seconds:=1'],
+                                   stdout=stream, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + WAIT
+        while 'ready:' not in log.read_text(errors='replace') and process.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        text = log.read_text(errors='replace')
+        assert process.poll() is None, text  # an int for a double parameter would have stopped it
+        assert 'queue_size 7' in text and '/stereo/left/image_rect' in text, text
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -15,9 +15,9 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 
 def test_config_file_holds_every_parameter_with_its_default_under_the_node_name() -> None:
     document = yaml.safe_load((REPOSITORY / 'config' / 'stereonet.yaml').read_text())
-    parameters = document['stereonet_node']['ros__parameters']
+    parameters = document['/**']['ros__parameters']  # any namespace and node name
     assert parameters == NodeConfig().to_dict()
-    # Doubles must be written as floats: rcl refuses an integer for a double parameter.
+    # Written in the declared types (doubles with a decimal point), as `ros2 param dump` would.
     for name, value in parameters.items():
         assert type(value) is type(getattr(NodeConfig(), name)), name
 

@@ -18,7 +18,7 @@ the model does not run.
 
 Every QoS is overridable with the standard ``qos_overrides`` parameters, e.g. (a params file)::
 
-    stereonet_node:
+    /**:
       ros__parameters:
         qos_overrides:
           /left/image_rect:
@@ -100,6 +100,10 @@ def _descriptor(name: str, value: Any) -> ParameterDescriptor:
         elif isinstance(value, float):
             descriptor.floating_point_range = [FloatingPointRange(from_value=float(spec.low),
                                                                   to_value=float(spec.high), step=0.0)]
+    if isinstance(value, float):
+        # An integer is taken too (NodeConfig converts it and checks the range): stereo_image_proc declares
+        # min_disparity as an integer, so its launch arguments and params files pass ints.
+        descriptor.dynamic_typing = True
     return descriptor
 
 
