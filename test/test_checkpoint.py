@@ -229,3 +229,16 @@ def test_input_contract_checks_its_fields() -> None:
     with pytest.raises(CheckpointError, match='std values must be > 0'):
         InputContract(color='gray', left_mean=(1.0,), left_std=(0.0,), right_mean=(1.0,), right_std=(1.0,),
                       max_disparity=192)
+
+
+def test_without_the_safetensors_package_loading_says_how_to_install_it(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """rosdep has no key for safetensors: a robot installed from package.xml alone must get a clear reason."""
+    config = StereoNetConfig(feature_channels=8, cost_filter_channels=8, refiner_channels=8, max_disparity=64)
+    contract = InputContract(color='gray', left_mean=(127.5,), left_std=(127.5,), right_mean=(127.5,),
+                             right_std=(127.5,), max_disparity=64.0, pad_multiple=8)
+    path = tmp_path / 'weights.safetensors'
+    save_checkpoint(path, Checkpoint(config=config, contract=contract, state_dict=StereoNet(config).state_dict()))
+    monkeypatch.setitem(sys.modules, 'safetensors.torch', None)  # "import safetensors.torch" now raises ImportError
+    with pytest.raises(CheckpointError, match='needs the safetensors package.*pip install safetensors'):
+        load_checkpoint(path)

@@ -139,9 +139,22 @@ class Checkpoint:
 
 # --- our format -----------------------------------------------------------------------------------
 
+def _safetensors() -> Any:
+    """The ``safetensors.torch`` module; a clear CheckpointError where it is not installed.
+
+    rosdep has no key for it, so a ROS install from package.xml alone lacks it: say how to get it.
+    """
+    try:
+        import safetensors.torch
+    except ImportError as err:
+        raise CheckpointError('reading and writing .safetensors checkpoints needs the safetensors package, '
+                              f'which is not installed ({err}): pip install safetensors') from err
+    return safetensors.torch
+
+
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
     """Write ``checkpoint`` as safetensors with our JSON metadata in the header."""
-    from safetensors.torch import save_file
+    save_file = _safetensors().save_file
 
     metadata = {
         'format': FORMAT_NAME,
@@ -175,8 +188,8 @@ def _read_safetensors_metadata(path: Path) -> dict[str, str]:
 
 
 def _load_ours(path: Path) -> Checkpoint:
+    load_file = _safetensors().load_file
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     metadata_text = _read_safetensors_metadata(path).get(METADATA_KEY)
     if metadata_text is None:
