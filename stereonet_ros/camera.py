@@ -122,18 +122,50 @@ def _projection(info: CameraInfoLike, side: str) -> npt.NDArray[np.float64]:
     return p
 
 
+def _reduced(info: CameraInfoLike, p: npt.NDArray[np.float64], side: str) -> tuple[npt.NDArray[np.float64], int, int]:
+    """``(P, width, height)`` of the image the driver actually sends, as image_geometry computes them.
+
+    A camera_info describes the full-resolution calibration; with ``binning_x/y > 1`` or a region of
+    interest the image is smaller: ``P`` row 0 becomes ``(fx / bx, 0, (cx - roi.x_offset) / bx, Tx / bx)``,
+    row 1 likewise with ``by`` and ``roi.y_offset``, and the size ``roi size / binning`` (the whole
+    image when the ROI is all zeros). Binning 0 means 1, as in the message definition.
+    """
+    binning_x = max(int(getattr(info, 'binning_x', 0) or 0), 1)
+    binning_y = max(int(getattr(info, 'binning_y', 0) or 0), 1)
+    roi = getattr(info, 'roi', None)
+    x_offset = int(getattr(roi, 'x_offset', 0) or 0)
+    y_offset = int(getattr(roi, 'y_offset', 0) or 0)
+    roi_width = int(getattr(roi, 'width', 0) or 0)
+    roi_height = int(getattr(roi, 'height', 0) or 0)
+    width, height = int(info.width), int(info.height)
+    if roi_width == 0 and roi_height == 0 and x_offset == 0 and y_offset == 0:
+        roi_width, roi_height = width, height  # all zeros = the full image
+    elif roi_width <= 0 or roi_height <= 0 or x_offset + roi_width > width or y_offset + roi_height > height:
+        raise CameraModelError(f'{side} camera_info roi (x_offset {x_offset}, y_offset {y_offset}, {roi_width}x'
+                               f'{roi_height}) does not lie inside the {width}x{height} image')
+    if binning_x == 1 and binning_y == 1 and (roi_width, roi_height) == (width, height):
+        return p, width, height
+    reduced = p.copy()
+    reduced[0], reduced[2], reduced[3] = p[0] / binning_x, (p[2] - x_offset) / binning_x, p[3] / binning_x
+    reduced[5], reduced[6], reduced[7] = p[5] / binning_y, (p[6] - y_offset) / binning_y, p[7] / binning_y
+    return reduced, roi_width // binning_x, roi_height // binning_y
+
+
 def from_camera_infos(left: CameraInfoLike, right: CameraInfoLike) -> StereoCamera:
     """Build the stereo model from the left and right camera infos of a rectified pair.
+
+    Binning and a region of interest are applied as image_geometry applies them (:func:`_reduced`):
+    the model describes the images as they arrive.
 
     Raises:
         CameraModelError: P missing, mis-sized or all zeros; ``P_right[3] == 0`` (zero baseline:
             not a stereo pair, or the right camera's info is the left one's); a focal length
-            ``<= 0``; a negative baseline; the two sizes differ or are zero.
+            ``<= 0``; a negative baseline; the two sizes differ or are zero; an ROI outside the image.
     """
-    p_left = _projection(left, 'left')
-    p_right = _projection(right, 'right')
-    size_left = (int(left.width), int(left.height))
-    size_right = (int(right.width), int(right.height))
+    p_left, width_left, height_left = _reduced(left, _projection(left, 'left'), 'left')
+    p_right, width_right, height_right = _reduced(right, _projection(right, 'right'), 'right')
+    size_left = (width_left, height_left)
+    size_right = (width_right, height_right)
     if size_left != size_right:
         raise CameraModelError(f'left camera_info is {size_left[0]}x{size_left[1]} but right is '
                                f'{size_right[0]}x{size_right[1]}')

@@ -162,3 +162,31 @@ def test_rosbags_camera_info_messages_fit() -> None:
 
     camera = from_camera_infos(info(projection()), info(projection(cx=330.0, tx=-70.0)))
     assert camera.frame_id == 'cam0' and camera.baseline == pytest.approx(0.1)
+
+
+def test_binning_and_roi_are_applied_as_image_geometry_does() -> None:
+    """A driver sending a 2x2-binned crop: the model must describe the images it sends, and depth must not change."""
+    from sensor_msgs.msg import CameraInfo, RegionOfInterest
+
+    def info(tx: float, x_offset: int) -> CameraInfo:
+        msg = CameraInfo(width=1280, height=720, p=projection(fx=1000.0, fy=1000.0, cx=640.0, cy=360.0, tx=tx),
+                         binning_x=2, binning_y=2)
+        msg.roi = RegionOfInterest(x_offset=x_offset, y_offset=50, width=800, height=600)
+        return msg
+
+    camera = from_camera_infos(info(0.0, 100), info(-1000.0 * 0.065, 120))
+    assert (camera.width, camera.height) == (400, 300)
+    assert (camera.fx, camera.fy, camera.focal) == (500.0, 500.0, 500.0)
+    assert (camera.cx, camera.cy, camera.cx_right) == (270.0, 155.0, 260.0)
+    assert camera.baseline == pytest.approx(0.065)
+    # A point 2 m away: 32.5 px apart at full resolution; in the binned crops, shifted by the ROI offsets.
+    u_left, u_right = 700.0, 700.0 - 1000.0 * 0.065 / 2.0
+    shift = (u_left - 100) / 2 - (u_right - 120) / 2
+    disparity = camera.shift_to_disparity(np.array([[shift]], dtype=np.float32))
+    assert camera.focal * camera.baseline / float(disparity[0, 0]) == pytest.approx(2.0)
+    check_image_size(camera, 300, 400)
+
+    bad = info(-65.0, 100)
+    bad.roi = RegionOfInterest(x_offset=600, y_offset=0, width=800, height=600)
+    with pytest.raises(CameraModelError, match='right camera_info roi .* does not lie inside the 1280x720 image'):
+        from_camera_infos(info(0.0, 100), bad)
