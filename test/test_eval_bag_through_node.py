@@ -199,9 +199,6 @@ def test_a_node_that_never_starts_is_a_one_line_error_and_no_report(
 
 def test_a_running_node_is_used_as_it_is_and_reports_its_own_checkpoint(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, placeholder_checkpoint_path: Path) -> None:
-    import signal
-    import subprocess
-
     from stereonet_ros.evaluation.through_node import NodeProcess
 
     domain = _domain(29)
@@ -220,9 +217,4 @@ def test_a_running_node_is_used_as_it_is_and_reports_its_own_checkpoint(
         assert metrics['checkpoint']['path'] == str(placeholder_checkpoint_path) and metrics['device'] == 'cpu'
         assert metrics['checkpoint']['placeholder'] is True
     finally:
-        node.process.send_signal(signal.SIGINT)
-        try:
-            node.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            node.process.kill()
-            node.process.wait()
+        node.stop()

@@ -102,6 +102,27 @@ class NodeProcess:
     def text(self) -> str:
         return self.log.read_text(errors='replace')
 
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_node(folder: Path, params: dict[str, Any], *ros_arguments: str) -> NodeProcess:
+    """``stereonet_node --ros-args [ros_arguments] --params-file folder/params.yaml``, logging to folder/node.log."""
+    params_file = folder / 'params.yaml'
+    params_file.write_text(yaml.safe_dump(params))
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
+               RCUTILS_LOGGING_BUFFERED_STREAM='0', PYTHONUNBUFFERED='1')
+    log = folder / 'node.log'
+    with log.open('wb') as stream:
+        process = subprocess.Popen([str(NODE), '--ros-args', *ros_arguments, '--params-file', str(params_file)],
+                                   stdout=stream, stderr=subprocess.STDOUT, env=env)
+    return NodeProcess(process, log)
+
 
 @pytest.fixture(scope='module')
 def node_process(tmp_path_factory: pytest.TempPathFactory, placeholder_checkpoint_path: Path) -> Iterator[NodeProcess]:
@@ -116,22 +137,9 @@ def node_process(tmp_path_factory: pytest.TempPathFactory, placeholder_checkpoin
         'qos_overrides': {f'/{topic}': {'subscription': {'reliability': 'reliable', 'depth': 10}}
                           for topic in INPUT_TOPICS},
     }}}
-    params_file = folder / 'params.yaml'
-    params_file.write_text(yaml.safe_dump(params))
-    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
-               RCUTILS_LOGGING_BUFFERED_STREAM='0', PYTHONUNBUFFERED='1')
-    log = folder / 'node.log'
-    with log.open('wb') as stream:
-        process = subprocess.Popen([str(NODE), '--ros-args', '--params-file', str(params_file)],
-                                   stdout=stream, stderr=subprocess.STDOUT, env=env)
-    handle = NodeProcess(process, log)
+    handle = start_node(folder, params)
     yield handle
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    handle.stop()
     assert 'Traceback' not in handle.text(), handle.text()
 
 
@@ -494,27 +502,13 @@ def test_the_shipped_params_file_applies_under_a_namespace_and_doubles_take_inte
     document = yaml.safe_load((Path(__file__).resolve().parents[1] / 'config' / 'stereonet.yaml').read_text())
     parameters = document['/**']['ros__parameters']
     parameters.update(queue_size=7, min_disparity=3, checkpoint=str(placeholder_checkpoint_path), device='cpu')
-    params_file = tmp_path / 'stereonet.yaml'
-    params_file.write_text(yaml.safe_dump(document))
-    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
-               RCUTILS_LOGGING_BUFFERED_STREAM='0', PYTHONUNBUFFERED='1')
-    log = tmp_path / 'node.log'
-    with log.open('wb') as stream:
-        process = subprocess.Popen([str(NODE), '--ros-args', '-r', '__ns:=/stereo', '--params-file', str(params_file),
-                                    '-p', 'approximate_sync_tolerance_seconds:=1'],
-                                   stdout=stream, stderr=subprocess.STDOUT, env=env)
+    node = start_node(tmp_path, document, '-r', '__ns:=/stereo', '-p', 'approximate_sync_tolerance_seconds:=1')
     try:
         deadline = time.monotonic() + WAIT
-        while 'ready:' not in log.read_text(errors='replace') and process.poll() is None \
-                and time.monotonic() < deadline:
+        while 'ready:' not in node.text() and node.process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        text = log.read_text(errors='replace')
-        assert process.poll() is None, text  # an int for a double parameter would have stopped it
+        text = node.text()
+        assert node.process.poll() is None, text  # an int for a double parameter would have stopped it
         assert 'queue_size 7' in text and '/stereo/left/image_rect' in text, text
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        node.stop()
