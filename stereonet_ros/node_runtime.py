@@ -8,6 +8,8 @@
 - :class:`InputWatch`: notices inputs that arrive but never form a synchronized set (a missing
   camera_info, stamps that never match) and says which topic is at fault.
 - :class:`NodeStatistics`: rates, latency percentiles and counters for ``/diagnostics``.
+- :class:`StampedCache`: the latest few messages of an optional input by stamp (the colour image
+  the cloud takes its ``rgb`` from), looked up by the stamp of a synchronized set.
 
 Clocks are passed in (``now`` arguments, seconds, monotonic) so that tests need no sleeps.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -61,6 +63,33 @@ class LatestSlot(Generic[T]):
         with self._condition:
             self._closed = True
             self._condition.notify_all()
+
+
+class StampedCache(Generic[T]):
+    """The ``capacity`` most recently added items by stamp (ns), thread-safe; the oldest is evicted."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f'capacity must be >= 1, got {capacity}')
+        self._lock = threading.Lock()
+        self._items: OrderedDict[int, T] = OrderedDict()
+        self.capacity = capacity
+
+    def put(self, stamp_ns: int, item: T) -> None:
+        with self._lock:
+            self._items.pop(stamp_ns, None)
+            self._items[stamp_ns] = item
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def get(self, stamp_ns: int) -> T | None:
+        """The item with exactly this stamp, or None."""
+        with self._lock:
+            return self._items.get(stamp_ns)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
 
 
 def problem_kind(error: BaseException) -> str:

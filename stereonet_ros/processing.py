@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -47,6 +48,10 @@ from stereonet_ros.image_codec import ImageLike, to_model_input
 from stereonet_ros.image_io import colorize_disparity
 from stereonet_ros.inference import Predictor
 from stereonet_ros.node_config import NodeConfig
+
+
+ColourSource = npt.NDArray[np.uint8] | Callable[[], npt.NDArray[np.uint8] | None] | None
+"""Colours for the cloud: an ``(H, W, 3)`` uint8 array, a function returning one (or None), or None."""
 
 
 class StereoInputError(ValueError):
@@ -199,7 +204,7 @@ class StereoProcessor:
         return shift_array, confidence_array, float(self.predictor.contract.max_disparity) * ratio
 
     def process(self, left: npt.ArrayLike, right: npt.ArrayLike, camera: StereoCamera, config: NodeConfig,
-                outputs: OutputSelection, rgb: npt.NDArray[np.uint8] | None = None) -> StereoOutputs:
+                outputs: OutputSelection, rgb: ColourSource = None) -> StereoOutputs:
         """One pair -> the selected outputs' arrays.
 
         Args:
@@ -208,7 +213,9 @@ class StereoProcessor:
             config: the node's parameters (``min_disparity``, ``min_confidence``, ``inference_scale``,
                 ``use_color``, ``avoid_point_cloud_padding`` are used).
             outputs: which outputs to compute.
-            rgb: ``(H, W, 3)`` uint8 left colours for the cloud, or ``None`` (no rgb field).
+            rgb: ``(H, W, 3)`` uint8 left colours for the cloud, or ``None`` (no rgb field), or a function
+                returning either, called only when the cloud takes colour and only after the network ran
+                (so that a colour image published beside the pair has had time to arrive).
 
         Raises:
             StereoInputError: left and right sizes differ.
@@ -226,7 +233,10 @@ class StereoProcessor:
         shift, confidence, max_shift = self.infer(left_array, right_array, config.inference_scale, want_confidence)
         model_done = time.perf_counter()
 
-        result = postprocess(shift, confidence, max_shift, camera, config, outputs, rgb)
+        colours = rgb
+        if callable(colours):  # asked for only now, and only when the cloud takes colour
+            colours = colours() if outputs.points and config.use_color else None
+        result = postprocess(shift, confidence, max_shift, camera, config, outputs, colours)
         result.timings = {'model': model_done - start, 'post': time.perf_counter() - model_done}
         return result
 

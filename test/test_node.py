@@ -55,6 +55,7 @@ WAIT = 60.0  # seconds: generous for a loaded 2-core machine; the normal case ta
 OUTPUT_TOPICS = {'disparity': DisparityImage, 'points2': PointCloud2, 'depth': Image, 'confidence': Image,
                  'disparity/image_color': Image}
 INPUT_TOPICS = ('left/image_rect', 'right/image_rect', 'left/camera_info', 'right/camera_info')
+COLOR_TOPIC = 'left/image_rect_color'  # optional: the cloud's colours, as stereo_image_proc's point cloud node
 
 
 def make_pair(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -409,6 +410,39 @@ BAD_INPUTS = [
     (_missing_camera_info, 'nothing received on /right/camera_info'),
     (_stamps_never_match, 'although all inputs arrive'),
 ]
+
+
+def _rgb_field(cloud_msg: PointCloud2) -> np.ndarray:
+    points = cloud_array(cloud_msg)
+    return np.frombuffer(np.ascontiguousarray(points['rgb']).tobytes(), dtype='<u4').reshape(HEIGHT, WIDTH)
+
+
+def test_the_cloud_takes_its_colour_from_left_image_rect_color_when_one_has_the_set_stamp(client: Client,
+                                                                                          pair: Any) -> None:
+    """stereo_image_proc colours points2 from left/image_rect_color; the network still reads left/image_rect."""
+    left, right = pair
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    colour_publisher = client.node.create_publisher(Image, COLOR_TOPIC, qos)
+    assert client.spin_until(lambda: colour_publisher.get_subscription_count() > 0)
+    client.subscribe_outputs()
+    colour = np.zeros_like(left)
+    colour[:, :, 0], colour[:, :, 2] = 200, 7  # R 200, G 0, B 7 everywhere
+    stamp = client.stamp()
+    colour_publisher.publish(image_msg(colour, 'rgb8', stamp, 'left_optical'))
+    client.publish(client.good_set(stamp, left, right))
+    assert client.spin_until(lambda: stamp in client.received['points2'])
+    assert np.all(_rgb_field(client.received['points2'][stamp]) == (200 << 16) | 7)
+
+    # A colour image of another size is not used: the cloud is coloured from left/image_rect, with a warning.
+    start = len(client.node_process.text())
+    stamp = client.stamp()
+    colour_publisher.publish(image_msg(colour[:, :-8].copy(), 'rgb8', stamp, 'left_optical'))
+    client.publish(client.good_set(stamp, left, right))
+    assert client.spin_until(lambda: stamp in client.received['points2'])
+    packed = (left[:, :, 0].astype(np.uint32) << 16) | (left[:, :, 1].astype(np.uint32) << 8) | left[:, :, 2]
+    assert np.array_equal(_rgb_field(client.received['points2'][stamp]), packed)
+    client.wait_for_log(f'{COLOR_TOPIC} at stamp {stamp} not used for points2', start)
+    client.node.destroy_publisher(colour_publisher)
 
 
 @pytest.mark.parametrize(('make_bad', 'warning'), BAD_INPUTS, ids=[make.__name__[1:] for make, _ in BAD_INPUTS])

@@ -5,7 +5,8 @@ import threading
 
 import pytest
 
-from stereonet_ros.node_runtime import InputWatch, LatestSlot, NodeStatistics, WarningThrottle, problem_kind
+from stereonet_ros.node_runtime import (InputWatch, LatestSlot, NodeStatistics, StampedCache, WarningThrottle,
+                                        problem_kind)
 
 TOPICS = ('/left/image_rect', '/right/image_rect', '/left/camera_info', '/right/camera_info')
 
@@ -85,3 +86,17 @@ def test_statistics_give_rates_between_snapshots_and_latency_percentiles() -> No
     assert snapshot.latency_p50_ms == pytest.approx(250.0) and snapshot.model_p50_ms == pytest.approx(50.0)
     assert (snapshot.sets, snapshot.processed, snapshot.dropped, snapshot.skipped_no_subscriber,
             snapshot.bad_inputs) == (5, 4, 1, 1, 1)
+
+
+def test_stamped_cache_finds_exact_stamps_and_keeps_only_the_newest_capacity_items() -> None:
+    cache: StampedCache[str] = StampedCache(2)
+    cache.put(10, 'a')
+    cache.put(20, 'b')
+    assert (cache.get(10), cache.get(20), cache.get(15)) == ('a', 'b', None)
+    cache.put(10, 'a2')  # a re-sent stamp replaces the old item and becomes the newest
+    cache.put(30, 'c')  # evicts 20, the oldest added
+    assert (cache.get(10), cache.get(20), cache.get(30)) == ('a2', None, 'c')
+    cache.clear()
+    assert cache.get(30) is None
+    with pytest.raises(ValueError, match='capacity must be >= 1'):
+        StampedCache(0)

@@ -4,7 +4,8 @@ A drop-in for image_pipeline's stereo_image_proc (its DisparityNode and PointClo
 
 Subscriptions (relative names, so namespaces and remapping work; sensor-data QoS by default):
     ``left/image_rect``, ``right/image_rect`` (sensor_msgs/Image), ``left/camera_info``,
-    ``right/camera_info`` (sensor_msgs/CameraInfo), paired by exact or approximate stamps.
+    ``right/camera_info`` (sensor_msgs/CameraInfo), paired by exact or approximate stamps; optionally
+    ``left/image_rect_color``, the cloud's colours (by exact stamp; else the left image's).
 Publications (reliable, depth 1; each computed only while it has a subscriber):
     ``disparity`` (stereo_msgs/DisparityImage), ``points2`` (sensor_msgs/PointCloud2, organized),
     ``depth`` (REP 118, 32FC1 metres, NaN invalid), ``confidence`` (32FC1 in [0, 1]),
@@ -41,6 +42,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException
@@ -56,18 +59,22 @@ from diagnostic_msgs.msg import DiagnosticArray
 from stereonet_ros.camera import CameraModelError, from_camera_infos
 from stereonet_ros.config import ConfigError
 from stereonet_ros.geometry import GeometryError
-from stereonet_ros.image_codec import ImageCodecError
+from stereonet_ros.image_codec import ImageCodecError, to_model_input
 from stereonet_ros.inference import InputError, Predictor, UntrainedPlaceholderWarning
 from stereonet_ros.model.checkpoint import CheckpointError
 from stereonet_ros.node_config import MODEL_KEYS, PARAMETER_SPECS, SYNC_KEYS, NodeConfig
-from stereonet_ros.node_runtime import InputWatch, LatestSlot, NodeStatistics, WarningThrottle, problem_kind
-from stereonet_ros.processing import OutputSelection, StereoInputError, StereoProcessor, decode_pair
+from stereonet_ros.node_runtime import (InputWatch, LatestSlot, NodeStatistics, StampedCache, WarningThrottle,
+                                        problem_kind)
+from stereonet_ros.processing import OutputSelection, StereoInputError, StereoProcessor, decode_pair, to_rgb8
 from stereonet_ros.ros.messages import (diagnostic_array, disparity_message, float_image_message,
                                         pointcloud_message, rgb_image_message)
 from stereonet_ros.sync import MatchedSet, StereoSynchronizer, SyncError, stamp_to_ns
 
 NODE_NAME = 'stereonet_node'
 INPUT_TOPICS = ('left/image_rect', 'right/image_rect', 'left/camera_info', 'right/camera_info')
+COLOR_TOPIC = 'left/image_rect_color'
+"""Optional, as stereo_image_proc's point cloud node reads it: the cloud's rgb comes from the image on this
+topic with the set's exact stamp when there is one, else from ``left/image_rect``."""
 """In :data:`stereonet_ros.sync.STEREO_TOPICS` order."""
 WARNING_PERIOD = 5.0
 """Seconds between two warnings of the same kind."""
@@ -140,6 +147,10 @@ class StereoNetNode(Node):
             self._subscriptions_in.append(self.create_subscription(
                 kind, topic, functools.partial(self._on_message, index), input_qos,
                 qos_overriding_options=overrides))
+        # Held a little longer than the synchronizer's queue: the colour image may trail its set.
+        self._colour_images: StampedCache[Image] = StampedCache(2 * config.queue_size + 2)
+        self._subscription_colour = self.create_subscription(
+            Image, COLOR_TOPIC, self._on_colour_image, input_qos, qos_overriding_options=overrides)
         self._watch = InputWatch([sub.topic_name for sub in self._subscriptions_in],
                                  patience=2.0 * config.diagnostics_period_seconds)
 
@@ -240,6 +251,27 @@ class StereoNetNode(Node):
                                confidence=self._pub_confidence.get_subscription_count() > 0,
                                disparity_color=self._pub_color.get_subscription_count() > 0)
 
+    def _on_colour_image(self, msg: Image) -> None:
+        try:
+            self._colour_images.put(stamp_to_ns(msg.header.stamp), msg)
+        except Exception as err:  # noqa: BLE001 - a malformed header must not stop the executor
+            self._warn('colour-image', f'{COLOR_TOPIC} message ignored: {err}')
+
+    def _cloud_colours(self, left_msg: Any, stamp_ns: int, height: int, width: int) -> npt.NDArray[np.uint8]:
+        """The cloud's colours: the colour image of this stamp when one came and fits, else the left image."""
+        colour_msg = self._colour_images.get(stamp_ns)
+        if colour_msg is not None:
+            try:
+                colours = to_rgb8(to_model_input(colour_msg, 'rgb'))
+                if colours.shape[:2] == (height, width):
+                    return colours
+                problem = f'is {colours.shape[1]}x{colours.shape[0]}, the pair {width}x{height}'
+            except ImageCodecError as err:
+                problem = str(err)
+            self._warn('colour-image', f'{COLOR_TOPIC} at stamp {stamp_ns} not used for points2 ({problem}); '
+                       'colouring from left/image_rect')
+        return to_rgb8(to_model_input(left_msg, 'rgb'))
+
     def _on_message(self, index: int, msg: Any) -> None:
         stamp = stamp_to_ns(msg.header.stamp)
         now = time.monotonic()
@@ -250,6 +282,7 @@ class StereoNetNode(Node):
                 self.get_logger().info(f'{INPUT_TOPICS[index]} stamp went back by {(last - stamp) / 1e9:.3f} s: '
                                        'resetting the synchronizer')
                 self._synchronizer.reset()
+                self._colour_images.clear()
                 self._last_stamps = [None] * len(INPUT_TOPICS)
             self._last_stamps[index] = stamp
             self._watch.message(index, stamp, now)
@@ -301,9 +334,11 @@ class StereoNetNode(Node):
             processor, config = self._processor, self._config
         left_msg, right_msg, left_info, right_info = job.matched.messages
         camera = from_camera_infos(left_info, right_info)
-        want_rgb = outputs.points and config.use_color
-        left, right, rgb = decode_pair(left_msg, right_msg, processor.predictor.contract.color, want_rgb)
-        result = processor.process(left, right, camera, config, outputs, rgb)
+        left, right, _ = decode_pair(left_msg, right_msg, processor.predictor.contract.color, want_rgb=False)
+        height, width = left.shape[:2]
+        result = processor.process(
+            left, right, camera, config, outputs,
+            rgb=functools.partial(self._cloud_colours, left_msg, job.matched.stamp_ns, height, width))
         self._model_runs += 1
         header = left_msg.header  # outputs are in the left camera's optical frame, at its stamp
         if outputs.disparity:
