@@ -192,3 +192,27 @@ def test_bf16_autocast_keeps_the_disparity_in_float32() -> None:
     with torch.autocast('cpu', dtype=torch.bfloat16):
         output = model(left, right, with_right=True)
     assert all(level.dtype == torch.float32 for level in output.pyramid + output.right_pyramid)
+
+
+def test_a_run_started_from_another_records_the_whole_lineage_and_keeps_it_on_resume(tmp_path: Path) -> None:
+    first = load(TrainConfig, overrides=[*TINY, 'steps=2', 'checkpoint_every=1'])
+    assert train(first, tmp_path / 'first', progress=False) == 2
+    start = tmp_path / 'first' / 'model_latest.safetensors'
+    second = load(TrainConfig, overrides=[*TINY, 'steps=3', 'checkpoint_every=1', 'lr=1e-4',
+                                          f'init_checkpoint={start}'])
+    assert train(second, tmp_path / 'second', stop_after=1, progress=False) == 1
+    assert train(second, tmp_path / 'second', progress=False) == 3  # resumed: the lineage comes from state.pt
+    provenance = load_checkpoint(tmp_path / 'second' / 'model_latest.safetensors').provenance
+    assert (provenance['steps'], provenance['steps_total']) == (3, 5)
+    assert provenance['samples_seen_total'] == 5 * first.batch_size
+    lineage = provenance['initialized_from']
+    assert lineage['checkpoint'] == str(start) and lineage['steps_total'] == 2
+    assert lineage['train_config']['lr'] == first.lr and lineage['initialized_from'] is None
+    # Its first step started from the first run's weights, not from a fresh initialization.
+    fresh = load(TrainConfig, overrides=[*TINY, 'steps=1', 'lr=1e-4'])
+    assert train(fresh, tmp_path / 'fresh', progress=False) == 1
+    started = load_checkpoint(tmp_path / 'second' / 'model_latest.safetensors').state_dict
+    unrelated = load_checkpoint(tmp_path / 'fresh' / 'model_latest.safetensors').state_dict
+    weights = load_checkpoint(start).state_dict
+    key = 'feature_extractor.net.segment_0_conv_0.weight'
+    assert (started[key] - weights[key]).abs().max() < (unrelated[key] - weights[key]).abs().max()

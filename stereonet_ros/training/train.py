@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import math
 import os
 import signal
@@ -282,6 +283,7 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
 
     torch.manual_seed(config.seed)
     model = StereoNet(config.model)
+    lineage: dict[str, Any] | None = None  # where the initial weights came from (init_checkpoint)
     if config.init_checkpoint and not state_path.exists():
         from stereonet_ros.model.checkpoint import load_checkpoint
         initial = load_checkpoint(config.init_checkpoint)
@@ -289,6 +291,7 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
             raise ConfigError(f'init_checkpoint {config.init_checkpoint} has model config {initial.config}, '
                               f'this run wants {config.model}')
         model.load_state_dict(initial.state_dict)
+        lineage = init_lineage(config.init_checkpoint, initial.provenance)
     model = model.to(device)
     if device.type == 'cpu':
         to_channels_last(model)
@@ -309,6 +312,7 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
         step = int(state['step'])
         best_epe = float(state.get('best_epe', math.inf))
         wall_before = float(state.get('wall_s', 0.0))
+        lineage = json.loads(state.get('init_lineage', 'null'))
         if distributed.is_main:
             print(f'{PROGRAM}: resuming {output_dir} at step {step}', file=sys.stderr)
     if step >= config.steps:
@@ -339,8 +343,9 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
         if not distributed.is_main:
             return
         _atomic_torch_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
-                            'best_epe': best_epe, 'wall_s': wall_before + time.time() - started}, state_path)
-        _atomic_checkpoint(_export(model, config, step), output_dir / 'model_latest.safetensors')
+                            'best_epe': best_epe, 'wall_s': wall_before + time.time() - started,
+                            'init_lineage': json.dumps(lineage)}, state_path)
+        _atomic_checkpoint(_export(model, config, step, lineage=lineage), output_dir / 'model_latest.safetensors')
 
     stop: list[str] = []
 
@@ -412,7 +417,8 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
                 row.update({key: round(value, 4) for key, value in scores.items()}, step=step)
                 if scores['val_epe'] < best_epe:
                     best_epe = scores['val_epe']
-                    _atomic_checkpoint(_export(model, config, step, scores), output_dir / 'model_best.safetensors')
+                    _atomic_checkpoint(_export(model, config, step, scores, lineage),
+                                       output_dir / 'model_best.safetensors')
                 if bar is not None:
                     bar.write(f'step {step}: ' + ', '.join(f'{k} {v:.3f}' for k, v in scores.items()))
             if row and writer and log_file:
@@ -450,17 +456,37 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _export(model: StereoNet, config: TrainConfig, step: int, scores: dict[str, float] | None = None) -> Checkpoint:
+def init_lineage(path: str, provenance: dict[str, Any]) -> dict[str, Any]:
+    """What a run started from ``init_checkpoint`` records about it: its path, cumulative steps and
+    samples, its training config, and (nested) where it started from in turn."""
+    return {
+        'checkpoint': str(path),
+        'steps_total': int(provenance.get('steps_total', provenance.get('steps', 0))),
+        'samples_seen_total': int(provenance.get('samples_seen_total', provenance.get('samples_seen', 0))),
+        'train_config': provenance.get('train_config'),
+        'initialized_from': provenance.get('initialized_from'),
+    }
+
+
+def _export(model: StereoNet, config: TrainConfig, step: int, scores: dict[str, float] | None = None,
+            lineage: dict[str, Any] | None = None) -> Checkpoint:
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    samples = step * config.batch_size * int(os.environ.get('WORLD_SIZE', '1'))
     provenance: dict[str, Any] = {
         'trained': True,
         'data': 'synthetic stereo (stereonet_ros.data.synthetic), generated on the fly',
         'steps': step,
-        'samples_seen': step * config.batch_size * int(os.environ.get('WORLD_SIZE', '1')),
+        'samples_seen': samples,
+        # Including the runs this one started from (init_checkpoint): what the weights have been through.
+        'steps_total': step + (lineage['steps_total'] if lineage else 0),
+        'samples_seen_total': samples + (lineage['samples_seen_total'] if lineage else 0),
         'git_sha': git_sha(),
         'train_config': to_dict(config),
-        'reproduce': 'stereonet-train --config config.yaml (the train_config above as YAML)',
+        'reproduce': 'stereonet-train --config config.yaml (the train_config above as YAML)'
+                     + ('; it started from initialized_from, reproduced the same way' if lineage else ''),
     }
+    if lineage:
+        provenance['initialized_from'] = lineage
     if scores:
         provenance['validation'] = scores
     return Checkpoint(config=config.model, contract=config.contract(), state_dict=state, provenance=provenance)
