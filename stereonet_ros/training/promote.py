@@ -47,7 +47,7 @@ def promote(source: Path, destination: Path, synthetic_samples: int) -> tuple[bo
     results = evaluate(str(source), ['synthetic', 'motorcycle'], device='cpu', synthetic_samples=synthetic_samples,
                        log=lambda text: print(text, file=sys.stderr))
     met, summary = goal_report(results)
-    steps = checkpoint.provenance.get('steps', '?')
+    steps = checkpoint.provenance.get('steps_total', checkpoint.provenance.get('steps', '?'))
     provenance = dict(checkpoint.provenance)
     provenance.update({
         'evaluation': {spec: entry for spec, entry in results['sets'].items()},
