@@ -153,9 +153,17 @@ def decode_pair(left: ImageLike, right: ImageLike, color: Literal['gray', 'rgb']
     if want_rgb:
         # Decoded again rather than derived from the network input: for a gray checkpoint that
         # input has already lost the colour.
-        rgb = left_array if color == 'rgb' else to_model_input(left, 'rgb')
-        rgb = to_rgb8(rgb)
+        rgb = to_rgb8(left_array) if color == 'rgb' else decode_colours(left)
     return left_array, right_array, rgb
+
+
+def decode_colours(image: ImageLike) -> npt.NDArray[np.uint8]:
+    """An image message (any supported encoding) as ``(H, W, 3)`` uint8 RGB, the cloud's colours.
+
+    Raises:
+        ImageCodecError: an unsupported encoding or a malformed message.
+    """
+    return to_rgb8(to_model_input(image, 'rgb'))
 
 
 class StereoProcessor:

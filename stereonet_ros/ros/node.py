@@ -59,23 +59,24 @@ from diagnostic_msgs.msg import DiagnosticArray
 from stereonet_ros.camera import CameraModelError, from_camera_infos
 from stereonet_ros.config import ConfigError
 from stereonet_ros.geometry import GeometryError
-from stereonet_ros.image_codec import ImageCodecError, to_model_input
+from stereonet_ros.image_codec import ImageCodecError
 from stereonet_ros.inference import InputError, Predictor, UntrainedPlaceholderWarning
 from stereonet_ros.model.checkpoint import CheckpointError
 from stereonet_ros.node_config import MODEL_KEYS, PARAMETER_SPECS, SYNC_KEYS, NodeConfig
 from stereonet_ros.node_runtime import (InputWatch, LatestSlot, NodeStatistics, StampedCache, WarningThrottle,
                                         problem_kind)
-from stereonet_ros.processing import OutputSelection, StereoInputError, StereoProcessor, decode_pair, to_rgb8
+from stereonet_ros.processing import (OutputSelection, StereoInputError, StereoProcessor, decode_colours,
+                                      decode_pair)
 from stereonet_ros.ros.messages import (diagnostic_array, disparity_message, float_image_message,
                                         pointcloud_message, rgb_image_message)
 from stereonet_ros.sync import MatchedSet, StereoSynchronizer, SyncError, stamp_to_ns
 
 NODE_NAME = 'stereonet_node'
 INPUT_TOPICS = ('left/image_rect', 'right/image_rect', 'left/camera_info', 'right/camera_info')
+"""In :data:`stereonet_ros.sync.STEREO_TOPICS` order."""
 COLOR_TOPIC = 'left/image_rect_color'
 """Optional, as stereo_image_proc's point cloud node reads it: the cloud's rgb comes from the image on this
 topic with the set's exact stamp when there is one, else from ``left/image_rect``."""
-"""In :data:`stereonet_ros.sync.STEREO_TOPICS` order."""
 WARNING_PERIOD = 5.0
 """Seconds between two warnings of the same kind."""
 CLOCK_JUMP_NS = 1_000_000_000
@@ -262,7 +263,7 @@ class StereoNetNode(Node):
         colour_msg = self._colour_images.get(stamp_ns)
         if colour_msg is not None:
             try:
-                colours = to_rgb8(to_model_input(colour_msg, 'rgb'))
+                colours = decode_colours(colour_msg)
                 if colours.shape[:2] == (height, width):
                     return colours
                 problem = f'is {colours.shape[1]}x{colours.shape[0]}, the pair {width}x{height}'
@@ -270,7 +271,7 @@ class StereoNetNode(Node):
                 problem = str(err)
             self._warn('colour-image', f'{COLOR_TOPIC} at stamp {stamp_ns} not used for points2 ({problem}); '
                        'colouring from left/image_rect')
-        return to_rgb8(to_model_input(left_msg, 'rgb'))
+        return decode_colours(left_msg)
 
     def _on_message(self, index: int, msg: Any) -> None:
         stamp = stamp_to_ns(msg.header.stamp)
