@@ -4,12 +4,13 @@ Arguments (``ros2 launch stereonet_ros stereo.launch.py --show-args``):
 
 - ``namespace``: namespace of the node (its topics are relative: ``<namespace>/disparity`` ...).
 - ``left_namespace`` / ``right_namespace`` (``left`` / ``right``): where the cameras publish; the
-  node's ``left/image_rect`` is remapped to ``<left_namespace>/image_rect`` and so on.
+  node's ``left/image_rect`` is remapped to ``<left_namespace>/image_rect`` and so on (and the optional
+  ``left/image_rect_color``, the cloud's colours, to ``<left_namespace>/image_rect_color``).
 - ``params_file``: parameters (default: the installed ``config/stereonet.yaml``). For QoS overrides
   (e.g. reliable subscriptions for large images between processes) copy it and uncomment its
   ``qos_overrides`` section.
-- ``checkpoint``, ``device``, ``approximate_sync``, ``use_sim_time``: when given, they override the
-  params file; left empty (the default) the params file's value holds.
+- ``checkpoint``, ``device``, ``precision``, ``approximate_sync``, ``use_sim_time``: when given, they
+  override the params file; left empty (the default) the params file's value holds.
 - ``log_level``: ``debug``, ``info`` (default), ``warn``, ``error``.
 
 Example: a bag of a camera publishing ``/stereo/left/image_rect`` ...::
@@ -25,7 +26,7 @@ from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = 'stereonet_ros'
 EXECUTABLE = 'stereonet_node'
-OVERRIDABLE = ('checkpoint', 'device', 'approximate_sync', 'use_sim_time')
+OVERRIDABLE = ('checkpoint', 'device', 'precision', 'approximate_sync', 'use_sim_time')
 BOOLEAN = ('approximate_sync', 'use_sim_time')
 
 
@@ -60,6 +61,7 @@ def _node(context):
         parameters=[LaunchConfiguration('params_file'), parameter_overrides(values)],
         remappings=[
             ('left/image_rect', [left, '/image_rect']),
+            ('left/image_rect_color', [left, '/image_rect_color']),
             ('left/camera_info', [left, '/camera_info']),
             ('right/image_rect', [right, '/image_rect']),
             ('right/camera_info', [right, '/camera_info']),
@@ -84,6 +86,9 @@ def generate_launch_description():
                               description="Checkpoint path; '' = the params file's (bundled default)"),
         DeclareLaunchArgument('device', default_value='',
                               description="auto, cpu, cuda or cuda:N; '' = the params file's (auto)"),
+        DeclareLaunchArgument('precision', default_value='',
+                              description="fp32, bf16 (GPU, or CPU with native bfloat16) or fp16 (GPU); "
+                              "'' = the params file's (fp32)"),
         DeclareLaunchArgument('approximate_sync', default_value='',
                               description="true or false; '' = the params file's (false)"),
         DeclareLaunchArgument('use_sim_time', default_value='',

@@ -44,12 +44,12 @@ def constants(tree: ast.Module) -> dict[str, Any]:
 def test_the_launch_file_declares_the_documented_arguments(tree: ast.Module) -> None:
     declared = {ast.literal_eval(call.args[0]): call for call in calls(tree, 'DeclareLaunchArgument')}
     assert set(declared) == {'namespace', 'left_namespace', 'right_namespace', 'params_file', 'checkpoint', 'device',
-                             'approximate_sync', 'use_sim_time', 'log_level'}
+                             'precision', 'approximate_sync', 'use_sim_time', 'log_level'}
     defaults = {name: keyword(call, 'default_value') for name, call in declared.items()}
     assert ast.literal_eval(defaults['left_namespace']) == 'left'
     assert ast.literal_eval(defaults['right_namespace']) == 'right'
     assert ast.literal_eval(defaults['log_level']) == 'info'
-    for name in ('checkpoint', 'device', 'approximate_sync', 'use_sim_time'):
+    for name in ('checkpoint', 'device', 'precision', 'approximate_sync', 'use_sim_time'):
         assert ast.literal_eval(defaults[name]) == '', name  # empty: the params file's value holds
     for call in declared.values():
         assert ast.literal_eval(keyword(call, 'description'))
@@ -70,7 +70,8 @@ def test_it_starts_stereonet_node_of_stereonet_ros_with_remapped_inputs(tree: as
     assert values[ast.unparse(keyword(node, 'executable'))] == 'stereonet_node'
     assert ast.literal_eval(keyword(node, 'name')) == 'stereonet_node'
     remapped = [ast.literal_eval(pair.elts[0]) for pair in keyword(node, 'remappings').elts]  # type: ignore[attr-defined]
-    assert sorted(remapped) == sorted(['left/image_rect', 'left/camera_info', 'right/image_rect', 'right/camera_info'])
+    assert sorted(remapped) == sorted(['left/image_rect', 'left/image_rect_color', 'left/camera_info',
+                                       'right/image_rect', 'right/camera_info'])
     assert "LaunchConfiguration('params_file')" in ast.unparse(keyword(node, 'parameters'))
     assert "'--log-level', LaunchConfiguration('log_level')" in ast.unparse(keyword(node, 'arguments'))
 
@@ -81,9 +82,11 @@ def test_only_the_arguments_given_override_the_params_file(tree: ast.Module) -> 
     namespace: dict[str, Any] = dict(constants(tree))
     exec(compile(ast.Module(body=[function], type_ignores=[]), str(LAUNCH_FILE), 'exec'), namespace)
     overrides = namespace['parameter_overrides']
-    assert overrides({'checkpoint': '', 'device': '', 'approximate_sync': '', 'use_sim_time': ''}) == {}
-    assert overrides({'checkpoint': '/w.safetensors', 'device': 'cuda', 'approximate_sync': 'True',
-                      'use_sim_time': 'false'}) == {'checkpoint': '/w.safetensors', 'device': 'cuda',
-                                                    'approximate_sync': True, 'use_sim_time': False}
+    assert overrides({'checkpoint': '', 'device': '', 'precision': '', 'approximate_sync': '',
+                      'use_sim_time': ''}) == {}
+    given = {'checkpoint': '/w.safetensors', 'device': 'cuda', 'precision': 'bf16', 'approximate_sync': 'True',
+             'use_sim_time': 'false'}
+    assert overrides(given) == {'checkpoint': '/w.safetensors', 'device': 'cuda', 'precision': 'bf16',
+                                'approximate_sync': True, 'use_sim_time': False}
     with pytest.raises(ValueError, match="approximate_sync:='maybe': must be true or false"):
         overrides({'approximate_sync': 'maybe'})
