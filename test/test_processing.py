@@ -1,7 +1,6 @@
 """StereoProcessor without ROS: the node's arrays from a real (small, random) network."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ from stereonet_ros.model.checkpoint import Checkpoint, InputContract
 from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig
 from stereonet_ros.node_config import NodeConfig
 from stereonet_ros.processing import OutputSelection, StereoInputError, StereoProcessor, decode_pair, to_rgb8
+from test_image_codec import FakeImage, from_fields  # the Image-like stand-in the codec tests use
 
 HEIGHT, WIDTH = 32, 96
 CAMERA = StereoCamera(width=WIDTH, height=HEIGHT, fx=100.0, fy=110.0, cx=50.0, cy=15.5, cx_right=47.0, focal=100.0,
@@ -152,21 +152,8 @@ def test_bad_pairs_raise_named_errors(processor: StereoProcessor, pair: Any) -> 
         processor.process(left[:, :48], right[:, :48], CAMERA, NodeConfig(), OutputSelection())
 
 
-@dataclass
-class FakeImage:
-    """An Image-like dataclass (image_codec reads fields by name)."""
-
-    height: int
-    width: int
-    encoding: str
-    is_bigendian: int
-    step: int
-    data: Any = field(repr=False)
-
-
 def as_message(array: np.ndarray, encoding: str) -> FakeImage:
-    fields = array_to_image_fields(array, encoding)
-    return FakeImage(fields.height, fields.width, fields.encoding, fields.is_bigendian, fields.step, fields.data)
+    return from_fields(array_to_image_fields(array, encoding))
 
 
 def test_decode_pair_gives_the_network_input_and_the_left_colours_when_asked(pair: Any) -> None:
