@@ -16,6 +16,7 @@ from stereonet_ros.evaluation.metrics import (
     depth_metrics,
     disparity_error_counts,
     disparity_metrics,
+    ground_truth_mask,
 )
 
 NAN = float('nan')
@@ -79,6 +80,17 @@ def test_valid_mask_and_max_disparity_restrict_the_pixels() -> None:
     assert metrics.epe == pytest.approx(6.0 / 3)
     assert metrics.bad2 == pytest.approx(75.0)
     assert metrics.bad3 == pytest.approx(25.0)
+
+
+def test_ground_truth_mask_is_the_set_of_pixels_the_metrics_score() -> None:
+    valid = np.array([[True, True, False, True], [True, True, True, False]])
+    mask = ground_truth_mask(GT, valid, max_disparity=50.0)  # 50 itself is dropped (gt >= max)
+    assert mask.tolist() == [[True, True, False, True], [False, False, True, False]]
+    assert int(mask.sum()) == disparity_metrics(PRED, GT, valid, max_disparity=50.0).valid_pixels
+    kitti = ground_truth_mask(GT, gt_zero_invalid=True)
+    assert kitti.tolist() == [[True, True, True, False], [True, False, True, True]]
+    with pytest.raises(MetricsError, match='max_disparity must be > 0, got -1'):
+        ground_truth_mask(GT, max_disparity=-1)
 
 
 def test_no_valid_ground_truth_gives_nan_not_an_exception() -> None:

@@ -43,6 +43,7 @@ __all__ = [
     'depth_metrics',
     'disparity_error_counts',
     'disparity_metrics',
+    'ground_truth_mask',
 ]
 
 BAD_THRESHOLDS = (1.0, 2.0, 3.0)  # pixels
@@ -119,11 +120,8 @@ def _as_maps(pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike | None
     return prediction, truth, mask
 
 
-def disparity_error_counts(pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike | None = None, *,
-                           gt_zero_invalid: bool = False,
-                           max_disparity: float | None = None) -> DisparityErrorCounts:
-    """Error totals of one frame; see :func:`disparity_metrics` for the arguments."""
-    prediction, truth, mask = _as_maps(pred, gt, valid)
+def _ground_truth_rules(truth: npt.NDArray[np.float64], mask: npt.NDArray[np.bool_], gt_zero_invalid: bool,
+                        max_disparity: float | None) -> npt.NDArray[np.bool_]:
     if max_disparity is not None and not max_disparity > 0:
         raise MetricsError(f'max_disparity must be > 0, got {max_disparity}')
     mask = mask & np.isfinite(truth)
@@ -131,6 +129,27 @@ def disparity_error_counts(pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.Ar
         mask &= truth != 0  # KITTI PNGs store 0 for "no ground truth"
     if max_disparity is not None:
         mask &= truth < max_disparity
+    return mask
+
+
+def ground_truth_mask(gt: npt.ArrayLike, valid: npt.ArrayLike | None = None, *, gt_zero_invalid: bool = False,
+                      max_disparity: float | None = None) -> npt.NDArray[np.bool_]:
+    """``(H, W)`` bool: the pixels :func:`disparity_metrics` scores (same arguments, same rules).
+
+    Raises:
+        MetricsError: ``gt`` is not ``(H, W)``, the mask is not a bool ``(H, W)``, max_disparity <= 0.
+    """
+    truth = np.asarray(gt, dtype=np.float64)
+    _, truth, mask = _as_maps(truth, truth, valid)
+    return _ground_truth_rules(truth, mask, gt_zero_invalid, max_disparity)
+
+
+def disparity_error_counts(pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike | None = None, *,
+                           gt_zero_invalid: bool = False,
+                           max_disparity: float | None = None) -> DisparityErrorCounts:
+    """Error totals of one frame; see :func:`disparity_metrics` for the arguments."""
+    prediction, truth, mask = _as_maps(pred, gt, valid)
+    mask = _ground_truth_rules(truth, mask, gt_zero_invalid, max_disparity)
     truth_valid = truth[mask]
     prediction_valid = prediction[mask]
     predicted = np.isfinite(prediction_valid)
