@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stereonet_ros.evaluation.evaluate import (STEREO_IMAGE_PROC_SGBM, EvaluationError, Frame, covering_range,
-                                               evaluate, load_set, sgbm_candidates, sgbm_disparity)
+from stereonet_ros.evaluation.evaluate import (OURS, REFERENCE, STEREO_IMAGE_PROC_SGBM, EvaluationError, Frame,
+                                               covering_range, evaluate, format_table, load_set, score_set,
+                                               sgbm_candidates, sgbm_disparity)
 from stereonet_ros.evaluation.metrics import disparity_metrics
 from stereonet_ros.inference import Predictor
 from stereonet_ros.pfm import write_pfm
@@ -67,6 +68,54 @@ def test_stereonet_scores_equal_direct_inference(seed_checkpoint_path: Path, tmp
     assert scored['epe'] == pytest.approx(direct.epe, abs=1e-4)
     assert scored['bad3'] == pytest.approx(direct.bad3, abs=1e-9)
     assert scored['valid_pixels'] == direct.valid_pixels == truth.size - 3 * truth.shape[0]
+    # Ours answers everywhere: the dense and answered views agree; without SGBM there is no density to match.
+    assert scored['dense'] == scored['answered'] and scored['dense']['density'] == 1.0
+    assert scored['matched'] is None
+    assert results['inference_scale'] == 1.0
+
+
+NAN = float('nan')
+
+
+def _frame(name: str, truth: list[list[float]]) -> Frame:
+    gray = np.zeros((len(truth), len(truth[0])), np.float32)
+    return Frame(name, gray, gray, np.array(truth, np.float32))
+
+
+def test_ours_is_thinned_to_the_reference_density_of_each_frame() -> None:
+    frames = [_frame('a', [[10.0, 10.0, 10.0, 10.0]]), _frame('b', [[20.0, 20.0], [20.0, np.inf]])]
+    # The reference answers 2 of 4 valid pixels on 'a' (error 1 and 3) and 1 of 3 on 'b' (error 0).
+    sparse = {'a': np.array([[NAN, 11.0, NAN, 13.0]], np.float32),
+              'b': np.array([[20.0, NAN], [NAN, NAN]], np.float32)}
+    # Ours: errors 4, 0.5, 2, 3 on 'a' (most confident: 0.5 and 2) and 1, 5, 0 on 'b' (most confident: 5).
+    dense = {'a': (np.array([[14.0, 10.5, 12.0, 13.0]], np.float32), np.array([[0.1, 0.9, 0.8, 0.8]], np.float32)),
+             'b': (np.array([[21.0, 25.0], [20.0, 7.0]], np.float32), np.array([[0.2, 0.7], [0.2, 1.0]], np.float32))}
+    scores = score_set(frames, lambda f: dense[f.name], [(REFERENCE, lambda f: sparse[f.name])], 192.0, False)
+    assert list(scores) == [OURS, REFERENCE]
+    reference = scores[REFERENCE].views
+    assert reference['answered'].metrics().density == pytest.approx(3 / 7)
+    assert reference['answered'].metrics().epe == pytest.approx(4 / 3)
+    assert reference['matched'] == reference['answered']
+    # Filled 'a': [11, 11, min(11, 13), 13], errors 1, 1, 1, 3; 'b': [20, 20 | left only], [0 (empty row), -]
+    assert reference['dense'].metrics().epe == pytest.approx((1 + 1 + 1 + 3 + 0 + 0 + 20) / 7)
+    assert reference['dense'].metrics().bad3 == pytest.approx(100 / 7)  # 3 px is not bad-3; the 20 px is
+    ours = scores[OURS].views
+    # 'a' keeps 0.9 then the first of the tied 0.8s (column 2): errors 0.5, 2. 'b' keeps column 1 (error 5):
+    # (1, 1) has confidence 1.0 but no ground truth, so it is not eligible.
+    matched = ours['matched'].metrics()
+    assert (matched.scored_pixels, matched.valid_pixels) == (3, 7)
+    assert matched.epe == pytest.approx(7.5 / 3) and matched.bad3 == pytest.approx(100 / 3)
+    assert ours['dense'] == ours['answered'] and ours['dense'].metrics().epe == pytest.approx(15.5 / 7)
+
+
+def test_table_has_the_three_views_and_records_how_ours_ran() -> None:
+    row = {'dense': {'epe': 1.5, 'bad3': 10.0, 'density': 1.0},
+           'answered': {'epe': 1.25, 'bad3': 6.25, 'density': 0.75}, 'matched': None, 'seconds_per_frame': 0.5}
+    table = format_table({'precision': 'bf16', 'inference_scale': 0.5,
+                          'sets': {'motorcycle': {'frames': 1, 'methods': {OURS: row}}}})
+    assert table.splitlines()[0].startswith('| set | method | dense EPE px | dense bad-3 % | answered EPE px |')
+    assert table.splitlines()[2] == ('| motorcycle (1) | stereonet (bf16, scale 0.5) | 1.50 | 10.0 | 1.25 | 6.2 '
+                                     '| 0.750 | - | - | - | 0.500 |')
 
 
 def test_synthetic_set_is_held_out_and_deterministic() -> None:
@@ -91,15 +140,33 @@ def test_cli_writes_json_and_a_table(seed_checkpoint_path: Path, tmp_path: Path)
     program = Path(sys.executable).parent / 'stereonet-evaluate'
     out = tmp_path / 'results.json'
     result = subprocess.run([str(program), '--checkpoint', str(seed_checkpoint_path), '--sets', 'synthetic',
-                             '--synthetic-samples', '2', '--device', 'cpu', '--out', str(out)],
+                             '--synthetic-samples', '2', '--device', 'cpu', '--inference-scale', '0.5',
+                             '--out', str(out)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert '| synthetic (2) | stereonet |' in result.stdout
+    assert '| synthetic (2) | stereonet (fp32, scale 0.5) |' in result.stdout
     assert '| synthetic (2) | sgbm-stereo_image_proc |' in result.stdout
     assert '| synthetic (2) | sgbm-tuned |' in result.stdout
     written = json.loads(out.read_text())
     assert set(written['sets']['synthetic']['methods']) == {'stereonet', 'sgbm-stereo_image_proc', 'sgbm-tuned'}
     assert written['sgbm_tuned_params']['block_size'] in (3, 5, 7, 9)
+    assert written['inference_scale'] == 0.5
+    methods = written['sets']['synthetic']['methods']
+    for name, method in methods.items():
+        assert set(method) >= {'dense', 'answered', 'matched', 'epe', 'bad3', 'seconds_per_frame'}, name
+        assert method['epe'] == method['dense']['epe'] and method['dense']['density'] == 1.0
+    # Ours thinned to exactly the pixels stereo_image_proc's SGBM answered.
+    assert methods['stereonet']['matched']['scored_pixels'] == methods[REFERENCE]['answered']['scored_pixels']
+
+
+@pytest.mark.parametrize('scale', ['0', '2.6', 'nan'])
+def test_cli_refuses_an_inference_scale_outside_0_to_2_5(seed_checkpoint_path: Path, scale: str) -> None:
+    program = Path(sys.executable).parent / 'stereonet-evaluate'
+    result = subprocess.run([str(program), '--checkpoint', str(seed_checkpoint_path), '--inference-scale', scale],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f'stereonet-evaluate: error: --inference-scale {float(scale)}: must be in (0, 2.5]']
 
 
 def test_cli_unknown_set_exits_nonzero_with_one_line(seed_checkpoint_path: Path) -> None:

@@ -1,7 +1,8 @@
 """stereonet-evaluate: score a checkpoint on stereo sets, beside OpenCV SGBM measured in the same run.
 
     stereonet-evaluate [--checkpoint PATH] [--sets synthetic,motorcycle,middlebury2014:ROOT,...]
-                       [--synthetic-samples 32] [--device auto] [--no-sgbm] [--out results.json]
+                       [--synthetic-samples 32] [--device auto] [--precision fp32] [--inference-scale 1.0]
+                       [--no-sgbm] [--out results.json]
 
 Sets:
 
@@ -13,15 +14,24 @@ Sets:
   ``keystone:ROOT``, ``folder:ROOT``: the public formats of :mod:`stereonet_ros.data.datasets`.
 
 Pixels scored: finite ground truth below the model's max disparity (KITTI: and non-zero), occluded
-pixels included. Metrics as the benchmarks define them (:mod:`stereonet_ros.evaluation.metrics`):
-EPE over pixels with a prediction, bad-N and D1 counting missing predictions as bad, and density.
+pixels included. Every method is scored in three views (:mod:`stereonet_ros.evaluation.views`), each
+with EPE, bad-1/2/3, D1 and density computed on one set of pixels:
+
+- ``dense`` (the headline): SGBM's holes filled the KITTI devkit way, every pixel scored;
+- ``answered``: each method only where it answered, with its density;
+- ``matched``: ours keeps its most confident pixels (its matching confidence) down to the density
+  ``sgbm-stereo_image_proc`` reached on the same frame; the SGBMs are scored where they answered.
+
+The JSON has, per set and method, ``dense``, ``answered`` and ``matched`` (null for ours when there
+is no SGBM run to match), the dense view's metrics repeated at the top level, and ``seconds_per_frame``
+(ours: network and confidence at ``--inference-scale``).
 
 Classical baselines, on the gray images (what stereo_image_proc matches on):
 
 - ``sgbm-stereo_image_proc``: stereo_image_proc's SGBM defaults (block 15, P1 200, P2 400,
   uniqueness 15, speckle window 100 / range 4, prefilter cap 31, disp12MaxDiff 0), the disparity
   range widened to cover each set (a multiple of 16 above its largest ground truth);
-- ``sgbm-tuned``: the best of a small grid (block size, uniqueness, mode) chosen by bad-3 on a
+- ``sgbm-tuned``: the best of a small grid (block size, uniqueness, mode) chosen by dense bad-3 on a
   *separate* synthetic tuning stream (seed :data:`SGBM_TUNING_SEED`), never on the scored sets.
 """
 from __future__ import annotations
@@ -42,7 +52,8 @@ import numpy as np
 import numpy.typing as npt
 
 from stereonet_ros.cli import PRECISION_HELP, PRECISIONS
-from stereonet_ros.evaluation.metrics import DisparityMetrics, MetricAccumulator
+from stereonet_ros.evaluation.metrics import ground_truth_mask
+from stereonet_ros.evaluation.views import VIEWS, ViewCounts, keep_most_confident, three_views
 
 if TYPE_CHECKING:  # the inference module loads torch; --help answers without it
     from stereonet_ros.inference import Precision
@@ -203,50 +214,131 @@ def load_set(spec: str, synthetic_samples: int, max_disparity: float, channels: 
 
 # --- scoring -----------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class MethodResult:
-    method: str
-    metrics: DisparityMetrics
-    seconds_per_frame: float
-    detail: dict[str, Any] = dataclasses.field(default_factory=dict)
+OURS = 'stereonet'
+REFERENCE = 'sgbm-stereo_image_proc'
+"""The method whose density ours is thinned to in the matched view."""
+INFERENCE_SCALE_RANGE = (0.0, 2.5)  # (exclusive, inclusive)
+
+Predict = Callable[[Frame], F32]
 
 
-def score(frames: Sequence[Frame], predict: Callable[[Frame], F32], max_disparity: float,
-          gt_zero_invalid: bool) -> tuple[DisparityMetrics, float]:
-    accumulator = MetricAccumulator(gt_zero_invalid=gt_zero_invalid, max_disparity=max_disparity)
-    elapsed = 0.0
+@dataclass
+class MethodScores:
+    """A method's view totals over a set's frames and its time per frame."""
+
+    views: dict[str, ViewCounts]
+    seconds: float = 0.0
+    frames: int = 0
+
+    def add(self, counts: dict[str, ViewCounts], seconds: float) -> None:
+        for view, value in counts.items():
+            self.views[view] = self.views.get(view, ViewCounts()) + value
+        self.seconds += seconds
+        self.frames += 1
+
+    def as_json(self) -> dict[str, Any]:
+        """``dense``/``answered``/``matched`` metrics dicts (``matched`` None when not measured); the dense
+        view's metrics also at the top level, where older readers look for ``epe``/``bad3``."""
+        views: dict[str, Any] = {view: dataclasses.asdict(self.views[view].metrics()) if view in self.views else None
+                                 for view in VIEWS}
+        return {**views['dense'], **views, 'seconds_per_frame': self.seconds / max(self.frames, 1)}
+
+
+def _timed(predict: Predict, frame: Frame) -> tuple[F32, float]:
+    start = time.perf_counter()
+    prediction = predict(frame)
+    return prediction, time.perf_counter() - start
+
+
+def score(frames: Sequence[Frame], predict: Predict, max_disparity: float, gt_zero_invalid: bool) -> MethodScores:
+    """A method's three views on the frames (its matched view = its answered view)."""
+    scores = MethodScores({})
     for frame in frames:
-        start = time.perf_counter()
-        prediction = predict(frame)
-        elapsed += time.perf_counter() - start
-        accumulator.add(prediction, frame.disparity)
-    return accumulator.total(), elapsed / max(len(frames), 1)
+        prediction, seconds = _timed(predict, frame)
+        scores.add(three_views(prediction, frame.disparity, gt_zero_invalid=gt_zero_invalid,
+                               max_disparity=max_disparity), seconds)
+    return scores
 
 
 def tune_sgbm(max_disparity: float, samples: int = 12) -> tuple[SgbmParams, dict[str, float]]:
-    """Pick the grid point with the lowest bad-3 on a synthetic tuning stream (not a scored set)."""
+    """Pick the grid point with the lowest dense bad-3 on a synthetic tuning stream (not a scored set)."""
     frames = _synthetic_frames(samples, SGBM_TUNING_SEED, max_disparity, channels=1)
     range_ = covering_range(frames)
     best: tuple[float, SgbmParams] | None = None
     for params in sgbm_candidates():
-        metrics, _ = score(frames, sgbm_method(params, range_), max_disparity, gt_zero_invalid=False)
-        if best is None or metrics.bad3 < best[0]:
-            best = (metrics.bad3, params)
+        scores = score(frames, sgbm_method(params, range_), max_disparity, gt_zero_invalid=False)
+        bad3 = scores.views['dense'].metrics().bad3
+        if best is None or bad3 < best[0]:
+            best = (bad3, params)
     assert best is not None
-    return best[1], {'tuning_bad3': best[0], 'tuning_samples': float(samples)}
+    return best[1], {'tuning_dense_bad3': best[0], 'tuning_samples': float(samples)}
+
+
+def check_inference_scale(scale: float) -> None:
+    low, high = INFERENCE_SCALE_RANGE
+    if not low < scale <= high:  # also refuses NaN
+        raise EvaluationError(f'inference scale {scale}: must be in ({low:g}, {high:g}]')
+
+
+def score_set(frames: Sequence[Frame], ours: Callable[[Frame], tuple[F32, F32 | None]],
+              baselines: Sequence[tuple[str, Predict]], max_disparity: float,
+              gt_zero_invalid: bool) -> dict[str, MethodScores]:
+    """Every method's three views on the frames, ours last so that its matched view can use the density
+    :data:`REFERENCE` reached on the same frame.
+
+    Args:
+        ours: frame -> (``(H, W)`` disparity, ``(H, W)`` confidence or None), pixels.
+        baselines: (name, frame -> ``(H, W)`` disparity with NaN holes), in table order.
+    """
+    rules: dict[str, Any] = {'gt_zero_invalid': gt_zero_invalid, 'max_disparity': max_disparity}
+    scores = {name: MethodScores({}) for name, _ in baselines}
+    ours_scores = MethodScores({})
+    for frame in frames:
+        reference_density: float | None = None
+        for name, predict in baselines:
+            prediction, seconds = _timed(predict, frame)
+            counts = three_views(prediction, frame.disparity, **rules)
+            scores[name].add(counts, seconds)
+            if name == REFERENCE:
+                answered = counts['answered']
+                reference_density = (answered.scored.valid_pixels / answered.valid_pixels
+                                     if answered.valid_pixels else 0.0)
+        start = time.perf_counter()
+        prediction, confidence = ours(frame)
+        seconds = time.perf_counter() - start
+        keep = None
+        if reference_density is not None and confidence is not None:
+            eligible = ground_truth_mask(frame.disparity, **rules) & np.isfinite(prediction)
+            keep = keep_most_confident(confidence, eligible, reference_density)
+        counts = three_views(prediction, frame.disparity, keep, **rules)
+        if keep is None:
+            del counts['matched']  # no density to match (no reference, or no confidence)
+        ours_scores.add(counts, seconds)
+    return {OURS: ours_scores, **scores}
 
 
 def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto', synthetic_samples: int = 32,
              with_sgbm: bool = True, log: Callable[[str], None] = print,
-             precision: Precision = 'fp32') -> dict[str, Any]:
-    """Score the checkpoint (and SGBM) on every set. Returns the JSON-ready results."""
+             precision: Precision = 'fp32', inference_scale: float = 1.0) -> dict[str, Any]:
+    """Score the checkpoint (and SGBM) on every set in the three views. Returns the JSON-ready results.
+
+    Ours runs through :meth:`StereoProcessor.infer` at ``inference_scale`` (the node's path), with its
+    confidence for the matched view. Ground truth is scored below the checkpoint's ``max_disparity``
+    whatever the scale, so that every scale is scored on the same pixels.
+
+    Raises:
+        EvaluationError: a set cannot be loaded, or ``inference_scale`` is outside (0, 2.5].
+    """
     import warnings
 
     from stereonet_ros.inference import Predictor, UntrainedPlaceholderWarning
+    from stereonet_ros.processing import StereoProcessor
 
+    check_inference_scale(inference_scale)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UntrainedPlaceholderWarning)
         predictor = Predictor.from_checkpoint(checkpoint, device=device, precision=precision)
+    processor = StereoProcessor(predictor)
     max_disparity = float(predictor.contract.max_disparity)
     tuned: SgbmParams | None = None
     tuning: dict[str, float] = {}
@@ -259,38 +351,61 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
         'provenance': predictor.checkpoint.provenance,
         'device': str(predictor.device),
         'precision': predictor.precision,
+        'inference_scale': inference_scale,
         'max_disparity': max_disparity,
+        'views': {'dense': 'holes filled (KITTI devkit, row-wise min of the nearest valid neighbours), every '
+                           'valid-ground-truth pixel scored',
+                  'answered': 'each method scored where it answered; density = answered / valid',
+                  'matched': f'ours thinned to its most confident pixels down to {REFERENCE} density on each '
+                             'frame; SGBM scored where it answered'},
         'sgbm_tuned_params': dataclasses.asdict(tuned) if tuned else None,
         'sgbm_tuning': tuning,
         'sets': {},
     }
+
+    def ours(frame: Frame) -> tuple[F32, F32 | None]:
+        shift, confidence, _ = processor.infer(frame.left, frame.right, inference_scale, with_confidence=True)
+        return shift, confidence
+
     for spec in sets:
         frames = load_set(spec, synthetic_samples, max_disparity, predictor.contract.channels)
-        kitti = spec.startswith('kitti')
-        methods: list[MethodResult] = []
-        metrics, seconds = score(frames, lambda f: predictor.predict(f.left, f.right), max_disparity, kitti)
-        methods.append(MethodResult('stereonet', metrics, seconds))
+        baselines: list[tuple[str, Predict]] = []
+        detail: dict[str, Any] = {}
         if with_sgbm and tuned is not None:
             range_ = covering_range(frames)
-            for name, params in (('sgbm-stereo_image_proc', STEREO_IMAGE_PROC_SGBM), ('sgbm-tuned', tuned)):
-                metrics, seconds = score(frames, sgbm_method(params, range_), max_disparity, kitti)
-                methods.append(MethodResult(name, metrics, seconds, {'num_disparities': range_}))
+            detail = {'num_disparities': range_}
+            baselines = [(REFERENCE, sgbm_method(STEREO_IMAGE_PROC_SGBM, range_)),
+                         ('sgbm-tuned', sgbm_method(tuned, range_))]
+        scores = score_set(frames, ours, baselines, max_disparity, gt_zero_invalid=spec.startswith('kitti'))
         results['sets'][spec] = {
             'frames': len(frames),
-            'methods': {m.method: {**dataclasses.asdict(m.metrics), 'seconds_per_frame': m.seconds_per_frame,
-                                   **m.detail} for m in methods},
+            'methods': {name: {**method.as_json(), **(detail if name != OURS else {})}
+                        for name, method in scores.items()},
         }
         log(f'{spec}: {len(frames)} frame(s) scored')
     return results
 
 
+def _cell(value: float | None, digits: int) -> str:
+    return '-' if value is None or not math.isfinite(value) else f'{value:.{digits}f}'
+
+
 def format_table(results: dict[str, Any]) -> str:
-    lines = ['| set | method | EPE px | bad-1 % | bad-2 % | bad-3 % | D1 % | density | s/frame |',
-             '| --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+    """One markdown table: per set and method, the dense, answered and matched views (EPE px, bad-3 %)."""
+    lines = ['| set | method | dense EPE px | dense bad-3 % | answered EPE px | answered bad-3 % | answered density '
+             '| matched EPE px | matched bad-3 % | matched density | s/frame |',
+             '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+    ours_label = f'{OURS} ({results.get("precision", "fp32")}, scale {results.get("inference_scale", 1.0):g})'
     for spec, entry in results['sets'].items():
         for method, m in entry['methods'].items():
-            lines.append(f'| {spec} ({entry["frames"]}) | {method} | {m["epe"]:.2f} | {m["bad1"]:.1f} | '
-                         f'{m["bad2"]:.1f} | {m["bad3"]:.1f} | {m["d1"]:.1f} | {m["density"]:.3f} | '
+            cells = []
+            for view in VIEWS:
+                v = m.get(view) or {}
+                cells += [_cell(v.get('epe'), 2), _cell(v.get('bad3'), 1)]
+                if view != 'dense':
+                    cells.append(_cell(v.get('density'), 3))
+            label = ours_label if method == OURS else method
+            lines.append(f'| {spec} ({entry["frames"]}) | {label} | {" | ".join(cells)} | '
                          f'{m["seconds_per_frame"]:.3f} |')
     return '\n'.join(lines)
 
@@ -302,6 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--synthetic-samples', type=int, default=32, help='held-out synthetic pairs to score')
     parser.add_argument('--device', default='auto')
     parser.add_argument('--precision', default='fp32', choices=PRECISIONS, help=PRECISION_HELP)
+    parser.add_argument('--inference-scale', type=float, default=1.0,
+                        help='run the network on images resized by this factor, in (0, 2.5] (the node allows '
+                             '[0.1, 1]); disparities are resized back and rescaled')
     parser.add_argument('--no-sgbm', action='store_true', help='skip the SGBM baselines')
     parser.add_argument('--out', type=Path, help='also write the results as JSON here')
     arguments = parser.parse_args(argv)
@@ -312,9 +430,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if arguments.synthetic_samples < 1:
         fail(PROGRAM, f'--synthetic-samples {arguments.synthetic_samples}: must be >= 1', status=2)
+    low, high = INFERENCE_SCALE_RANGE
+    if not low < arguments.inference_scale <= high:  # also refuses nan
+        fail(PROGRAM, f'--inference-scale {arguments.inference_scale}: must be in ({low:g}, {high:g}]', status=2)
     sets = [spec.strip() for spec in arguments.sets.split(',') if spec.strip()]
     try:
         results = evaluate(arguments.checkpoint, sets, device=arguments.device, precision=arguments.precision,
+                           inference_scale=arguments.inference_scale,
                            synthetic_samples=arguments.synthetic_samples, with_sgbm=not arguments.no_sgbm,
                            log=lambda text: print(f'{PROGRAM}: {text}', file=sys.stderr))
     except (EvaluationError, CheckpointError, InputError) as err:
