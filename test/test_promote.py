@@ -9,31 +9,57 @@ import pytest
 from stereonet_ros.config import load
 from stereonet_ros.inference import PreliminaryCheckpointWarning, Predictor
 from stereonet_ros.model.checkpoint import load_checkpoint
-from stereonet_ros.training.promote import goal_report, promote
+from stereonet_ros.training.promote import Check, goal_report, motorcycle_dense_beats_sgbm, promote
 from stereonet_ros.training.train import TrainConfig, train
 
 
-def _results(ours_epe: float, ours_bad3: float, synthetic_epe: float) -> dict[str, Any]:
-    def row(epe: float, bad3: float) -> dict[str, float]:
-        return {'epe': epe, 'bad3': bad3}
+def _view(epe: float, bad3: float, density: float = 1.0) -> dict[str, float]:
+    return {'epe': epe, 'bad3': bad3, 'density': density}
+
+
+SGBM_ROW = {'dense': _view(1.8, 10.0), 'answered': _view(1.2, 6.4, 0.854), 'matched': _view(1.2, 6.4, 0.854)}
+
+
+def _results(ours_epe: float, ours_bad3: float, synthetic_epe: float = 6.0) -> dict[str, Any]:
+    ours = {'dense': _view(ours_epe, ours_bad3), 'answered': _view(ours_epe, ours_bad3),
+            'matched': _view(1.95, 12.2, 0.854)}
     return {'sets': {
-        'motorcycle': {'methods': {'stereonet': row(ours_epe, ours_bad3), 'sgbm-stereo_image_proc': row(1.2, 20.0),
-                                   'sgbm-tuned': row(1.3, 18.0)}},
-        'synthetic': {'methods': {'stereonet': row(synthetic_epe, 5.0)}},
+        'motorcycle': {'methods': {'stereonet': ours, 'sgbm-stereo_image_proc': SGBM_ROW,
+                                   'sgbm-tuned': {**SGBM_ROW, 'dense': _view(1.7, 9.5)}}},
+        'synthetic': {'methods': {'stereonet': {'dense': _view(synthetic_epe, 30.0)}}},
     }}
 
 
-@pytest.mark.parametrize('ours_epe, ours_bad3, synthetic_epe, met', [
-    (1.0, 15.0, 0.9, True),
-    (1.3, 15.0, 0.9, False),   # EPE not below SGBM
-    (1.0, 25.0, 0.9, False),   # bad-3 not below SGBM
-    (1.0, 15.0, 1.1, False),   # synthetic EPE above 1 px
+@pytest.mark.parametrize('ours_epe, ours_bad3, met', [
+    (1.79, 9.9, True),
+    (1.8, 9.9, False),   # dense EPE equal to SGBM's: not a win
+    (1.79, 10.0, False),  # dense bad-3 equal to SGBM's: not a win
+    (2.5, 9.9, False),   # EPE above
+    (1.79, 16.7, False),  # bad-3 above
 ])
-def test_the_goal_needs_both_real_scores_below_sgbm_and_synthetic_epe_within_1px(
-        ours_epe: float, ours_bad3: float, synthetic_epe: float, met: bool) -> None:
-    verdict, summary = goal_report(_results(ours_epe, ours_bad3, synthetic_epe))
+def test_the_goal_is_both_dense_motorcycle_scores_strictly_below_sgbm(ours_epe: float, ours_bad3: float,
+                                                                      met: bool) -> None:
+    verdict, summary = goal_report(_results(ours_epe, ours_bad3))
     assert verdict is met
-    assert f'Motorcycle EPE {ours_epe:.2f} px' in summary and 'SGBM stereo_image_proc 1.20 px / 20.0 %' in summary
+    assert summary.startswith(f'Motorcycle ours dense {ours_epe:.2f} px / {ours_bad3:.1f} %, ')
+    assert f'(motorcycle-dense-vs-sgbm: {"met" if met else "not met"})' in summary
+
+
+def test_the_summary_quotes_all_three_views_and_the_synthetic_epe_decides_nothing() -> None:
+    verdict, summary = goal_report(_results(1.79, 9.9, synthetic_epe=6.26))
+    assert verdict is True  # a synthetic EPE far above 1 px no longer holds the checkpoint back
+    assert (f'answered 1.79 px / 9.9 % at 1.000, matched 1.95 px / 12.2 % at 0.854; SGBM stereo_image_proc '
+            f'dense 1.80 px / 10.0 %, answered = matched 1.20 px / 6.4 % at 0.854') in summary
+    assert summary.endswith('SGBM tuned dense 1.70 px / 9.5 %; held-out synthetic dense EPE 6.26 px')
+
+
+def test_every_goal_check_must_pass() -> None:
+    def failing(results: dict[str, Any]) -> Check:
+        return Check('guide-ablation', False, 'guide ablation not better')
+
+    verdict, summary = goal_report(_results(1.79, 9.9), checks=(motorcycle_dense_beats_sgbm, failing))
+    assert verdict is False
+    assert '(motorcycle-dense-vs-sgbm: met); guide ablation not better (guide-ablation: not met)' in summary
 
 
 def test_promoting_a_briefly_trained_checkpoint_marks_it_preliminary(tmp_path: Path) -> None:
@@ -48,5 +74,5 @@ def test_promoting_a_briefly_trained_checkpoint_marks_it_preliminary(tmp_path: P
     provenance = load_checkpoint(destination).provenance
     assert provenance['preliminary'] is True and provenance['steps'] == 1
     assert '| motorcycle (1) | sgbm-stereo_image_proc |' in provenance['evaluation_table']
-    with pytest.warns(PreliminaryCheckpointWarning, match='1 training steps; Motorcycle EPE'):
+    with pytest.warns(PreliminaryCheckpointWarning, match='1 training steps; Motorcycle ours dense '):
         Predictor.from_checkpoint(destination, device='cpu')
