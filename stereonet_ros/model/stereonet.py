@@ -84,6 +84,12 @@ class StereoNetConfig:
     """Cost where the shifted view has no pixel: 'zero' (seed) or 'replicate' (edge column)."""
     align_corners: bool = True
     """Bilinear resizes with align_corners (seed: True)."""
+    refiner_disparity_unit: float = 1.0
+    """Input pixels per unit of the disparity channel each refiner receives: the refiner sees
+    ``disparity / refiner_disparity_unit`` beside the image. 1 = raw pixels (seed). Raw disparities
+    are tens of pixels next to an image in [-1, 1], so the image channel's weights get tens of times
+    less gradient than the disparity's and decay away; e.g. 32 puts both channels on one footing.
+    The residual the refiner returns stays in input pixels either way."""
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -97,6 +103,8 @@ class StereoNetConfig:
              "must be 'seed_linspace' or 'exact'"),
             ('cost_volume_border', self.cost_volume_border in ('zero', 'replicate'),
              "must be 'zero' or 'replicate'"),
+            ('refiner_disparity_unit', _positive_finite(self.refiner_disparity_unit),
+             'must be a finite number > 0'),
         ]
         for name, ok, requirement in checks:
             if not ok:
@@ -128,6 +136,11 @@ class StereoNetConfig:
         if unknown:
             raise ModelConfigError(f'unknown StereoNetConfig key(s) {unknown}; known: {sorted(known)}')
         return cls(**values)
+
+
+def _positive_finite(value: object) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0)
 
 
 def disparity_candidates(config: StereoNetConfig) -> torch.Tensor:
@@ -280,10 +293,16 @@ def matching_confidence(cost: torch.Tensor) -> torch.Tensor:
 
 
 class Refiner(nn.Module):
-    """(resized reference image ``(B, C, h, w)``, disparity ``(B, 1, h, w)``) -> disparity residual ``(B, 1, h, w)``."""
+    """(resized reference image ``(B, C, h, w)``, disparity ``(B, 1, h, w)`` in input pixels) -> disparity
+    residual ``(B, 1, h, w)`` in input pixels.
+
+    The first convolution takes the image channels first, then the disparity divided by
+    ``config.refiner_disparity_unit``.
+    """
 
     def __init__(self, config: StereoNetConfig) -> None:
         super().__init__()
+        self.disparity_unit = float(config.refiner_disparity_unit)
         width = config.refiner_channels
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         layers['segment_0_conv_0'] = nn.Conv2d(config.in_channels + 1, width, 3, padding=1)
@@ -293,6 +312,8 @@ class Refiner(nn.Module):
         self.net = nn.Sequential(layers)
 
     def forward(self, image: torch.Tensor, disparity: torch.Tensor) -> torch.Tensor:
+        if self.disparity_unit != 1.0:  # 1 = the seed's raw pixels, bit for bit
+            disparity = disparity / self.disparity_unit
         residual: torch.Tensor = self.net(torch.cat((image, disparity), dim=1))
         return residual
 

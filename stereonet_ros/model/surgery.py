@@ -1,0 +1,139 @@
+"""Exact edits of a StereoNet's weights: change a parametrization, revive a dead refiner, switch
+parts off for a measurement.
+
+Every function takes a config and a state_dict and returns new ones; nothing is edited in place.
+Refiner ``i``'s first convolution, ``refiners.i.net.segment_0_conv_0``, has weight
+``(W, C + 1, 3, 3)``: input channels ``0..C-1`` see the resized reference image, channel ``C``
+the disparity divided by ``config.refiner_disparity_unit`` (see
+:class:`~stereonet_ros.model.stereonet.Refiner`). Its last convolution,
+``refiners.i.net.segment_2_conv_0``, writes the residual in input pixels.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import torch
+
+from stereonet_ros.model.stereonet import Refiner, StereoNetConfig
+
+StateDict = dict[str, torch.Tensor]
+
+DEAD_REFINER_WEIGHT = 0.01
+"""A refiner whose first convolution has no weight of magnitude ``>=`` this is dead. PyTorch's
+default initialization draws them uniformly in ``+-1 / sqrt(fan_in)``, 0.24 for a gray guide
+(fan_in 2 * 3 * 3) and 0.17 for RGB (4 * 3 * 3): a live refiner keeps some well above 0.01; the shipped
+default's full-resolution refiner had decayed to 0.0024 at most."""
+
+
+class SurgeryError(ValueError):
+    """The state_dict does not have the refiner weights the config describes."""
+
+
+def _first_conv(index: int) -> str:
+    return f'refiners.{index}.net.segment_0_conv_0.weight'
+
+
+def _last_conv(index: int) -> tuple[str, str]:
+    return f'refiners.{index}.net.segment_2_conv_0.weight', f'refiners.{index}.net.segment_2_conv_0.bias'
+
+
+def _copy(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    return {key: value.detach().clone() for key, value in state_dict.items()}
+
+
+def _check(config: StereoNetConfig, state_dict: Mapping[str, torch.Tensor]) -> None:
+    for index in range(config.k_refinement_layers):
+        key = _first_conv(index)
+        weight = state_dict.get(key)
+        if weight is None or weight.dim() != 4 or weight.shape[1] != config.in_channels + 1:
+            shape = None if weight is None else tuple(weight.shape)
+            raise SurgeryError(f'{key}: expected (W, {config.in_channels + 1}, k, k), got {shape}')
+
+
+def with_disparity_unit(config: StereoNetConfig, state_dict: Mapping[str, torch.Tensor],
+                        unit: float) -> tuple[StereoNetConfig, StateDict]:
+    """The same function with the refiners fed disparity in ``unit`` pixels instead of
+    ``config.refiner_disparity_unit``: the disparity channel's first-layer weights are multiplied
+    by ``unit / old_unit`` (``w * d / old = (w * unit / old) * d / unit``), so every output is equal
+    up to float rounding."""
+    _check(config, state_dict)
+    new_config = dataclasses.replace(config, refiner_disparity_unit=unit)  # validates the unit
+    ratio = float(unit) / float(config.refiner_disparity_unit)
+    edited = _copy(state_dict)
+    for index in range(config.k_refinement_layers):
+        weight = edited[_first_conv(index)]
+        weight[:, config.in_channels:] *= ratio
+    return new_config, edited
+
+
+def dead_refiners(config: StereoNetConfig, state_dict: Mapping[str, torch.Tensor],
+                  threshold: float = DEAD_REFINER_WEIGHT) -> list[int]:
+    """Indices of the refiners whose first-layer weights are all below ``threshold`` in magnitude."""
+    _check(config, state_dict)
+    dead = []
+    for index in range(config.k_refinement_layers):
+        weight = state_dict[_first_conv(index)]
+        # Compared in the weights' dtype: a float32 weight stored as 0.01 is 0.00999999977 in float64.
+        if bool(weight.abs().max() < torch.tensor(threshold, dtype=weight.dtype)):
+            dead.append(index)
+    return dead
+
+
+def reinitialized_refiners(config: StereoNetConfig, state_dict: Mapping[str, torch.Tensor], indices: list[int],
+                           seed: int = 0) -> StateDict:
+    """Fresh weights for refiners ``indices``, with their last convolution at zero.
+
+    A zero last layer makes the residual zero, so the network computes what it computed with a
+    dead refiner (whose residual was near zero) and can learn from there; the fresh layers below
+    it get gradient from the first step on, through the last layer's weights. Refiner ``i`` is
+    drawn from ``seed + i`` (PyTorch's default initialization), leaving the global generator as it was.
+    """
+    _check(config, state_dict)
+    edited = _copy(state_dict)
+    for index in indices:
+        if not 0 <= index < config.k_refinement_layers:
+            raise SurgeryError(f'refiner {index}: the model has {config.k_refinement_layers}')
+        state = _fresh_refiner_state(config, seed + index)
+        weight_key, bias_key = _last_conv(0)
+        state[weight_key.removeprefix('refiners.0.')].zero_()
+        state[bias_key.removeprefix('refiners.0.')].zero_()
+        for key, value in state.items():
+            target = f'refiners.{index}.{key}'
+            edited[target] = value.to(dtype=edited[target].dtype)
+    return edited
+
+
+def _fresh_refiner_state(config: StereoNetConfig, seed: int) -> StateDict:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return {key: value.detach().clone() for key, value in Refiner(config).state_dict().items()}
+
+
+def without_image_guidance(config: StereoNetConfig, state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """Every refiner as if its guide image were zeros (the guide-ablation check).
+
+    The image enters only the first convolution, linearly, so zeroing its image-channel weights is
+    exactly ``Refiner.forward(zeros, disparity)``.
+    """
+    _check(config, state_dict)
+    edited = _copy(state_dict)
+    for index in range(config.k_refinement_layers):
+        edited[_first_conv(index)][:, :config.in_channels] = 0.0
+    return edited
+
+
+def truncated_after(config: StereoNetConfig, state_dict: Mapping[str, torch.Tensor], level: int) -> StateDict:
+    """The network whose output is pyramid level ``level`` (0 = soft argmin) carried to full size.
+
+    Refiners ``level..R-1`` get a zero last layer: their residual is zero, and since a level is
+    ``relu(coarse + residual)`` with ``coarse >= 0``, they only resize the level bilinearly.
+    """
+    _check(config, state_dict)
+    if not 0 <= level <= config.k_refinement_layers:
+        raise SurgeryError(f'level {level}: the model has levels 0..{config.k_refinement_layers}')
+    edited = _copy(state_dict)
+    for index in range(level, config.k_refinement_layers):
+        for key in _last_conv(index):
+            edited[key].zero_()
+    return edited
