@@ -90,6 +90,11 @@ def build(kind: type[T], values: Mapping[str, Any], prefix: str = '') -> T:
                           f'{prefix or "the top level"}: {sorted(known)}')
     converted: dict[str, Any] = {}
     for name, value in values.items():
+        default = _default_of(known[name])
+        if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
+            # A section overrides its keys on top of *this* field's default (e.g. TrainConfig's model),
+            # not on the section class's own defaults: `model.max_disparity=64` keeps the rest.
+            value = merge(to_dict(default), value)
         converted[name] = _convert(value, hints[name], prefix + name)
     try:
         return kind(**converted)
@@ -97,6 +102,12 @@ def build(kind: type[T], values: Mapping[str, Any], prefix: str = '') -> T:
         raise
     except (TypeError, ValueError) as err:
         raise ConfigError(f'{prefix.rstrip(".") or kind.__name__}: {err}') from err
+
+
+def _default_of(field: dataclasses.Field[Any]) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
@@ -18,7 +19,8 @@ from stereonet_ros.model.checkpoint import load_checkpoint
 from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig
 from stereonet_ros.training.loss import stereo_pyramid_loss
 from stereonet_ros.precision import autocast_dtype_for
-from stereonet_ros.training.train import StepBatches, TrainConfig, learning_rate, normalize, train
+from stereonet_ros.training.train import (StepBatches, TrainConfig, initial_weights, learning_rate, normalize,
+                                         train)
 
 TINY = [
     'model.max_disparity=64', 'data.max_disparity=64', 'data.height=64', 'data.width=128',
@@ -29,12 +31,74 @@ TINY = [
 
 
 def test_learning_rate_warms_up_then_decays_by_steps() -> None:
-    config = TrainConfig(lr=1e-3, warmup_steps=100, lr_decay_every=1000, lr_decay_gamma=0.5)
+    config = TrainConfig(lr=1e-3, warmup_steps=100, lr_schedule='step', lr_decay_every=1000, lr_decay_gamma=0.5)
     assert learning_rate(config, 0) == pytest.approx(1e-5)
     assert learning_rate(config, 50) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
     assert learning_rate(config, 100) == pytest.approx(1e-3)
     assert learning_rate(config, 1999) == pytest.approx(5e-4)
     assert learning_rate(config, 2000) == pytest.approx(2.5e-4)
+
+
+def test_cosine_rate_is_the_peak_after_warm_up_half_way_at_the_middle_and_lr_min_at_the_end() -> None:
+    config = TrainConfig(lr=1e-3, lr_min=1e-5, warmup_steps=100, steps=1100)
+    assert learning_rate(config, 0) == pytest.approx(1e-5)  # warm-up from lr / 100
+    assert learning_rate(config, 100) == pytest.approx(1e-3)
+    assert learning_rate(config, 600) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert learning_rate(config, 1100) == pytest.approx(1e-5)
+    assert learning_rate(config, 5000) == pytest.approx(1e-5)  # past the end: stays at lr_min
+    rates = [learning_rate(config, step) for step in range(100, 1101)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+
+
+def test_the_default_recipe_decays_weights_decoupled_on_a_cosine_with_normalized_refiner_input() -> None:
+    config = TrainConfig()
+    assert (config.optimizer, config.lr_schedule) == ('adamw', 'cosine')
+    assert config.model.refiner_disparity_unit == 32.0
+
+
+def test_overriding_one_model_key_keeps_the_recipe_s_other_model_defaults() -> None:
+    # It used to rebuild the section from StereoNetConfig's own (seed) defaults: the seed's grid and border.
+    config = load(TrainConfig, overrides=['model.max_disparity=64', 'data.max_disparity=64',
+                                          'data.disparity_range=[8, 48]'])
+    assert config.model == dataclasses.replace(TrainConfig().model, max_disparity=64)
+    assert (config.data.height, config.data.width) == (192, 384)
+
+
+def test_lr_min_above_lr_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r'lr_min=0\.002: must be in \[0, lr=0\.001\]'):
+        load(TrainConfig, overrides=['lr=1e-3', 'lr_min=2e-3'])
+
+
+def test_starting_from_pixel_unit_weights_reparametrizes_and_revives_a_dead_refiner(tmp_path: Path) -> None:
+    seedlike = load(TrainConfig, overrides=[*TINY, 'model.refiner_disparity_unit=1', 'steps=1'])
+    torch.manual_seed(0)
+    model = StereoNet(seedlike.model)
+    state = model.state_dict()
+    state['refiners.2.net.segment_0_conv_0.weight'] *= 1e-3  # decayed away, as in the first default
+    weights, done = initial_weights(seedlike.model, state, load(TrainConfig, overrides=[*TINY]))
+    assert len(done) == 2 and 'refiner disparity unit 1 -> 32' in done[0] and '[2] were dead' in done[1]
+    key = 'refiners.0.net.segment_0_conv_0.weight'
+    assert torch.allclose(weights[key][:, 1:], state[key][:, 1:] * 32.0)
+    assert not weights['refiners.2.net.segment_2_conv_0.weight'].any()
+    kept, nothing = initial_weights(seedlike.model, state, load(
+        TrainConfig, overrides=[*TINY, 'model.refiner_disparity_unit=1', 'revive_dead_refiners=false']))
+    assert nothing == [] and all(torch.equal(kept[k], state[k]) for k in state)
+    with pytest.raises(ConfigError, match='has model config'):
+        initial_weights(seedlike.model, state, load(TrainConfig, overrides=[*TINY, 'model.max_disparity=32',
+                                                                           'data.max_disparity=32',
+                                                                           'data.disparity_range=[8, 24]']))
+
+
+def test_a_log_begun_by_an_older_version_keeps_its_columns_on_resume(tmp_path: Path) -> None:
+    config = load(TrainConfig, overrides=[*TINY, 'steps=2', 'checkpoint_every=1'])
+    assert train(config, tmp_path, stop_after=1, progress=False) == 1
+    log = tmp_path / 'log.csv'
+    old_header = 'step,wall_s,samples_per_s,loss,lr,val_epe,val_bad3,real_epe,real_bad2,real_bad3'
+    rows = log.read_text().splitlines()[1:]
+    log.write_text('\n'.join([old_header, *(','.join(r.split(',')[:10]) for r in rows)]) + '\n')
+    assert train(config, tmp_path, progress=False) == 2
+    lines = log.read_text().splitlines()
+    assert lines[0] == old_header and all(len(line.split(',')) == 10 for line in lines)
 
 
 def test_batches_are_a_function_of_the_step_only() -> None:

@@ -61,23 +61,32 @@ class TrainConfig:
     """Everything that decides a training run (saved beside its outputs)."""
 
     model: StereoNetConfig = field(default_factory=lambda: StereoNetConfig(
-        in_channels=1, max_disparity=192, disparity_grid='exact', cost_volume_border='replicate'))
-    """The network; default: grayscale, 192 px, the paper's exact candidate grid."""
+        in_channels=1, max_disparity=192, disparity_grid='exact', cost_volume_border='replicate',
+        refiner_disparity_unit=32.0))
+    """The network; default: grayscale, 192 px, the paper's exact candidate grid, refiners fed
+    disparity in units of 32 px (comparable to the image's [-1, 1]; see StereoNetConfig)."""
     data: SyntheticConfig = field(default_factory=lambda: SyntheticConfig(height=192, width=384))
     """The synthetic generator (crop size = data.height x data.width)."""
     steps: int = 100_000
     """Optimizer steps in total (a resumed run continues up to this)."""
     batch_size: int = 4
     """Pairs per step per process."""
-    optimizer: Literal['rmsprop', 'adamw'] = 'rmsprop'
-    """RMSprop as the paper and the seed; AdamW as RAFT-Stereo."""
+    optimizer: Literal['rmsprop', 'adamw'] = 'adamw'
+    """AdamW (decoupled weight decay, as RAFT-Stereo) or RMSprop (the paper, the seed). RMSprop's weight
+    decay is coupled: it is added to the gradient and then normalized with it, so weights whose gradient is
+    small (the refiners' image channels) decay to nothing; the first default did exactly that."""
     lr: float = 1e-3
-    """Peak learning rate (the paper's RMSprop rate)."""
+    """Peak learning rate."""
     weight_decay: float = 1e-4
     warmup_steps: int = 200
     """Linear warm-up from lr/100."""
+    lr_schedule: Literal['cosine', 'step'] = 'cosine'
+    """After warm-up: 'cosine' from lr down to lr_min at ``steps``; 'step' multiplies by lr_decay_gamma
+    every lr_decay_every steps."""
+    lr_min: float = 1e-5
+    """The cosine schedule's last rate."""
     lr_decay_every: int = 10_000
-    """Multiply the rate by lr_decay_gamma every this many steps (exponential step decay)."""
+    """'step' schedule: multiply the rate by lr_decay_gamma every this many steps."""
     lr_decay_gamma: float = 0.9
     grad_clip: float = 1.0
     """Clip the gradient norm (0 = off)."""
@@ -103,7 +112,12 @@ class TrainConfig:
     precision: Literal['fp32', 'bf16', 'fp16'] = 'bf16'
     """Autocast precision: bf16 on a GPU, and on a CPU with native bfloat16 (else fp32); fp16 on a GPU only."""
     init_checkpoint: str = ''
-    """Start from these weights (ours or a seed .ckpt) instead of random ones; ignored on resume."""
+    """Start from these weights (ours or a seed .ckpt) instead of random ones; ignored on resume. When
+    its model config differs from ``model`` only in ``refiner_disparity_unit``, the weights are
+    reparametrized exactly (``stereonet_ros.model.surgery.with_disparity_unit``)."""
+    revive_dead_refiners: bool = True
+    """With init_checkpoint: re-initialize refiners whose first layer has decayed to nothing
+    (``surgery.dead_refiners``), their last layer at zero so the function starts unchanged."""
     score_real_pair: bool = True
     """Also score the Middlebury Motorcycle pair (scikit-image) at each validation."""
 
@@ -118,6 +132,8 @@ class TrainConfig:
         for name in ('weight_decay', 'warmup_steps', 'grad_clip', 'workers', 'threads', 'seed', 'lr_decay_every'):
             if getattr(self, name) < 0:
                 raise ConfigError(f'{name}={getattr(self, name)!r}: must be >= 0')
+        if not 0 <= self.lr_min <= self.lr:
+            raise ConfigError(f'lr_min={self.lr_min!r}: must be in [0, lr={self.lr!r}]')
         if self.model.in_channels != self.data.channels:
             raise ConfigError(f'model.in_channels={self.model.in_channels} but data.channels={self.data.channels}')
         if float(self.model.max_disparity) != self.data.max_disparity:
@@ -137,9 +153,18 @@ class TrainConfig:
 # --- pieces ----------------------------------------------------------------------------------------
 
 def learning_rate(config: TrainConfig, step: int) -> float:
-    """The rate for optimizer step ``step`` (0-based): linear warm-up, then exponential step decay."""
+    """The rate for optimizer step ``step`` (0-based): linear warm-up, then the schedule.
+
+    Cosine (Loshchilov & Hutter, SGDR): ``lr_min + (lr - lr_min) * (1 + cos(pi * t)) / 2`` with
+    ``t = (step - warmup) / (steps - warmup)`` clipped to [0, 1], so it is ``lr`` right after the
+    warm-up and ``lr_min`` at ``steps``.
+    """
     rate = config.lr
-    if config.lr_decay_every > 0:
+    if config.lr_schedule == 'cosine':
+        span = max(config.steps - config.warmup_steps, 1)
+        progress = min(max((step - config.warmup_steps) / span, 0.0), 1.0)
+        rate = config.lr_min + (config.lr - config.lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif config.lr_decay_every > 0:
         rate *= config.lr_decay_gamma ** (step // config.lr_decay_every)
     if step < config.warmup_steps:
         rate *= 0.01 + 0.99 * step / config.warmup_steps
@@ -246,12 +271,25 @@ def validate(model: StereoNet, config: TrainConfig, device: torch.device) -> dic
     overall = accumulator.total()
     results['val_epe'], results['val_bad3'] = overall.epe, overall.bad3
     if config.score_real_pair:
+        from stereonet_ros.evaluation.refinement import refinement_scores
         from stereonet_ros.samples import motorcycle
 
         sample = motorcycle()
-        real = disparity_metrics(predictor.predict(sample.left, sample.right), sample.disparity)
+        refinement = refinement_scores(predictor.checkpoint, sample.left, sample.right, sample.disparity,
+                                       device=str(device))
+        real = refinement.output
         results['real_epe'], results['real_bad2'], results['real_bad3'] = real.epe, real.bad2, real.bad3
+        for level, metrics in enumerate(refinement.levels[:-1]):
+            results[f'real_epe_level{level}'] = metrics.epe
+        results['guide_rise'] = refinement.guide_rise_epe
     return results
+
+
+def log_fields(config: TrainConfig) -> list[str]:
+    """log.csv's columns: per-step figures, then the validation scores of :func:`validate`."""
+    levels = [f'real_epe_level{level}' for level in range(config.model.k_refinement_layers)]
+    return ['step', 'wall_s', 'samples_per_s', 'loss', 'lr', 'val_epe', 'val_bad3', 'real_epe', 'real_bad2',
+            'real_bad3', *levels, 'guide_rise']
 
 
 # --- the loop ----------------------------------------------------------------------------------------
@@ -287,11 +325,13 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
     if config.init_checkpoint and not state_path.exists():
         from stereonet_ros.model.checkpoint import load_checkpoint
         initial = load_checkpoint(config.init_checkpoint)
-        if initial.config != config.model:
-            raise ConfigError(f'init_checkpoint {config.init_checkpoint} has model config {initial.config}, '
-                              f'this run wants {config.model}')
-        model.load_state_dict(initial.state_dict)
+        weights, surgery = initial_weights(initial.config, initial.state_dict, config)
+        model.load_state_dict(weights)
         lineage = init_lineage(config.init_checkpoint, initial.provenance)
+        if surgery:
+            lineage['surgery'] = surgery
+            if distributed.is_main:
+                print(f'{PROGRAM}: init_checkpoint edited: {"; ".join(surgery)}', file=sys.stderr)
     model = model.to(device)
     if device.type == 'cpu':
         to_channels_last(model)
@@ -359,11 +399,13 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
             previous_handlers[signum] = signal.signal(signum, request_stop)
 
     log_path = output_dir / 'log.csv'
-    fields_ = ['step', 'wall_s', 'samples_per_s', 'loss', 'lr', 'val_epe', 'val_bad3', 'real_epe', 'real_bad2',
-               'real_bad3']
-    new_log = not log_path.exists()
+    fields_ = log_fields(config)
+    new_log = not log_path.exists() or log_path.stat().st_size == 0
+    if not new_log:  # a log begun by an older version keeps its columns; scores it lacks are left out
+        with log_path.open(newline='') as existing:
+            fields_ = next(csv.reader(existing), None) or fields_
     log_file = log_path.open('a', newline='') if distributed.is_main else None
-    writer = csv.DictWriter(log_file, fieldnames=fields_) if log_file else None
+    writer = csv.DictWriter(log_file, fieldnames=fields_, extrasaction='ignore') if log_file else None
     if writer and new_log:
         writer.writeheader()
     tensorboard = _tensorboard(output_dir) if distributed.is_main else None
@@ -454,6 +496,34 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
 def _in_main_thread() -> bool:
     import threading
     return threading.current_thread() is threading.main_thread()
+
+
+def initial_weights(initial_config: StereoNetConfig, state_dict: dict[str, torch.Tensor],
+                    config: TrainConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The weights a run starts from, given ``init_checkpoint``'s, and what was done to them.
+
+    A different ``refiner_disparity_unit`` is reparametrized exactly; with ``revive_dead_refiners``,
+    dead refiners are re-initialized (seeded by the run's seed). Any other config difference is an error.
+    """
+    from stereonet_ros.model import surgery as edit
+
+    done: list[str] = []
+    weights = dict(state_dict)
+    if initial_config.refiner_disparity_unit != config.model.refiner_disparity_unit:
+        unit = config.model.refiner_disparity_unit
+        done.append(f'refiner disparity unit {initial_config.refiner_disparity_unit:g} -> {unit:g} px '
+                    '(exact reparametrization)')
+        initial_config, weights = edit.with_disparity_unit(initial_config, weights, unit)
+    if initial_config != config.model:
+        raise ConfigError(f'init_checkpoint {config.init_checkpoint} has model config {initial_config}, '
+                          f'this run wants {config.model}')
+    if config.revive_dead_refiners:
+        dead = edit.dead_refiners(initial_config, weights)
+        if dead:
+            weights = edit.reinitialized_refiners(initial_config, weights, dead, seed=config.seed)
+            done.append(f'refiner(s) {dead} were dead (first-layer weights < {edit.DEAD_REFINER_WEIGHT:g}): '
+                        're-initialized with a zero last layer')
+    return weights, done
 
 
 def init_lineage(path: str, provenance: dict[str, Any]) -> dict[str, Any]:
