@@ -90,7 +90,9 @@ def test_a_refiner_is_dead_below_the_threshold_and_alive_at_it() -> None:
     key = 'refiners.1.net.segment_0_conv_0.weight'
     state[key] = torch.full_like(state[key], DEAD_REFINER_WEIGHT * 0.999)
     assert dead_refiners(SMALL, state) == [1]
-    state[key][3, 1, 2, 0] = -DEAD_REFINER_WEIGHT  # one weight exactly at the threshold: alive
+    state[key][3, 1, 2, 0] = 5.0  # the disparity channel does not count: its scale is the unit's
+    assert dead_refiners(SMALL, state) == [1]
+    state[key][3, 0, 2, 0] = -DEAD_REFINER_WEIGHT  # one image weight exactly at the threshold: alive
     assert dead_refiners(SMALL, state) == []
 
 

@@ -20,10 +20,12 @@ from stereonet_ros.model.stereonet import Refiner, StereoNetConfig
 StateDict = dict[str, torch.Tensor]
 
 DEAD_REFINER_WEIGHT = 0.01
-"""A refiner whose first convolution has no weight of magnitude ``>=`` this is dead. PyTorch's
-default initialization draws them uniformly in ``+-1 / sqrt(fan_in)``, 0.24 for a gray guide
-(fan_in 2 * 3 * 3) and 0.17 for RGB (4 * 3 * 3): a live refiner keeps some well above 0.01; the shipped
-default's full-resolution refiner had decayed to 0.0024 at most."""
+"""A refiner whose first convolution has no guide-image weight of magnitude ``>=`` this is dead: it
+no longer looks at the image. PyTorch's default initialization draws them uniformly in
+``+-1 / sqrt(fan_in)``, 0.24 for a gray guide (fan_in 2 * 3 * 3) and 0.17 for RGB (4 * 3 * 3); in the
+first shipped default the two coarser refiners kept image weights up to 0.16 and 0.08, while the
+full-resolution one had decayed to 0.0024 (and its other layers with it). The image channels are
+judged, not the disparity channel, whose scale depends on ``refiner_disparity_unit``."""
 
 
 class SurgeryError(ValueError):
@@ -69,11 +71,11 @@ def with_disparity_unit(config: StereoNetConfig, state_dict: Mapping[str, torch.
 
 def dead_refiners(config: StereoNetConfig, state_dict: Mapping[str, torch.Tensor],
                   threshold: float = DEAD_REFINER_WEIGHT) -> list[int]:
-    """Indices of the refiners whose first-layer weights are all below ``threshold`` in magnitude."""
+    """Indices of the refiners whose first-layer guide-image weights are all below ``threshold`` in magnitude."""
     _check(config, state_dict)
     dead = []
     for index in range(config.k_refinement_layers):
-        weight = state_dict[_first_conv(index)]
+        weight = state_dict[_first_conv(index)][:, :config.in_channels]
         # Compared in the weights' dtype: a float32 weight stored as 0.01 is 0.00999999977 in float64.
         if bool(weight.abs().max() < torch.tensor(threshold, dtype=weight.dtype)):
             dead.append(index)

@@ -521,7 +521,7 @@ def initial_weights(initial_config: StereoNetConfig, state_dict: dict[str, torch
         dead = edit.dead_refiners(initial_config, weights)
         if dead:
             weights = edit.reinitialized_refiners(initial_config, weights, dead, seed=config.seed)
-            done.append(f'refiner(s) {dead} were dead (first-layer weights < {edit.DEAD_REFINER_WEIGHT:g}): '
+            done.append(f'refiner(s) {dead} were dead (guide-image weights < {edit.DEAD_REFINER_WEIGHT:g}): '
                         're-initialized with a zero last layer')
     return weights, done
 
