@@ -7,6 +7,11 @@ Preprocessing follows the checkpoint's :class:`~stereonet_ros.model.checkpoint.I
    0.114 B, what OpenCV and cv_bridge use); gray -> RGB by repeating the channel; RGBA drops alpha.
 3. ``(x - mean) / std`` per view and channel.
 
+One colour conversion everywhere: RGB becomes float32 luma (:func:`~stereonet_ros.image_codec.bt601_luma`),
+never rounded to uint8. The training data (``stereonet_ros.data``) are made that way, and the node's
+message decoding (:func:`~stereonet_ros.image_codec.to_model_input`) calls the same function, so an
+``rgb8`` message and the same pixels read from a PNG give the network the same input bit for bit.
+
 Padding policy: the contract's ``pad_multiple`` (1 for seed checkpoints, which the seed ran at the
 given size; 2^K for ours) pads bottom and right with edge values, so that every pyramid level has
 an exact size; the output is cropped back. Left-view disparity only looks leftwards (x - d), so
@@ -30,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from stereonet_ros.cpu_allocator import tune_allocator_for_inference
-from stereonet_ros.image_codec import BT601_WEIGHTS
+from stereonet_ros.image_codec import bt601_luma
 from stereonet_ros.model.checkpoint import Checkpoint, InputContract, load_checkpoint
 from stereonet_ros.model.stereonet import (StereoNet, StereoNetConfig, fold_batchnorm, matching_confidence,
                                            to_channels_last)
@@ -116,11 +121,11 @@ def as_float_image(image: npt.ArrayLike, name: str) -> npt.NDArray[np.float32]:
 
 
 def to_contract_color(image: npt.NDArray[np.float32], color: Literal['gray', 'rgb']) -> npt.NDArray[np.float32]:
-    """(H, W) or (H, W, 3) -> (C, H, W) in the contract's colour (BT.601 luma for gray)."""
+    """(H, W) or (H, W, 3) float32 -> (C, H, W) in the contract's colour (gray: float BT.601 luma,
+    :func:`~stereonet_ros.image_codec.bt601_luma`, unrounded)."""
     if color == 'gray':
         if image.ndim == 3:
-            red, green, blue = BT601_WEIGHTS
-            image = red * image[:, :, 0] + green * image[:, :, 1] + blue * image[:, :, 2]
+            image = bt601_luma(image)  # (H, W)
         return image[np.newaxis]  # (1, H, W)
     if image.ndim == 2:
         return np.repeat(image[np.newaxis], 3, axis=0)  # (3, H, W)

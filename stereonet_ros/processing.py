@@ -139,6 +139,10 @@ def decode_pair(left: ImageLike, right: ImageLike, color: Literal['gray', 'rgb']
                 want_rgb: bool) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[np.uint8] | None]:
     """Decode the two images into what the network takes, and the left colours if wanted.
 
+    For a gray checkpoint a colour message becomes float32 BT.601 luma
+    (:func:`~stereonet_ros.image_codec.to_model_input`), the values :class:`~stereonet_ros.inference.Predictor`
+    computes from the same RGB pixels, so the node and ``stereonet-infer`` give the network the same input.
+
     Args:
         left, right: image messages (any supported encoding).
         color: the checkpoint's input colour (``Predictor.contract.color``).

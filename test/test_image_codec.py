@@ -15,6 +15,7 @@ from stereonet_ros.image_codec import (
     ImageFields,
     MalformedImageError,
     array_to_image_fields,
+    bt601_luma,
     bytes_per_pixel,
     canonical_encoding,
     image_to_array,
@@ -150,21 +151,33 @@ def test_colour_channel_order_is_the_encodings_own() -> None:
 
 
 @pytest.mark.parametrize(('pixel', 'gray'), [
-    ((255, 0, 0), 76),     # 0.299 * 255 = 76.245
-    ((0, 255, 0), 150),    # 0.587 * 255 = 149.685
-    ((0, 0, 255), 29),     # 0.114 * 255 = 29.07
-    ((255, 255, 255), 255),
-    ((0, 0, 0), 0),
-    ((100, 150, 200), 141),  # 29.9 + 88.05 + 22.8 = 140.75
+    ((255, 0, 0), 76.245),
+    ((0, 255, 0), 149.685),
+    ((0, 0, 255), 29.07),
+    ((255, 255, 255), 255.0),
+    ((0, 0, 0), 0.0),
+    ((100, 150, 200), 140.75),  # 29.9 + 88.05 + 22.8: would round to 141, it must not
 ])
-def test_gray_from_colour_uses_bt601_weights(pixel: tuple[int, int, int], gray: int) -> None:
+def test_gray_from_colour_is_unrounded_float_bt601_luma(pixel: tuple[int, int, int], gray: float) -> None:
     r, g, b = pixel
     for encoding, data in [('rgb8', [r, g, b]), ('bgr8', [b, g, r]), ('rgba8', [r, g, b, 7]),
                            ('bgra8', [b, g, r, 255])]:
         msg = FakeImage(1, 1, encoding, 0, len(data), bytes(data))
         result = to_model_input(msg, 'gray')
-        assert result.dtype == np.uint8 and result.shape == (1, 1)
-        assert int(result[0, 0]) == gray, encoding
+        assert result.dtype == np.float32 and result.shape == (1, 1)
+        assert result[0, 0] == pytest.approx(gray, abs=1e-4), encoding
+
+
+def test_gray_from_colour_is_bit_for_bit_what_the_predictor_computes_from_the_same_rgb() -> None:
+    from stereonet_ros.inference import as_float_image, to_contract_color
+
+    array = random_image('rgb8', height=13, width=17, seed=5)
+    decoded = to_model_input(from_fields(array_to_image_fields(array, 'rgb8')), 'gray')
+    bgr = to_model_input(from_fields(array_to_image_fields(np.ascontiguousarray(array[:, :, ::-1]), 'bgr8')), 'gray')
+    predictor_gray = to_contract_color(as_float_image(array, 'left'), 'gray')[0]
+    assert np.array_equal(decoded, predictor_gray) and np.array_equal(bgr, predictor_gray)
+    assert np.array_equal(bt601_luma(array.astype(np.float32)), predictor_gray)
+    assert not np.array_equal(decoded, np.rint(decoded))  # not quantized to gray levels
 
 
 def test_mono_asked_as_rgb_is_replicated_and_keeps_its_dtype() -> None:

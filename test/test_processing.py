@@ -1,6 +1,7 @@
 """StereoProcessor without ROS: the node's arrays from a real (small, random) network."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -171,3 +172,56 @@ def test_decode_pair_gives_the_network_input_and_the_left_colours_when_asked(pai
 def test_to_rgb8_scales_each_dtype_to_bytes() -> None:
     assert to_rgb8(np.array([[[0, 65535, 256]]], np.uint16)).tolist() == [[[0, 255, 1]]]
     assert to_rgb8(np.array([[[-3.0, 254.6, np.nan]]], np.float32)).tolist() == [[[0, 255, 0]]]
+
+
+# ---------------------------------------------------------------------------- node path == CLI path
+
+
+@pytest.fixture(scope='module')
+def default_processor() -> StereoProcessor:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # the bundled checkpoint is marked preliminary
+        return StereoProcessor(Predictor.from_checkpoint(device='cpu'))
+
+
+@pytest.mark.parametrize('kind', ['rgb', 'gray'])
+def test_the_node_and_stereonet_infer_give_the_same_disparity_for_the_same_pixels(
+        default_processor: StereoProcessor, kind: str, tmp_path: Path) -> None:
+    """Motorcycle with the bundled checkpoint: messages decoded as the node decodes them, through the node's
+    processing, against ``stereonet-infer`` reading the same pixels from PNG files."""
+    from stereonet_ros.cli.infer import main as infer_main
+    from stereonet_ros.image_io import write_png
+    from stereonet_ros.samples import motorcycle
+
+    sample = motorcycle()
+    left, right = sample.left, sample.right  # (500, 741, 3) uint8 RGB
+    if kind == 'rgb':  # the right camera sends bgr8: the node must reorder it
+        left_msg, right_msg = as_message(left, 'rgb8'), as_message(np.ascontiguousarray(right[:, :, ::-1]), 'bgr8')
+    else:
+        left, right = ((image @ np.array([0.299, 0.587, 0.114])).round().astype(np.uint8) for image in (left, right))
+        left_msg, right_msg = as_message(left, 'mono8'), as_message(right, 'mono8')
+    height, width = left.shape[:2]
+    camera = StereoCamera(width=width, height=height, fx=500.0, fy=500.0, cx=370.0, cy=250.0, cx_right=370.0,
+                          focal=500.0, baseline=0.1)
+
+    node_left, node_right, _ = decode_pair(left_msg, right_msg, default_processor.predictor.contract.color, False)
+    node = default_processor.process(node_left, node_right, camera, NodeConfig(), OutputSelection())
+
+    write_png(tmp_path / 'left.png', left)
+    write_png(tmp_path / 'right.png', right)
+    assert infer_main([str(tmp_path / 'left.png'), str(tmp_path / 'right.png'), '--out', str(tmp_path / 'd.npy'),
+                       '--device', 'cpu']) == 0
+    cli = np.load(tmp_path / 'd.npy')
+
+    # The node publishes the shift where valid (offset 0 here) and min_disparity - 1 elsewhere.
+    columns = np.arange(width)[np.newaxis, :]
+    assert np.array_equal(node.valid, (cli > 0) & (columns - cli >= 0))
+    assert node.valid.mean() > 0.9
+    assert np.abs(node.disparity[node.valid] - cli[node.valid]).max() <= 1e-4
+    if kind == 'rgb':
+        # What the node did before: gray rounded to uint8 first. The test sees the difference.
+        rounded = [np.rint(image).astype(np.uint8) for image in (node_left, node_right)]
+        before = default_processor.predictor.predict(*rounded)
+        assert np.abs(before - cli).max() > 1e-2

@@ -1,15 +1,19 @@
 """Promoting a trained checkpoint to the default: the preliminary flag follows the measured goal."""
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from stereonet_ros.config import load
-from stereonet_ros.inference import PreliminaryCheckpointWarning, Predictor
-from stereonet_ros.model.checkpoint import load_checkpoint
-from stereonet_ros.training.promote import Check, goal_report, motorcycle_dense_beats_sgbm, promote
+from stereonet_ros.inference import DEFAULT_CHECKPOINT, PreliminaryCheckpointWarning, Predictor
+from stereonet_ros.model.checkpoint import load_checkpoint, save_checkpoint
+from stereonet_ros.model.surgery import without_image_guidance
+from stereonet_ros.training.promote import (Check, PromotionRefused, goal_report, main, motorcycle_dense_beats_sgbm,
+                                            promote)
 from stereonet_ros.training.train import TrainConfig, train
 
 
@@ -69,10 +73,32 @@ def test_promoting_a_briefly_trained_checkpoint_marks_it_preliminary(tmp_path: P
         'validation_samples=1', 'score_real_pair=false'])
     train(config, tmp_path / 'run', progress=False)
     destination = tmp_path / 'default.safetensors'
-    met, _ = promote(tmp_path / 'run' / 'model_latest.safetensors', destination, synthetic_samples=1)
+    # One step from random weights: whatever its guide ablation gives is noise, so that check is let through.
+    met, _ = promote(tmp_path / 'run' / 'model_latest.safetensors', destination, synthetic_samples=1,
+                     min_guide_rise=-math.inf)
     assert met is False
     provenance = load_checkpoint(destination).provenance
     assert provenance['preliminary'] is True and provenance['steps'] == 1
+    refinement = provenance['refinement']
+    assert len(refinement['levels']) == 4 and refinement['inference_scale'] == 1.0
+    assert refinement['guide_rise_epe'] == pytest.approx(refinement['without_guide']['epe']
+                                                         - refinement['levels'][-1]['epe'])
     assert '| motorcycle (1) | sgbm-stereo_image_proc |' in provenance['evaluation_table']
     with pytest.warns(PreliminaryCheckpointWarning, match='1 training steps; Motorcycle ours dense '):
         Predictor.from_checkpoint(destination, device='cpu')
+
+
+def test_a_checkpoint_whose_refiners_ignore_the_image_is_refused_and_nothing_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Trained weights with every refiner's guide-image weights zeroed: the ablation cannot change anything.
+    trained = load_checkpoint(DEFAULT_CHECKPOINT)
+    blind = dataclasses.replace(trained, state_dict=without_image_guidance(trained.config, trained.state_dict))
+    source, destination = tmp_path / 'blind.safetensors', tmp_path / 'default.safetensors'
+    save_checkpoint(source, blind)
+    with pytest.raises(PromotionRefused, match=r'raise Motorcycle EPE by 0\.000 px, less than 0\.2 px'):
+        promote(source, destination, synthetic_samples=1)
+    assert not destination.exists()
+    assert main([str(source), '--destination', str(destination)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith('python -m stereonet_ros.training.promote: error: ') and 'Traceback' not in ''.join(err)
+    assert not destination.exists()

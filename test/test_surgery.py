@@ -153,3 +153,18 @@ def test_weights_that_do_not_match_the_config_are_refused() -> None:
     rgb = dataclasses.replace(SMALL, in_channels=3)
     with pytest.raises(SurgeryError, match=r'expected \(W, 4, k, k\)'):
         without_image_guidance(rgb, state)
+
+
+@pytest.mark.parametrize('ablated_epe, uses', [(2.7, True), (2.6999, False), (2.4, False)])
+def test_the_guide_check_passes_a_rise_of_exactly_0_2_px(ablated_epe: float, uses: bool) -> None:
+    from stereonet_ros.evaluation.metrics import DisparityMetrics
+    from stereonet_ros.evaluation.refinement import GUIDE_ABLATION_MIN_RISE_PX, RefinementScores
+
+    assert GUIDE_ABLATION_MIN_RISE_PX == 0.2  # issue 9's threshold
+
+    def metrics(epe: float) -> DisparityMetrics:
+        return DisparityMetrics(epe=epe, bad1=0, bad2=0, bad3=0, d1=0, density=1.0, valid_pixels=1, predicted_pixels=1)
+
+    scores = RefinementScores(levels=[metrics(3.0), metrics(2.5)], without_guide=metrics(ablated_epe))
+    assert scores.uses_guide is uses
+    assert scores.to_dict()['uses_guide'] is uses and scores.to_dict()['levels'][0]['epe'] == 3.0

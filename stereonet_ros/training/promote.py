@@ -10,6 +10,12 @@ measured in the same run), records the table in the checkpoint's provenance, and
 filled the KITTI devkit way, every pixel scored), ours is strictly below SGBM with stereo_image_proc's
 parameters in both EPE and bad-3. The held-out synthetic EPE is reported but does not decide. The flag
 is computed from the measurement, never set by hand.
+
+Before anything is evaluated, the **guide-ablation check** (issue 9): with every refiner's guide image
+set to zeros, Motorcycle EPE must rise by at least 0.2 px. A checkpoint whose refiners ignore the
+image is refused and nothing is written. The per-level scores and the rise go into the provenance
+(``refinement``). Everything is measured at the node's default ``inference_scale`` unless
+``--inference-scale`` says otherwise.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stereonet_ros.evaluation.refinement import GUIDE_ABLATION_MIN_RISE_PX
 from stereonet_ros.inference import DEFAULT_CHECKPOINT
 
 PROGRAM = 'python -m stereonet_ros.training.promote'
@@ -86,21 +93,49 @@ def goal_report(results: dict[str, Any],
     return all(v.met for v in verdicts), '; '.join(clauses + _reported(results))
 
 
-def promote(source: Path, destination: Path, synthetic_samples: int) -> tuple[bool, str]:
-    from stereonet_ros.evaluation.evaluate import evaluate, format_table
-    from stereonet_ros.model.checkpoint import load_checkpoint, save_checkpoint
+class PromotionRefused(RuntimeError):
+    """The checkpoint may not become the default (the message says why); nothing was written."""
 
+
+def promote(source: Path, destination: Path, synthetic_samples: int, inference_scale: float | None = None,
+            min_guide_rise: float = GUIDE_ABLATION_MIN_RISE_PX) -> tuple[bool, str]:
+    """Measure ``source`` and write it to ``destination`` with its figures; see the module doc.
+
+    Args:
+        inference_scale: the scale to measure at; ``None`` = the node's default.
+        min_guide_rise: the guide-ablation threshold, pixels (tests of the rest of the flow lower it).
+
+    Raises:
+        PromotionRefused: not a trained checkpoint, or its refiners ignore the guide image.
+    """
+    from stereonet_ros.evaluation.evaluate import evaluate, format_table
+    from stereonet_ros.evaluation.refinement import refinement_scores
+    from stereonet_ros.model.checkpoint import load_checkpoint, save_checkpoint
+    from stereonet_ros.node_config import NodeConfig
+    from stereonet_ros.samples import motorcycle
+
+    scale = NodeConfig().inference_scale if inference_scale is None else inference_scale
     checkpoint = load_checkpoint(source)
     if checkpoint.provenance.get('placeholder') or not checkpoint.provenance.get('trained'):
-        raise SystemExit(f'{PROGRAM}: error: {source} is not a trained checkpoint')
+        raise PromotionRefused(f'{source} is not a trained checkpoint')
+    pair = motorcycle()
+    refinement = refinement_scores(checkpoint, pair.left, pair.right, pair.disparity, device='cpu', scale=scale)
+    levels = ', '.join(f'{metrics.epe:.2f}' for metrics in refinement.levels)
+    print(f'{PROGRAM}: Motorcycle EPE by level (soft argmin .. output) {levels} px; zero guide images '
+          f'{refinement.without_guide.epe:.2f} px (rise {refinement.guide_rise_epe:+.3f} px)', file=sys.stderr)
+    if refinement.guide_rise_epe < min_guide_rise:
+        raise PromotionRefused(
+            f'{source}: zero guide images raise Motorcycle EPE by {refinement.guide_rise_epe:.3f} px, less than '
+            f'{min_guide_rise:g} px: its refiners ignore the image; not promoted')
     results = evaluate(str(source), ['synthetic', 'motorcycle'], device='cpu', synthetic_samples=synthetic_samples,
-                       log=lambda text: print(text, file=sys.stderr))
+                       log=lambda text: print(text, file=sys.stderr), inference_scale=scale)
     met, summary = goal_report(results)
     steps = checkpoint.provenance.get('steps_total', checkpoint.provenance.get('steps', '?'))
     provenance = dict(checkpoint.provenance)
     provenance.update({
         'evaluation': {spec: entry for spec, entry in results['sets'].items()},
         'evaluation_table': format_table(results),
+        'refinement': {'set': pair.name, 'inference_scale': scale, **refinement.to_dict()},
         'preliminary': not met,
         'note': (f'{steps} training steps; {summary}' + ('' if met else '; short of the goal: prefer tuned '
                                                                          'SGBM or a better checkpoint')),
@@ -117,8 +152,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('source', type=Path, help='a trained checkpoint (e.g. runs/default/model_best.safetensors)')
     parser.add_argument('--destination', type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument('--synthetic-samples', type=int, default=32)
+    parser.add_argument('--inference-scale', type=float, help="the scale to measure at (default: the node's)")
     arguments = parser.parse_args(argv)
-    met, summary = promote(arguments.source, arguments.destination, arguments.synthetic_samples)
+    from stereonet_ros.model.checkpoint import CheckpointError
+    try:
+        met, summary = promote(arguments.source, arguments.destination, arguments.synthetic_samples,
+                               arguments.inference_scale)
+    except (PromotionRefused, CheckpointError) as err:
+        print(f'{PROGRAM}: error: {err}', file=sys.stderr)
+        return 1
     print(f'{PROGRAM}: wrote {arguments.destination} ({"goal met" if met else "PRELIMINARY"}): {summary}')
     return 0
 
