@@ -12,6 +12,16 @@ never rounded to uint8. The training data (``stereonet_ros.data``) are made that
 message decoding (:func:`~stereonet_ros.image_codec.to_model_input`) calls the same function, so an
 ``rgb8`` message and the same pixels read from a PNG give the network the same input bit for bit.
 
+Test-time scale (:meth:`Predictor.infer`, ``scale`` in [:data:`MIN_INFERENCE_SCALE`,
+:data:`MAX_INFERENCE_SCALE`]): the network runs on ``round(H * s) x round(W * s)`` images and the
+answer comes back at the input size, in input pixels. One resize rule: shrinking averages the area each
+output pixel covers (``area``: a box filter, so no aliasing of fine texture into false matches);
+enlarging interpolates bilinearly (``area`` would repeat pixels, a staircase that moves edges by up to
+half a pixel; bilinear moves a constant shift along unchanged and does not overshoot as bicubic does).
+Both map pixel centres the same way (``align_corners=False``), so a shift ``d`` in the input is ``d * w / W``
+in the resized pair; the network's disparity is resized back bilinearly and multiplied by ``W / w``
+(disparity scales with the width ratio; ``w / W`` is ``s`` up to the rounding of ``w``).
+
 Padding policy: the contract's ``pad_multiple`` (1 for seed checkpoints, which the seed ran at the
 given size; 2^K for ours) pads bottom and right with edge values, so that every pyramid level has
 an exact size; the output is cropped back. Left-view disparity only looks leftwards (x - d), so
@@ -24,8 +34,10 @@ about 0.6 s against 1.9 s for a plain NCHW forward of the same weights (``benchm
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -51,6 +63,14 @@ PLACEHOLDER_CONFIG = StereoNetConfig(in_channels=1, max_disparity=192, disparity
                                      cost_volume_border='replicate')
 PLACEHOLDER_CONTRACT = InputContract(color='gray', left_mean=(127.5,), left_std=(127.5,), right_mean=(127.5,),
                                      right_std=(127.5,), max_disparity=192.0, pad_multiple=8)
+
+
+MIN_INFERENCE_SCALE = 0.1
+"""Smallest test-time scale: below it a typical 640x480 pair is smaller than the network's 2^K steps
+allow to match much."""
+MAX_INFERENCE_SCALE = 2.5
+"""Largest test-time scale: 2.5 x 2.5 = 6.25 times the pixels (and about that much time and memory); the
+cost volume's candidates then span 1/2.5 of the network's range in input pixels."""
 
 
 class InputError(ValueError):
@@ -132,11 +152,68 @@ def to_contract_color(image: npt.NDArray[np.float32], color: Literal['gray', 'rg
     return np.ascontiguousarray(image.transpose(2, 0, 1))  # (3, H, W)
 
 
+def check_inference_scale(scale: float) -> float:
+    """``scale`` as a float if it is in [:data:`MIN_INFERENCE_SCALE`, :data:`MAX_INFERENCE_SCALE`] (ends included).
+
+    Raises:
+        InputError: not a finite number in that range (the message gives the value and the range).
+    """
+    try:
+        value = float(scale)
+    except (TypeError, ValueError) as err:
+        raise InputError(f'inference scale {scale!r} is not a number') from err
+    if not (math.isfinite(value) and MIN_INFERENCE_SCALE <= value <= MAX_INFERENCE_SCALE):
+        raise InputError(f'inference scale {scale!r} is outside [{MIN_INFERENCE_SCALE}, {MAX_INFERENCE_SCALE}]')
+    return value
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The size the network runs at for an ``height`` x ``width`` input at ``scale``: each side rounded
+    half to even, at least 1 (the padding policy then pads it)."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(B, C, h, w)`` by the module's resize rule: ``area`` when shrinking, bilinear
+    (``align_corners=False``) when enlarging; the same tensor when the size is unchanged.
+
+    Sizes from :func:`scaled_size` never shrink one side and enlarge the other (``round(x * s)`` is
+    ``<= x`` for ``s < 1`` and ``>= x`` for ``s > 1``); a side left unchanged is left unchanged by both
+    rules.
+    """
+    height, width = image.shape[-2:]
+    if (height, width) == tuple(size):
+        return image
+    if size[0] <= height and size[1] <= width:
+        return F.interpolate(image, size=size, mode='area')
+    return F.interpolate(image, size=size, mode='bilinear', align_corners=False)
+
+
+@dataclass(frozen=True)
+class Inference:
+    """The network's answer for one pair, at the input's size and in its pixels.
+
+    Attributes:
+        disparity: ``(H, W)`` float32 left-view image shift, pixels of the input.
+        confidence: ``(H, W)`` float32 in [0, 1] (:func:`~stereonet_ros.model.stereonet.matching_confidence`),
+            or ``None`` when not asked for.
+        max_disparity: the largest shift the network can express, pixels of the input: the contract's
+            ``max_disparity`` times ``W / w`` (= ``/ scale`` up to the rounding of ``w``).
+        network_size: ``(h, w)`` the network ran at (before padding to the contract's multiple).
+    """
+
+    disparity: npt.NDArray[np.float32]
+    confidence: npt.NDArray[np.float32] | None
+    max_disparity: float
+    network_size: tuple[int, int]
+
+
 class Predictor:
     """A checkpoint ready to turn image pairs into left-view disparity.
 
     >>> predictor = Predictor.from_checkpoint()          # doctest: +SKIP
     >>> disparity = predictor.predict(left, right)       # doctest: +SKIP  (H, W) float32, pixels
+    >>> answer = predictor.infer(left, right, scale=1.5, with_confidence=True)  # doctest: +SKIP
     """
 
     def __init__(self, checkpoint: Checkpoint, device: str = 'auto', precision: Precision = 'fp32') -> None:
@@ -257,16 +334,46 @@ class Predictor:
                                        align_corners=self.config.align_corners)
         return output.disparity[:, :, :height, :width].float(), confidence[:, :, :height, :width].float()
 
-    def predict(self, left: npt.ArrayLike, right: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        """Left-view disparity ``(H, W)`` float32 in pixels of the input, for a rectified pair.
+    def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, *, scale: float = 1.0,
+              with_confidence: bool = False) -> Inference:
+        """The one inference path (node, CLIs, evaluators): colour, scale, network, confidence, back to input pixels.
 
         Args:
             left, right: ``(H, W)`` gray or ``(H, W, 3|4)`` RGB(A), uint8, uint16, or float in 0..255;
                 equal sizes.
+            scale: run the network on the pair resized by this factor (the module doc's resize rule),
+                in [:data:`MIN_INFERENCE_SCALE`, :data:`MAX_INFERENCE_SCALE`], ends included.
+            with_confidence: also compute the matching confidence (at the network's size, resized back
+                bilinearly).
 
         Raises:
-            InputError: shapes, dtypes or sizes the predictor cannot use (message says which).
+            InputError: shapes, dtypes or sizes the predictor cannot use, or a scale out of range
+                (message says which).
         """
-        left_tensor, right_tensor = self.preprocess(left, right)
-        disparity = self.run(left_tensor, right_tensor)
-        return np.ascontiguousarray(disparity[0, 0].cpu().numpy(), dtype=np.float32)
+        scale = check_inference_scale(scale)
+        left_tensor, right_tensor = self.preprocess(left, right)  # (1, C, H, W) each
+        height, width = left_tensor.shape[-2:]
+        network_size = scaled_size(height, width, scale)
+        # Normalization is per channel and affine, and both resize rules are linear and keep constants:
+        # resizing after it equals resizing the raw images first.
+        left_tensor, right_tensor = resize(left_tensor, network_size), resize(right_tensor, network_size)
+        disparity, confidence = self._run(left_tensor, right_tensor, with_confidence)  # (1, 1, h, w) each
+        ratio = width / network_size[1]  # disparity scales with the width
+        if network_size != (height, width):
+            disparity = F.interpolate(disparity, size=(height, width), mode='bilinear', align_corners=False) * ratio
+            if confidence is not None:
+                confidence = F.interpolate(confidence, size=(height, width), mode='bilinear', align_corners=False)
+        disparity_array = np.ascontiguousarray(disparity[0, 0].cpu().numpy(), dtype=np.float32)  # (H, W)
+        confidence_array = None
+        if confidence is not None:
+            confidence_array = np.ascontiguousarray(confidence[0, 0].clamp(0.0, 1.0).cpu().numpy(), dtype=np.float32)
+        return Inference(disparity=disparity_array, confidence=confidence_array,
+                         max_disparity=float(self.contract.max_disparity) * ratio, network_size=network_size)
+
+    def predict(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0) -> npt.NDArray[np.float32]:
+        """Left-view disparity ``(H, W)`` float32 in pixels of the input: :meth:`infer`'s ``disparity``.
+
+        Raises:
+            InputError: as :meth:`infer`.
+        """
+        return self.infer(left, right, scale=scale).disparity

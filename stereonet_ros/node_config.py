@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from stereonet_ros.config import ConfigError, build, to_dict
+from stereonet_ros.inference import MAX_INFERENCE_SCALE, MIN_INFERENCE_SCALE
 
 Precision = Literal['fp32', 'fp16', 'bf16']
 
@@ -93,8 +94,8 @@ class NodeConfig:
         0.0, 'Pixels whose matching confidence (1 - normalized entropy of the soft-argmin distribution) is '
         'below this are invalid; 0 = keep all', 0.0, 1.0)
     inference_scale: float = _param(
-        1.0, 'Run the network on images resized by this factor (faster); outputs are rescaled to the input '
-        'resolution', 0.1, 1.0)
+        1.0, 'Run the network on images resized by this factor: below 1 faster, above 1 finer (about scale^2 '
+        'the time); outputs are at the input resolution, in its pixels', MIN_INFERENCE_SCALE, MAX_INFERENCE_SCALE)
     diagnostics_period_seconds: float = _param(
         1.0, 'Period of the /diagnostics status and of the stalled-input check, seconds; read-only',
         0.1, 60.0, read_only=True)

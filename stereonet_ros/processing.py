@@ -39,8 +39,6 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-import torch
-import torch.nn.functional as F
 
 from stereonet_ros.camera import StereoCamera, check_image_size
 from stereonet_ros.geometry import CloudBuffer, disparity_to_depth, pointcloud2_buffer, reproject_to_3d
@@ -182,38 +180,18 @@ class StereoProcessor:
 
     def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0,
               with_confidence: bool = False) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None, float]:
-        """Run the network; returns ``(shift, confidence | None, max_shift)`` at the input resolution.
+        """:meth:`Predictor.infer <stereonet_ros.inference.Predictor.infer>` as a tuple:
+        ``(shift, confidence | None, max_shift)``, all at the input's size and in its pixels.
 
-        ``shift`` is the ``(H, W)`` float32 left-view image shift in input pixels. With ``scale < 1``
-        the network runs on ``round(H * scale) x round(W * scale)`` images (area-averaged) and the
-        shift is resized back bilinearly and multiplied by ``W / w`` (disparities scale with the
-        width). ``max_shift`` is the largest shift the network can express, in input pixels.
+        ``shift`` is the ``(H, W)`` float32 left-view image shift; ``max_shift`` the largest shift the
+        network can express. Scaling, colour conversion and confidence are the predictor's: the node, the
+        CLIs and the evaluators run the same code.
 
         Raises:
-            InputError: the images cannot be used (shapes, dtypes, sizes differ).
+            InputError: the images cannot be used (shapes, dtypes, sizes differ), or ``scale`` is out of range.
         """
-        left_tensor, right_tensor = self.predictor.preprocess(left, right)  # (1, C, H, W) each
-        height, width = left_tensor.shape[-2:]
-        run_height, run_width = height, width
-        if scale != 1.0:
-            run_height, run_width = max(1, round(height * scale)), max(1, round(width * scale))
-            left_tensor = F.interpolate(left_tensor, size=(run_height, run_width), mode='area')
-            right_tensor = F.interpolate(right_tensor, size=(run_height, run_width), mode='area')
-        confidence: torch.Tensor | None = None
-        if with_confidence:
-            shift, confidence = self.predictor.run_with_confidence(left_tensor, right_tensor)  # (1, 1, h, w) each
-        else:
-            shift = self.predictor.run(left_tensor, right_tensor)  # (1, 1, h, w)
-        ratio = width / run_width
-        if (run_height, run_width) != (height, width):
-            shift = F.interpolate(shift, size=(height, width), mode='bilinear', align_corners=False) * ratio
-            if confidence is not None:
-                confidence = F.interpolate(confidence, size=(height, width), mode='bilinear', align_corners=False)
-        shift_array = np.ascontiguousarray(shift[0, 0].cpu().numpy(), dtype=np.float32)  # (H, W)
-        confidence_array = None
-        if confidence is not None:
-            confidence_array = np.ascontiguousarray(confidence[0, 0].clamp(0.0, 1.0).cpu().numpy(), dtype=np.float32)
-        return shift_array, confidence_array, float(self.predictor.contract.max_disparity) * ratio
+        answer = self.predictor.infer(left, right, scale=scale, with_confidence=with_confidence)
+        return answer.disparity, answer.confidence, answer.max_disparity
 
     def process(self, left: npt.ArrayLike, right: npt.ArrayLike, camera: StereoCamera, config: NodeConfig,
                 outputs: OutputSelection, rgb: ColourSource = None) -> StereoOutputs:

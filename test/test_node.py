@@ -474,7 +474,7 @@ def test_run_time_parameter_changes_are_applied_or_refused_with_a_reason(client:
 
     refused = {
         'min_disparity': (-5.0, ''),  # out of the declared range: rclpy refuses it
-        'inference_scale': (2, 'inference_scale=2.0: must be in'),  # an integer out of range: NodeConfig refuses it
+        'inference_scale': (3, 'inference_scale=3.0: must be in [0.1, 2.5]'),  # an integer: NodeConfig refuses it
         'queue_size': (0, ''),
         'device': ('tpu', "device='tpu'"),
         'precision': ('fp16', 'needs a CUDA device'),
@@ -488,6 +488,18 @@ def test_run_time_parameter_changes_are_applied_or_refused_with_a_reason(client:
     client.wait_for_log('missing.safetensors', start)  # the unreadable checkpoint is warned about by name
     disparity = client.send_good(left, right, topics=('disparity',))['disparity']
     assert disparity.min_disparity == 40.0  # the old value is kept
+
+    # inference_scale: the end of its range is taken, just beyond is refused (the declared range) and the
+    # node keeps running at the old scale; at 2.5 the range is the network's 192 px in input pixels.
+    result = client.set_parameter('inference_scale', 2.5001)
+    assert not result.successful
+    assert client.node_process.process.poll() is None
+    result = client.set_parameter('inference_scale', 2.5)
+    assert result.successful, result.reason
+    disparity = client.send_good(left, right, topics=('disparity',))['disparity']
+    assert as_float_image(disparity.image).shape == (HEIGHT, WIDTH)  # the input's size
+    assert disparity.max_disparity == pytest.approx(192.0 * WIDTH / round(WIDTH * 2.5) - (CX_LEFT - CX_RIGHT))
+    assert client.set_parameter('inference_scale', 1.0).successful
 
     # Switching the checkpoint without a restart: a different (small) network.
     config = StereoNetConfig(in_channels=1, max_disparity=63, feature_channels=8, cost_filter_channels=8,
@@ -517,6 +529,8 @@ def test_run_time_parameter_changes_are_applied_or_refused_with_a_reason(client:
      'cannot load the model: cannot open checkpoint /nonexistent/weights.safetensors'),
     (['-p', 'queue_size:=0'], 1, 'Parameter queue_size out of range'),
     (['-p', 'device:=tpu'], 1, "device='tpu': must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    (['-p', 'inference_scale:=2.5001'], 1, 'Parameter inference_scale out of range'),
+    (['-p', 'inference_scale:=3'], 1, 'inference_scale=3.0: must be in [0.1, 2.5]'),
 ])
 def test_an_unusable_start_up_configuration_exits_non_zero_with_one_line_saying_why(
         arguments: list[str], status: int, message: str) -> None:

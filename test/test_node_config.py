@@ -45,7 +45,9 @@ def test_every_parameter_has_a_description_and_numbers_have_a_range() -> None:
     ('approximate_sync', 'yes', r"approximate_sync='yes': must be true or false"),
     ('approximate_sync_tolerance_seconds', -0.1, r'approximate_sync_tolerance_seconds=-0.1: must be in'),
     ('min_confidence', 1.5, r'min_confidence=1.5: must be in \[0.0, 1.0\]'),
-    ('inference_scale', 0.0, r'inference_scale=0.0: must be in \[0.1, 1.0\]'),
+    ('inference_scale', 0.0, r'inference_scale=0.0: must be in \[0.1, 2.5\]'),
+    ('inference_scale', 2.5001, r'inference_scale=2.5001: must be in \[0.1, 2.5\]'),
+    ('inference_scale', 0.0999, r'inference_scale=0.0999: must be in \[0.1, 2.5\]'),
     ('min_disparity', float('nan'), r'min_disparity=nan: must be finite'),
     ('precision', 'fp64', r"precision='fp64': must be one of"),
     ('device', 'gpu0', r"device='gpu0': must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
@@ -54,6 +56,12 @@ def test_every_parameter_has_a_description_and_numbers_have_a_range() -> None:
 def test_a_bad_value_is_refused_naming_the_key_and_the_value(key: str, value: object, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         NodeConfig().with_changes({key: value})
+
+
+def test_inference_scale_takes_both_ends_of_its_range_fractions_and_integers() -> None:
+    assert PARAMETER_SPECS['inference_scale'].constraints == 'in [0.1, 2.5]'
+    for value, expected in ((2.5, 2.5), (0.1, 0.1), (1.37, 1.37), (2, 2.0)):
+        assert NodeConfig().with_changes({'inference_scale': value}).inference_scale == expected
 
 
 def test_changes_are_applied_as_a_whole_and_the_changed_keys_are_named() -> None:

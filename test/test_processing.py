@@ -1,6 +1,7 @@
 """StereoProcessor without ROS: the node's arrays from a real (small, random) network."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,21 @@ def test_a_smaller_inference_scale_runs_the_network_smaller_and_rescales_the_val
     assert max_shift == 62.0
     out = processor.process(left, right, CAMERA, NodeConfig(inference_scale=0.5), OutputSelection())
     assert out.max_disparity == 62.0 - 3.0 and out.valid_window.x_offset == 62
+
+
+@pytest.mark.parametrize('scale', [0.5, 1.37, 2.5])
+def test_the_processor_infers_through_the_predictor_at_any_scale(processor: StereoProcessor, pair: Any,
+                                                                 scale: float) -> None:
+    left, right, _ = pair
+    shift, confidence, max_shift = processor.infer(left, right, scale, with_confidence=True)
+    answer = processor.predictor.infer(left, right, scale=scale, with_confidence=True)
+    assert np.array_equal(shift, answer.disparity) and max_shift == answer.max_disparity
+    assert confidence is not None and answer.confidence is not None
+    assert np.array_equal(confidence, answer.confidence)
+    out = processor.process(left, right, CAMERA, NodeConfig(inference_scale=scale), OutputSelection())
+    width = answer.network_size[1]
+    assert out.max_disparity == pytest.approx(31.0 * WIDTH / width - 3.0)  # input pixels, principal offset removed
+    assert out.valid_window.x_offset == math.ceil(31.0 * WIDTH / width)
 
 
 def test_an_image_narrower_than_the_disparity_range_has_an_empty_valid_window(processor: StereoProcessor) -> None:
