@@ -9,8 +9,9 @@ Arguments (``ros2 launch stereonet_ros stereo.launch.py --show-args``):
 - ``params_file``: parameters (default: the installed ``config/stereonet.yaml``). For QoS overrides
   (e.g. reliable subscriptions for large images between processes) copy it and uncomment its
   ``qos_overrides`` section.
-- ``checkpoint``, ``device``, ``precision``, ``approximate_sync``, ``use_sim_time``: when given, they
-  override the params file; left empty (the default) the params file's value holds.
+- ``checkpoint``, ``device``, ``precision``, ``inference_scale``, ``approximate_sync``, ``use_sim_time``:
+  when given, they override the params file; left empty (the default) the params file's value holds.
+  The node checks the values (``inference_scale`` in [0.1, 2.5]) and refuses to start with a bad one.
 - ``log_level``: ``debug``, ``info`` (default), ``warn``, ``error``.
 
 Example: a bag of a camera publishing ``/stereo/left/image_rect`` ...::
@@ -26,14 +27,16 @@ from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = 'stereonet_ros'
 EXECUTABLE = 'stereonet_node'
-OVERRIDABLE = ('checkpoint', 'device', 'precision', 'approximate_sync', 'use_sim_time')
+OVERRIDABLE = ('checkpoint', 'device', 'precision', 'inference_scale', 'approximate_sync', 'use_sim_time')
 BOOLEAN = ('approximate_sync', 'use_sim_time')
+DOUBLE = ('inference_scale',)
 
 
 def parameter_overrides(values):
     """Launch argument values (strings) -> parameter overrides: only the arguments that were set.
 
-    An empty argument leaves the params file's value in force; booleans become ``bool``.
+    An empty argument leaves the params file's value in force; booleans become ``bool``, doubles ``float``
+    (a string would not match the node's double parameter).
     """
     overrides = {}
     for name in OVERRIDABLE:
@@ -44,6 +47,11 @@ def parameter_overrides(values):
             if text.lower() not in ('true', 'false'):
                 raise ValueError(f'launch argument {name}:={text!r}: must be true or false')
             overrides[name] = text.lower() == 'true'
+        elif name in DOUBLE:
+            try:
+                overrides[name] = float(text)
+            except ValueError:
+                raise ValueError(f'launch argument {name}:={text!r}: must be a number') from None
         else:
             overrides[name] = text
     return overrides
@@ -89,6 +97,9 @@ def generate_launch_description():
         DeclareLaunchArgument('precision', default_value='',
                               description="fp32, bf16 (GPU, or CPU with native bfloat16) or fp16 (GPU); "
                               "'' = the params file's (fp32)"),
+        DeclareLaunchArgument('inference_scale', default_value='',
+                              description="Network on the pair resized by this, 0.1..2.5 (above 1: finer, "
+                              "slower); '' = the params file's (1.0)"),
         DeclareLaunchArgument('approximate_sync', default_value='',
                               description="true or false; '' = the params file's (false)"),
         DeclareLaunchArgument('use_sim_time', default_value='',

@@ -44,12 +44,12 @@ def constants(tree: ast.Module) -> dict[str, Any]:
 def test_the_launch_file_declares_the_documented_arguments(tree: ast.Module) -> None:
     declared = {ast.literal_eval(call.args[0]): call for call in calls(tree, 'DeclareLaunchArgument')}
     assert set(declared) == {'namespace', 'left_namespace', 'right_namespace', 'params_file', 'checkpoint', 'device',
-                             'precision', 'approximate_sync', 'use_sim_time', 'log_level'}
+                             'precision', 'inference_scale', 'approximate_sync', 'use_sim_time', 'log_level'}
     defaults = {name: keyword(call, 'default_value') for name, call in declared.items()}
     assert ast.literal_eval(defaults['left_namespace']) == 'left'
     assert ast.literal_eval(defaults['right_namespace']) == 'right'
     assert ast.literal_eval(defaults['log_level']) == 'info'
-    for name in ('checkpoint', 'device', 'precision', 'approximate_sync', 'use_sim_time'):
+    for name in ('checkpoint', 'device', 'precision', 'inference_scale', 'approximate_sync', 'use_sim_time'):
         assert ast.literal_eval(defaults[name]) == '', name  # empty: the params file's value holds
     for call in declared.values():
         assert ast.literal_eval(keyword(call, 'description'))
@@ -82,11 +82,14 @@ def test_only_the_arguments_given_override_the_params_file(tree: ast.Module) -> 
     namespace: dict[str, Any] = dict(constants(tree))
     exec(compile(ast.Module(body=[function], type_ignores=[]), str(LAUNCH_FILE), 'exec'), namespace)
     overrides = namespace['parameter_overrides']
-    assert overrides({'checkpoint': '', 'device': '', 'precision': '', 'approximate_sync': '',
+    assert overrides({'checkpoint': '', 'device': '', 'precision': '', 'inference_scale': ' ', 'approximate_sync': '',
                       'use_sim_time': ''}) == {}
-    given = {'checkpoint': '/w.safetensors', 'device': 'cuda', 'precision': 'bf16', 'approximate_sync': 'True',
-             'use_sim_time': 'false'}
+    given = {'checkpoint': '/w.safetensors', 'device': 'cuda', 'precision': 'bf16', 'inference_scale': '2',
+             'approximate_sync': 'True', 'use_sim_time': 'false'}
     assert overrides(given) == {'checkpoint': '/w.safetensors', 'device': 'cuda', 'precision': 'bf16',
-                                'approximate_sync': True, 'use_sim_time': False}
+                                'inference_scale': 2.0, 'approximate_sync': True, 'use_sim_time': False}
+    assert type(overrides({'inference_scale': '1.37'})['inference_scale']) is float
+    with pytest.raises(ValueError, match="inference_scale:='fast': must be a number"):
+        overrides({'inference_scale': 'fast'})
     with pytest.raises(ValueError, match="approximate_sync:='maybe': must be true or false"):
         overrides({'approximate_sync': 'maybe'})
