@@ -113,6 +113,33 @@ def test_infer_bad_inputs_exit_nonzero_with_one_line(tmp_path: Path, seed_pair: 
     assert not out.exists()
 
 
+def test_infer_runs_at_the_inference_scale_and_answers_at_the_input_size(tmp_path: Path, seed_pair: tuple[Path, Path],
+                                                                        placeholder_checkpoint_path: Path) -> None:
+    import warnings
+
+    from stereonet_ros.image_io import read_image
+    from stereonet_ros.inference import Predictor
+
+    out = tmp_path / 'd.npy'
+    result = _run('stereonet-infer', *seed_pair, '--checkpoint', placeholder_checkpoint_path, '--out', out,
+                  '--device', 'cpu', '--inference-scale', '2.5')  # the largest scale, end included
+    assert result.returncode == 0, result.stderr
+    assert 'inference scale 2.5' in result.stdout
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        predictor = Predictor.from_checkpoint(placeholder_checkpoint_path, device='cpu')
+    expected = predictor.predict(read_image(seed_pair[0]), read_image(seed_pair[1]), scale=2.5)
+    stored = np.load(out)
+    assert stored.shape == (100, 170) and np.abs(stored - expected).max() <= 1e-4
+    assert np.abs(stored - predictor.predict(read_image(seed_pair[0]), read_image(seed_pair[1]))).max() > 1e-2
+
+    for bad in ('2.5001', '0.05', 'nan'):
+        line = _single_error_line(_run('stereonet-infer', *seed_pair, '--out', tmp_path / 'e.npy',
+                                       '--inference-scale', bad), 'stereonet-infer')
+        assert f'--inference-scale {float(bad)!r}: must be in [0.1, 2.5]' in line
+    assert not (tmp_path / 'e.npy').exists()
+
+
 def test_infer_refuses_an_unsafe_checkpoint_without_running_it(tmp_path: Path, seed_pair: tuple[Path, Path]) -> None:
     marker = tmp_path / 'payload_ran'
     evil = tmp_path / 'evil.ckpt'

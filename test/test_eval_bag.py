@@ -178,6 +178,39 @@ def test_precision_reaches_the_predictor_and_a_refused_one_exits_with_one_line(
     assert not _report_files(tmp_path / 'refused')
 
 
+def test_inference_scale_reaches_the_predictor_and_the_output_bag_and_a_bad_one_exits_with_one_line(
+        dataset: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        placeholder_checkpoint_path: Path) -> None:
+    pair = dataset['pairs'][1]  # 48x72 RGB, Middlebury-style; x 1.37 = 65.76 x 98.64: fractional sizes
+    write_stereo_bag(tmp_path / 'bag', [pair], gt='disparity')
+    common = ['--device', 'cpu', '--checkpoint', str(placeholder_checkpoint_path), '--gt-topic', GT_TOPIC,
+              '--no-progress']
+    code, _, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(tmp_path / 'report'),
+                                             '--inference-scale', '1.37', '--write-bag', *common], capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / 'report' / 'metrics.json').read_text())
+    assert metrics['inference_scale'] == 1.37
+    answer = _predictor().infer(pair.left, pair.right, scale=1.37)
+    assert answer.network_size == (66, 99)
+    expected = MetricAccumulator().add(answer.disparity, pair.gt_shift)
+    assert metrics['epe'] == pytest.approx(expected.epe, rel=1e-5)
+    assert metrics['epe'] != pytest.approx(MetricAccumulator().add(_predictor().predict(pair.left, pair.right),
+                                                                   pair.gt_shift).epe, rel=1e-3)
+    with AnyReader([tmp_path / 'report' / 'output_bag'], default_typestore=TYPESTORE) as reader:
+        messages: list[Any] = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages()
+                               if c.topic == '/disparity']
+    (message,) = messages
+    # max_disparity in input pixels: the network's 192 x W / w (= 192 / 1.37 up to the rounding of w).
+    assert message.max_disparity == pytest.approx(192.0 * 72 / 99 - pair.camera.principal_offset)
+    for bad in ('2.5001', '0'):
+        code, stdout, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(tmp_path / 'refused'),
+                                                      '--inference-scale', bad, *common], capsys)
+        assert code == 2 and stdout == ''
+        assert _error_line(code, err, 'stereonet-eval-bag').endswith(
+            f'--inference-scale {float(bad)!r}: must be in [0.1, 2.5]')
+    assert not _report_files(tmp_path / 'refused')
+
+
 def test_metrics_json_has_the_overall_scores_depth_and_timing(evaluated: dict[str, Any]) -> None:
     metrics = json.loads((evaluated['out'] / 'metrics.json').read_text())
     for key in ('frames', 'epe', 'bad1', 'bad2', 'bad3', 'd1', 'depth_abs_rel', 'depth_rmse_m', 'depth_completeness'):

@@ -64,11 +64,12 @@ class NodeValiditySource:
     description = 'in-process model with the node validity rule'
     drop_reason = 'never'
 
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, predictor: Predictor, scale: float = 1.0) -> None:
         self.processor = StereoProcessor(predictor)
+        self.config = NodeConfig(device='cpu', inference_scale=scale)
 
     def __call__(self, frame: ReplayFrame) -> SourceResult:
-        outputs = self.processor.process(frame.left, frame.right, frame.camera, NodeConfig(device='cpu'),
+        outputs = self.processor.process(frame.left, frame.right, frame.camera, self.config,
                                          OutputSelection(depth=False, points=False, confidence=False,
                                                          disparity_color=False))
         shift = node_disparity_to_shift(outputs.disparity, outputs.min_disparity, frame.camera.principal_offset)
@@ -98,15 +99,19 @@ def test_rosbags_messages_become_rclpy_messages_field_for_field() -> None:
     assert (info.width, info.height, stamp_to_ns(info.header.stamp)) == (5, 3, 42)
 
 
+@pytest.mark.parametrize('scale', [None, 1.5])
 def test_scores_through_the_node_equal_the_in_process_scores_when_nothing_drops(
-        tmp_path: Path, checkpoint: Path) -> None:
+        tmp_path: Path, checkpoint: Path, scale: float | None) -> None:
     bag = _bag(tmp_path / 'bag', 3, doffs=5.0)
     out = tmp_path / 'out'
     arguments = [str(bag), '--out', str(out), '--gt-topic', GT_TOPIC, '--no-progress', '--through-node',
                  '--rate', '0.05', '--device', 'cpu', '--ros-domain-id', _domain(53), '--answer-timeout', '20',
                  '--checkpoint', str(checkpoint)]
+    if scale is not None:  # passed on to the node it starts, as its inference_scale parameter
+        arguments += ['--inference-scale', str(scale)]
     assert eval_bag.main(arguments) == 0
     metrics = json.loads((out / 'metrics.json').read_text())
+    assert metrics['inference_scale'] == (scale or 1.0)
     assert metrics['frames_dropped'] == 0, metrics['through_node']
     assert metrics['frames_scored'] == 3 and metrics['through_node']['pairs_answered'] == 3
     timing = metrics['timing']
@@ -116,12 +121,17 @@ def test_scores_through_the_node_equal_the_in_process_scores_when_nothing_drops(
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UntrainedPlaceholderWarning)
         predictor = Predictor.from_checkpoint(checkpoint, device='cpu')
-    expected = evaluate_bags([bag], ReplayConfig(gt_topic=GT_TOPIC), NodeValiditySource(predictor), progress=False)
+    expected = evaluate_bags([bag], ReplayConfig(gt_topic=GT_TOPIC), NodeValiditySource(predictor, scale or 1.0),
+                             progress=False)
     assert expected.disparity is not None
     for key in ('epe', 'bad1', 'bad2', 'bad3', 'd1', 'density'):
         assert metrics[key] == pytest.approx(getattr(expected.disparity, key), rel=1e-5, abs=1e-6), key
     assert metrics['valid_pixels'] == expected.disparity.valid_pixels
     assert 0.0 < metrics['density'] < 1.0  # the node's validity rule leaves some pixels out
+    if scale is not None:  # the node did run at the scale: at 1 its scores differ
+        at_one = evaluate_bags([bag], ReplayConfig(gt_topic=GT_TOPIC), NodeValiditySource(predictor), progress=False)
+        assert at_one.disparity is not None
+        assert metrics['epe'] != pytest.approx(at_one.disparity.epe, rel=1e-3)
     rows = list(csv.DictReader((out / 'per_frame.csv').open()))
     for row, frame in zip(rows, expected.frames, strict=True):
         assert frame.disparity is not None

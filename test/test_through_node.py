@@ -117,6 +117,7 @@ def test_a_missing_node_program_is_a_named_error(tmp_path: Path) -> None:
     (['--use-running-node'], '--use-running-node needs --through-node'),
     (['--through-node', '--max-frames', '2'], '--max-frames is not supported with --through-node'),
     (['--through-node', '--use-running-node', '--device', 'cpu'], 'configure a node this run starts'),
+    (['--through-node', '--use-running-node', '--inference-scale', '2'], 'configure a node this run starts'),
 ])
 def test_node_options_are_checked_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                   arguments: list[str], message: str) -> None:

@@ -3,7 +3,7 @@
     stereonet-eval-bag BAG... --out DIR [--gt-topic TOPIC] [--left-topic T] [--right-topic T]
                        [--left-info-topic T] [--right-info-topic T] [--approximate-sync]
                        [--sync-tolerance S] [--queue-size N] [--checkpoint PATH] [--device auto]
-                       [--write-bag] [--max-frames N] [--no-progress]
+                       [--precision fp32] [--inference-scale S] [--write-bag] [--max-frames N] [--no-progress]
                        [--through-node [--rate R] [--use-running-node] [--ros-domain-id N]
                                        [--node-timeout S] [--answer-timeout S] [--node-executable PATH]]
 
@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help='stereonet_ros .safetensors or seed Lightning .ckpt (default: the bundled checkpoint)')
     parser.add_argument('--device', help="'auto' (CUDA when available; the default), 'cpu', 'cuda', 'cuda:N'")
     parser.add_argument('--precision', choices=PRECISIONS, help=PRECISION_HELP)
+    parser.add_argument('--inference-scale', type=float, metavar='S',
+                        help='run the network on each pair resized by S, in [0.1, 2.5], in this process or in the '
+                        'node this run starts (its inference_scale parameter); disparities come back at the input '
+                        'size, in input pixels (default 1)')
     parser.add_argument('--write-bag', action='store_true',
                         help='also write DIR/output_bag (mcap): /disparity, /points2, /depth on the input stamps')
     parser.add_argument('--max-frames', type=int, help='stop after this many pairs')
@@ -107,12 +111,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stereonet_ros.evaluation.through_node import ThroughNodeError
     from stereonet_ros.geometry import GeometryError
     from stereonet_ros.image_codec import ImageCodecError
-    from stereonet_ros.inference import InputError, Predictor, UntrainedPlaceholderWarning
+    from stereonet_ros.inference import (MAX_INFERENCE_SCALE, MIN_INFERENCE_SCALE, InputError, Predictor,
+                                         UntrainedPlaceholderWarning, check_inference_scale)
     from stereonet_ros.model.checkpoint import CheckpointError
     from stereonet_ros.training.train import git_sha
 
     if arguments.max_frames is not None and arguments.max_frames < 1:
         fail(PROGRAM, f'--max-frames {arguments.max_frames}: must be >= 1', status=2)
+    if arguments.inference_scale is not None:
+        try:
+            check_inference_scale(arguments.inference_scale)
+        except InputError:
+            fail(PROGRAM, f'--inference-scale {arguments.inference_scale!r}: must be in '
+                 f'[{MIN_INFERENCE_SCALE}, {MAX_INFERENCE_SCALE}]', status=2)
     if not arguments.through_node:
         given = [name for name in NODE_ONLY_OPTIONS if getattr(arguments, name) not in (None, False)]
         if given:
@@ -121,9 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if arguments.max_frames is not None:
             fail(PROGRAM, '--max-frames is not supported with --through-node (the bag is played whole)', status=2)
         if arguments.use_running_node and (arguments.checkpoint or arguments.device or arguments.precision
-                                           or arguments.node_executable):
-            fail(PROGRAM, '--checkpoint, --device, --precision and --node-executable configure a node this run '
-                 'starts; with --use-running-node set them on the running node', status=2)
+                                           or arguments.inference_scale is not None or arguments.node_executable):
+            fail(PROGRAM, '--checkpoint, --device, --precision, --inference-scale and --node-executable configure '
+                 'a node this run starts; with --use-running-node set them on the running node', status=2)
     try:
         config = ReplayConfig(left_topic=arguments.left_topic, right_topic=arguments.right_topic,
                               left_info_topic=arguments.left_info_topic, right_info_topic=arguments.right_info_topic,
@@ -134,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = ' '.join(shlex.quote(part) for part in [PROGRAM, *(sys.argv[1:] if argv is None else argv)])
     created = datetime.now(timezone.utc).isoformat(timespec='seconds')
     device = arguments.device or 'auto'
+    scale = 1.0 if arguments.inference_scale is None else float(arguments.inference_scale)
     try:
         check_bags(arguments.bags, config)  # every bag and topic, before loading the model
         with ReportFolder(arguments.out) as staging:
@@ -154,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                checkpoint_note=str(provenance.get('note', '')), placeholder=predictor.is_placeholder,
                                device=str(predictor.device), command=command, git_sha=git_sha(),
                                created=created, precision=predictor.precision)
-                source, max_disparity = PredictorSource(predictor), predictor.contract.max_disparity
+                source = PredictorSource(predictor, scale=scale)
+                max_disparity = predictor.contract.max_disparity / scale  # each answer gives its exact one
             bag_path = staging.path / OUTPUT_BAG_NAME
             with open_bag_writer(bag_path, 'mcap') if arguments.write_bag else nullcontext(None) as output_bag:
                 result: EvaluationResult = evaluate_bags(
@@ -162,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     progress=False if arguments.no_progress else None, max_frames=arguments.max_frames)
             if arguments.through_node:
                 node_run.annotate(result)
+            if not (arguments.through_node and arguments.use_running_node):
+                result.extra['inference_scale'] = scale
             published_bag = str(arguments.out / OUTPUT_BAG_NAME) if arguments.write_bag else None
             metrics = write_report(result, info, staging.path, output_bag=published_bag)
             staging.publish(extra=(OUTPUT_BAG_NAME,))
@@ -204,7 +219,7 @@ class NodeRun:
     placeholder: bool
     device: str
     precision: str
-    max_disparity: float  # the network's largest image shift, pixels (output bag bounds)
+    max_disparity: float  # the network's largest image shift, input pixels (output bag bounds)
 
     def run_info(self, command: str, git: str, created: str) -> RunInfo:
         from stereonet_ros.evaluation.report import RunInfo
@@ -281,9 +296,11 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
         checkpoint = load_checkpoint(DEFAULT_CHECKPOINT) if DEFAULT_CHECKPOINT.exists() else placeholder_checkpoint()
     node_folder = folder / 'node'
     node_folder.mkdir()
+    scale = 1.0 if arguments.inference_scale is None else float(arguments.inference_scale)
     with NodeProcess(node_folder, settings.domain_id or 0, str(checkpoint_path) if checkpoint_path else None,
                      arguments.device or 'auto', executable=arguments.node_executable,
-                     extra_parameters={'precision': arguments.precision or 'fp32'}) as node:
+                     extra_parameters={'precision': arguments.precision or 'fp32',
+                                       'inference_scale': repr(scale)}) as node:
         playback = play_through_node(arguments.bags, config, settings, node_failure=node.failure)
     description = (f'stereonet_node over DDS (started by this run, ROS domain {settings.domain_id}, '
                    f'use_sim_time, {settings.rate:g} x the recorded rate)')
@@ -293,7 +310,7 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
                    checkpoint_note=str(checkpoint.provenance.get('note', '')),
                    placeholder=bool(checkpoint.provenance.get('placeholder')), device=device,
                    precision=playback.node_diagnostics.get('precision', arguments.precision or 'fp32'),
-                   max_disparity=float(checkpoint.contract.max_disparity))
+                   max_disparity=float(checkpoint.contract.max_disparity) / scale)
 
 
 if __name__ == '__main__':

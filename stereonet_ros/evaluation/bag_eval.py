@@ -4,11 +4,11 @@ The source of disparity is a :class:`DisparitySource`: :class:`PredictorSource` 
 process; :class:`~stereonet_ros.evaluation.through_node.NodeSource` serves what the ROS node published
 when the bag was played into it over DDS (``None`` = the pair got no answer: dropped, counted as such).
 
-Timing is the model time per frame, measured around :meth:`~stereonet_ros.inference.Predictor.predict`
-(preprocessing, padding, forward, unpadding, copy back) with ``time.perf_counter``; the first pair of
-every image size is run once untimed first (warm-up: allocator, kernels), so that p50/p95 describe the
-steady state. Throughput is frames per second of model time, and end to end (reading, decoding,
-scoring and writing included) over the wall time.
+Timing is the model time per frame, measured around :meth:`~stereonet_ros.inference.Predictor.infer`
+(preprocessing, resizing to the inference scale, padding, forward, unpadding, resizing back, copy back)
+with ``time.perf_counter``; the first pair of every image size is run once untimed first (warm-up:
+allocator, kernels), so that p50/p95 describe the steady state. Throughput is frames per second of model
+time, and end to end (reading, decoding, scoring and writing included) over the wall time.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from stereonet_ros.evaluation.metrics import (DepthMetricAccumulator, DepthMetri
                                               MetricAccumulator)
 from stereonet_ros.evaluation.replay import (BagReplay, ReplayConfig, ReplayCounters, ReplayError, ReplayFrame,
                                              SkippedPair, shift_to_depth)
-from stereonet_ros.inference import Predictor
+from stereonet_ros.inference import Predictor, check_inference_scale
 from stereonet_ros.node_config import NodeConfig
 from stereonet_ros.processing import OutputSelection, postprocess
 
@@ -50,6 +50,7 @@ class SourceResult:
     shift: F32  # (H, W) float32 left-view image shift, pixels; NaN = no value
     seconds: float  # time the disparity took (model time), seconds; NaN when the source cannot tell
     latency_s: float = math.nan  # input published -> output received (through the node), seconds; NaN = n/a
+    max_shift: float = math.nan  # the largest shift the source can express, input pixels; NaN = the run's default
 
 
 class DisparitySource(Protocol):
@@ -69,27 +70,33 @@ class DisparitySource(Protocol):
 
 
 class PredictorSource:
-    """The network run directly on each pair, timed around :meth:`Predictor.predict`."""
+    """The network run directly on each pair at ``scale``, timed around :meth:`Predictor.infer`.
 
-    def __init__(self, predictor: Predictor, warmup: bool = True) -> None:
+    Raises:
+        InputError: (on construction) ``scale`` is outside the predictor's range.
+    """
+
+    def __init__(self, predictor: Predictor, warmup: bool = True, scale: float = 1.0) -> None:
         self.predictor = predictor
         self.warmup = warmup
+        self.scale = check_inference_scale(scale)
         self._warm_sizes: set[tuple[int, int]] = set()
 
     drop_reason = 'no disparity for this pair'
 
     @property
     def description(self) -> str:
-        return f'model run directly (Predictor.predict) on {self.predictor.device}'
+        at_scale = f' at inference scale {self.scale:g}' if self.scale != 1.0 else ''
+        return f'model run directly (Predictor.infer){at_scale} on {self.predictor.device}'
 
     def __call__(self, frame: ReplayFrame) -> SourceResult:
         size = frame.left.shape[:2]
         if self.warmup and size not in self._warm_sizes:
-            self.predictor.predict(frame.left, frame.right)  # untimed warm-up for this size
+            self.predictor.infer(frame.left, frame.right, scale=self.scale)  # untimed warm-up for this size
             self._warm_sizes.add(size)
         start = time.perf_counter()
-        shift = self.predictor.predict(frame.left, frame.right)
-        return SourceResult(shift, time.perf_counter() - start)
+        answer = self.predictor.infer(frame.left, frame.right, scale=self.scale)
+        return SourceResult(answer.disparity, time.perf_counter() - start, max_shift=answer.max_disparity)
 
 
 @dataclass(frozen=True)
@@ -220,7 +227,8 @@ def evaluate_bags(paths: Sequence[str | Path], config: ReplayConfig, source: Dis
         paths: rosbag2 bags (folders or their ``.mcap`` / ``.db3`` files).
         config: topics and pairing rules.
         source: what computes the disparity.
-        max_disparity: the model's range, image-shift pixels (DisparityImage bounds in the output bag).
+        max_disparity: the model's range, image-shift pixels of the input (DisparityImage bounds in the output
+            bag), for sources whose answers do not give their own (``SourceResult.max_shift``).
         output_bag: where to write ``/disparity``, ``/points2``, ``/depth`` per frame, if given.
         progress: tqdm progress bar on stderr; ``None`` = only on a terminal.
         max_frames: stop after this many pairs (all bags together), if given.
@@ -293,7 +301,8 @@ def _evaluate_item(item: ReplayFrame | SkippedPair, source: DisparitySource, dis
                            '', math.nan, None, None), None
     shift = answer.shift
     if output_bag is not None:
-        write_frame_outputs(output_bag, item, shift, max_disparity)
+        max_shift = answer.max_shift if math.isfinite(answer.max_shift) else max_disparity
+        write_frame_outputs(output_bag, item, shift, max_shift)
     truth = item.ground_truth
     showcase = Showcase('', display_rgb(item.left), shift, truth.shift if truth is not None else None)
     latency_ms = answer.latency_s * 1e3
