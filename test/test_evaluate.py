@@ -13,6 +13,7 @@ from PIL import Image
 from stereonet_ros.evaluation.evaluate import (OURS, REFERENCE, STEREO_IMAGE_PROC_SGBM, EvaluationError, Frame,
                                                covering_range, evaluate, format_table, load_set, score_set,
                                                sgbm_candidates, sgbm_disparity)
+from stereonet_ros.data.synthetic import SyntheticConfig
 from stereonet_ros.evaluation.metrics import disparity_metrics
 from stereonet_ros.inference import Predictor
 from stereonet_ros.pfm import write_pfm
@@ -175,3 +176,17 @@ def test_cli_unknown_set_exits_nonzero_with_one_line(seed_checkpoint_path: Path)
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("stereonet-evaluate: error: unknown set 'nope'")
+
+
+def test_the_held_out_synthetic_set_is_the_clean_generator_s_so_scores_compare_across_recipes() -> None:
+    # The rig augmentations (eraser boxes, misrectification, scale) are for training only.
+    from stereonet_ros.data.synthetic import generate_sample
+    from stereonet_ros.evaluation.evaluate import HELD_OUT_SEED, load_set
+
+    frames = load_set('synthetic', 3, 192.0, 1)
+    for index, frame in enumerate(frames):
+        sample = generate_sample(SyntheticConfig(height=256, width=512, max_disparity=192.0,
+                                                 disparity_range=(24.0, 180.0)).without_rig_augmentation(),
+                                 HELD_OUT_SEED, index)
+        assert np.array_equal(frame.left, sample.left[:, :, 0]) and np.array_equal(frame.right, sample.right[:, :, 0])
+        assert not sample.erased_right.any()

@@ -280,3 +280,21 @@ def test_a_run_started_from_another_records_the_whole_lineage_and_keeps_it_on_re
     weights = load_checkpoint(start).state_dict
     key = 'feature_extractor.net.segment_0_conv_0.weight'
     assert (started[key] - weights[key]).abs().max() < (unrelated[key] - weights[key]).abs().max()
+
+
+def test_validation_uses_the_clean_generator_while_training_draws_rig_augmentations(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import stereonet_ros.training.train as training
+
+    seen: list[SyntheticConfig] = []
+
+    class Recording(SyntheticStereoDataset):
+        def __init__(self, config: SyntheticConfig, *args: object, **kwargs: object) -> None:
+            seen.append(config)
+            super().__init__(config, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(training, 'SyntheticStereoDataset', Recording)
+    config = load(TrainConfig, overrides=[*TINY, 'steps=1'])
+    assert config.data.eraser_probability > 0  # training itself is augmented
+    training.validate(StereoNet(config.model).eval(), config, torch.device('cpu'))
+    assert seen == [config.data.without_rig_augmentation()]

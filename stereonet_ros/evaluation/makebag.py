@@ -98,7 +98,7 @@ def synthetic_pairs(count: int, width: int = 320, height: int = 240, seed: int =
     high = min(max(8.0, width / 3.0), 180.0)
     try:
         config = SyntheticConfig(height=height, width=width, channels=1, disparity_range=(min(8.0, high), high),
-                                 max_disparity=192.0, overshoot_probability=0.0)
+                                 max_disparity=192.0, overshoot_probability=0.0).without_rig_augmentation()
     except ValueError as err:
         raise MakeBagError(f'synthetic scenes: {err}') from err
     camera = simple_camera(width, height, float(focal if focal is not None else width), baseline)

@@ -262,7 +262,9 @@ def validate(model: StereoNet, config: TrainConfig, device: torch.device) -> dic
         return tensor[0].numpy() if tensor.shape[0] == 1 else tensor.permute(1, 2, 0).numpy()
 
     results: dict[str, float] = {}
-    dataset = SyntheticStereoDataset(config.data, length=config.validation_samples, seed=config.validation_seed)
+    # Validated on the clean generator (no rig augmentation): comparable across recipes and runs.
+    dataset = SyntheticStereoDataset(config.data.without_rig_augmentation(), length=config.validation_samples,
+                                     seed=config.validation_seed)
     accumulator = MetricAccumulator()
     for index in range(len(dataset)):
         item = dataset[index]
