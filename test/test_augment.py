@@ -16,7 +16,6 @@ from stereonet_ros.data.augment import (
     clip_box,
     erase,
     misrectify,
-    misrectify_reach,
     pixel_grid,
     unscale,
 )
@@ -169,7 +168,6 @@ def test_misrectify_moves_content_down_by_the_shift_and_turns_it_clockwise() -> 
     # 90 degrees: the pixel 2 below the centre (4, 2) shows what was 2 right of it: +x turned to +y.
     qx, qy = misrectify(np.array([4.0]), np.array([4.0]), (5, 9), shift=0.0, rotation=90.0)
     np.testing.assert_allclose([qx[0], qy[0]], [6.0, 2.0], atol=1e-12)
-    assert misrectify_reach((5, 9), 0.75, 90.0) == pytest.approx(0.75 + math.hypot(4, 2) * math.sqrt(2))
 
 
 def test_a_misrectified_right_view_carries_its_labels_with_it() -> None:

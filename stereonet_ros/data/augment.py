@@ -106,14 +106,6 @@ def misrectify(x: F64, y: F64, shape: tuple[int, int], shift: float, rotation: f
     return qx, qy
 
 
-def misrectify_reach(shape: tuple[int, int], shift: float, rotation: float) -> float:
-    """Largest distance (pixels) by which :func:`misrectify` moves a pixel of an (h, w) view: the shift
-    plus the rotation's chord at the farthest corner."""
-    h, w = shape
-    radius = math.hypot(0.5 * (w - 1), 0.5 * (h - 1))
-    return abs(shift) + 2.0 * radius * abs(math.sin(0.5 * math.radians(rotation)))
-
-
 @dataclass(frozen=True)
 class Taps:
     """Bilinear read-out of an (H, W) source at points (x, y): per point its 2x2 block and weights.
@@ -138,12 +130,12 @@ class Taps:
         height, width = shape
         if height < 2 or width < 2:
             raise AugmentError(f'shape={shape!r}: bilinear taps need a source of at least 2x2 pixels')
-        x, y = np.broadcast_arrays(np.asarray(x, np.float64), np.asarray(y, np.float64))
-        if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        px, py = np.broadcast_arrays(np.asarray(x, np.float64), np.asarray(y, np.float64))
+        if not (np.isfinite(px).all() and np.isfinite(py).all()):
             raise AugmentError('points must be finite')
-        inside = (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
-        xc = np.clip(x, 0.0, width - 1.0)
-        yc = np.clip(y, 0.0, height - 1.0)
+        inside = (px >= -0.5) & (px <= width - 0.5) & (py >= -0.5) & (py <= height - 0.5)
+        xc = np.clip(px, 0.0, width - 1.0)
+        yc = np.clip(py, 0.0, height - 1.0)
         # The block's top-left is floor(point), one column/row in from the far edge so the block fits.
         x0 = np.minimum(np.floor(xc), width - 2.0)
         y0 = np.minimum(np.floor(yc), height - 2.0)
@@ -168,7 +160,7 @@ class Taps:
         wy = self.wy.astype(np.float32)[..., None]
         top = a * (1 - wx) + b * wx
         bottom = c * (1 - wx) + d * wx
-        out: F32 = top * (1 - wy) + bottom * wy
+        out: F32 = np.asarray(top * (1 - wy) + bottom * wy, np.float32)  # float32 already: no copy
         return out
 
     def _nearest_index(self) -> I64:
@@ -233,7 +225,7 @@ def erase(image: F32, boxes: list[Box], sources: list[tuple[int, int] | None]) -
     out = image.copy()
     mask = np.zeros((h, w), np.bool_)
     mean = image.reshape(h * w, -1).mean(axis=0, dtype=np.float64).astype(np.float32)
-    for box, source in zip(boxes, sources):
+    for box, source in zip(boxes, sources, strict=True):
         x0, y0, bw, bh = clip_box(box, (h, w))
         if bw == 0 or bh == 0:
             continue
@@ -257,4 +249,4 @@ def adjust_levels(image: F32, contrast: float, brightness: float) -> F32:
 
 
 __all__ = ['DEFAULT_JUMP', 'AugmentError', 'Box', 'Taps', 'adjust_levels', 'clip_box', 'erase', 'misrectify',
-           'misrectify_reach', 'pixel_grid', 'unscale']
+           'pixel_grid', 'unscale']
