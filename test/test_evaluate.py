@@ -160,14 +160,14 @@ def test_cli_writes_json_and_a_table(seed_checkpoint_path: Path, tmp_path: Path)
     assert methods['stereonet']['matched']['scored_pixels'] == methods[REFERENCE]['answered']['scored_pixels']
 
 
-@pytest.mark.parametrize('scale', ['0', '2.6', 'nan'])
-def test_cli_refuses_an_inference_scale_outside_0_to_2_5(seed_checkpoint_path: Path, scale: str) -> None:
+@pytest.mark.parametrize('scale', ['0.0999', '2.5001', 'nan'])
+def test_cli_refuses_an_inference_scale_outside_the_node_s_range(seed_checkpoint_path: Path, scale: str) -> None:
     program = Path(sys.executable).parent / 'stereonet-evaluate'
     result = subprocess.run([str(program), '--checkpoint', str(seed_checkpoint_path), '--inference-scale', scale],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f'stereonet-evaluate: error: --inference-scale {float(scale)}: must be in (0, 2.5]']
+        f'stereonet-evaluate: error: --inference-scale {float(scale)}: must be in [0.1, 2.5]']
 
 
 def test_cli_unknown_set_exits_nonzero_with_one_line(seed_checkpoint_path: Path) -> None:

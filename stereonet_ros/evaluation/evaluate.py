@@ -218,7 +218,6 @@ def load_set(spec: str, synthetic_samples: int, max_disparity: float, channels: 
 OURS = 'stereonet'
 REFERENCE = 'sgbm-stereo_image_proc'
 """The method whose density ours is thinned to in the matched view."""
-INFERENCE_SCALE_RANGE = (0.0, 2.5)  # (exclusive, inclusive)
 
 Predict = Callable[[Frame], F32]
 
@@ -276,9 +275,13 @@ def tune_sgbm(max_disparity: float, samples: int = 12) -> tuple[SgbmParams, dict
 
 
 def check_inference_scale(scale: float) -> None:
-    low, high = INFERENCE_SCALE_RANGE
-    if not low < scale <= high:  # also refuses NaN
-        raise EvaluationError(f'inference scale {scale}: must be in ({low:g}, {high:g}]')
+    """The node's and the Predictor's range (:func:`stereonet_ros.inference.check_inference_scale`)."""
+    from stereonet_ros.inference import InputError, check_inference_scale as predictor_check
+
+    try:
+        predictor_check(scale)
+    except InputError as err:
+        raise EvaluationError(str(err)) from None
 
 
 def score_set(frames: Sequence[Frame], ours: Callable[[Frame], tuple[F32, F32 | None]],
@@ -328,7 +331,7 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
     whatever the scale, so that every scale is scored on the same pixels.
 
     Raises:
-        EvaluationError: a set cannot be loaded, or ``inference_scale`` is outside (0, 2.5].
+        EvaluationError: a set cannot be loaded, or ``inference_scale`` is outside the node's range [0.1, 2.5].
     """
     import warnings
 
@@ -412,6 +415,8 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from stereonet_ros.inference import MAX_INFERENCE_SCALE, MIN_INFERENCE_SCALE
+
     parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument('--checkpoint', help='ours (.safetensors) or a seed .ckpt; default: the bundled checkpoint')
     parser.add_argument('--sets', default='synthetic,motorcycle', help=f'comma-separated: {", ".join(KNOWN_SETS)}')
@@ -419,8 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--device', default='auto')
     parser.add_argument('--precision', default='fp32', choices=PRECISIONS, help=PRECISION_HELP)
     parser.add_argument('--inference-scale', type=float, default=1.0,
-                        help='run the network on images resized by this factor, in (0, 2.5] (the node allows '
-                             '[0.1, 1]); disparities are resized back and rescaled')
+                        help=f'run the network on images resized by this factor, in [{MIN_INFERENCE_SCALE:g}, '
+                             f'{MAX_INFERENCE_SCALE:g}] as the node; disparities come back in input pixels')
     parser.add_argument('--no-sgbm', action='store_true', help='skip the SGBM baselines')
     parser.add_argument('--out', type=Path, help='also write the results as JSON here')
     arguments = parser.parse_args(argv)
@@ -431,9 +436,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if arguments.synthetic_samples < 1:
         fail(PROGRAM, f'--synthetic-samples {arguments.synthetic_samples}: must be >= 1', status=2)
-    low, high = INFERENCE_SCALE_RANGE
-    if not low < arguments.inference_scale <= high:  # also refuses nan
-        fail(PROGRAM, f'--inference-scale {arguments.inference_scale}: must be in ({low:g}, {high:g}]', status=2)
+    try:
+        check_inference_scale(arguments.inference_scale)
+    except EvaluationError:
+        fail(PROGRAM, f'--inference-scale {arguments.inference_scale}: must be in [{MIN_INFERENCE_SCALE:g}, '
+                      f'{MAX_INFERENCE_SCALE:g}]', status=2)
     sets = [spec.strip() for spec in arguments.sets.split(',') if spec.strip()]
     try:
         results = evaluate(arguments.checkpoint, sets, device=arguments.device, precision=arguments.precision,
