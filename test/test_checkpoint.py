@@ -1,6 +1,7 @@
 """Checkpoints: both seed generations open safely, unsafe pickles are refused unexecuted, ours round-trip."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from stereonet_ros.inference import DEFAULT_CHECKPOINT
 from stereonet_ros.model.checkpoint import (SCENEFLOW_RGB_CONTRACT, Checkpoint, CheckpointError, InputContract,
                                             convert_checkpoint, load_checkpoint, save_checkpoint)
 from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig
@@ -242,3 +244,45 @@ def test_without_the_safetensors_package_loading_says_how_to_install_it(tmp_path
     monkeypatch.setitem(sys.modules, 'safetensors.torch', None)  # "import safetensors.torch" now raises ImportError
     with pytest.raises(CheckpointError, match='needs the safetensors package.*pip install safetensors'):
         load_checkpoint(path)
+
+
+def _pad_to_header_residue(path: Path, checkpoint: Checkpoint, residue: int) -> None:
+    """Save ``checkpoint`` with its provenance note padded so that the header length is ``residue`` mod 256."""
+    note = str(checkpoint.provenance.get('note', ''))
+    for extra in range(256):
+        padded = dataclasses.replace(checkpoint, provenance={**checkpoint.provenance, 'note': note + 'x' * extra})
+        save_checkpoint(path, padded)
+        with path.open('rb') as stream:
+            length = int.from_bytes(stream.read(8), 'little')
+        if length % 256 == residue:
+            return
+    raise AssertionError(f'no padding gives header length {residue} mod 256')
+
+
+def test_the_shipped_checkpoint_with_a_longer_note_still_loads(tmp_path: Path) -> None:
+    """Issue 11: a header length of 128 mod 256 makes the file start with 0x80, like a pickle."""
+    shipped = load_checkpoint(DEFAULT_CHECKPOINT)
+    path = tmp_path / 'longer_note.safetensors'
+    _pad_to_header_residue(path, shipped, 128)
+    assert path.read_bytes()[:1] == b'\x80'
+    loaded = load_checkpoint(path)
+    assert loaded.config == shipped.config and loaded.contract == shipped.contract
+    assert all(torch.equal(loaded.state_dict[key], value) for key, value in shipped.state_dict.items())
+
+
+def test_safetensors_files_load_whatever_their_header_length(tmp_path: Path) -> None:
+    """Property over the file's first byte, the header length's lowest: safetensors pads the header to a
+    multiple of 8, so the 32 residues mod 256 that occur, each reached by padding the provenance."""
+    config = StereoNetConfig(feature_channels=4, cost_filter_channels=4, refiner_channels=4, max_disparity=15,
+                             k_refinement_layers=1)
+    written = _our_checkpoint(config)
+    path = tmp_path / 'padded.safetensors'
+    first_bytes = set()
+    for extra in range(0, 256, 8):
+        checkpoint = dataclasses.replace(written, provenance={**written.provenance, 'note': 'x' * extra})
+        save_checkpoint(path, checkpoint)
+        first_bytes.add(path.read_bytes()[0])
+        read = load_checkpoint(path)
+        assert read.provenance == checkpoint.provenance and read.config == config
+    assert first_bytes == set(range(0, 256, 8))
+

@@ -28,7 +28,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import torch
 
@@ -352,7 +352,7 @@ def _sha256(path: Path) -> str:
 # --- entry points -----------------------------------------------------------------------------------
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Open a checkpoint of either format, chosen by content (not by file name).
+    """Open a checkpoint of either format, told by its structure (not by its name or first byte).
 
     Raises:
         CheckpointError: missing or unreadable file, an unknown format, a refused pickle global
@@ -362,13 +362,32 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     try:
         with path.open('rb') as stream:
             head = stream.read(9)
+            size = os.fstat(stream.fileno()).st_size
+            is_safetensors = _has_safetensors_header(stream, head, size)
     except OSError as err:
         raise CheckpointError(f'cannot open checkpoint {path}: {err.strerror}') from err
+    # Safetensors first: its first byte is the header length's lowest, 0x80 for 1 header in 32 (the
+    # header is padded to a multiple of 8), the same first byte as a pickle's.
+    if is_safetensors:
+        return _load_ours(path)
     if head.startswith(b'PK\x03\x04') or head[:1] == b'\x80':
         return _load_seed(path)  # a zip (torch >= 1.6) or legacy pickle written by torch.save
-    if len(head) == 9 and head[8:9] == b'{':
-        return _load_ours(path)  # safetensors: u64 header length, then the JSON header
     raise CheckpointError(f'{path}: neither a stereonet_ros safetensors file nor a PyTorch Lightning checkpoint')
+
+
+def _has_safetensors_header(stream: BinaryIO, head: bytes, size: int) -> bool:
+    """Safetensors by structure: an 8-byte little-endian length, then that many bytes of JSON object,
+    all inside the file (``stream`` is positioned after ``head``)."""
+    if len(head) < 9 or head[8:9] != b'{':
+        return False
+    (length,) = struct.unpack('<Q', head[:8])
+    if length > min(size - 8, 100_000_000):
+        return False
+    raw = head[8:] + stream.read(length - 1)
+    try:
+        return isinstance(json.loads(raw), dict)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return False
 
 
 def convert_checkpoint(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> Checkpoint:
