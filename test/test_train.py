@@ -298,3 +298,16 @@ def test_validation_uses_the_clean_generator_while_training_draws_rig_augmentati
     assert config.data.eraser_probability > 0  # training itself is augmented
     training.validate(StereoNet(config.model).eval(), config, torch.device('cpu'))
     assert seen == [config.data.without_rig_augmentation()]
+
+
+def test_a_resume_from_an_older_state_drops_the_log_rows_after_it(tmp_path: Path) -> None:
+    # A SIGKILL between a log row and the next state save leaves rows past the saved step: resuming
+    # must not log those steps twice (issue 11: 34 rows for 30 steps).
+    config = load(TrainConfig, overrides=[*TINY, 'steps=4', 'checkpoint_every=100'])
+    assert train(config, tmp_path, stop_after=2, progress=False) == 2
+    saved = (tmp_path / 'state.pt').read_bytes()
+    assert train(config, tmp_path, stop_after=1, progress=False) == 3
+    (tmp_path / 'state.pt').write_bytes(saved)  # as if killed before step 3's state reached the disk
+    assert train(config, tmp_path, progress=False) == 4
+    steps = [int(row['step']) for row in csv.DictReader((tmp_path / 'log.csv').open())]
+    assert steps == [1, 2, 3, 4]

@@ -404,8 +404,7 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
     fields_ = log_fields(config)
     new_log = not log_path.exists() or log_path.stat().st_size == 0
     if not new_log:  # a log begun by an older version keeps its columns; scores it lacks are left out
-        with log_path.open(newline='') as existing:
-            fields_ = next(csv.reader(existing), None) or fields_
+        fields_ = _trim_log(log_path, step, fields_) if distributed.is_main else fields_
     log_file = log_path.open('a', newline='') if distributed.is_main else None
     writer = csv.DictWriter(log_file, fieldnames=fields_, extrasaction='ignore') if log_file else None
     if writer and new_log:
@@ -493,6 +492,24 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
     return step
+
+
+def _trim_log(log_path: Path, step: int, default_columns: list[str]) -> list[str]:
+    """Drop the rows of steps after ``step`` (logged after the last state save, then lost to a kill) so
+    that the resumed run does not log them twice; returns the log's columns."""
+    with log_path.open(newline='') as existing:
+        reader = csv.DictReader(existing)
+        columns = list(reader.fieldnames or [])
+        rows = list(reader)
+    kept = [row for row in rows if row.get('step', '').isdigit() and int(row['step']) <= step]
+    if len(kept) != len(rows):
+        temporary = log_path.with_suffix('.csv.tmp')
+        with temporary.open('w', newline='') as trimmed:
+            writer = csv.DictWriter(trimmed, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(kept)
+        os.replace(temporary, log_path)
+    return columns or default_columns
 
 
 def _in_main_thread() -> bool:
