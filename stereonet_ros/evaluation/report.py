@@ -60,6 +60,35 @@ class RunInfo:
     precision: str = 'fp32'  # inference precision (the Predictor's / the node's parameter)
 
 
+STAGING_PREFIX = '.partial-report-'
+"""Staging folders are ``.partial-report-<pid>-<random>``: the pid tells whether their writer still runs."""
+
+
+def _remove_abandoned_staging(folder: Path) -> None:
+    """Remove staging folders whose writer died (SIGKILL, power loss) before it could clean up.
+
+    A folder whose pid is alive is another run's and is left alone; one without a pid (an older
+    version's) or with a dead pid is abandoned.
+    """
+    for staging in folder.glob(f'{STAGING_PREFIX}*'):
+        pid_text = staging.name[len(STAGING_PREFIX):].partition('-')[0]
+        if pid_text.isdigit() and _process_alive(int(pid_text)):
+            continue
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
 class ReportFolder:
     """Stage a report inside ``folder`` and publish it atomically per file on :meth:`publish`.
 
@@ -80,7 +109,8 @@ class ReportFolder:
     def __enter__(self) -> ReportFolder:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._staging = Path(tempfile.mkdtemp(prefix='.partial-report-', dir=self.folder))
+            _remove_abandoned_staging(self.folder)
+            self._staging = Path(tempfile.mkdtemp(prefix=f'{STAGING_PREFIX}{os.getpid()}-', dir=self.folder))
         except (FileExistsError, NotADirectoryError) as err:
             raise ReportError(f'--out {self.folder}: exists and is not a folder') from err
         except OSError as err:
