@@ -92,20 +92,35 @@ class StampedCache(Generic[T]):
             self._items.clear()
 
 
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+MAX_KIND_LENGTH = 160
+"""Characters of a throttling key: enough to tell problems apart, bounded whatever the message holds."""
+
+
 def problem_kind(error: BaseException) -> str:
-    """A throttling key for an error: its class and message with numbers blanked, so that the same
-    problem at other stamps or sizes is throttled together while different problems are not."""
-    return f'{type(error).__name__}: {_NUMBER.sub("#", str(error))}'
+    """A throttling key for an error: its class and message with quoted values and numbers blanked,
+    cut to :data:`MAX_KIND_LENGTH`, so that the same problem at other stamps, sizes or encodings is
+    throttled together while different problems are not. A message carrying a sender's 20 KB string
+    used to make a key of its own every time (issue 11: 999 log lines from 1,000 messages)."""
+    text = _NUMBER.sub('#', _QUOTED.sub("'…'", str(error)))
+    return f'{type(error).__name__}: {text}'[:MAX_KIND_LENGTH]
 
 
 class WarningThrottle:
-    """Lets one message per ``kind`` through every ``period`` seconds, counting the suppressed ones."""
+    """Lets one message per ``kind`` through every ``period`` seconds, counting the suppressed ones.
 
-    def __init__(self, period: float) -> None:
+    Remembers at most ``max_kinds`` kinds: past that, the kind seen least recently is forgotten (its
+    suppressed count with it), so that a stream of ever-new problems cannot grow the node's memory.
+    """
+
+    def __init__(self, period: float, max_kinds: int = 256) -> None:
         if not period >= 0.0:
             raise ValueError(f'period must be >= 0, got {period!r}')
+        if max_kinds < 1:
+            raise ValueError(f'max_kinds must be >= 1, got {max_kinds!r}')
         self.period = period
-        self._last: dict[str, float] = {}
+        self.max_kinds = max_kinds
+        self._last: dict[str, float] = {}  # insertion order = least recently admitted first
         self._suppressed: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -116,8 +131,17 @@ class WarningThrottle:
             if last is not None and now - last < self.period:
                 self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
                 return False, 0
-            self._last[kind] = now
+            self._last.pop(kind, None)
+            self._last[kind] = now  # (re)inserted last: the most recent
+            while len(self._last) > self.max_kinds:
+                oldest = next(iter(self._last))
+                del self._last[oldest]
+                self._suppressed.pop(oldest, None)
             return True, self._suppressed.pop(kind, 0)
+
+    def __len__(self) -> int:
+        """Kinds remembered now."""
+        return len(self._last)
 
 
 class InputWatch:

@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from stereonet_ros.node_runtime import (InputWatch, LatestSlot, NodeStatistics, StampedCache, WarningThrottle,
-                                        problem_kind)
+from stereonet_ros.node_runtime import (MAX_KIND_LENGTH, InputWatch, LatestSlot, NodeStatistics, StampedCache,
+                                        WarningThrottle, problem_kind)
 
 TOPICS = ('/left/image_rect', '/right/image_rect', '/left/camera_info', '/right/camera_info')
 
@@ -47,6 +47,31 @@ def test_problem_kind_groups_the_same_problem_at_other_numbers() -> None:
     second = problem_kind(ValueError('image data has 99 bytes, fewer than step 50 x height 2.5 = 125'))
     assert first == second == 'ValueError: image data has # bytes, fewer than step # x height # = #'
     assert problem_kind(KeyError('x')) != problem_kind(ValueError('x'))
+
+
+def test_problems_differing_only_in_a_quoted_value_are_one_kind_of_bounded_length() -> None:
+    # Issue 11: 1,000 sets with unique 20 KB encodings logged 999 lines and kept 19 MiB of keys.
+    kinds = {problem_kind(ValueError(f"unsupported encoding '{index:05d}{'x' * 20_000}'")) for index in range(1000)}
+    assert kinds == {"ValueError: unsupported encoding '…'"}
+    long_message = problem_kind(ValueError('y' * 10_000))
+    assert len(long_message) == MAX_KIND_LENGTH and long_message.startswith('ValueError: yyy')
+
+
+def test_the_throttle_forgets_the_least_recent_kind_beyond_its_bound() -> None:
+    throttle = WarningThrottle(period=5.0, max_kinds=2)
+    assert throttle.admit('a', now=0.0) == (True, 0)
+    assert throttle.admit('a', now=1.0) == (False, 0)  # one suppressed 'a'
+    assert throttle.admit('b', now=1.0) == (True, 0)
+    assert len(throttle) == 2
+    assert throttle.admit('c', now=1.0) == (True, 0)  # 'a' (the least recent) is forgotten
+    assert len(throttle) == 2
+    assert throttle.admit('b', now=2.0) == (False, 0)  # 'b' is still remembered
+    assert throttle.admit('a', now=2.0) == (True, 0)  # a forgotten kind is new again, its count gone
+    for index in range(10_000):
+        throttle.admit(f'kind {index}', now=3.0)
+    assert len(throttle) == 2
+    with pytest.raises(ValueError, match='max_kinds must be >= 1'):
+        WarningThrottle(1.0, max_kinds=0)
 
 
 def test_the_watch_names_a_topic_that_sends_nothing_after_its_patience() -> None:
