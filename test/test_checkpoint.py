@@ -4,20 +4,26 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import pickle
 import sys
 import types
+import typing
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
 
-from stereonet_ros.inference import DEFAULT_CHECKPOINT
-from stereonet_ros.model.checkpoint import (SCENEFLOW_RGB_CONTRACT, Checkpoint, CheckpointError, InputContract,
-                                            convert_checkpoint, load_checkpoint, save_checkpoint)
+from stereonet_ros.inference import DEFAULT_CHECKPOINT, PLACEHOLDER_CONFIG
+from stereonet_ros.model.checkpoint import (MAX_ACTIVATION_BYTES_PER_MEGAPIXEL, MAX_PARAMETERS, SCENEFLOW_RGB_CONTRACT,
+                                            Checkpoint, CheckpointError, InputContract, _typed,
+                                            activation_bytes_per_megapixel, check_contract_fits, check_model_size,
+                                            config_from_metadata, convert_checkpoint, load_checkpoint,
+                                            parse_metadata, save_checkpoint, state_size)
 from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig
 
 
@@ -228,22 +234,121 @@ def test_input_contract_checks_its_fields() -> None:
     with pytest.raises(CheckpointError, match=r"left_mean=\(1\.0,\): needs 3 value\(s\) for 'rgb'"):
         InputContract(color='rgb', left_mean=(1.0,), left_std=(1.0,) * 3, right_mean=(1.0,) * 3,
                       right_std=(1.0,) * 3, max_disparity=192)
-    with pytest.raises(CheckpointError, match='std values must be > 0'):
-        InputContract(color='gray', left_mean=(1.0,), left_std=(0.0,), right_mean=(1.0,), right_std=(1.0,),
-                      max_disparity=192)
+    good = InputContract(color='gray', left_mean=(1.0,), left_std=(1.0,), right_mean=(1.0,), right_std=(1.0,),
+                         max_disparity=192.0, pad_multiple=8)
+    refused = {
+        'left_std': ((0.0,), r'input_contract\.left_std\[0\]=0\.0: must be > 0'),
+        'right_mean': ((math.nan,), r'input_contract\.right_mean\[0\]=nan: must be a finite number'),
+        'right_std': ((math.inf,), r'input_contract\.right_std\[0\]=inf: must be a finite number'),
+        'max_disparity': (math.nan, r'input_contract\.max_disparity=nan: must be a finite number > 0'),
+        'pad_multiple': (257, r'input_contract\.pad_multiple=257: must be in 1\.\.256'),
+        'color': ('bgr', r"input_contract\.color='bgr': must be 'gray' or 'rgb'"),
+    }
+    for name, (value, message) in refused.items():
+        with pytest.raises(CheckpointError, match=message):
+            dataclasses.replace(good, **{name: value})
+    for name, value in (('max_disparity', -1.0), ('max_disparity', 0.0), ('pad_multiple', 0)):
+        with pytest.raises(CheckpointError, match=f'input_contract\\.{name}='):
+            dataclasses.replace(good, **{name: value})
+    assert dataclasses.replace(good, pad_multiple=256).pad_multiple == 256
 
 
-def test_without_the_safetensors_package_loading_says_how_to_install_it(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """rosdep has no key for safetensors: a robot installed from package.xml alone must get a clear reason."""
-    config = StereoNetConfig(feature_channels=8, cost_filter_channels=8, refiner_channels=8, max_disparity=64)
-    contract = InputContract(color='gray', left_mean=(127.5,), left_std=(127.5,), right_mean=(127.5,),
-                             right_std=(127.5,), max_disparity=64.0, pad_multiple=8)
-    path = tmp_path / 'weights.safetensors'
-    save_checkpoint(path, Checkpoint(config=config, contract=contract, state_dict=StereoNet(config).state_dict()))
-    monkeypatch.setitem(sys.modules, 'safetensors.torch', None)  # "import safetensors.torch" now raises ImportError
-    with pytest.raises(CheckpointError, match='needs the safetensors package.*pip install safetensors'):
-        load_checkpoint(path)
+def test_the_metadata_schema_checks_json_types_before_building(tmp_path: Path) -> None:
+    """Types a JSON file can hold where the dataclass wants another: named with the key, never coerced."""
+    base = {'format': 'stereonet_ros', 'format_version': 1, 'model_config': StereoNetConfig().to_dict(),
+            'input_contract': _our_checkpoint(StereoNetConfig()).contract.to_dict() | {'max_disparity': 256.0},
+            'provenance': {}}
+    config, contract, provenance = parse_metadata(json.loads(json.dumps(base)))
+    assert config == StereoNetConfig() and contract.max_disparity == 256.0 and provenance == {}
+    refusals = [
+        (('model_config', 'k_downsampling_layers'), True, r'model_config\.k_downsampling_layers=True: must be an '
+                                                          r'integer'),
+        (('model_config', 'max_disparity'), '256', r"model_config\.max_disparity='256': must be an integer"),
+        (('model_config', 'align_corners'), 1, r'model_config\.align_corners=1: must be true or false'),
+        (('model_config', 'disparity_grid'), 'linear', r"model_config\.disparity_grid='linear': must be one of "
+                                                       r"'seed_linspace', 'exact'"),
+        (('model_config', 'max_disparity'), 2**40, r'model_config\.max_disparity=1099511627776: out of range'),
+        (('input_contract', 'left_mean'), ['127'], r"input_contract\.left_mean\[0\]='127': must be a finite number"),
+        (('input_contract', 'left_std'), 1.0, r'input_contract\.left_std=1\.0: must be a list of numbers'),
+        (('input_contract', 'pad_multiple'), 8.0, r'input_contract\.pad_multiple=8\.0: must be an integer'),
+        (('input_contract', 'max_disparity'), None, r'input_contract\.max_disparity=None: must be a finite number'),
+        (('input_contract', 'colour'), 'gray', r"input_contract: unknown key\(s\) \['colour'\]"),
+        (('model_config',), [1], r'model_config: expected a JSON object, got list'),
+        (('format_version',), '1', r"format_version='1': must be an integer"),
+        (('format',), 'other', r"format='other' is not 'stereonet_ros'"),
+    ]
+    for keys, value, message in refusals:
+        document = json.loads(json.dumps(base))
+        target = document
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+        with pytest.raises(CheckpointError, match='malformed stereonet_ros metadata: ' + message):
+            parse_metadata(document)
+
+
+def test_a_config_field_added_to_the_dataclass_is_checked_by_its_type_without_a_schema_change() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Extended(StereoNetConfig):
+        new_unit: float = 1.0
+        new_mode: Literal['a', 'b'] = 'a'
+        new_limit: int | None = None
+
+    values = StereoNetConfig().to_dict() | {'new_unit': 32, 'new_mode': 'b', 'new_limit': None}
+    config = config_from_metadata(values, Extended)
+    assert isinstance(config, Extended) and config.new_unit == 32.0 and isinstance(config.new_unit, float)
+    assert config_from_metadata(values | {'new_limit': 5}, Extended).new_limit == 5  # type: ignore[attr-defined]
+    with pytest.raises(CheckpointError, match=r'model_config\.new_unit=nan: must be a finite number'):
+        config_from_metadata(values | {'new_unit': math.nan}, Extended)
+    with pytest.raises(CheckpointError, match=r"model_config\.new_mode='c': must be one of 'a', 'b'"):
+        config_from_metadata(values | {'new_mode': 'c'}, Extended)
+    with pytest.raises(CheckpointError, match=r'model_config\.new_limit=2\.5: must be an integer'):
+        config_from_metadata(values | {'new_limit': 2.5}, Extended)
+
+
+def test_every_model_config_field_has_a_type_the_schema_checks() -> None:
+    """A field of a type the schema cannot check would refuse every checkpoint: extend ``_typed`` with it."""
+    config_from_metadata(StereoNetConfig().to_dict())  # every field present, each checked by its type
+    hints = typing.get_type_hints(StereoNetConfig)
+    for item in dataclasses.fields(StereoNetConfig):
+        default = getattr(StereoNetConfig(), item.name)
+        assert _typed(item.name, default, hints[item.name]) == default
+
+
+def test_state_size_counts_what_the_built_model_holds() -> None:
+    """The size bound is computed from the config without building: it must follow the architecture."""
+    configs = [StereoNetConfig(), PLACEHOLDER_CONFIG,
+               StereoNetConfig(in_channels=3, k_downsampling_layers=1, k_refinement_layers=0, feature_channels=5,
+                               cost_filter_channels=7, refiner_channels=3, max_disparity=15),
+               StereoNetConfig(k_downsampling_layers=6, k_refinement_layers=6, feature_channels=4,
+                               cost_filter_channels=6, refiner_channels=2, max_disparity=255)]
+    for config in configs:
+        built = sum(tensor.numel() for tensor in StereoNet(config).state_dict().values())
+        assert state_size(config) == built, config
+
+
+def test_the_shipped_and_seed_architectures_fit_the_size_bounds_and_absurd_ones_do_not() -> None:
+    shipped = load_checkpoint(DEFAULT_CHECKPOINT).config
+    seeds = [StereoNetConfig(in_channels=channels, k_downsampling_layers=k, max_disparity=disparity)
+             for channels in (1, 3) for k in (3, 4) for disparity in (192, 256)]
+    for config in [shipped, PLACEHOLDER_CONFIG, *seeds]:
+        check_model_size(config)
+        assert state_size(config) * 50 < MAX_PARAMETERS
+        assert activation_bytes_per_megapixel(config) * 8 < MAX_ACTIVATION_BYTES_PER_MEGAPIXEL
+    with pytest.raises(CheckpointError, match=r'model too large to build: 7\.3e\+08 parameters \(limit 5e\+07\)'):
+        check_model_size(StereoNetConfig(feature_channels=8, cost_filter_channels=3000, max_disparity=63))
+    with pytest.raises(CheckpointError, match=r'model too large to build: about .* GiB of activations per megapixel '
+                                              r'\(limit 4 GiB\) for max_disparity=1000000000'):
+        check_model_size(StereoNetConfig(max_disparity=10**9))
+
+
+def test_a_contract_that_does_not_match_the_model_is_refused() -> None:
+    contract = _our_checkpoint(StereoNetConfig()).contract  # gray, max_disparity 256
+    check_contract_fits(StereoNetConfig(), contract)
+    with pytest.raises(CheckpointError, match=r"color='gray' gives 1 channel\(s\) but model_config\.in_channels=3"):
+        check_contract_fits(StereoNetConfig(in_channels=3), contract)
+    with pytest.raises(CheckpointError, match=r"max_disparity=256\.0: more than the model's max_disparity=192"):
+        check_contract_fits(StereoNetConfig(max_disparity=192), contract)
 
 
 def _pad_to_header_residue(path: Path, checkpoint: Checkpoint, residue: int) -> None:
@@ -285,4 +390,3 @@ def test_safetensors_files_load_whatever_their_header_length(tmp_path: Path) -> 
         read = load_checkpoint(path)
         assert read.provenance == checkpoint.provenance and read.config == config
     assert first_bytes == set(range(0, 256, 8))
-
