@@ -184,6 +184,16 @@ CORPUS = [
 IDS = [entry.name for entry in CORPUS]
 
 
+def diverged(state_dict: dict[str, torch.Tensor]) -> None:
+    """Finite weights so large that every activation overflows: NaN disparity for any pair."""
+    for key, value in state_dict.items():
+        if key.endswith('weight') and 'conv' in key:
+            value.mul_(1e18)
+
+
+DIVERGED = weights(diverged)
+"""Loads (every value finite, every shape right) and then gives no finite disparity: caught by running it."""
+
 
 @pytest.mark.parametrize('entry', CORPUS, ids=IDS)
 def test_load_checkpoint_refuses_each_malformed_file_with_one_line(tmp_path: Path, entry: Malformed) -> None:
@@ -229,4 +239,20 @@ def test_stereonet_infer_prints_one_line_and_exits_non_zero(tmp_path: Path, imag
     assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr
     assert lines[0].startswith('stereonet-infer: error: ')
     assert re.search(entry.message, lines[0]), lines[0]
+    assert not (tmp_path / 'd.npy').exists()
+
+
+def test_a_checkpoint_that_loads_but_outputs_no_finite_disparity_is_one_line_from_stereonet_infer(
+        tmp_path: Path, image_pair: tuple[Path, Path]) -> None:
+    path = DIVERGED(tmp_path)
+    load_checkpoint(path)  # nothing in the file itself is malformed
+    left, right = image_pair
+    result = subprocess.run([str(Path(sys.executable).parent / 'stereonet-infer'), str(left), str(right),
+                             '--checkpoint', str(path), '--out', str(tmp_path / 'd.npy'), '--device', 'cpu'],
+                            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr
+    assert re.match(r'stereonet-infer: error: the network gave non-finite disparities \(6144 of 6144 pixels\) '
+                    r'with checkpoint .*weights\.safetensors', lines[0]), lines[0]
     assert not (tmp_path / 'd.npy').exists()

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     # Imported here so that --help and usage errors answer without loading torch.
+    import numpy as np
+
     from stereonet_ros.cli import fail
     from stereonet_ros.evaluation.metrics import MetricsError, disparity_metrics
     from stereonet_ros.image_io import (DisparityFileError, ImageReadError, ImageWriteError, colorize_disparity,
@@ -73,6 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for warning in caught:
             print(f'{PROGRAM}: warning: {warning.message}', file=sys.stderr)
         disparity = predictor.predict(left, right, scale=scale)
+        broken = int(np.count_nonzero(~np.isfinite(disparity)))
+        if broken:  # finite images in: only the weights (or fp16 overflow) can do this; write nothing
+            raise CheckpointError(f'the network gave non-finite disparities ({broken} of {disparity.size} pixels) '
+                                  f'with checkpoint {arguments.checkpoint or "bundled default"} at precision '
+                                  f'{arguments.precision}')
         write_disparity(arguments.out, disparity)
         if arguments.color is not None:
             write_png(arguments.color, colorize_disparity(disparity, vmin=0.0))
@@ -81,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(PROGRAM, str(err))
     except OSError as err:
         fail(PROGRAM, f'{err.filename or ""}: {err.strerror or err}')
+    except (RuntimeError, MemoryError) as err:  # e.g. out of memory on the device: one line, not a traceback
+        fail(PROGRAM, f'running the network failed: {type(err).__name__}: {err}')
     height, width = disparity.shape
     valid = disparity[disparity >= 0]
     print(f'{PROGRAM}: {width}x{height} disparity (min {valid.min():.2f}, max {valid.max():.2f} px, '
