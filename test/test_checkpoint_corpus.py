@@ -1,5 +1,5 @@
-"""Malformed checkpoints (issue 11): each is refused with one line, by ``load_checkpoint`` and by
-``stereonet-infer``.
+"""Malformed checkpoints (issue 11): each is refused with one line, by ``load_checkpoint``, by
+``stereonet-infer`` and by the node's run-time switch, which keeps its model and goes on answering.
 
 Every file is built here in ``tmp_path`` from a tiny valid checkpoint, one defect at a time.
 """
@@ -256,3 +256,48 @@ def test_a_checkpoint_that_loads_but_outputs_no_finite_disparity_is_one_line_fro
     assert re.match(r'stereonet-infer: error: the network gave non-finite disparities \(6144 of 6144 pixels\) '
                     r'with checkpoint .*weights\.safetensors', lines[0]), lines[0]
     assert not (tmp_path / 'd.npy').exists()
+
+
+NODE_CORPUS = ['truncated pickle', 'metadata a JSON string', 'metadata a JSON list', 'format_version 1e400',
+               'feature_channels 32.5', 'feature_channels 10^6', 'contract max_disparity NaN',
+               'model max_disparity 1e9', 'pad_multiple 1e9', 'mean NaN', 'FIFO', 'directory']
+"""The five files that killed the node (issue 11), the four that broke every pair, and two non-files."""
+
+
+def test_the_node_refuses_each_malformed_checkpoint_at_run_time_and_keeps_its_model(
+        tmp_path: Path, placeholder_checkpoint_path: Path) -> None:
+    pytest.importorskip('rclpy')
+    from test_node import INPUT_TOPICS, Client, as_float_image, make_pair, start_node
+
+    folder = tmp_path / 'node'
+    folder.mkdir()
+    node = start_node(folder, {'stereonet_node': {'ros__parameters': {
+        'device': 'cpu', 'checkpoint': str(placeholder_checkpoint_path), 'diagnostics_period_seconds': 0.5,
+        'qos_overrides': {f'/{topic}': {'subscription': {'reliability': 'reliable', 'depth': 10}}
+                          for topic in INPUT_TOPICS}}}})
+    client = Client(node)
+    try:
+        client.wait_for_node()
+        left, right = make_pair()
+        before = as_float_image(client.send_good(left, right, topics=('disparity',))['disparity'].image)
+        cases = [(entry.name, entry.build, entry.message) for entry in CORPUS if entry.name in NODE_CORPUS]
+        assert len(cases) == len(NODE_CORPUS)
+        cases.append(('diverged weights', DIVERGED,
+                      r'the model gives non-finite disparity on a 64x64 warm-up pair'))
+        for index, (name, build, message) in enumerate(cases):
+            case_folder = tmp_path / f'case_{index}'
+            case_folder.mkdir()
+            path = build(case_folder)
+            result = client.set_parameter('checkpoint', str(path))
+            assert not result.successful, name
+            assert re.search(message, result.reason) and str(path) in result.reason, (name, result.reason)
+            assert '\n' not in result.reason, (name, result.reason)
+        after = as_float_image(client.send_good(left, right, topics=('disparity',))['disparity'].image)
+        np.testing.assert_allclose(after, before, atol=1e-5)  # the placeholder still runs
+        assert node.process.poll() is None
+    finally:
+        client.close()
+        node.stop()
+    log = node.text()
+    assert 'Traceback' not in log, log
+    assert 'parameter change refused, keeping the current model' in log, log

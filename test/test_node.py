@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -522,6 +523,25 @@ def test_run_time_parameter_changes_are_applied_or_refused_with_a_reason(client:
     valid = values >= 0.0
     assert valid.any()
     np.testing.assert_allclose(values[valid], expected[valid], atol=2e-3)
+
+
+def test_a_model_switch_that_outlasts_its_time_limit_is_refused_and_the_caller_goes_on() -> None:
+    """A slow path (a hung mount) as checkpoint: the executor waits MODEL_LOAD_TIMEOUT at most, not for ever."""
+    from stereonet_ros.model.checkpoint import CheckpointError
+    from stereonet_ros.ros.node import call_with_timeout
+
+    release = threading.Event()
+    start = time.monotonic()
+    with pytest.raises(CheckpointError, match=r'^loading /slow/path took longer than 0\.2 s; gave up on it$'):
+        call_with_timeout(lambda: release.wait(30.0), 0.2, 'loading /slow/path')
+    assert time.monotonic() - start < 5.0
+    release.set()
+    assert call_with_timeout(lambda: 42, 5.0, 'a quick load') == 42
+
+    def failing_load() -> None:
+        raise CheckpointError('unreadable')
+    with pytest.raises(CheckpointError, match='^unreadable$'):  # the load's own error reaches the caller as it was
+        call_with_timeout(failing_load, 5.0, 'a failing load')
 
 
 @pytest.mark.parametrize(('arguments', 'status', 'message'), [

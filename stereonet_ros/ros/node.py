@@ -34,13 +34,15 @@ from __future__ import annotations
 
 import functools
 import math
+import queue
 import sys
 import threading
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -88,6 +90,65 @@ BAD_INPUT_ERRORS = (ImageCodecError, CameraModelError, StereoInputError, InputEr
 
 class StartupError(RuntimeError):
     """The node cannot start (bad parameter at start-up, unusable checkpoint or device)."""
+
+
+_Result = TypeVar('_Result')
+
+WARM_UP_SIZE = 64
+"""Pixels (square) of the blank pair every newly loaded model runs before the node takes it on."""
+MODEL_LOAD_TIMEOUT = 60.0
+"""Seconds a run-time model switch may take (load, build, warm-up) before it is refused. The parameter
+callback waits on the executor thread, so a slow path (a hung network mount) delays other callbacks by
+this much at most; the bundled default loads in under a second."""
+
+
+def warm_up(predictor: Predictor) -> None:
+    """Run a blank :data:`WARM_UP_SIZE` pair (confidence included) as the node runs pairs.
+
+    Weights can pass every check on the file and still break every pair (e.g. so large that each
+    activation overflows): that shows here, before the model replaces a working one.
+
+    Raises:
+        CheckpointError: the run failed, or gave a non-finite disparity or confidence.
+    """
+    blank = np.zeros((WARM_UP_SIZE, WARM_UP_SIZE), dtype=np.uint8)
+    size = f'{WARM_UP_SIZE}x{WARM_UP_SIZE}'
+    try:
+        result = predictor.infer(blank, blank, with_confidence=True)
+    except Exception as err:  # noqa: BLE001 - whatever a blank pair trips, every real pair would trip too
+        raise CheckpointError(f'the model fails a {size} warm-up pair: {type(err).__name__}: {err}') from err
+    for name, values in (('disparity', result.disparity), ('confidence', result.confidence)):
+        broken = 0 if values is None else int(np.count_nonzero(~np.isfinite(values)))
+        if broken:
+            raise CheckpointError(f'the model gives non-finite {name} on a {size} warm-up pair ({broken} of '
+                                  f'{WARM_UP_SIZE * WARM_UP_SIZE} pixels): its weights are unusable')
+
+
+def call_with_timeout(function: Callable[[], _Result], timeout: float, what: str) -> _Result:
+    """``function()`` on a thread of its own, waited for at most ``timeout`` seconds.
+
+    A call still running then is left to finish on its (daemon) thread and its result dropped: a
+    blocked read cannot be interrupted, but the caller (the executor) goes on.
+
+    Raises:
+        CheckpointError: ``what`` took longer than ``timeout``; else whatever ``function`` raised.
+    """
+    outcome: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+
+    def target() -> None:
+        try:
+            outcome.put((True, function()))
+        except BaseException as err:  # noqa: BLE001 - handed to the waiting caller, which re-raises it
+            outcome.put((False, err))
+
+    threading.Thread(target=target, name='stereonet_model_load', daemon=True).start()
+    try:
+        succeeded, value = outcome.get(timeout=timeout)
+    except queue.Empty:
+        raise CheckpointError(f'{what} took longer than {timeout:g} s; gave up on it') from None
+    if not succeeded:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -180,11 +241,27 @@ class StereoNetNode(Node):
     # ------------------------------------------------------------------ model and config
 
     def _load_predictor(self, config: NodeConfig) -> Predictor:
-        """Load the configured checkpoint; the untrained placeholder's warning is logged loudly."""
+        """Load the configured checkpoint and run one warm-up pair on it (:func:`warm_up`); the untrained
+        placeholder's warning is logged loudly.
+
+        Raises:
+            CheckpointError: any failure to load, build or run the model, as one line.
+            InputError: a device or precision the machine cannot run.
+        """
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always', UntrainedPlaceholderWarning)
-            predictor = Predictor.from_checkpoint(config.checkpoint or None, device=config.device,
-                                                  precision=config.precision)
+            source = config.checkpoint or 'the bundled default checkpoint'
+            try:
+                predictor = Predictor.from_checkpoint(config.checkpoint or None, device=config.device,
+                                                      precision=config.precision)
+            except (CheckpointError, InputError):
+                raise
+            except Exception as err:  # noqa: BLE001 - e.g. device memory: no file check foresees it, the node must live
+                raise CheckpointError(f'{source}: cannot set up the model: {type(err).__name__}: {err}') from err
+            try:
+                warm_up(predictor)
+            except CheckpointError as err:
+                raise CheckpointError(f'{source}: {err}') from err
         for warning in caught:
             if issubclass(warning.category, UntrainedPlaceholderWarning):
                 self.get_logger().warning(
@@ -221,7 +298,10 @@ class StereoNetNode(Node):
         processor = self._processor
         if changed & MODEL_KEYS:
             try:
-                processor = StereoProcessor(self._load_predictor(new))
+                # Off the executor thread, waited for with a limit: a slow path must not hold it for ever.
+                predictor = call_with_timeout(functools.partial(self._load_predictor, new), MODEL_LOAD_TIMEOUT,
+                                              f'loading {new.checkpoint or "the bundled default checkpoint"}')
+                processor = StereoProcessor(predictor)
             except (CheckpointError, InputError, OSError) as err:
                 reason = f'cannot switch the model ({", ".join(sorted(changed & MODEL_KEYS))}): {err}'
                 self._warn(problem_kind(err), f'parameter change refused, keeping the current model: {reason}')
