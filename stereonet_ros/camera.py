@@ -21,6 +21,9 @@ import numpy as np
 import numpy.typing as npt
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 class CameraModelError(ValueError):
     """The camera infos do not describe a usable rectified stereo pair, or an image does not fit it."""
 
@@ -91,6 +94,16 @@ class StereoCamera:
             # A negative T means the right camera sits left of the left one: the inputs are
             # swapped, and a network trained on left-view (positive) disparity cannot serve them.
             raise CameraModelError(f'baseline must be > 0, got {self.baseline} (left and right swapped?)')
+        # Depth, clouds and the DisparityImage fields are computed and published in float32: a value
+        # fine in float64 can be 0 or inf there (Tx -1e-50 gave depth 0, Tx -1e39 infinite depth).
+        derived = {**values, 'focal * baseline': self.focal * self.baseline, 'cx - cx_right': self.principal_offset,
+                   'width / fx': self.width / self.fx, 'height / fy': self.height / self.fy}
+        for name, value in derived.items():
+            single = np.float32(value) if abs(value) <= _FLOAT32_MAX else np.float32(np.inf)
+            if not np.isfinite(single):
+                raise CameraModelError(f'{name} = {value:g} is not finite in float32, as depth and clouds are published')
+            if name in ('fx', 'fy', 'focal', 'baseline', 'focal * baseline') and single == 0.0:
+                raise CameraModelError(f'{name} = {value:g} is 0 in float32, as depth and clouds are published')
 
     @property
     def principal_offset(self) -> float:

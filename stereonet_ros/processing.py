@@ -11,7 +11,8 @@ Validity (docs CONVENTIONS.md). The network predicts a left-view image *shift* `
 disparity is ``d = s - (cx_left - cx_right)`` (:meth:`StereoCamera.shift_to_disparity`). A pixel
 ``(u, v)`` is valid when all of these hold:
 
-1. ``d`` is finite and ``d >= min_disparity`` and ``d > 0`` (a finite, positive depth);
+1. ``d`` is finite, ``min_disparity <= d <= max_disparity`` (the DisparityImage field) and
+   ``d > 0`` with ``f * T / d`` finite in float32 (a finite, positive depth);
 2. ``u - s >= 0``: its match lies inside the right image (a point left of the right camera's view
    cannot be matched; the network's value there is a guess);
 3. with ``min_confidence > 0``: ``confidence >= min_confidence``.
@@ -42,7 +43,7 @@ import numpy.typing as npt
 
 from stereonet_ros.camera import StereoCamera, check_image_size
 from stereonet_ros.geometry import CloudBuffer, disparity_to_depth, pointcloud2_buffer, reproject_to_3d
-from stereonet_ros.image_codec import ImageLike, to_model_input
+from stereonet_ros.image_codec import ImageLike, canonical_encoding, to_model_input
 from stereonet_ros.image_io import colorize_disparity
 from stereonet_ros.inference import Predictor
 from stereonet_ros.node_config import NodeConfig
@@ -133,30 +134,36 @@ def to_rgb8(image: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
     return out
 
 
-def decode_pair(left: ImageLike, right: ImageLike, color: Literal['gray', 'rgb'],
-                want_rgb: bool) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[np.uint8] | None]:
-    """Decode the two images into what the network takes, and the left colours if wanted.
+ONE_CHANNEL_ENCODINGS = frozenset({'mono8', 'mono16', '32FC1'})
+"""Encodings decoded to ``(H, W)``; every other supported one is colour, decoded to ``(H, W, 3)`` RGB."""
 
-    For a gray checkpoint a colour message becomes float32 BT.601 luma
-    (:func:`~stereonet_ros.image_codec.to_model_input`), the values :class:`~stereonet_ros.inference.Predictor`
-    computes from the same RGB pixels, so the node and ``stereonet-infer`` give the network the same input.
+
+def decode_pair(left: ImageLike, right: ImageLike,
+                want_rgb: bool) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[np.uint8] | None]:
+    """Decode the two images into what the predictor takes, and the left colours if wanted.
+
+    Converted as little as possible on the host: one-channel encodings stay ``(H, W)`` and colour ones
+    become ``(H, W, 3)`` RGB, each in its dtype (uint8 stays uint8), whatever the checkpoint's colour.
+    :class:`~stereonet_ros.inference.Predictor` converts them on its device with the package's one BT.601
+    luma, so the node and ``stereonet-infer`` give the network the same input for the same pixels.
 
     Args:
         left, right: image messages (any supported encoding).
-        color: the checkpoint's input colour (``Predictor.contract.color``).
         want_rgb: also return the left image as ``(H, W, 3)`` uint8 RGB (for ``points2``'s rgb).
 
     Raises:
         ImageCodecError: an unsupported encoding or a malformed message (the message says which).
     """
-    left_array = to_model_input(left, color)
-    right_array = to_model_input(right, color)
+    left_array, right_array = _decoded(left), _decoded(right)
     rgb = None
     if want_rgb:
-        # Decoded again rather than derived from the network input: for a gray checkpoint that
-        # input has already lost the colour.
-        rgb = to_rgb8(left_array) if color == 'rgb' else decode_colours(left)
+        rgb = to_rgb8(left_array if left_array.ndim == 3 else np.repeat(left_array[:, :, np.newaxis], 3, axis=2))
     return left_array, right_array, rgb
+
+
+def _decoded(image: ImageLike) -> npt.NDArray[Any]:
+    one_channel = canonical_encoding(str(image.encoding)) in ONE_CHANNEL_ENCODINGS
+    return to_model_input(image, 'gray' if one_channel else 'rgb')
 
 
 def decode_colours(image: ImageLike) -> npt.NDArray[np.uint8]:
@@ -255,14 +262,20 @@ def postprocess(shift: npt.NDArray[np.float32], confidence: npt.NDArray[np.float
     height, width = shift.shape
     disparity = camera.shift_to_disparity(shift)  # (H, W) float32, DisparityImage convention
     columns = np.arange(width, dtype=np.float32)[np.newaxis, :]  # (1, W)
-    with np.errstate(invalid='ignore'):
+    max_disparity = max_shift - camera.principal_offset
+    with np.errstate(invalid='ignore', over='ignore', divide='ignore'):
         valid = (np.isfinite(disparity) & (disparity >= np.float32(config.min_disparity)) & (disparity > 0.0)
-                 & (columns - shift >= 0.0))
+                 & (disparity <= np.float32(max_disparity)) & (columns - shift >= 0.0))
         if confidence is not None and config.min_confidence > 0.0:
             valid &= confidence >= np.float32(config.min_confidence)
+        # A depth f*T/d past float32 (d tiny but > 0), or a point's X or Y past it (a far principal
+        # point), would be published as inf: not a measurement.
+        depth = np.float32(camera.focal * camera.baseline) / disparity  # (H, W) float32
+        x_per_z = (columns - np.float32(camera.cx)) / np.float32(camera.fx)  # (1, W)
+        y_per_z = (np.arange(height, dtype=np.float32)[:, np.newaxis] - np.float32(camera.cy)) / np.float32(camera.fy)
+        valid &= np.isfinite(depth) & np.isfinite(depth * x_per_z) & np.isfinite(depth * y_per_z)
     invalid_value = np.float32(config.min_disparity - 1.0)
     published = np.where(valid, disparity, invalid_value).astype(np.float32)
-    max_disparity = max_shift - camera.principal_offset
     x_offset = min(int(math.ceil(max_shift)), width)
     window = ValidWindow(x_offset, 0, width - x_offset, height if x_offset < width else 0)
     result = StereoOutputs(

@@ -190,3 +190,31 @@ def test_binning_and_roi_are_applied_as_image_geometry_does() -> None:
     bad.roi = RegionOfInterest(x_offset=600, y_offset=0, width=800, height=600)
     with pytest.raises(CameraModelError, match='right camera_info roi .* does not lie inside the 1280x720 image'):
         from_camera_infos(info(0.0, 100), bad)
+
+
+# Issue 11: constants checked in float64 but published in float32 gave zero or infinite depth.
+@pytest.mark.parametrize('right, message', [
+    ({'tx': -1e-50}, r'baseline .* is 0 in float32'),
+    ({'tx': -1e39}, r'baseline .* is not finite in float32'),
+    ({'fx': 1e39, 'tx': -1e38}, r'focal .* is not finite in float32'),
+    ({'cx': 1e39}, r'cx_right .* is not finite in float32'),
+])
+def test_right_constants_that_are_zero_or_infinite_in_float32_are_refused(right: dict[str, float],
+                                                                          message: str) -> None:
+    with pytest.raises(CameraModelError, match=message):
+        from_camera_infos(*pair(**right))
+
+
+def test_a_left_focal_length_that_is_zero_in_float32_is_refused() -> None:
+    left, right = pair()
+    left.p = projection(fx=1e-46)
+    with pytest.raises(CameraModelError, match=r'fx .* is 0 in float32'):
+        from_camera_infos(left, right)
+
+
+def test_a_depth_constant_f_times_t_that_overflows_float32_is_refused_and_the_largest_finite_one_is_kept() -> None:
+    largest = float(np.finfo(np.float32).max)
+    with pytest.raises(CameraModelError, match=r'focal \* baseline .* not finite in float32'):
+        from_camera_infos(*pair(fx=1e30, tx=-1e30 * 1e9))
+    camera = from_camera_infos(*pair(fx=1.0, tx=-largest))  # f * T == float32's largest value: finite
+    assert np.isfinite(np.float32(camera.focal * camera.baseline))

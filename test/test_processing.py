@@ -241,3 +241,34 @@ def test_the_node_and_stereonet_infer_give_the_same_disparity_for_the_same_pixel
         rounded = [np.rint(image).astype(np.uint8) for image in (node_left, node_right)]
         before = default_processor.predictor.predict(*rounded)
         assert np.abs(before - cli).max() > 1e-2
+
+
+def test_disparities_above_the_published_maximum_or_with_unrepresentable_depth_are_invalid() -> None:
+    # Issue 11: 32FC1 input of -1e6 gave a disparity of 251.7 px published as valid above max_disparity 192;
+    # a tiny positive disparity gives a depth f*T/d beyond float32 (inf), which must not be published as valid.
+    from stereonet_ros.processing import postprocess
+
+    max_shift = 31.0
+    shift = np.full((HEIGHT, WIDTH), 20.0, dtype=np.float32)
+    shift[:, 60] = max_shift  # exactly the maximum: valid
+    shift[:, 61] = np.nextafter(np.float32(max_shift), np.float32(np.inf))  # just above: invalid
+    shift[:, 62] = CAMERA.principal_offset + 1e-38  # d = 1e-38 > 0, but Z = 20 / 1e-38 is inf in float32
+    outputs = postprocess(shift, None, max_shift, CAMERA, NodeConfig(), OutputSelection())
+    assert outputs.max_disparity == pytest.approx(max_shift - CAMERA.principal_offset)  # 34 px
+    assert outputs.valid[:, 60].all() and not outputs.valid[:, 61:63].any()
+    assert (outputs.disparity[:, 61:63] == np.float32(-1.0)).all()  # min_disparity - 1
+    assert outputs.depth is not None and np.isnan(outputs.depth[:, 61:63]).all()
+    valid_depth = outputs.depth[outputs.valid]
+    assert np.isfinite(valid_depth).all() and (valid_depth > 0).all()
+    assert (outputs.disparity[outputs.valid] <= np.float32(outputs.max_disparity)).all()
+
+
+def test_points_whose_x_would_overflow_float32_are_invalid() -> None:
+    from stereonet_ros.processing import postprocess
+
+    far = StereoCamera(width=WIDTH, height=HEIGHT, fx=1.0, fy=1.0, cx=3e38, cy=15.5, cx_right=3e38, focal=1.0,
+                       baseline=1e3)  # every constant finite; X = (u - cx) * Z / fx is not, for Z >= 2
+    shift = np.full((HEIGHT, WIDTH), 20.0, dtype=np.float32)
+    shift[:, 50] = 1000.0 / 0.5e3  # d = 2 px: Z = 500, X = -3e38 * 500 = -inf
+    outputs = postprocess(shift, None, 1e4, far, NodeConfig(), OutputSelection())
+    assert not outputs.valid.any()
