@@ -7,10 +7,11 @@ Preprocessing follows the checkpoint's :class:`~stereonet_ros.model.checkpoint.I
    0.114 B, what OpenCV and cv_bridge use); gray -> RGB by repeating the channel; RGBA drops alpha.
 3. ``(x - mean) / std`` per view and channel.
 
-One colour conversion everywhere: RGB becomes float32 luma (:func:`~stereonet_ros.image_codec.bt601_luma`),
-never rounded to uint8. The training data (``stereonet_ros.data``) are made that way, and the node's
-message decoding (:func:`~stereonet_ros.image_codec.to_model_input`) calls the same function, so an
-``rgb8`` message and the same pixels read from a PNG give the network the same input bit for bit.
+One colour conversion everywhere: RGB becomes float32 luma (:func:`~stereonet_ros.image_codec.bt601_luma`,
+or the same operations on the device), never rounded to uint8. The training data (``stereonet_ros.data``)
+are made that way, and the node hands the predictor a colour message's RGB pixels as they are
+(:func:`~stereonet_ros.processing.decode_pair`), so an ``rgb8`` message and the same pixels read from a
+PNG give the network the same input bit for bit.
 
 Test-time scale (:meth:`Predictor.infer`, ``scale`` in [:data:`MIN_INFERENCE_SCALE`,
 :data:`MAX_INFERENCE_SCALE`]): the network runs on ``round(H * s) x round(W * s)`` images and the
@@ -31,15 +32,30 @@ up to it.
 On the CPU the predictor stores the network channels-last with BatchNorm folded into the
 convolutions and tunes glibc's allocator (:mod:`stereonet_ros.cpu_allocator`): measured 960x544,
 about 0.6 s against 1.9 s for a plain NCHW forward of the same weights (``benchmarks/model_forward.py``).
+
+Where the work happens: the images travel to the device as they came (uint8 stays uint8, a quarter of
+float32's bytes; uint16 as its bits) and steps 1-3 run there, in float32, with the same operations in the
+same order as :func:`as_float_image`, :func:`to_contract_color` and the normalization, so the network's input
+is the one the NumPy steps give (tested). On CUDA:
+
+- cuDNN picks its fastest algorithm per shape (``cudnn.benchmark``): the node's size never changes;
+- ``fp32`` means float32 (no TF32 convolutions), so that it matches the CPU within 0.01 px;
+- nothing in the pass waits for the host, so the second call at one input size (shape, dtype, scale,
+  confidence) captures the whole pass, upload buffers to answer, as a CUDA graph that every later call
+  at that size replays (:data:`MAX_CAPTURED_SIZES` kept); the first call at a size, and every call on
+  the CPU, runs eagerly.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -47,7 +63,7 @@ import torch
 import torch.nn.functional as F
 
 from stereonet_ros.cpu_allocator import tune_allocator_for_inference
-from stereonet_ros.image_codec import bt601_luma
+from stereonet_ros.image_codec import BT601_WEIGHTS, bt601_luma
 from stereonet_ros.model.checkpoint import Checkpoint, InputContract, load_checkpoint
 from stereonet_ros.model.stereonet import (StereoNet, StereoNetConfig, fold_batchnorm, matching_confidence,
                                            to_channels_last)
@@ -71,6 +87,11 @@ allow to match much."""
 MAX_INFERENCE_SCALE = 2.5
 """Largest test-time scale: 2.5 x 2.5 = 6.25 times the pixels (and about that much time and memory); the
 cost volume's candidates then span 1/2.5 of the network's range in input pixels."""
+
+
+MAX_CAPTURED_SIZES = 2
+"""Input sizes whose CUDA graph a predictor keeps (the least recently used is dropped): the node runs one
+size; an evaluator alternating two sizes keeps both."""
 
 
 class InputError(ValueError):
@@ -119,25 +140,45 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def as_float_image(image: npt.ArrayLike, name: str) -> npt.NDArray[np.float32]:
-    """(H, W) or (H, W, C) in 0..255 units, float32; C in 1, 3, 4 (alpha dropped)."""
+def checked_image(image: npt.ArrayLike, name: str) -> npt.NDArray[Any]:
+    """The image as it travels to the device, checked but not converted.
+
+    Returns:
+        ``(H, W)`` or ``(H, W, C)`` (C in 1, 3, 4), C-contiguous: uint8 and uint16 as given, floats as
+        float32 (0..255 units).
+
+    Raises:
+        InputError: another shape or dtype, an empty image, or non-finite float values.
+    """
     array = np.asarray(image)
-    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
-        array = array[:, :, 0] if array.shape[2] == 1 else array[:, :, :3]
-    elif array.ndim != 2:
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))):
         raise InputError(f'{name} image must be HxW, HxWx1, HxWx3 or HxWx4, got shape {array.shape}')
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise InputError(f'{name} image is empty (shape {array.shape})')
-    if array.dtype == np.uint8:
-        return array.astype(np.float32)
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) * np.float32(255.0 / 65535.0)
+    if array.dtype in (np.uint8, np.uint16):
+        return np.ascontiguousarray(array)
     if array.dtype in (np.float32, np.float64):
-        values = array.astype(np.float32)
+        values = np.ascontiguousarray(array, dtype=np.float32)
         if not np.isfinite(values).all():
             raise InputError(f'{name} image has non-finite values')
         return values
     raise InputError(f'{name} image has dtype {array.dtype}; expected uint8, uint16 or float (0..255)')
+
+
+def as_float_image(image: npt.ArrayLike, name: str) -> npt.NDArray[np.float32]:
+    """(H, W) or (H, W, C) in 0..255 units, float32; C in 1, 3, 4 (alpha dropped). NumPy, on the host.
+
+    Raises:
+        InputError: as :func:`checked_image`.
+    """
+    array = checked_image(image, name)
+    if array.ndim == 3:
+        array = array[:, :, 0] if array.shape[2] == 1 else array[:, :, :3]
+    if array.dtype == np.uint8:
+        return array.astype(np.float32)
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) * np.float32(255.0 / 65535.0)
+    return array  # float32 already
 
 
 def to_contract_color(image: npt.NDArray[np.float32], color: Literal['gray', 'rgb']) -> npt.NDArray[np.float32]:
@@ -208,15 +249,97 @@ class Inference:
     network_size: tuple[int, int]
 
 
+def _to_device(array: npt.NDArray[Any], device: torch.device) -> torch.Tensor:
+    """A :func:`checked_image` array on ``device``, in its own dtype (uint16 travels as its int16 bits:
+    torch's uint16 lacks most kernels)."""
+    tensor = torch.from_numpy(array.view(np.int16) if array.dtype == np.uint16 else array)
+    return tensor.to(device, non_blocking=True)
+
+
+def _image_on_device(raw: torch.Tensor, color: Literal['gray', 'rgb']) -> torch.Tensor:
+    """Steps 1 and 2 of the module doc on the device: ``(H, W)`` or ``(H, W, C)`` uint8 / int16 (uint16 bits) /
+    float32 -> ``(C', H, W)`` float32 in 0..255 units, C' the contract's channels.
+
+    The operations and their order are :func:`as_float_image`'s and :func:`to_contract_color`'s (float32
+    products and sums, luma summed left to right), so the values equal the NumPy ones.
+    """
+    if raw.dtype == torch.uint8:
+        values = raw.float()
+    elif raw.dtype == torch.int16:
+        values = (raw.int() & 0xFFFF).float() * (255.0 / 65535.0)  # the uint16 value, then as as_float_image
+    else:
+        values = raw
+    if values.dim() == 3:
+        values = values[:, :, 0] if values.shape[2] == 1 else values[:, :, :3]  # alpha dropped
+    if color == 'gray':
+        if values.dim() == 3:
+            red, green, blue = BT601_WEIGHTS
+            values = red * values[:, :, 0] + green * values[:, :, 1] + blue * values[:, :, 2]  # (H, W)
+        return values.unsqueeze(0)  # (1, H, W)
+    if values.dim() == 2:
+        return values.unsqueeze(0).expand(3, -1, -1)  # (3, H, W)
+    return values.permute(2, 0, 1)  # (3, H, W)
+
+
+_Answer = tuple[torch.Tensor, torch.Tensor | None]
+_CaptureKey = tuple[Any, ...]
+
+
+class _CapturedPass:
+    """One fixed-size pass captured as a CUDA graph: raw images in static device buffers, answer out.
+
+    Host arrays go through pinned staging buffers, so the uploads and downloads are asynchronous copies
+    on the stream the graph replays on; the one synchronization is the wait for the answer.
+    """
+
+    def __init__(self, device_pass: Callable[[torch.Tensor, torch.Tensor], _Answer],
+                 left: npt.NDArray[Any], right: npt.NDArray[Any], device: torch.device) -> None:
+        self._device = device
+        self._inputs = [_to_device(array, device).clone() for array in (left, right)]
+        self._staging = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in self._inputs]
+        # Warm-up on a side stream first, as the CUDA graph documentation asks (lazy initialization
+        # must not happen during capture); cuDNN has chosen its algorithms in the eager call before.
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            device_pass(*self._inputs)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            outputs = device_pass(*self._inputs)
+        self._outputs = [t for t in outputs if t is not None]
+        self._with_confidence = outputs[1] is not None
+        self._host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in self._outputs]
+
+    def __call__(self, left: npt.NDArray[Any], right: npt.NDArray[Any]) -> list[npt.NDArray[np.float32]]:
+        stream = torch.cuda.current_stream(self._device)
+        for array, staging, static in zip((left, right), self._staging, self._inputs, strict=True):
+            staging.numpy()[...] = array.view(np.int16) if array.dtype == np.uint16 else array
+            static.copy_(staging, non_blocking=True)
+        self._graph.replay()
+        for host, output in zip(self._host, self._outputs, strict=True):
+            host.copy_(output, non_blocking=True)
+        stream.synchronize()  # the staging buffers are free again, the answer is on the host
+        return [host[0, 0].numpy().copy() for host in self._host]
+
+
 class Predictor:
     """A checkpoint ready to turn image pairs into left-view disparity.
 
     >>> predictor = Predictor.from_checkpoint()          # doctest: +SKIP
     >>> disparity = predictor.predict(left, right)       # doctest: +SKIP  (H, W) float32, pixels
     >>> answer = predictor.infer(left, right, scale=1.5, with_confidence=True)  # doctest: +SKIP
+
+    Args:
+        checkpoint: the weights and their input contract.
+        device: 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'.
+        precision: 'fp32', 'bf16' (CUDA, or a CPU with native bfloat16), 'fp16' (CUDA).
+        cuda_graphs: on CUDA, replay a captured graph from the second call at an input size on (the
+            module doc); False runs every call eagerly (benchmarks compare the two).
     """
 
-    def __init__(self, checkpoint: Checkpoint, device: str = 'auto', precision: Precision = 'fp32') -> None:
+    def __init__(self, checkpoint: Checkpoint, device: str = 'auto', precision: Precision = 'fp32', *,
+                 cuda_graphs: bool = True) -> None:
         self.checkpoint = checkpoint
         self.device = resolve_device(device)
         if precision not in ('fp32', 'fp16', 'bf16'):
@@ -237,6 +360,18 @@ class Predictor:
             tune_allocator_for_inference()
         # The network that runs: BatchNorm folded, channels-last, on the device.
         self._runner = to_channels_last(fold_batchnorm(self.model)).to(self.device)
+        contract = checkpoint.contract
+        # (C, 1, 1) float32 on the device, made once: a host-to-device copy inside a pass would stall it.
+        self._normalization = {
+            side: (torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1).to(self.device),
+                   torch.tensor(std, dtype=torch.float32).view(-1, 1, 1).to(self.device))
+            for side, mean, std in (('left', contract.left_mean, contract.left_std),
+                                    ('right', contract.right_mean, contract.right_std))}
+        self.cuda_graphs = cuda_graphs and self.device.type == 'cuda'
+        self._captured: OrderedDict[_CaptureKey, _CapturedPass] = OrderedDict()
+        self._previous_key: _CaptureKey | None = None
+        self.capture_failures: dict[_CaptureKey, str] = {}
+        """Input sizes whose capture failed (they run eagerly), with the error."""
         if checkpoint.provenance.get('placeholder'):
             warnings.warn('stereonet_ros: running the UNTRAINED placeholder network (random weights); '
                           'its disparities are meaningless. Pass a trained checkpoint.',
@@ -248,7 +383,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str] | None = None, device: str = 'auto',
-                        precision: Precision = 'fp32') -> Predictor:
+                        precision: Precision = 'fp32', *, cuda_graphs: bool = True) -> Predictor:
         """Load ``path`` (ours or a seed ``.ckpt``); ``None`` = the bundled default checkpoint.
 
         While no trained default is bundled, ``None`` gives the untrained placeholder and warns.
@@ -262,7 +397,7 @@ class Predictor:
             checkpoint = load_checkpoint(DEFAULT_CHECKPOINT) if bundled else placeholder_checkpoint()
         else:
             checkpoint = load_checkpoint(path)
-        return cls(checkpoint, device=device, precision=precision)
+        return cls(checkpoint, device=device, precision=precision, cuda_graphs=cuda_graphs)
 
     @property
     def contract(self) -> InputContract:
@@ -276,23 +411,58 @@ class Predictor:
     def is_placeholder(self) -> bool:
         return bool(self.checkpoint.provenance.get('placeholder'))
 
-    def preprocess(self, left: npt.ArrayLike, right: npt.ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two images -> normalized ``(1, C, H, W)`` float32 tensors on the device, unpadded."""
-        left_image = as_float_image(left, 'left')
-        right_image = as_float_image(right, 'right')
+    @property
+    def captured_sizes(self) -> list[tuple[int, int]]:
+        """``(H, W)`` of the inputs whose pass is replayed as a CUDA graph, oldest first."""
+        return [key[0][:2] for key in self._captured]
+
+    def on_cpu(self) -> Predictor:
+        """The same checkpoint on the CPU (the node's refuge when its accelerator fails): float32, or bf16 where
+        this predictor ran bf16 and the CPU computes it natively. Warns about nothing: this one did already."""
+        precision: Precision = 'bf16' if self.precision == 'bf16' and cpu_has_native_bf16() else 'fp32'
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', UntrainedPlaceholderWarning)
+            warnings.simplefilter('ignore', PreliminaryCheckpointWarning)
+            return Predictor(self.checkpoint, device='cpu', precision=precision)
+
+    def reset_device_state(self) -> None:
+        """Drop the captured graphs and (CUDA) the allocator's cached blocks: after a device error, the
+        retry starts from eager calls and as much free memory as there is."""
+        self._captured.clear()
+        self._previous_key = None
+        if self.device.type == 'cuda':
+            with contextlib.suppress(RuntimeError):  # a lost device refuses this too; the retry will say so
+                torch.cuda.empty_cache()
+
+    def _device_settings(self) -> contextlib.AbstractContextManager[Any]:
+        if self.device.type != 'cuda':
+            return contextlib.nullcontext()
+        # cuDNN autotuning per shape; TF32 convolutions only where the precision is reduced anyway.
+        return torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False,
+                                          allow_tf32=self.precision != 'fp32')
+
+    def _check_pair(self, left: npt.ArrayLike, right: npt.ArrayLike) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+        left_image, right_image = checked_image(left, 'left'), checked_image(right, 'right')
         if left_image.shape[:2] != right_image.shape[:2]:
             raise InputError(f'left and right images differ in size: {left_image.shape[1]}x{left_image.shape[0]} '
                              f'vs {right_image.shape[1]}x{right_image.shape[0]}')
-        contract = self.contract
-        tensors = []
-        for image, mean, std in ((left_image, contract.left_mean, contract.left_std),
-                                 (right_image, contract.right_mean, contract.right_std)):
-            planes = to_contract_color(image, contract.color)  # (C, H, W)
-            mean_array = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
-            std_array = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
-            normalized = (planes - mean_array) / std_array
-            tensors.append(torch.from_numpy(np.ascontiguousarray(normalized)).unsqueeze(0).to(self.device))
-        return tensors[0], tensors[1]
+        return left_image, right_image
+
+    def _normalized(self, raw: torch.Tensor, side: Literal['left', 'right']) -> torch.Tensor:
+        """A raw image on the device -> ``(1, C, H, W)`` float32, normalized (step 3) for ``side``."""
+        mean, std = self._normalization[side]
+        return ((_image_on_device(raw, self.contract.color) - mean) / std).unsqueeze(0)
+
+    def preprocess(self, left: npt.ArrayLike, right: npt.ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two images -> normalized ``(1, C, H, W)`` float32 tensors on the device, unpadded.
+
+        Raises:
+            InputError: as :meth:`infer`.
+        """
+        left_image, right_image = self._check_pair(left, right)
+        with torch.no_grad():
+            return (self._normalized(_to_device(left_image, self.device), 'left'),
+                    self._normalized(_to_device(right_image, self.device), 'right'))
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
         """The size the network runs at for an ``height`` x ``width`` input (see the padding policy)."""
@@ -304,13 +474,15 @@ class Predictor:
 
     def run(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """Normalized ``(B, C, H, W)`` tensors -> ``(B, 1, H, W)`` float32 disparity: pads, runs, unpads."""
-        disparity, _ = self._run(left, right, with_confidence=False)
+        with self._device_settings():
+            disparity, _ = self._run(left, right, with_confidence=False)
         return disparity
 
     def run_with_confidence(self, left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Like :meth:`run`, plus ``(B, 1, H, W)`` confidence in [0, 1]
         (:func:`~stereonet_ros.model.stereonet.matching_confidence` of the cost volume, resized bilinearly)."""
-        disparity, confidence = self._run(left, right, with_confidence=True)
+        with self._device_settings():
+            disparity, confidence = self._run(left, right, with_confidence=True)
         assert confidence is not None
         return disparity, confidence
 
@@ -325,14 +497,68 @@ class Predictor:
         left = left.contiguous(memory_format=torch.channels_last)
         right = right.contiguous(memory_format=torch.channels_last)
         dtype = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}[self.precision]
+        # No autocast weight cache: each weight is cast once per pass anyway, and a cache would outlive a
+        # captured graph's pass.
         with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=dtype,
-                                                    enabled=self.precision != 'fp32'):
+                                                    enabled=self.precision != 'fp32', cache_enabled=False):
             if not with_confidence:
                 return self._runner(left, right)[:, :, :height, :width].float(), None
             output = self._runner(left, right, with_pyramid=True)
             confidence = F.interpolate(matching_confidence(output.cost), size=left.shape[-2:], mode='bilinear',
                                        align_corners=self.config.align_corners)
         return output.disparity[:, :, :height, :width].float(), confidence[:, :, :height, :width].float()
+
+    def _device_pass(self, left_raw: torch.Tensor, right_raw: torch.Tensor, network_size: tuple[int, int],
+                     with_confidence: bool) -> _Answer:
+        """Raw images on the device -> ``(1, 1, H, W)`` disparity in input pixels (and confidence), on the
+        device: normalization, resize to ``network_size``, network, resize back. Never waits for the host."""
+        with torch.inference_mode():
+            left, right = self._normalized(left_raw, 'left'), self._normalized(right_raw, 'right')
+            height, width = left.shape[-2:]
+            # Normalization is per channel and affine, and both resize rules are linear and keep constants:
+            # resizing after it equals resizing the raw images first.
+            left, right = resize(left, network_size), resize(right, network_size)
+            disparity, confidence = self._run(left, right, with_confidence)  # (1, 1, h, w) each
+            if network_size != (height, width):
+                ratio = width / network_size[1]  # disparity scales with the width
+                disparity = F.interpolate(disparity, size=(height, width), mode='bilinear',
+                                          align_corners=False) * ratio
+                if confidence is not None:
+                    confidence = F.interpolate(confidence, size=(height, width), mode='bilinear', align_corners=False)
+            return disparity, None if confidence is None else confidence.clamp(0.0, 1.0)
+
+    def _answer(self, left: npt.NDArray[Any], right: npt.NDArray[Any], network_size: tuple[int, int],
+                with_confidence: bool) -> list[npt.NDArray[np.float32]]:
+        """[disparity, (confidence)] ``(H, W)`` float32 on the host: a captured graph's replay where there is
+        one for this input size, else eagerly (and capture it when the previous call had the same size)."""
+        key: _CaptureKey = (left.shape, left.dtype.str, right.shape, right.dtype.str, network_size, with_confidence)
+        with self._device_settings():
+            if self.cuda_graphs and key not in self.capture_failures:
+                captured = self._captured.get(key)
+                if captured is None and key == self._previous_key:
+                    captured = self._capture(key, left, right, network_size, with_confidence)
+                self._previous_key = key
+                if captured is not None:
+                    self._captured.move_to_end(key)
+                    return captured(left, right)
+            outputs = self._device_pass(_to_device(left, self.device), _to_device(right, self.device),
+                                        network_size, with_confidence)
+            return [np.ascontiguousarray(t[0, 0].cpu().numpy(), dtype=np.float32) for t in outputs if t is not None]
+
+    def _capture(self, key: _CaptureKey, left: npt.NDArray[Any], right: npt.NDArray[Any],
+                 network_size: tuple[int, int], with_confidence: bool) -> _CapturedPass | None:
+        def device_pass(left_raw: torch.Tensor, right_raw: torch.Tensor) -> _Answer:
+            return self._device_pass(left_raw, right_raw, network_size, with_confidence)
+
+        try:
+            captured = _CapturedPass(device_pass, left, right, self.device)
+        except Exception as err:  # noqa: BLE001 - any capture failure leaves this size to the eager path
+            self.capture_failures[key] = f'{type(err).__name__}: {err}'
+            return None
+        self._captured[key] = captured
+        while len(self._captured) > MAX_CAPTURED_SIZES:
+            self._captured.popitem(last=False)
+        return captured
 
     def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, *, scale: float = 1.0,
               with_confidence: bool = False) -> Inference:
@@ -351,23 +577,12 @@ class Predictor:
                 (message says which).
         """
         scale = check_inference_scale(scale)
-        left_tensor, right_tensor = self.preprocess(left, right)  # (1, C, H, W) each
-        height, width = left_tensor.shape[-2:]
+        left_image, right_image = self._check_pair(left, right)
+        height, width = left_image.shape[:2]
         network_size = scaled_size(height, width, scale)
-        # Normalization is per channel and affine, and both resize rules are linear and keep constants:
-        # resizing after it equals resizing the raw images first.
-        left_tensor, right_tensor = resize(left_tensor, network_size), resize(right_tensor, network_size)
-        disparity, confidence = self._run(left_tensor, right_tensor, with_confidence)  # (1, 1, h, w) each
+        answer = self._answer(left_image, right_image, network_size, with_confidence)
         ratio = width / network_size[1]  # disparity scales with the width
-        if network_size != (height, width):
-            disparity = F.interpolate(disparity, size=(height, width), mode='bilinear', align_corners=False) * ratio
-            if confidence is not None:
-                confidence = F.interpolate(confidence, size=(height, width), mode='bilinear', align_corners=False)
-        disparity_array = np.ascontiguousarray(disparity[0, 0].cpu().numpy(), dtype=np.float32)  # (H, W)
-        confidence_array = None
-        if confidence is not None:
-            confidence_array = np.ascontiguousarray(confidence[0, 0].clamp(0.0, 1.0).cpu().numpy(), dtype=np.float32)
-        return Inference(disparity=disparity_array, confidence=confidence_array,
+        return Inference(disparity=answer[0], confidence=answer[1] if with_confidence else None,
                          max_disparity=float(self.contract.max_disparity) * ratio, network_size=network_size)
 
     def predict(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0) -> npt.NDArray[np.float32]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -301,3 +302,142 @@ def test_a_constant_shift_comes_back_in_input_pixels_at_every_scale(default_pred
     assert float(np.abs(inner - shift).mean()) <= 1.5
     assert answer.max_disparity == pytest.approx(192.0 * 256 / round(256 * scale))
     assert answer.max_disparity == pytest.approx(192.0 / scale, rel=2e-3)
+
+
+# ---------------------------------------------------------------------------- images to the device as they came
+
+
+def numpy_path(predictor: Predictor, left: np.ndarray, right: np.ndarray,
+               with_confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """The pre-upload path, kept as the reference: float32 on the host (as_float_image, to_contract_color,
+    normalization in NumPy), then the network on float32 tensors."""
+    contract = predictor.contract
+    tensors = []
+    for image, name, mean, std in ((left, 'left', contract.left_mean, contract.left_std),
+                                   (right, 'right', contract.right_mean, contract.right_std)):
+        planes = to_contract_color(inference.as_float_image(image, name), contract.color)  # (C, H, W)
+        normalized = (planes - np.asarray(mean, np.float32).reshape(-1, 1, 1)) / np.asarray(std, np.float32).reshape(-1, 1, 1)
+        tensors.append(torch.from_numpy(np.ascontiguousarray(normalized)).unsqueeze(0))
+    if with_confidence:
+        disparity, confidence = predictor.run_with_confidence(*tensors)
+        return disparity[0, 0].numpy(), confidence[0, 0].clamp(0, 1).numpy()
+    return predictor.run(*tensors)[0, 0].numpy(), None
+
+
+@pytest.fixture(scope='module')
+def rgb_predictor() -> Predictor:
+    from stereonet_ros.model.checkpoint import InputContract
+    from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig
+
+    config = StereoNetConfig(in_channels=3, k_downsampling_layers=2, k_refinement_layers=2, feature_channels=4,
+                             cost_filter_channels=4, refiner_channels=4, max_disparity=31, disparity_grid='exact',
+                             cost_volume_border='replicate')
+    torch.manual_seed(6)
+    contract = InputContract(color='rgb', left_mean=(120.0, 110.0, 100.0), left_std=(60.0, 61.0, 62.0),
+                             right_mean=(121.0, 111.0, 101.0), right_std=(59.0, 60.0, 61.0), max_disparity=31.0,
+                             pad_multiple=4)
+    return Predictor(Checkpoint(config=config, contract=contract, state_dict=StereoNet(config).state_dict()),
+                     device='cpu')
+
+
+def test_uint8_uploaded_and_converted_on_the_device_equals_the_float_numpy_path(default_predictor: Predictor) -> None:
+    """Motorcycle with the bundled checkpoint, the inputs the node and the CLIs send: RGB and gray uint8,
+    RGBA, 16 bit. Limit 1e-4 px; the network input itself is equal bit for bit."""
+    from stereonet_ros.samples import motorcycle
+
+    sample = motorcycle()
+    left, right = sample.left[:200, :320], sample.right[:200, :320]  # (200, 320, 3) uint8
+    gray = [np.rint(image @ np.array(BT601_WEIGHTS)).astype(np.uint8) for image in (left, right)]
+    cases = {
+        'rgb8': (left, right),
+        'mono8': tuple(gray),
+        'rgba8': tuple(np.dstack([image, np.full(image.shape[:2], 9, np.uint8)]) for image in (left, right)),
+        'mono16': tuple(image.astype(np.uint16) * 257 + 100 for image in gray),
+        'rgb16': tuple(image.astype(np.uint16) * 250 for image in (left, right)),
+    }
+    for name, (left_image, right_image) in cases.items():
+        answer = default_predictor.infer(left_image, right_image, with_confidence=True)
+        reference, confidence = numpy_path(default_predictor, left_image, right_image, with_confidence=True)
+        assert np.abs(answer.disparity - reference).max() <= 1e-4, name
+        assert answer.confidence is not None and confidence is not None
+        assert np.abs(answer.confidence - confidence).max() <= 1e-5, name
+        uploaded = default_predictor.preprocess(left_image, right_image)
+        contract = default_predictor.contract
+        planes = to_contract_color(inference.as_float_image(left_image, 'left'), 'gray')
+        expected = (planes - np.float32(contract.left_mean[0])) / np.float32(contract.left_std[0])
+        assert np.array_equal(uploaded[0][0].numpy(), expected), name
+
+
+def test_an_rgb_network_gets_the_same_input_from_the_device_path(rgb_predictor: Predictor) -> None:
+    rng = np.random.default_rng(7)
+    left = rng.integers(0, 256, (36, 60, 3), dtype=np.uint8)
+    right = np.roll(left, -3, axis=1)
+    for left_image, right_image in ((left, right), (left[:, :, 0], right[:, :, 0]),
+                                    (left.astype(np.float64) * 0.9, right.astype(np.float32))):
+        answer = rgb_predictor.infer(left_image, right_image)
+        reference, _ = numpy_path(rgb_predictor, left_image, right_image)
+        assert np.abs(answer.disparity - reference).max() <= 1e-4
+
+
+# ---------------------------------------------------------------------------- when a captured pass is used
+
+
+class EagerStandIn:
+    """Stands in for the CUDA graph (CPU here): runs the pass it was given eagerly, counting calls."""
+
+    made: list[tuple[tuple[int, ...], bool]] = []
+
+    def __init__(self, device_pass: Any, left: np.ndarray, right: np.ndarray, device: torch.device) -> None:
+        if left.shape[0] == 13:
+            raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')
+        self.device_pass, self.device, self.calls = device_pass, device, 0
+        EagerStandIn.made.append((left.shape, True))
+
+    def __call__(self, left: np.ndarray, right: np.ndarray) -> list[np.ndarray]:
+        self.calls += 1
+        outputs = self.device_pass(inference._to_device(left, self.device), inference._to_device(right, self.device))
+        return [t[0, 0].numpy().copy() for t in outputs if t is not None]
+
+
+def test_the_second_call_at_a_size_captures_later_ones_replay_and_a_new_size_runs_eagerly(
+        small_predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inference, '_CapturedPass', EagerStandIn)
+    predictor = Predictor(small_predictor.checkpoint, device='cpu')
+    predictor.cuda_graphs = True  # what a CUDA device sets
+    EagerStandIn.made = []
+    rng = np.random.default_rng(8)
+    pairs = {size: (rng.integers(0, 256, size, dtype=np.uint8), rng.integers(0, 256, size, dtype=np.uint8))
+             for size in ((32, 48), (24, 40), (16, 32), (13, 32))}
+    eager = {size: small_predictor.infer(*pair, with_confidence=True) for size, pair in pairs.items()}
+
+    def run(size: tuple[int, int]) -> None:
+        answer = predictor.infer(*pairs[size], with_confidence=True)
+        assert np.array_equal(answer.disparity, eager[size].disparity)
+        assert answer.confidence is not None and eager[size].confidence is not None
+        assert np.array_equal(answer.confidence, eager[size].confidence)
+
+    run((32, 48))
+    assert predictor.captured_sizes == []  # the first call at a size is the warm-up (cuDNN chooses there)
+    run((32, 48))
+    run((32, 48))
+    assert predictor.captured_sizes == [(32, 48)] and len(EagerStandIn.made) == 1
+    run((24, 40))  # a new size: eager, the captured one kept
+    run((32, 48))
+    assert predictor.captured_sizes == [(32, 48)]
+    run((24, 40))
+    run((24, 40))
+    run((16, 32))
+    run((16, 32))  # a third size: the least recently used one goes
+    assert predictor.captured_sizes == [(24, 40), (16, 32)]
+    run((13, 32))
+    run((13, 32))  # its capture fails (out of memory): eager from then on, the reason kept
+    assert predictor.captured_sizes == [(24, 40), (16, 32)]
+    assert ['CUDA out of memory' in reason for reason in predictor.capture_failures.values()] == [True]
+    run((13, 32))
+    predictor.reset_device_state()
+    assert predictor.captured_sizes == []
+    # Scale and confidence are part of the size key: another scale is another pass.
+    predictor.infer(*pairs[(24, 40)], scale=0.5)
+    predictor.infer(*pairs[(24, 40)], scale=0.5)
+    assert predictor.captured_sizes == [(24, 40)] and EagerStandIn.made[-1][0] == (24, 40)
+    assert not Predictor(small_predictor.checkpoint, device='cpu').cuda_graphs  # never on the CPU
