@@ -150,12 +150,14 @@ class InputWatch:
     Args:
         topics: the (resolved) input topic names, in the synchronizer's order.
         patience: seconds with inputs arriving but no set before :meth:`problem` reports.
+        now: the time the watch starts, on the clock later calls use (the node's ``time.monotonic()``):
+            a stall is counted from here, not from the clock's zero.
     """
 
-    def __init__(self, topics: Sequence[str], patience: float) -> None:
+    def __init__(self, topics: Sequence[str], patience: float, now: float) -> None:
         self.topics = tuple(topics)
         self.patience = patience
-        self.reset(0.0)
+        self.reset(now)
 
     def reset(self, now: float) -> None:
         self._counts = [0] * len(self.topics)

@@ -75,7 +75,7 @@ def test_the_throttle_forgets_the_least_recent_kind_beyond_its_bound() -> None:
 
 
 def test_the_watch_names_a_topic_that_sends_nothing_after_its_patience() -> None:
-    watch = InputWatch(TOPICS, patience=2.0)
+    watch = InputWatch(TOPICS, patience=2.0, now=0.0)
     for index in range(3):
         watch.message(index, 5_000_000_001, now=10.0)
     assert watch.problem(now=11.0, approximate=False) is None  # not yet patient enough
@@ -87,12 +87,20 @@ def test_the_watch_names_a_topic_that_sends_nothing_after_its_patience() -> None
 
 
 def test_the_watch_says_when_every_topic_arrives_but_nothing_pairs() -> None:
-    watch = InputWatch(TOPICS, patience=1.0)
+    watch = InputWatch(TOPICS, patience=1.0, now=0.0)
     for index in range(4):
         watch.message(index, 1_000 + index, now=0.0)
     kind, text = watch.problem(now=1.0, approximate=False) or ('', '')
     assert kind == 'unmatched-stamps' and 'approximate_sync: true?' in text
     assert 'approximate_sync_tolerance_seconds' in (watch.problem(now=1.0, approximate=True) or ('', ''))[1]
+
+
+def test_a_stall_is_counted_from_when_the_watch_started_not_from_the_clock_s_zero() -> None:
+    # Issue 12: "no synchronized stereo set for 1453 s" on an 11-second-old node (monotonic clock).
+    watch = InputWatch(TOPICS, patience=2.0, now=1442.0)
+    watch.message(0, 1, now=1450.0)
+    kind, text = watch.problem(now=1453.0, approximate=False) or ('', '')
+    assert kind == 'missing-input' and text.startswith('no synchronized stereo set for 11.0 s:')
 
 
 def test_statistics_give_rates_between_snapshots_and_latency_percentiles() -> None:

@@ -214,7 +214,7 @@ class StereoNetNode(Node):
         self._subscription_colour = self.create_subscription(
             Image, COLOR_TOPIC, self._on_colour_image, input_qos, qos_overriding_options=overrides)
         self._watch = InputWatch([sub.topic_name for sub in self._subscriptions_in],
-                                 patience=2.0 * config.diagnostics_period_seconds)
+                                 patience=2.0 * config.diagnostics_period_seconds, now=time.monotonic())
 
         output_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         self._pub_disparity = self.create_publisher(DisparityImage, 'disparity', output_qos,
