@@ -51,7 +51,8 @@ FX = FY = 200.0
 CX_LEFT, CX_RIGHT, CY = 130.0, 126.0, 31.5  # principal offset cx_l - cx_r = 4 px
 BASELINE = 0.1  # metres: right P[3] = -FX * BASELINE
 SHIFT = 12  # px, the synthetic pair's true image shift
-DOMAIN_ID = 1 + os.getpid() % 100
+# The environment's domain when one is set (issue 12: honour it), else one of our own from the pid.
+DOMAIN_ID = int(os.environ['ROS_DOMAIN_ID']) if os.environ.get('ROS_DOMAIN_ID', '').strip() else 1 + os.getpid() % 100
 WAIT = 60.0  # seconds: generous for a loaded 2-core machine; the normal case takes ~1 s
 OUTPUT_TOPICS = {'disparity': DisparityImage, 'points2': PointCloud2, 'depth': Image, 'confidence': Image,
                  'disparity/image_color': Image}

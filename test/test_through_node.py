@@ -89,10 +89,26 @@ def test_the_params_file_makes_every_input_subscription_reliable_without_yaml_al
     assert all(entry['subscription']['reliability'] == 'reliable' for entry in overrides.values())
 
 
-def test_the_default_domain_differs_from_the_node_tests_domain_and_is_in_range() -> None:
+def test_the_default_domain_differs_from_the_node_tests_domain_and_is_in_range(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     import os
+    monkeypatch.delenv('ROS_DOMAIN_ID', raising=False)
     domain = unique_domain_id()
     assert 1 <= domain <= 100 and domain != 1 + os.getpid() % 100
+
+
+@pytest.mark.parametrize('value, expected', [('0', 0), ('232', 232), (' 42 ', 42)])
+def test_a_domain_set_in_the_environment_is_honoured(monkeypatch: pytest.MonkeyPatch, value: str,
+                                                     expected: int) -> None:
+    monkeypatch.setenv('ROS_DOMAIN_ID', value)
+    assert unique_domain_id() == expected
+
+
+@pytest.mark.parametrize('value', ['233', '-1', 'seven'])
+def test_a_domain_in_the_environment_that_ros_refuses_is_named(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv('ROS_DOMAIN_ID', value)
+    with pytest.raises(ThroughNodeError, match=f"ROS_DOMAIN_ID={value!r}: must be an integer in 0..232"):
+        unique_domain_id()
 
 
 def test_a_node_that_exits_is_reported_in_one_line_with_what_it_logged(tmp_path: Path) -> None:

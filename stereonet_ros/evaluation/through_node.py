@@ -187,10 +187,20 @@ def default_node_executable() -> Path:
 
 
 def unique_domain_id(salt: int = 37) -> int:
-    """A ROS domain for a node of our own, from the process id: 1..100 (ports stay below the ephemeral range).
+    """The ROS domain for a node of our own: ``ROS_DOMAIN_ID`` when the environment sets one (a user or a
+    CI job that isolates its runs that way must be obeyed), else one from the process id, 1..100
+    (ports stay below the ephemeral range).
 
-    The salt keeps it different from the node tests' ``1 + pid % 100`` in the same process.
+    The salt keeps the pid-derived one different from the node tests' ``1 + pid % 100`` in the same process.
+
+    Raises:
+        ThroughNodeError: ``ROS_DOMAIN_ID`` is set but is not an integer in 0..232.
     """
+    configured = os.environ.get('ROS_DOMAIN_ID', '').strip()
+    if configured:
+        if not configured.isdigit() or int(configured) > 232:
+            raise ThroughNodeError(f'ROS_DOMAIN_ID={configured!r}: must be an integer in 0..232')
+        return int(configured)
     return 1 + (os.getpid() + salt) % 100
 
 
