@@ -98,7 +98,7 @@ def stage_costs(width: int, height: int, repeats: int, domain: int) -> dict[str,
         times: dict[str, list[float]] = {key: [] for key in ('decode', 'model', 'post', 'cloud', 'publish')}
         for index in range(repeats + 1):  # the first round warms up
             start = time.perf_counter()
-            left, right, rgb = decode_pair(messages[0], messages[1], processor.predictor.contract.color, True)
+            left, right, rgb = decode_pair(messages[0], messages[1], True)
             decoded = time.perf_counter()
             out = processor.process(left, right, camera, config, OutputSelection(), rgb)
             processed = time.perf_counter()

@@ -36,7 +36,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +47,11 @@ from stereonet_ros.image_codec import ImageLike, canonical_encoding, to_model_in
 from stereonet_ros.image_io import colorize_disparity
 from stereonet_ros.inference import Predictor
 from stereonet_ros.node_config import NodeConfig
+
+DEVICE_ERROR_MARKERS = ('CUDA error', 'CUDA out of memory', 'CUDA driver', 'CUDNN_STATUS', 'cuDNN error',
+                        'CUBLAS_STATUS', 'device-side assert')
+"""Texts by which a plain ``RuntimeError`` from torch says the accelerator failed (older torch raises
+these as ``RuntimeError``; newer as ``torch.AcceleratorError``)."""
 
 
 ColourSource = npt.NDArray[np.uint8] | Callable[[], npt.NDArray[np.uint8] | None] | None
@@ -180,10 +185,12 @@ class StereoProcessor:
 
     Args:
         predictor: the loaded network (device and precision chosen there).
+        fallback_reason: why this processor replaced one on a failed device (:class:`DeviceGuard`), or None.
     """
 
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, predictor: Predictor, fallback_reason: str | None = None) -> None:
         self.predictor = predictor
+        self.fallback_reason = fallback_reason
 
     def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0,
               with_confidence: bool = False) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None, float]:
@@ -302,3 +309,78 @@ def postprocess(shift: npt.NDArray[np.float32], confidence: npt.NDArray[np.float
                                                     vmin=config.min_disparity,
                                                     vmax=max(max_disparity, config.min_disparity))
     return result
+
+
+def is_device_error(error: BaseException) -> bool:
+    """Whether ``error`` is the accelerator failing (out of memory, a faulted or lost device, a driver or
+    cuDNN error), which a retry or another device may get past, rather than a problem with the input."""
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError):  # torch.cuda.OutOfMemoryError is this class
+        return True
+    accelerator_error = getattr(torch, 'AcceleratorError', None)
+    if accelerator_error is not None and isinstance(error, accelerator_error):
+        return True
+    return isinstance(error, RuntimeError) and any(marker in str(error) for marker in DEVICE_ERROR_MARKERS)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f'{type(error).__name__}: {lines[0] if lines else ""}'
+
+
+class DeviceGuard:
+    """Carries the node's processing through accelerator failures; it never lets one stop the node.
+
+    A device error (:func:`is_device_error`) on a pair: a warning (``warn``, which the node throttles),
+    the predictor's device state reset (:meth:`~stereonet_ros.inference.Predictor.reset_device_state`:
+    captured graphs dropped, cached memory freed) and the pair tried once more. When the retry fails
+    with a device error too, processing moves to the CPU (:meth:`~stereonet_ros.inference.Predictor.on_cpu`)
+    for good: ``report`` says so once (the node logs an ERROR), and the new processor carries the reason in
+    ``fallback_reason`` (the node's diagnostics turn ERROR). Other errors are the caller's: a bad input
+    is not retried.
+
+    Args:
+        warn: ``warn(kind, text)``, for each failure that is retried.
+        report: ``report(text)``, once per move to the CPU.
+    """
+
+    def __init__(self, warn: Callable[[str, str], None], report: Callable[[str], None]) -> None:
+        self._warn = warn
+        self._report = report
+        self.retries = 0
+        """Pairs tried again after a device error."""
+
+    def process(self, processor: StereoProcessor, *args: Any, **kwargs: Any) -> tuple[StereoOutputs, StereoProcessor]:
+        """``processor.process(*args, **kwargs)`` through device errors.
+
+        Returns:
+            The outputs, and the processor that made them: ``processor``, or after a move to the CPU the
+            CPU one, which the caller uses from then on.
+
+        Raises:
+            Whatever :meth:`StereoProcessor.process` raises that is not a device error; a device error
+            when the failing device is the CPU already.
+        """
+        try:
+            return processor.process(*args, **kwargs), processor
+        except Exception as err:  # noqa: BLE001 - sorted here: device errors are retried, the rest re-raised
+            if not is_device_error(err):
+                raise
+            first = err
+        device = processor.predictor.device
+        self.retries += 1
+        self._warn('device-error', f'{device} failed on a pair ({_first_line(first)}); trying the pair once more')
+        processor.predictor.reset_device_state()
+        try:
+            return processor.process(*args, **kwargs), processor
+        except Exception as err:  # noqa: BLE001 - as above
+            if not is_device_error(err) or device.type == 'cpu':
+                raise
+            second = err
+        reason = (f'{device} failed twice in a row ({_first_line(second)}); moved to the CPU at '
+                  f'{time.strftime("%Y-%m-%d %H:%M:%S")}, much slower: fix the device, then set the device '
+                  'parameter again to move back')
+        self._report(reason)
+        fallback = StereoProcessor(processor.predictor.on_cpu(), fallback_reason=reason)
+        return fallback.process(*args, **kwargs), fallback

@@ -173,15 +173,18 @@ def as_message(array: np.ndarray, encoding: str) -> FakeImage:
     return from_fields(array_to_image_fields(array, encoding))
 
 
-def test_decode_pair_gives_the_network_input_and_the_left_colours_when_asked(pair: Any) -> None:
+def test_decode_pair_keeps_the_pixels_raw_for_the_device_and_gives_the_left_colours_when_asked(pair: Any) -> None:
     _, _, rgb = pair
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
-    left, right, colours = decode_pair(as_message(rgb, 'rgb8'), as_message(bgr, 'bgr8'), 'gray', want_rgb=True)
-    assert left.shape == (HEIGHT, WIDTH) and np.array_equal(left, right)
+    left, right, colours = decode_pair(as_message(rgb, 'rgb8'), as_message(bgr, 'bgr8'), want_rgb=True)
+    # Colour stays uint8 RGB: the predictor converts it to gray on its device.
+    assert left.dtype == np.uint8 and left.shape == (HEIGHT, WIDTH, 3) and np.array_equal(left, rgb)
+    assert np.array_equal(right, rgb)
     assert colours is not None and np.array_equal(colours, rgb)
-    assert decode_pair(as_message(rgb, 'rgb8'), as_message(rgb, 'rgb8'), 'gray', want_rgb=False)[2] is None
+    assert decode_pair(as_message(rgb, 'rgb8'), as_message(rgb, 'rgb8'), want_rgb=False)[2] is None
     mono16 = (np.arange(HEIGHT * WIDTH, dtype=np.uint16).reshape(HEIGHT, WIDTH) * 20)
-    _, _, colours16 = decode_pair(as_message(mono16, 'mono16'), as_message(mono16, 'mono16'), 'gray', True)
+    left16, _, colours16 = decode_pair(as_message(mono16, 'mono16'), as_message(mono16, 'mono16'), True)
+    assert left16.dtype == np.uint16 and np.array_equal(left16, mono16)
     assert colours16 is not None and np.array_equal(colours16[..., 1], (mono16 >> 8).astype(np.uint8))
 
 
@@ -222,7 +225,7 @@ def test_the_node_and_stereonet_infer_give_the_same_disparity_for_the_same_pixel
     camera = StereoCamera(width=width, height=height, fx=500.0, fy=500.0, cx=370.0, cy=250.0, cx_right=370.0,
                           focal=500.0, baseline=0.1)
 
-    node_left, node_right, _ = decode_pair(left_msg, right_msg, default_processor.predictor.contract.color, False)
+    node_left, node_right, _ = decode_pair(left_msg, right_msg, False)
     node = default_processor.process(node_left, node_right, camera, NodeConfig(), OutputSelection())
 
     write_png(tmp_path / 'left.png', left)
@@ -237,8 +240,8 @@ def test_the_node_and_stereonet_infer_give_the_same_disparity_for_the_same_pixel
     assert node.valid.mean() > 0.9
     assert np.abs(node.disparity[node.valid] - cli[node.valid]).max() <= 1e-4
     if kind == 'rgb':
-        # What the node did before: gray rounded to uint8 first. The test sees the difference.
-        rounded = [np.rint(image).astype(np.uint8) for image in (node_left, node_right)]
+        # What the node did once: gray rounded to uint8 first. The test sees the difference.
+        rounded = [np.rint(image @ np.array([0.299, 0.587, 0.114])).astype(np.uint8) for image in (left, right)]
         before = default_processor.predictor.predict(*rounded)
         assert np.abs(before - cli).max() > 1e-2
 
@@ -272,3 +275,113 @@ def test_points_whose_x_would_overflow_float32_are_invalid() -> None:
     shift[:, 50] = 1000.0 / 0.5e3  # d = 2 px: Z = 500, X = -3e38 * 500 = -inf
     outputs = postprocess(shift, None, 1e4, far, NodeConfig(), OutputSelection())
     assert not outputs.valid.any()
+
+
+# ---------------------------------------------------------------------------- device errors: retry, then the CPU
+
+CUDA_ERRORS = [
+    torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.79 GiB total capacity)'),
+    RuntimeError('CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be asynchronously '
+                 'reported at some other API call'),
+    RuntimeError('CUDA error: device-side assert triggered'),
+    RuntimeError('CUDA driver error: unspecified launch failure'),
+    RuntimeError('cuDNN error: CUDNN_STATUS_INTERNAL_ERROR'),
+    RuntimeError('CUDA error: unspecified launch failure'),
+]
+
+
+def test_device_errors_are_told_from_input_errors() -> None:
+    from stereonet_ros.inference import InputError
+    from stereonet_ros.processing import is_device_error
+
+    assert all(is_device_error(error) for error in CUDA_ERRORS)
+    if hasattr(torch, 'AcceleratorError'):
+        assert issubclass(torch.AcceleratorError, RuntimeError)
+    for error in (InputError('left and right images differ in size'), StereoInputError('left image is 96x32'),
+                  RuntimeError('Given groups=1, weight of size [4, 1, 5, 5], expected input to have 1 channels'),
+                  ValueError('CUDA error'), KeyError('x')):
+        assert not is_device_error(error)
+
+
+class FailingOnDevice:
+    """A predictor's infer that raises the given errors (as CUDA raises them), then runs the real one."""
+
+    def __init__(self, real: Predictor, errors: list[BaseException]) -> None:
+        self.real, self.errors, self.calls = real.infer, list(errors), 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return self.real(*args, **kwargs)
+
+
+def cuda_like_processor(processor: StereoProcessor, errors: list[BaseException],
+                        precision: str = 'fp32') -> tuple[StereoProcessor, FailingOnDevice, list[Any]]:
+    """A processor whose predictor says it runs on CUDA and whose infer raises ``errors`` first."""
+    predictor = Predictor(processor.predictor.checkpoint, device='cpu')
+    predictor.device = torch.device('cuda', 0)
+    predictor.precision = precision  # type: ignore[assignment]
+    failing = FailingOnDevice(processor.predictor, errors)  # when it does not fail, the real CPU network answers
+    predictor.infer = failing  # type: ignore[method-assign]
+    resets: list[Any] = []
+    predictor.reset_device_state = lambda: resets.append(True)  # type: ignore[method-assign]
+    return StereoProcessor(predictor), failing, resets
+
+
+@pytest.mark.parametrize('error', CUDA_ERRORS, ids=lambda e: str(e)[:30])
+def test_a_device_error_is_warned_and_the_pair_tried_once_more_on_the_same_device(
+        processor: StereoProcessor, pair: Any, error: BaseException) -> None:
+    from stereonet_ros.processing import DeviceGuard
+
+    left, right, _ = pair
+    flaky, failing, resets = cuda_like_processor(processor, [error])
+    warnings_, reports = [], []
+    guard = DeviceGuard(warn=lambda kind, text: warnings_.append((kind, text)), report=reports.append)
+    out, used = guard.process(flaky, left, right, CAMERA, NodeConfig(), OutputSelection())
+    assert used is flaky and failing.calls == 2 and resets == [True] and guard.retries == 1
+    assert np.array_equal(out.disparity, processor.process(left, right, CAMERA, NodeConfig(),
+                                                           OutputSelection()).disparity)
+    assert [kind for kind, _ in warnings_] == ['device-error'] and reports == []
+    assert f'cuda:0 failed on a pair ({type(error).__name__}: {str(error).splitlines()[0]})' in warnings_[0][1]
+
+
+def test_a_device_error_that_repeats_moves_processing_to_the_cpu_with_the_reason(processor: StereoProcessor,
+                                                                                  pair: Any) -> None:
+    from stereonet_ros.processing import DeviceGuard
+
+    left, right, _ = pair
+    lost = RuntimeError('CUDA error: an illegal memory access was encountered')
+    broken, failing, _ = cuda_like_processor(processor, [torch.cuda.OutOfMemoryError('CUDA out of memory.'), lost,
+                                                         lost], precision='fp16')
+    warnings_, reports = [], []
+    guard = DeviceGuard(warn=lambda kind, text: warnings_.append((kind, text)), report=reports.append)
+    out, used = guard.process(broken, left, right, CAMERA, NodeConfig(), OutputSelection())
+    assert used is not broken and used.predictor.device == torch.device('cpu') and used.predictor.precision == 'fp32'
+    assert failing.calls == 2 and len(warnings_) == 1 and len(reports) == 1
+    assert used.fallback_reason == reports[0] and broken.fallback_reason is None
+    assert reports[0].startswith('cuda:0 failed twice in a row (RuntimeError: CUDA error: an illegal memory access '
+                                 'was encountered); moved to the CPU')
+    assert np.array_equal(out.disparity, processor.process(left, right, CAMERA, NodeConfig(),
+                                                           OutputSelection()).disparity)
+    again, still = guard.process(used, left, right, CAMERA, NodeConfig(), OutputSelection())  # and it stays there
+    assert still is used and np.array_equal(again.disparity, out.disparity)
+
+
+def test_bad_input_is_not_retried_and_a_device_error_on_the_cpu_is_raised_after_one_retry(
+        processor: StereoProcessor, pair: Any) -> None:
+    from stereonet_ros.inference import InputError
+    from stereonet_ros.processing import DeviceGuard
+
+    left, right, _ = pair
+    warnings_: list[Any] = []
+    guard = DeviceGuard(warn=lambda kind, text: warnings_.append(kind), report=warnings_.append)
+    bad, failing, resets = cuda_like_processor(processor, [InputError('left image has non-finite values')])
+    with pytest.raises(InputError, match='non-finite'):
+        guard.process(bad, left, right, CAMERA, NodeConfig(), OutputSelection())
+    assert failing.calls == 1 and resets == [] and warnings_ == []
+    on_cpu, failing, _ = cuda_like_processor(processor, [torch.cuda.OutOfMemoryError('out of memory')] * 2)
+    on_cpu.predictor.device = torch.device('cpu')
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        guard.process(on_cpu, left, right, CAMERA, NodeConfig(), OutputSelection())
+    assert failing.calls == 2 and warnings_ == ['device-error']

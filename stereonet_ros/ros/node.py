@@ -67,8 +67,8 @@ from stereonet_ros.model.checkpoint import CheckpointError
 from stereonet_ros.node_config import MODEL_KEYS, PARAMETER_SPECS, SYNC_KEYS, NodeConfig
 from stereonet_ros.node_runtime import (InputWatch, LatestSlot, NodeStatistics, StampedCache, WarningThrottle,
                                         problem_kind)
-from stereonet_ros.processing import (OutputSelection, StereoInputError, StereoProcessor, decode_colours,
-                                      decode_pair)
+from stereonet_ros.processing import (DeviceGuard, OutputSelection, StereoInputError, StereoProcessor,
+                                      decode_colours, decode_pair)
 from stereonet_ros.ros.messages import (diagnostic_array, disparity_message, float_image_message,
                                         pointcloud_message, rgb_image_message)
 from stereonet_ros.sync import MatchedSet, StereoSynchronizer, SyncError, stamp_to_ns
@@ -229,6 +229,8 @@ class StereoNetNode(Node):
                                                       qos_overriding_options=overrides)
 
         self._slot: LatestSlot[_Job] = LatestSlot()
+        # A CUDA error: a throttled warning and one retry; twice in a row: the CPU, an ERROR in diagnostics.
+        self._device_guard = DeviceGuard(warn=self._warn, report=lambda text: self.get_logger().error(text))
         self._worker = threading.Thread(target=self._work, name='stereonet_inference', daemon=True)
         self._worker.start()
         self._diagnostics_timer = self.create_timer(config.diagnostics_period_seconds, self._on_diagnostics)
@@ -415,11 +417,15 @@ class StereoNetNode(Node):
             processor, config = self._processor, self._config
         left_msg, right_msg, left_info, right_info = job.matched.messages
         camera = from_camera_infos(left_info, right_info)
-        left, right, _ = decode_pair(left_msg, right_msg, processor.predictor.contract.color, want_rgb=False)
+        left, right, _ = decode_pair(left_msg, right_msg, want_rgb=False)
         height, width = left.shape[:2]
-        result = processor.process(
-            left, right, camera, config, outputs,
+        result, used = self._device_guard.process(
+            processor, left, right, camera, config, outputs,
             rgb=functools.partial(self._cloud_colours, left_msg, job.matched.stamp_ns, height, width))
+        if used is not processor:  # the device failed twice: from now on the CPU, unless a model switch came between
+            with self._lock:
+                if self._processor is processor:
+                    self._processor = used
         self._model_runs += 1
         header = left_msg.header  # outputs are in the left camera's optical frame, at its stamp
         if outputs.disparity:
@@ -453,7 +459,9 @@ class StereoNetNode(Node):
         snapshot = self._stats.snapshot(now)
         predictor = processor.predictor
         level, message = 'OK', 'running'
-        if predictor.is_placeholder:
+        if processor.fallback_reason is not None:
+            level, message = 'ERROR', processor.fallback_reason
+        elif predictor.is_placeholder:
             level, message = 'WARN', 'UNTRAINED placeholder checkpoint: outputs are meaningless'
         elif predictor.checkpoint.provenance.get('preliminary'):
             # Trained, but short of its accuracy goal: say so where operators look, with the figures.
@@ -482,6 +490,8 @@ class StereoNetNode(Node):
             'sync rejected messages': str(sync.rejected),
             'outputs subscribed': self._outputs().describe(),
             'device': str(predictor.device),
+            'device errors retried': str(self._device_guard.retries),
+            'captured input sizes': ', '.join(f'{w}x{h}' for h, w in predictor.captured_sizes) or 'none',
             'precision': predictor.precision,
             'checkpoint': config.checkpoint or 'bundled default',
             'checkpoint provenance': repr(predictor.checkpoint.provenance),
