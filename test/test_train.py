@@ -311,3 +311,15 @@ def test_a_resume_from_an_older_state_drops_the_log_rows_after_it(tmp_path: Path
     assert train(config, tmp_path, progress=False) == 4
     steps = [int(row['step']) for row in csv.DictReader((tmp_path / 'log.csv').open())]
     assert steps == [1, 2, 3, 4]
+
+
+def test_a_time_limit_returns_cleanly_with_the_state_and_the_log_of_the_step_reached(tmp_path: Path) -> None:
+    config = load(TrainConfig, overrides=[*TINY, 'steps=10000', 'log_every=1000', 'checkpoint_every=1000'])
+    start = time.monotonic()
+    reached = train(config, tmp_path / 'run', progress=False, time_limit_s=1.0)
+    assert 1 <= reached < 10000 and time.monotonic() - start < 60
+    assert _state(tmp_path / 'run')['step'] == reached
+    assert load_checkpoint(tmp_path / 'run' / 'model_latest.safetensors').provenance['steps'] == reached
+    rows = list(csv.DictReader((tmp_path / 'run' / 'log.csv').open()))
+    assert int(rows[-1]['step']) == reached and float(rows[-1]['samples_per_s']) > 0  # logged though 1000 is far
+    assert train(config, tmp_path / 'run', progress=False, stop_after=1) == reached + 1  # and it resumes there

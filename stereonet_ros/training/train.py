@@ -296,12 +296,21 @@ def log_fields(config: TrainConfig) -> list[str]:
 
 # --- the loop ----------------------------------------------------------------------------------------
 
-def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = None, progress: bool = True) -> int:
+def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = None, progress: bool = True,
+          time_limit_s: float | None = None) -> int:
     """Run (or resume) training into ``output_dir``. Returns the step reached.
 
     ``stop_after``: return after this many steps of *this call* (tests use it to interrupt a run).
+    ``time_limit_s``: return after the first step that ends this many seconds after this call set out
+    (data workers' start included), with the state, ``model_latest.safetensors`` and a ``log.csv`` row
+    for that step written, as at the end of a run; a later call resumes there. One process only.
+
+    Raises:
+        ConfigError: the folder holds a run with another config, or ``time_limit_s`` with several processes.
     """
     distributed, device = _setup_distributed(config.device)
+    if time_limit_s is not None and distributed.world > 1:
+        raise ConfigError('time_limit_s needs one process: with several, each would stop at another step')
     output_dir.mkdir(parents=True, exist_ok=True)
     state_path = output_dir / STATE_FILE
     config_path = output_dir / 'config.yaml'
@@ -448,8 +457,9 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f'{losses[-1]:.3f}', lr=f'{rate:.2e}')
+            out_of_time = time_limit_s is not None and time.time() - started >= time_limit_s
             row: dict[str, Any] = {}
-            if step % config.log_every == 0 or step == last_step:
+            if step % config.log_every == 0 or step == last_step or out_of_time:
                 elapsed = time.time() - window_start
                 row.update(step=step, wall_s=round(wall_before + time.time() - started, 1),
                            samples_per_s=round(window_samples / max(elapsed, 1e-9), 3),
@@ -475,6 +485,8 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
                 save_state()
             if stop:
                 raise _StopRequested(stop[0])
+            if out_of_time:
+                break
         save_state()
     except (_StopRequested, KeyboardInterrupt) as interruption:
         save_state()
