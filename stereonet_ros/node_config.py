@@ -89,7 +89,9 @@ class NodeConfig:
                                   choices=('fp32', 'fp16', 'bf16'))
     min_disparity: float = _param(
         0.0, 'Smallest valid disparity, pixels (DisparityImage.min_disparity); smaller values are invalid '
-        'and written as min_disparity - 1', 0.0, 1024.0)
+        'and written as min_disparity - 1. stereo_image_proc\'s range, -2048..2048; for this node it is a '
+        'validity floor only: the network searches from 0, and d <= 0 (no finite depth) is invalid anyway',
+        -2048.0, 2048.0)
     min_confidence: float = _param(
         0.0, 'Pixels whose matching confidence (1 - normalized entropy of the soft-argmin distribution) is '
         'below this are invalid; 0 = keep all', 0.0, 1.0)

@@ -305,9 +305,11 @@ def postprocess(shift: npt.NDArray[np.float32], confidence: npt.NDArray[np.float
                                        f'the pair {width}x{height}')
             result.cloud = pointcloud2_buffer(points, colours, config.avoid_point_cloud_padding)
     if outputs.disparity_color:
+        # From the smallest disparity the node can publish: a negative floor (stereo_image_proc's range)
+        # would spend the colour map on values that are never valid here (d <= 0 has no depth).
+        floor = max(config.min_disparity, 0.0)
         result.disparity_color = colorize_disparity(np.where(valid, disparity, np.float32(np.nan)),
-                                                    vmin=config.min_disparity,
-                                                    vmax=max(max_disparity, config.min_disparity))
+                                                    vmin=floor, vmax=max(max_disparity, floor))
     return result
 
 

@@ -49,6 +49,8 @@ def test_every_parameter_has_a_description_and_numbers_have_a_range() -> None:
     ('inference_scale', 2.5001, r'inference_scale=2.5001: must be in \[0.1, 2.5\]'),
     ('inference_scale', 0.0999, r'inference_scale=0.0999: must be in \[0.1, 2.5\]'),
     ('min_disparity', float('nan'), r'min_disparity=nan: must be finite'),
+    ('min_disparity', -2049, r'min_disparity=-2049.0: must be in \[-2048.0, 2048.0\]'),
+    ('min_disparity', 2048.5, r'min_disparity=2048.5: must be in \[-2048.0, 2048.0\]'),
     ('precision', 'fp64', r"precision='fp64': must be one of"),
     ('device', 'gpu0', r"device='gpu0': must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
     ('no_such_parameter', 1, r"unknown key\(s\) \['no_such_parameter'\]"),
@@ -70,3 +72,9 @@ def test_changes_are_applied_as_a_whole_and_the_changed_keys_are_named() -> None
     assert (new.queue_size, new.device, new.min_disparity) == (10, 'cuda:1', 2.0)
     assert old.changed_keys(new) == {'queue_size', 'device', 'min_disparity'}
     assert old.queue_size == 5  # frozen: the old config is untouched
+
+
+@pytest.mark.parametrize('value', [-2048, -16, 0, 2048])
+def test_min_disparity_takes_stereo_image_proc_s_range_including_negative_values(value: int) -> None:
+    # Issue 12: a user's params file with min_disparity: -16 stopped the node at start-up.
+    assert NodeConfig.from_mapping({'min_disparity': value}).min_disparity == float(value)

@@ -1,0 +1,25 @@
+"""min_disparity as stereo_image_proc takes it (-2048..2048): a validity floor, never a search range."""
+from __future__ import annotations
+
+import numpy as np
+
+from stereonet_ros.camera import StereoCamera
+from stereonet_ros.node_config import NodeConfig
+from stereonet_ros.processing import OutputSelection, postprocess
+
+CAMERA = StereoCamera(width=8, height=1, fx=100.0, fy=100.0, cx=4.0, cy=0.0, cx_right=4.0, focal=100.0, baseline=0.1)
+
+
+def test_a_negative_floor_keeps_every_positive_disparity_and_writes_invalid_as_min_minus_one() -> None:
+    shift = np.array([[0.0, 0.0, 1.0, 2.5, 3.0, 4.0, -0.5, np.nan]], dtype=np.float32)
+    outputs = postprocess(shift, None, 6.0, CAMERA, NodeConfig(min_disparity=-16), OutputSelection())
+    # d <= 0 has no finite depth: invalid whatever the floor (columns 0, 1, 6); NaN is invalid (7).
+    assert outputs.valid.tolist() == [[False, False, True, True, True, True, False, False]]
+    assert outputs.disparity[0, [0, 1, 6, 7]].tolist() == [-17.0] * 4  # stereo_image_proc's min - 1
+    assert outputs.min_disparity == -16.0
+    assert outputs.depth is not None and np.allclose(outputs.depth[0, 2:6], 10.0 / shift[0, 2:6])
+    # The colour map spans the disparities the node can publish, not the unreachable -16..0.
+    assert outputs.disparity_color is not None
+    assert outputs.disparity_color[0, 2].tolist() != outputs.disparity_color[0, 5].tolist()
+    zero_floor = postprocess(shift, None, 6.0, CAMERA, NodeConfig(min_disparity=0), OutputSelection())
+    assert np.array_equal(outputs.disparity_color, zero_floor.disparity_color)
