@@ -92,6 +92,10 @@ class NodeConfig:
         'and written as min_disparity - 1. stereo_image_proc\'s range, -2048..2048; for this node it is a '
         'validity floor only: the network searches from 0, and d <= 0 (no finite depth) is invalid anyway',
         -2048.0, 2048.0)
+    disparity_range: int = _param(
+        0, "stereo_image_proc's search range, pixels: with it, disparities above min_disparity + disparity_range - 1 "
+        '(its largest) are invalid too and DisparityImage.max_disparity says so; 0 = the network\'s whole range',
+        0, 4096)
     min_confidence: float = _param(
         0.0, 'Pixels whose matching confidence (1 - normalized entropy of the soft-argmin distribution) is '
         'below this are invalid; 0 = keep all', 0.0, 1.0)

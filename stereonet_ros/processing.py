@@ -11,7 +11,8 @@ Validity (docs CONVENTIONS.md). The network predicts a left-view image *shift* `
 disparity is ``d = s - (cx_left - cx_right)`` (:meth:`StereoCamera.shift_to_disparity`). A pixel
 ``(u, v)`` is valid when all of these hold:
 
-1. ``d`` is finite, ``min_disparity <= d <= max_disparity`` (the DisparityImage field) and
+1. ``d`` is finite, ``min_disparity <= d <= max_disparity`` (the DisparityImage field: what the network
+   can express, capped at ``min_disparity + disparity_range - 1`` when ``disparity_range`` is set) and
    ``d > 0`` with ``f * T / d`` finite in float32 (a finite, positive depth);
 2. ``u - s >= 0``: its match lies inside the right image (a point left of the right camera's view
    cannot be matched; the network's value there is a guess);
@@ -270,6 +271,8 @@ def postprocess(shift: npt.NDArray[np.float32], confidence: npt.NDArray[np.float
     disparity = camera.shift_to_disparity(shift)  # (H, W) float32, DisparityImage convention
     columns = np.arange(width, dtype=np.float32)[np.newaxis, :]  # (1, W)
     max_disparity = max_shift - camera.principal_offset
+    if config.disparity_range > 0:  # stereo_image_proc's search range: its largest is min + range - 1
+        max_disparity = min(max_disparity, config.min_disparity + config.disparity_range - 1.0)
     with np.errstate(invalid='ignore', over='ignore', divide='ignore'):
         valid = (np.isfinite(disparity) & (disparity >= np.float32(config.min_disparity)) & (disparity > 0.0)
                  & (disparity <= np.float32(max_disparity)) & (columns - shift >= 0.0))

@@ -1,4 +1,4 @@
-"""min_disparity as stereo_image_proc takes it (-2048..2048): a validity floor, never a search range."""
+"""min_disparity and disparity_range as stereo_image_proc takes them: a validity window, never a search range."""
 from __future__ import annotations
 
 import numpy as np
@@ -23,3 +23,18 @@ def test_a_negative_floor_keeps_every_positive_disparity_and_writes_invalid_as_m
     assert outputs.disparity_color[0, 2].tolist() != outputs.disparity_color[0, 5].tolist()
     zero_floor = postprocess(shift, None, 6.0, CAMERA, NodeConfig(min_disparity=0), OutputSelection())
     assert np.array_equal(outputs.disparity_color, zero_floor.disparity_color)
+
+
+def test_disparity_range_caps_validity_and_max_disparity_at_stereo_image_proc_s_largest() -> None:
+    wide_camera = StereoCamera(width=16, height=1, fx=100.0, fy=100.0, cx=8.0, cy=0.0, cx_right=8.0, focal=100.0,
+                               baseline=0.1)
+    shift = np.zeros((1, 16), dtype=np.float32)
+    shift[0, 8:] = [1.0, 2.0, 3.0, 3.0001, 4.0, 5.0, 5.5, 6.0]  # columns >= 8: every match inside the right image
+    config = NodeConfig(min_disparity=-1, disparity_range=5)  # stereo_image_proc searches -1..3
+    outputs = postprocess(shift, None, 6.0, wide_camera, config, OutputSelection())
+    assert outputs.max_disparity == 3.0
+    assert outputs.valid[0, 8:].tolist() == [True, True, True, False, False, False, False, False]
+    whole = postprocess(shift, None, 6.0, wide_camera, NodeConfig(min_disparity=-1), OutputSelection())
+    assert whole.max_disparity == 6.0 and whole.valid[0, 8:].all()
+    wide = postprocess(shift, None, 6.0, wide_camera, NodeConfig(disparity_range=4096), OutputSelection())
+    assert wide.max_disparity == 6.0  # never above what the network can express
