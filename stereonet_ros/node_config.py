@@ -146,6 +146,14 @@ PARAMETER_SPECS: dict[str, ParameterSpec] = {item.name: item.metadata['spec']
 
 PARAMETER_NAMES: tuple[str, ...] = tuple(PARAMETER_SPECS)
 
+STEREO_IMAGE_PROC_BLOCK_MATCHING = ('stereo_algorithm', 'prefilter_size', 'prefilter_cap', 'correlation_window_size',
+                                    'texture_threshold', 'texture_ratio', 'speckle_size', 'speckle_range',
+                                    'disp12_max_diff', 'uniqueness_ratio', 'P1', 'P2', 'full_dp')
+"""stereo_image_proc's block-matcher parameters (its disparity node; ``texture_ratio`` is the name it declares,
+``texture_threshold`` the one its callback reads). A network has no block matcher: the node accepts them,
+so that a params file written for stereo_image_proc does not stop it, and says in one INFO line that it
+ignores them. Its ``min_disparity`` and ``disparity_range`` do have a meaning here (NodeConfig)."""
+
 SYNC_KEYS = frozenset({'queue_size', 'approximate_sync', 'approximate_sync_tolerance_seconds'})
 """Changing one of these rebuilds the synchronizer (pending messages are dropped)."""
 

@@ -475,7 +475,7 @@ def test_run_time_parameter_changes_are_applied_or_refused_with_a_reason(client:
     assert np.all((values >= 40.0) | (values == 39.0)) and np.any(values == 39.0)
 
     refused = {
-        'min_disparity': (-5.0, ''),  # out of the declared range: rclpy refuses it
+        'min_disparity': (-2049.0, ''),  # out of the declared range (stereo_image_proc's): rclpy refuses it
         'inference_scale': (3, 'inference_scale=3.0: must be in [0.1, 2.5]'),  # an integer: NodeConfig refuses it
         'queue_size': (0, ''),
         'device': ('tpu', "device='tpu'"),
@@ -488,6 +488,10 @@ def test_run_time_parameter_changes_are_applied_or_refused_with_a_reason(client:
         assert not result.successful, name
         assert reason in result.reason, (name, result.reason)
     client.wait_for_log('missing.safetensors', start)  # the unreadable checkpoint is warned about by name
+    # stereo_image_proc's block-matcher parameters are taken and ignored, with one INFO line naming them.
+    start = len(client.node_process.text())
+    assert client.set_parameter('uniqueness_ratio', 20.0).successful
+    client.wait_for_log("ignoring stereo_image_proc's block-matcher parameter(s) uniqueness_ratio", start)
     disparity = client.send_good(left, right, topics=('disparity',))['disparity']
     assert disparity.min_disparity == 40.0  # the old value is kept
 
@@ -571,6 +575,9 @@ def test_the_shipped_params_file_applies_under_a_namespace_and_doubles_take_inte
     document = yaml.safe_load((Path(__file__).resolve().parents[1] / 'config' / 'stereonet.yaml').read_text())
     parameters = document['/**']['ros__parameters']
     parameters.update(queue_size=7, min_disparity=3, checkpoint=str(placeholder_checkpoint_path), device='cpu')
+    # A params file written for stereo_image_proc (issue 12): a negative min_disparity, its search range and its
+    # block-matcher parameters must not stop the node.
+    parameters.update(min_disparity=-16, disparity_range=128, correlation_window_size=21, P1=300.0, full_dp=True)
     node = start_node(tmp_path, document, '-r', '__ns:=/stereo', '-p', 'approximate_sync_tolerance_seconds:=1')
     try:
         deadline = time.monotonic() + WAIT
@@ -579,5 +586,7 @@ def test_the_shipped_params_file_applies_under_a_namespace_and_doubles_take_inte
         text = node.text()
         assert node.process.poll() is None, text  # an int for a double parameter would have stopped it
         assert 'queue_size 7' in text and '/stereo/left/image_rect' in text, text
+        assert ("ignoring stereo_image_proc's block-matcher parameter(s) correlation_window_size, P1, full_dp"
+                in text), text
     finally:
         node.stop()

@@ -64,7 +64,8 @@ from stereonet_ros.geometry import GeometryError
 from stereonet_ros.image_codec import ImageCodecError
 from stereonet_ros.inference import InputError, Predictor, UntrainedPlaceholderWarning
 from stereonet_ros.model.checkpoint import CheckpointError
-from stereonet_ros.node_config import MODEL_KEYS, PARAMETER_SPECS, SYNC_KEYS, NodeConfig
+from stereonet_ros.node_config import (MODEL_KEYS, PARAMETER_SPECS, STEREO_IMAGE_PROC_BLOCK_MATCHING, SYNC_KEYS,
+                                       NodeConfig)
 from stereonet_ros.node_runtime import (InputWatch, LatestSlot, NodeStatistics, StampedCache, WarningThrottle,
                                         problem_kind)
 from stereonet_ros.processing import (DeviceGuard, OutputSelection, StereoInputError, StereoProcessor,
@@ -191,8 +192,15 @@ class StereoNetNode(Node):
                 value = getattr(defaults, name)
                 self.declare_parameter(name, value, _descriptor(name, value))
             self._config = NodeConfig.from_mapping({name: self.get_parameter(name).value for name in PARAMETER_SPECS})
+            ignored_descriptor = ParameterDescriptor(
+                description="stereo_image_proc's block-matcher parameter: accepted and ignored (a network has no "
+                            'block matcher)', dynamic_typing=True)
+            for name in STEREO_IMAGE_PROC_BLOCK_MATCHING:
+                self.declare_parameter(name, None, ignored_descriptor)
         except (ConfigError, rclpy.exceptions.ParameterException) as err:
             raise StartupError(f'bad parameter: {err}') from err
+        self._log_ignored([name for name in STEREO_IMAGE_PROC_BLOCK_MATCHING
+                           if self.get_parameter(name).type_ != Parameter.Type.NOT_SET])
         config = self._config
         try:
             self._processor = StereoProcessor(self._load_predictor(config))
@@ -289,6 +297,7 @@ class StereoNetNode(Node):
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         """Validate run-time changes as a whole; apply them, or refuse with the reason and keep the old values."""
         changes = {p.name: p.value for p in parameters if p.name in PARAMETER_SPECS}
+        self._log_ignored([p.name for p in parameters if p.name in STEREO_IMAGE_PROC_BLOCK_MATCHING])
         if not changes:
             return SetParametersResult(successful=True)
         try:
@@ -324,6 +333,11 @@ class StereoNetNode(Node):
             self.get_logger().info(f'parameters changed: {summary}'
                                    + (f'; now {self._describe_model()}' if changed & MODEL_KEYS else ''))
         return SetParametersResult(successful=True)
+
+    def _log_ignored(self, names: list[str]) -> None:
+        if names:
+            self.get_logger().info(f"ignoring stereo_image_proc's block-matcher parameter(s) {', '.join(names)}: "
+                                   'a network has no block matcher (min_disparity and disparity_range do apply)')
 
     # ------------------------------------------------------------------ inputs (executor thread)
 
