@@ -144,6 +144,29 @@ class WarningThrottle:
         return len(self._last)
 
 
+DIAGNOSTIC_LEVELS = ('OK', 'WARN', 'ERROR')
+"""diagnostic_msgs/DiagnosticStatus levels this node reports, least to most severe."""
+
+
+def overall_status(problems: Sequence[tuple[str, str]], idle_message: str = 'running') -> tuple[str, str]:
+    """One ``(level, message)`` for /diagnostics from every current problem ``(level, message)``.
+
+    The level is the worst one; the message holds every problem's, the most severe first (in the
+    given order among equals), joined by ``'; '``: a preliminary checkpoint must not hide a missing
+    input (issue 12). No problem gives ``('OK', idle_message)``.
+
+    Raises:
+        ValueError: a level that is not one of :data:`DIAGNOSTIC_LEVELS`.
+    """
+    for level, _ in problems:
+        if level not in DIAGNOSTIC_LEVELS:
+            raise ValueError(f'diagnostic level {level!r}: must be one of {DIAGNOSTIC_LEVELS}')
+    ordered = sorted(problems, key=lambda item: -DIAGNOSTIC_LEVELS.index(item[0]))  # stable: keeps ties' order
+    if not ordered:
+        return 'OK', idle_message
+    return ordered[0][0], '; '.join(message for _, message in ordered)
+
+
 class InputWatch:
     """Which inputs arrived since the last synchronized set, to explain a stall.
 

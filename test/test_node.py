@@ -11,6 +11,7 @@ a bare sleep. Images are small (256x64) so that the CPU runs the network in well
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -101,6 +102,7 @@ def stamp_of(msg: Any) -> int:
 class NodeProcess:
     process: subprocess.Popen[bytes]
     log: Path
+    started: float = dataclasses.field(default_factory=time.monotonic)  # when the process was started
 
     def text(self) -> str:
         return self.log.read_text(errors='replace')
@@ -462,6 +464,27 @@ def test_a_bad_input_is_dropped_with_a_warning_and_the_next_good_pair_is_process
     assert as_float_image(out['disparity'].image).shape == (HEIGHT, WIDTH)
     assert all(bad_stamp not in received for received in client.received.values())
     assert client.node_process.process.poll() is None
+
+
+def test_with_camera_info_missing_diagnostics_warn_naming_it_beside_the_checkpoint_note(client: Client,
+                                                                                       pair: Any) -> None:
+    # Issue 12: the placeholder's (or a preliminary checkpoint's) note used to be all /diagnostics said.
+    left, right = pair
+    client.diagnostics = {}
+    deadline = time.monotonic() + WAIT
+    found = False
+    while not found and time.monotonic() < deadline:
+        stamp = client.stamp()
+        client.publish([image_msg(left, 'rgb8', stamp, 'left_optical'), image_msg(right, 'rgb8', stamp, 'right_optical'),
+                        None, None])
+        found = client.spin_until(lambda: 'nothing received on' in client.diagnostics.get('_message', ''), 0.5)
+    message = client.diagnostics.get('_message', '')
+    assert found, client.diagnostics
+    assert client.diagnostics['_level'] == str(b'\x01')  # WARN
+    assert '/left/camera_info' in message and '/right/camera_info' in message
+    assert 'UNTRAINED placeholder checkpoint' in message  # every message, not only the first
+    stalled = float(message.split('no synchronized stereo set for ', 1)[1].split(' s', 1)[0])
+    assert 0.0 < stalled < time.monotonic() - client.node_process.started  # counted from a set or the start
 
 
 def test_run_time_parameter_changes_are_applied_or_refused_with_a_reason(client: Client, pair: Any,

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from stereonet_ros.node_runtime import (MAX_KIND_LENGTH, InputWatch, LatestSlot, NodeStatistics, StampedCache,
-                                        WarningThrottle, problem_kind)
+                                        WarningThrottle, overall_status, problem_kind)
 
 TOPICS = ('/left/image_rect', '/right/image_rect', '/left/camera_info', '/right/camera_info')
 
@@ -101,6 +101,17 @@ def test_a_stall_is_counted_from_when_the_watch_started_not_from_the_clock_s_zer
     watch.message(0, 1, now=1450.0)
     kind, text = watch.problem(now=1453.0, approximate=False) or ('', '')
     assert kind == 'missing-input' and text.startswith('no synchronized stereo set for 11.0 s:')
+
+
+def test_diagnostics_report_the_worst_level_and_every_message_most_severe_first() -> None:
+    # Issue 12: with camera_info missing, /diagnostics said only that the checkpoint was preliminary.
+    assert overall_status([('WARN', 'PRELIMINARY checkpoint'), ('WARN', 'nothing received on /left/camera_info')]) \
+        == ('WARN', 'PRELIMINARY checkpoint; nothing received on /left/camera_info')
+    assert overall_status([('WARN', 'input stalled'), ('ERROR', 'CUDA failed twice: on the CPU now')]) \
+        == ('ERROR', 'CUDA failed twice: on the CPU now; input stalled')
+    assert overall_status([], 'waiting for synchronized stereo input') == ('OK', 'waiting for synchronized stereo input')
+    with pytest.raises(ValueError, match="diagnostic level 'STALE'"):
+        overall_status([('STALE', 'x')])
 
 
 def test_statistics_give_rates_between_snapshots_and_latency_percentiles() -> None:

@@ -67,7 +67,7 @@ from stereonet_ros.model.checkpoint import CheckpointError
 from stereonet_ros.node_config import (MODEL_KEYS, PARAMETER_SPECS, STEREO_IMAGE_PROC_BLOCK_MATCHING, SYNC_KEYS,
                                        NodeConfig)
 from stereonet_ros.node_runtime import (InputWatch, LatestSlot, NodeStatistics, StampedCache, WarningThrottle,
-                                        problem_kind)
+                                        overall_status, problem_kind)
 from stereonet_ros.processing import (DeviceGuard, OutputSelection, StereoInputError, StereoProcessor,
                                       decode_colours, decode_pair)
 from stereonet_ros.ros.messages import (diagnostic_array, disparity_message, float_image_message,
@@ -472,18 +472,19 @@ class StereoNetNode(Node):
             self._warn(problem[0], problem[1])
         snapshot = self._stats.snapshot(now)
         predictor = processor.predictor
-        level, message = 'OK', 'running'
+        # Every current problem, the worst level first: a checkpoint note must not hide a missing input.
+        problems: list[tuple[str, str]] = []
         if processor.fallback_reason is not None:
-            level, message = 'ERROR', processor.fallback_reason
-        elif predictor.is_placeholder:
-            level, message = 'WARN', 'UNTRAINED placeholder checkpoint: outputs are meaningless'
+            problems.append(('ERROR', processor.fallback_reason))
+        if problem is not None:
+            problems.append(('WARN', problem[1]))
+        if predictor.is_placeholder:
+            problems.append(('WARN', 'UNTRAINED placeholder checkpoint: outputs are meaningless'))
         elif predictor.checkpoint.provenance.get('preliminary'):
             # Trained, but short of its accuracy goal: say so where operators look, with the figures.
-            level, message = 'WARN', f'PRELIMINARY checkpoint: {predictor.checkpoint.provenance.get("note", "")}'
-        elif problem is not None:
-            level, message = 'WARN', problem[1]
-        elif snapshot.processed == 0 and snapshot.sets == 0:
-            message = 'waiting for synchronized stereo input'
+            problems.append(('WARN', f'PRELIMINARY checkpoint: {predictor.checkpoint.provenance.get("note", "")}'))
+        idle = 'waiting for synchronized stereo input' if snapshot.processed == 0 and snapshot.sets == 0 else 'running'
+        level, message = overall_status(problems, idle)
 
         def number(value: float) -> str:
             return 'n/a' if math.isnan(value) else f'{value:.1f}'
