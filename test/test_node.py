@@ -613,3 +613,24 @@ def test_the_shipped_params_file_applies_under_a_namespace_and_doubles_take_inte
                 in text), text
     finally:
         node.stop()
+
+
+def test_sigterm_while_a_pair_is_in_flight_exits_0_without_a_traceback(client: Client) -> None:
+    """Last in the file: it stops the module's node. Issue 12: a WARN with a traceback ('publisher's
+    context is invalid') when SIGTERM came while the worker was processing."""
+    client.subscribe_outputs()
+    rng = np.random.default_rng(5)
+    big = rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)  # seconds of CPU work for the network
+    stamp = client.stamp()
+    info_left, info_right = camera_info(stamp, right=False), camera_info(stamp, right=True)
+    for info in (info_left, info_right):
+        info.width, info.height = 1280, 720
+    before = int(client.diagnostics.get('sets formed', '0'))
+    client.publish([image_msg(big, 'rgb8', stamp, 'left_optical'), image_msg(big, 'rgb8', stamp, 'right_optical'),
+                    info_left, info_right])
+    assert client.spin_until(lambda: int(client.diagnostics.get('sets formed', '0')) > before), client.diagnostics
+    time.sleep(0.3)  # the worker has taken the set and is inside the network
+    client.node_process.process.send_signal(signal.SIGTERM)
+    assert client.node_process.process.wait(timeout=60) == 0
+    log = client.node_process.text()
+    assert 'Traceback' not in log and 'context is invalid' not in log, log

@@ -418,6 +418,10 @@ class StereoNetNode(Node):
                 self._stats.record_bad_input()
                 self._warn(problem_kind(err), f'stereo pair at stamp {job.matched.stamp_ns} dropped: {err}')
             except Exception:  # noqa: BLE001 - the worker must outlive any one pair; the traceback is logged
+                if not self.context.ok():
+                    # SIGTERM or Ctrl-C mid-pair: rclpy has shut the context down, so publishing failed.
+                    # That is the shutdown, not a problem with the pair: stop quietly.
+                    return
                 self._stats.record_bad_input()
                 self._warn('unexpected', f'stereo pair at stamp {job.matched.stamp_ns} failed:\n'
                            f'{traceback.format_exc()}')
