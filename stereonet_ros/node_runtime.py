@@ -144,6 +144,18 @@ class WarningThrottle:
         return len(self._last)
 
 
+def camera_info_topic(image_topic: str) -> str:
+    """The camera_info topic beside an image topic, as image_transport's ``getCameraInfoTopic``: the
+    image topic's last name replaced by ``camera_info`` (``/cam/left/image_rect`` -> ``/cam/left/camera_info``).
+
+    Raises:
+        ValueError: not a fully qualified topic name (``/...``, not ending in ``/``).
+    """
+    if not image_topic.startswith('/') or image_topic.endswith('/'):
+        raise ValueError(f'image topic {image_topic!r}: must be fully qualified (/ns/name)')
+    return image_topic.rsplit('/', 1)[0] + '/camera_info'
+
+
 DIAGNOSTIC_LEVELS = ('OK', 'WARN', 'ERROR')
 """diagnostic_msgs/DiagnosticStatus levels this node reports, least to most severe."""
 

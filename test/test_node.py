@@ -487,6 +487,36 @@ def test_with_camera_info_missing_diagnostics_warn_naming_it_beside_the_checkpoi
     assert 0.0 < stalled < time.monotonic() - client.node_process.started  # counted from a set or the start
 
 
+def test_remapped_images_with_camera_infos_beside_them_are_answered(client: Client, pair: Any, tmp_path: Path,
+                                                                    placeholder_checkpoint_path: Path) -> None:
+    # Issue 12: with only the image topics remapped and the infos published beside them (Jazzy's
+    # image_transport convention), the node subscribed left/camera_info by name and waited for ever.
+    topics = ('/cam/left/image_rect', '/cam/right/image_rect', '/cam/left/camera_info', '/cam/right/camera_info')
+    params = {'/**': {'ros__parameters': {
+        'device': 'cpu', 'checkpoint': str(placeholder_checkpoint_path),
+        'qos_overrides': {topic: {'subscription': {'reliability': 'reliable', 'depth': 10}} for topic in topics}}}}
+    node = start_node(tmp_path, params, '-r', '__node:=remapped_stereonet', '-r', 'left/image_rect:=/cam/left/image_rect',
+                      '-r', 'right/image_rect:=/cam/right/image_rect', '-r', 'disparity:=/remapped/disparity')
+    try:
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        publishers = [client.node.create_publisher(kind, topic, qos)
+                      for topic, kind in zip(topics, (Image, Image, CameraInfo, CameraInfo), strict=True)]
+        answers: dict[int, DisparityImage] = {}
+        client.node.create_subscription(DisparityImage, '/remapped/disparity',
+                                        lambda msg: answers.__setitem__(stamp_of(msg), msg), qos)
+        assert client.spin_until(lambda: all(p.get_subscription_count() > 0 for p in publishers)), node.text()
+        left, right = pair
+        stamp = client.stamp()
+        for publisher, msg in zip(publishers, client.good_set(stamp, left, right), strict=True):
+            publisher.publish(msg)
+        assert client.spin_until(lambda: stamp in answers), node.text()
+        assert as_float_image(answers[stamp].image).shape == (HEIGHT, WIDTH)
+        assert '/cam/left/camera_info' in node.text()  # the inputs it announced
+    finally:
+        node.stop()
+    assert node.process.returncode == 0 and 'Traceback' not in node.text(), node.text()
+
+
 def test_run_time_parameter_changes_are_applied_or_refused_with_a_reason(client: Client, pair: Any,
                                                                          tmp_path: Path) -> None:
     left, right = pair

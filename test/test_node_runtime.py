@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from stereonet_ros.node_runtime import (MAX_KIND_LENGTH, InputWatch, LatestSlot, NodeStatistics, StampedCache,
-                                        WarningThrottle, overall_status, problem_kind)
+                                        WarningThrottle, camera_info_topic, overall_status, problem_kind)
 
 TOPICS = ('/left/image_rect', '/right/image_rect', '/left/camera_info', '/right/camera_info')
 
@@ -101,6 +101,18 @@ def test_a_stall_is_counted_from_when_the_watch_started_not_from_the_clock_s_zer
     watch.message(0, 1, now=1450.0)
     kind, text = watch.problem(now=1453.0, approximate=False) or ('', '')
     assert kind == 'missing-input' and text.startswith('no synchronized stereo set for 11.0 s:')
+
+
+@pytest.mark.parametrize('image, info', [('/cam/left/image_rect', '/cam/left/camera_info'),
+                                         ('/image', '/camera_info'), ('/a/b/c/image_raw', '/a/b/c/camera_info')])
+def test_camera_info_is_the_sibling_of_the_image_topic_as_image_transport_derives_it(image: str, info: str) -> None:
+    assert camera_info_topic(image) == info
+
+
+@pytest.mark.parametrize('bad', ['left/image_rect', '/cam/', ''])
+def test_camera_info_topic_wants_a_fully_qualified_image_topic(bad: str) -> None:
+    with pytest.raises(ValueError, match='must be fully qualified'):
+        camera_info_topic(bad)
 
 
 def test_diagnostics_report_the_worst_level_and_every_message_most_severe_first() -> None:

@@ -67,7 +67,7 @@ from stereonet_ros.model.checkpoint import CheckpointError
 from stereonet_ros.node_config import (MODEL_KEYS, PARAMETER_SPECS, STEREO_IMAGE_PROC_BLOCK_MATCHING, SYNC_KEYS,
                                        NodeConfig)
 from stereonet_ros.node_runtime import (InputWatch, LatestSlot, NodeStatistics, StampedCache, WarningThrottle,
-                                        overall_status, problem_kind)
+                                        camera_info_topic, overall_status, problem_kind)
 from stereonet_ros.processing import (DeviceGuard, OutputSelection, StereoInputError, StereoProcessor,
                                       decode_colours, decode_pair)
 from stereonet_ros.ros.messages import (diagnostic_array, disparity_message, float_image_message,
@@ -213,7 +213,8 @@ class StereoNetNode(Node):
         input_qos = qos_profile_system_default if config.use_system_default_qos else qos_profile_sensor_data
         overrides = QoSOverridingOptions.with_default_policies()
         self._subscriptions_in = []
-        for index, (topic, kind) in enumerate(zip(INPUT_TOPICS, (Image, Image, CameraInfo, CameraInfo), strict=True)):
+        for index, (topic, kind) in enumerate(zip(self._input_topic_names(), (Image, Image, CameraInfo, CameraInfo),
+                                                  strict=True)):
             self._subscriptions_in.append(self.create_subscription(
                 kind, topic, functools.partial(self._on_message, index), input_qos,
                 qos_overriding_options=overrides))
@@ -247,6 +248,17 @@ class StereoNetNode(Node):
         self.get_logger().info(
             f'ready: {self._describe_model()}; sync {"approximate" if config.approximate_sync else "exact"} '
             f'(queue_size {config.queue_size}); inputs {", ".join(s.topic_name for s in self._subscriptions_in)}')
+
+    def _input_topic_names(self) -> list[str]:
+        """The four inputs, resolved. Each camera_info is the sibling of its remapped image topic, as
+        image_transport derives it on Jazzy (``/cam/left/image_rect`` -> ``/cam/left/camera_info``),
+        unless the camera_info itself is remapped (Humble's way, which the launch file uses)."""
+        left_image, right_image = (self.resolve_topic_name(topic) for topic in INPUT_TOPICS[:2])
+        infos = []
+        for image, info in ((left_image, INPUT_TOPICS[2]), (right_image, INPUT_TOPICS[3])):
+            remapped = self.resolve_topic_name(info) != self.resolve_topic_name(info, only_expand=True)
+            infos.append(self.resolve_topic_name(info) if remapped else camera_info_topic(image))
+        return [left_image, right_image, *infos]
 
     # ------------------------------------------------------------------ model and config
 
