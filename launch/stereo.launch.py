@@ -9,9 +9,14 @@ Arguments (``ros2 launch stereonet_ros stereo.launch.py --show-args``):
 - ``params_file``: parameters (default: the installed ``config/stereonet.yaml``). For QoS overrides
   (e.g. reliable subscriptions for large images between processes) copy it and uncomment its
   ``qos_overrides`` section.
-- ``checkpoint``, ``device``, ``precision``, ``inference_scale``, ``approximate_sync``, ``use_sim_time``:
-  when given, they override the params file; left empty (the default) the params file's value holds.
-  The node checks the values (``inference_scale`` in [0.1, 2.5]) and refuses to start with a bad one.
+- ``checkpoint``, ``device``, ``precision``, ``inference_scale``, ``approximate_sync``, ``queue_size``,
+  ``use_color``, ``avoid_point_cloud_padding``, ``min_disparity``, ``use_sim_time`` (stereo_image_proc's
+  launch arguments where they share a name): when given, they override the params file; left empty (the
+  default) the params file's value holds. The node checks the values (``inference_scale`` in [0.1, 2.5])
+  and refuses to start with a bad one.
+- ``reliable_inputs``: ``true`` subscribes the four inputs reliable instead of best effort (large images
+  between processes; see the README's QoS section, which also gives the Fast DDS profile that keeps best
+  effort).
 - ``log_level``: ``debug``, ``info`` (default), ``warn``, ``error``.
 
 Example: a bag of a camera publishing ``/stereo/left/image_rect`` ...::
@@ -27,9 +32,11 @@ from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = 'stereonet_ros'
 EXECUTABLE = 'stereonet_node'
-OVERRIDABLE = ('checkpoint', 'device', 'precision', 'inference_scale', 'approximate_sync', 'use_sim_time')
-BOOLEAN = ('approximate_sync', 'use_sim_time')
-DOUBLE = ('inference_scale',)
+OVERRIDABLE = ('checkpoint', 'device', 'precision', 'inference_scale', 'approximate_sync', 'queue_size', 'use_color',
+               'avoid_point_cloud_padding', 'min_disparity', 'use_sim_time')
+BOOLEAN = ('approximate_sync', 'use_color', 'avoid_point_cloud_padding', 'use_sim_time')
+DOUBLE = ('inference_scale', 'min_disparity')
+INTEGER = ('queue_size',)
 
 
 def parameter_overrides(values):
@@ -52,13 +59,43 @@ def parameter_overrides(values):
                 overrides[name] = float(text)
             except ValueError:
                 raise ValueError(f'launch argument {name}:={text!r}: must be a number') from None
+        elif name in INTEGER:
+            try:
+                overrides[name] = int(text)
+            except ValueError:
+                raise ValueError(f'launch argument {name}:={text!r}: must be an integer') from None
         else:
             overrides[name] = text
     return overrides
 
 
+def reliable_input_overrides(text, namespace, left, right):
+    """``reliable_inputs`` -> the ``qos_overrides`` parameter that makes the four input subscriptions reliable.
+
+    Keys are the fully qualified topics the node subscribes (its namespace, the camera namespaces);
+    '' or 'false' gives none.
+    """
+    text = text.strip().lower()
+    if text not in ('', 'true', 'false'):
+        raise ValueError(f'launch argument reliable_inputs:={text!r}: must be true or false')
+    if text != 'true':
+        return {}
+    base = '/' + namespace.strip('/') if namespace.strip('/') else ''
+
+    def qualified(camera):
+        return camera.rstrip('/') if camera.startswith('/') else f'{base}/{camera.rstrip("/")}'
+
+    topics = [f'{qualified(left)}/image_rect', f'{qualified(right)}/image_rect',
+              f'{qualified(left)}/camera_info', f'{qualified(right)}/camera_info']
+    return {'qos_overrides': {topic: {'subscription': {'reliability': 'reliable', 'depth': 10}} for topic in topics}}
+
+
 def _node(context):
     values = {name: LaunchConfiguration(name).perform(context) for name in OVERRIDABLE}
+    reliable = reliable_input_overrides(LaunchConfiguration('reliable_inputs').perform(context),
+                                        LaunchConfiguration('namespace').perform(context),
+                                        LaunchConfiguration('left_namespace').perform(context),
+                                        LaunchConfiguration('right_namespace').perform(context))
     left = LaunchConfiguration('left_namespace')
     right = LaunchConfiguration('right_namespace')
     return [Node(
@@ -66,7 +103,7 @@ def _node(context):
         executable=EXECUTABLE,
         name='stereonet_node',
         namespace=LaunchConfiguration('namespace'),
-        parameters=[LaunchConfiguration('params_file'), parameter_overrides(values)],
+        parameters=[LaunchConfiguration('params_file'), parameter_overrides(values), reliable],
         remappings=[
             ('left/image_rect', [left, '/image_rect']),
             ('left/image_rect_color', [left, '/image_rect_color']),
@@ -102,6 +139,17 @@ def generate_launch_description():
                               "slower); '' = the params file's (1.0)"),
         DeclareLaunchArgument('approximate_sync', default_value='',
                               description="true or false; '' = the params file's (false)"),
+        DeclareLaunchArgument('queue_size', default_value='',
+                              description="Messages held per input topic; '' = the params file's (5)"),
+        DeclareLaunchArgument('use_color', default_value='',
+                              description="true or false: rgb field in points2; '' = the params file's (true)"),
+        DeclareLaunchArgument('avoid_point_cloud_padding', default_value='',
+                              description="true or false: packed points2; '' = the params file's (false)"),
+        DeclareLaunchArgument('min_disparity', default_value='',
+                              description="Smallest valid disparity, px (-2048..2048); '' = the params file's (0)"),
+        DeclareLaunchArgument('reliable_inputs', default_value='',
+                              description="true: reliable input subscriptions (large images between processes); "
+                              "'' or false: sensor-data (best effort), as stereo_image_proc"),
         DeclareLaunchArgument('use_sim_time', default_value='',
                               description="true for bag replay with --clock; '' = the params file's (false)"),
         DeclareLaunchArgument('log_level', default_value='info', description='debug, info, warn or error'),

@@ -44,12 +44,15 @@ def constants(tree: ast.Module) -> dict[str, Any]:
 def test_the_launch_file_declares_the_documented_arguments(tree: ast.Module) -> None:
     declared = {ast.literal_eval(call.args[0]): call for call in calls(tree, 'DeclareLaunchArgument')}
     assert set(declared) == {'namespace', 'left_namespace', 'right_namespace', 'params_file', 'checkpoint', 'device',
-                             'precision', 'inference_scale', 'approximate_sync', 'use_sim_time', 'log_level'}
+                             'precision', 'inference_scale', 'approximate_sync', 'queue_size', 'use_color',
+                             'avoid_point_cloud_padding', 'min_disparity', 'reliable_inputs', 'use_sim_time',
+                             'log_level'}
     defaults = {name: keyword(call, 'default_value') for name, call in declared.items()}
     assert ast.literal_eval(defaults['left_namespace']) == 'left'
     assert ast.literal_eval(defaults['right_namespace']) == 'right'
     assert ast.literal_eval(defaults['log_level']) == 'info'
-    for name in ('checkpoint', 'device', 'precision', 'inference_scale', 'approximate_sync', 'use_sim_time'):
+    for name in ('checkpoint', 'device', 'precision', 'inference_scale', 'approximate_sync', 'queue_size', 'use_color',
+                 'avoid_point_cloud_padding', 'min_disparity', 'reliable_inputs', 'use_sim_time'):
         assert ast.literal_eval(defaults[name]) == '', name  # empty: the params file's value holds
     for call in declared.values():
         assert ast.literal_eval(keyword(call, 'description'))
@@ -93,3 +96,28 @@ def test_only_the_arguments_given_override_the_params_file(tree: ast.Module) -> 
         overrides({'inference_scale': 'fast'})
     with pytest.raises(ValueError, match="approximate_sync:='maybe': must be true or false"):
         overrides({'approximate_sync': 'maybe'})
+    # stereo_image_proc's launch arguments, typed as the node declares them.
+    assert overrides({'queue_size': '10', 'use_color': 'false', 'avoid_point_cloud_padding': 'true',
+                      'min_disparity': '-16'}) == {'queue_size': 10, 'use_color': False,
+                                                   'avoid_point_cloud_padding': True, 'min_disparity': -16.0}
+    with pytest.raises(ValueError, match="queue_size:='1.5': must be an integer"):
+        overrides({'queue_size': '1.5'})
+
+
+def _function(tree: ast.Module, name: str) -> Any:
+    (function,) = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == name]
+    namespace: dict[str, Any] = dict(constants(tree))
+    exec(compile(ast.Module(body=[function], type_ignores=[]), str(LAUNCH_FILE), 'exec'), namespace)
+    return namespace[name]
+
+
+def test_reliable_inputs_override_the_qos_of_the_four_inputs_where_the_node_subscribes(tree: ast.Module) -> None:
+    reliable = _function(tree, 'reliable_input_overrides')
+    assert reliable('', '', 'left', 'right') == {} and reliable('false', 'stereo', 'left', 'right') == {}
+    overrides = reliable('true', 'stereo', 'left', '/cams/right')['qos_overrides']
+    assert sorted(overrides) == ['/cams/right/camera_info', '/cams/right/image_rect', '/stereo/left/camera_info',
+                                 '/stereo/left/image_rect']
+    assert all(entry == {'subscription': {'reliability': 'reliable', 'depth': 10}} for entry in overrides.values())
+    assert sorted(reliable('True', '', 'left', 'right')['qos_overrides'])[0] == '/left/camera_info'
+    with pytest.raises(ValueError, match="reliable_inputs:='yes': must be true or false"):
+        reliable('yes', '', 'left', 'right')
