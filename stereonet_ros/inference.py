@@ -285,11 +285,12 @@ _Answer = tuple[torch.Tensor, torch.Tensor | None]
 _CaptureKey = tuple[Any, ...]
 
 
-class _CapturedPass:
+class CapturedPass:
     """One fixed-size pass captured as a CUDA graph: raw images in static device buffers, answer out.
 
-    Host arrays go through pinned staging buffers, so the uploads and downloads are asynchronous copies
-    on the stream the graph replays on; the one synchronization is the wait for the answer.
+    Calling it with host arrays copies them through pinned staging buffers (asynchronous copies on the
+    stream the graph replays on), replays, and waits once, for the answer. :meth:`replay` alone reruns the
+    pass on the images already in the device buffers (benchmarks time that).
     """
 
     def __init__(self, device_pass: Callable[[torch.Tensor, torch.Tensor], _Answer],
@@ -316,11 +317,15 @@ class _CapturedPass:
         for array, staging, static in zip((left, right), self._staging, self._inputs, strict=True):
             staging.numpy()[...] = array.view(np.int16) if array.dtype == np.uint16 else array
             static.copy_(staging, non_blocking=True)
-        self._graph.replay()
+        self.replay()
         for host, output in zip(self._host, self._outputs, strict=True):
             host.copy_(output, non_blocking=True)
         stream.synchronize()  # the staging buffers are free again, the answer is on the host
         return [host[0, 0].numpy().copy() for host in self._host]
+
+    def replay(self) -> None:
+        """Run the captured pass again on the device buffers' images (asynchronous: nothing waits)."""
+        self._graph.replay()
 
 
 class Predictor:
@@ -368,7 +373,7 @@ class Predictor:
             for side, mean, std in (('left', contract.left_mean, contract.left_std),
                                     ('right', contract.right_mean, contract.right_std))}
         self.cuda_graphs = cuda_graphs and self.device.type == 'cuda'
-        self._captured: OrderedDict[_CaptureKey, _CapturedPass] = OrderedDict()
+        self._captured: OrderedDict[_CaptureKey, CapturedPass] = OrderedDict()
         self._previous_key: _CaptureKey | None = None
         self.capture_failures: dict[_CaptureKey, str] = {}
         """Input sizes whose capture failed (they run eagerly), with the error."""
@@ -546,12 +551,12 @@ class Predictor:
             return [np.ascontiguousarray(t[0, 0].cpu().numpy(), dtype=np.float32) for t in outputs if t is not None]
 
     def _capture(self, key: _CaptureKey, left: npt.NDArray[Any], right: npt.NDArray[Any],
-                 network_size: tuple[int, int], with_confidence: bool) -> _CapturedPass | None:
+                 network_size: tuple[int, int], with_confidence: bool) -> CapturedPass | None:
         def device_pass(left_raw: torch.Tensor, right_raw: torch.Tensor) -> _Answer:
             return self._device_pass(left_raw, right_raw, network_size, with_confidence)
 
         try:
-            captured = _CapturedPass(device_pass, left, right, self.device)
+            captured = CapturedPass(device_pass, left, right, self.device)
         except Exception as err:  # noqa: BLE001 - any capture failure leaves this size to the eager path
             self.capture_failures[key] = f'{type(err).__name__}: {err}'
             return None
@@ -559,6 +564,47 @@ class Predictor:
         while len(self._captured) > MAX_CAPTURED_SIZES:
             self._captured.popitem(last=False)
         return captured
+
+    def upload(self, left: npt.ArrayLike, right: npt.ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two images, checked, on the device as they are (uint8 stays uint8): what :meth:`device_pass` takes.
+
+        Raises:
+            InputError: as :meth:`infer`.
+        """
+        left_image, right_image = self._check_pair(left, right)
+        return _to_device(left_image, self.device), _to_device(right_image, self.device)
+
+    def device_pass(self, left: torch.Tensor, right: torch.Tensor, *, scale: float = 1.0,
+                    with_confidence: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`infer`'s work on :meth:`upload`'s tensors, eagerly, leaving the answer on the device (no wait):
+        ``(1, 1, H, W)`` float32 disparity in input pixels, and confidence or None.
+
+        Raises:
+            InputError: a scale out of range.
+        """
+        network_size = scaled_size(left.shape[0], left.shape[1], check_inference_scale(scale))
+        with self._device_settings():
+            return self._device_pass(left, right, network_size, with_confidence)
+
+    def capture(self, left: npt.ArrayLike, right: npt.ArrayLike, *, scale: float = 1.0,
+                with_confidence: bool = False) -> CapturedPass:
+        """:meth:`infer`'s pass for images of this size, run once eagerly (cuDNN chooses its algorithms
+        there) and then captured as a CUDA graph; ``infer`` does this by itself on the second call at a size.
+
+        Raises:
+            InputError: not a CUDA predictor, or the images or scale cannot be used.
+        """
+        if self.device.type != 'cuda':
+            raise InputError(f'capturing a pass needs a CUDA device; this predictor runs on {self.device}')
+        left_image, right_image = self._check_pair(left, right)
+        network_size = scaled_size(left_image.shape[0], left_image.shape[1], check_inference_scale(scale))
+
+        def device_pass(left_raw: torch.Tensor, right_raw: torch.Tensor) -> _Answer:
+            return self._device_pass(left_raw, right_raw, network_size, with_confidence)
+
+        with self._device_settings():
+            device_pass(_to_device(left_image, self.device), _to_device(right_image, self.device))
+            return CapturedPass(device_pass, left_image, right_image, self.device)
 
     def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, *, scale: float = 1.0,
               with_confidence: bool = False) -> Inference:

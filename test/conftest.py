@@ -42,3 +42,22 @@ def seed_checkpoint_path(seed_fixture_dir: Path) -> Path:
 def seed_reference(seed_fixture_dir: Path) -> dict[str, np.ndarray]:
     with np.load(seed_fixture_dir / 'reference_outputs.npz') as archive:
         return {key: archive[key] for key in archive.files}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line('markers', 'cuda: needs a CUDA GPU (runs on the lent device machine: scripts/gpu_run)')
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` skip, saying so, where torch sees no CUDA device."""
+    del config
+    cuda_items = [item for item in items if item.get_closest_marker('cuda') is not None]
+    if not cuda_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason='needs a CUDA GPU (runs on the lent device machine: scripts/gpu_run)')
+    for item in cuda_items:
+        item.add_marker(skip)

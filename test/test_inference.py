@@ -154,10 +154,8 @@ def test_cpu_bf16_is_refused_where_emulated_and_close_to_fp32_where_native(
     assert (bf16 - fp32).abs().mean() < 0.05 * fp32.std()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (run on the lent device machine)')
+@pytest.mark.cuda
 def test_gpu_matches_cpu(seed_checkpoint_path: Path, seed_reference: dict[str, np.ndarray]) -> None:
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
     predictor = Predictor.from_checkpoint(seed_checkpoint_path, device='cuda')
     disparity = predictor.predict(seed_reference['left_100x170'].astype(np.uint8),
                                   seed_reference['right_100x170'].astype(np.uint8))
@@ -401,7 +399,7 @@ class EagerStandIn:
 
 def test_the_second_call_at_a_size_captures_later_ones_replay_and_a_new_size_runs_eagerly(
         small_predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(inference, '_CapturedPass', EagerStandIn)
+    monkeypatch.setattr(inference, 'CapturedPass', EagerStandIn)
     predictor = Predictor(small_predictor.checkpoint, device='cpu')
     predictor.cuda_graphs = True  # what a CUDA device sets
     EagerStandIn.made = []
@@ -441,3 +439,16 @@ def test_the_second_call_at_a_size_captures_later_ones_replay_and_a_new_size_run
     predictor.infer(*pairs[(24, 40)], scale=0.5)
     assert predictor.captured_sizes == [(24, 40)] and EagerStandIn.made[-1][0] == (24, 40)
     assert not Predictor(small_predictor.checkpoint, device='cpu').cuda_graphs  # never on the CPU
+
+
+def test_device_pass_on_uploaded_images_is_infer_without_the_copy_back(small_predictor: Predictor) -> None:
+    rng = np.random.default_rng(9)
+    left, right = rng.integers(0, 256, (2, 24, 40, 3), dtype=np.uint8)
+    left_raw, right_raw = small_predictor.upload(left, right)
+    assert left_raw.dtype == torch.uint8 and left_raw.shape == (24, 40, 3)
+    disparity, confidence = small_predictor.device_pass(left_raw, right_raw, scale=0.5, with_confidence=True)
+    answer = small_predictor.infer(left, right, scale=0.5, with_confidence=True)
+    assert np.array_equal(disparity[0, 0].numpy(), answer.disparity)
+    assert confidence is not None and np.array_equal(confidence[0, 0].numpy(), answer.confidence)
+    with pytest.raises(InputError, match='capturing a pass needs a CUDA device; this predictor runs on cpu'):
+        small_predictor.capture(left, right)
