@@ -323,8 +323,12 @@ def score_set(frames: Sequence[Frame], ours: Callable[[Frame], tuple[F32, F32 | 
 
 def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto', synthetic_samples: int = 32,
              with_sgbm: bool = True, log: Callable[[str], None] = print,
-             precision: Precision = 'fp32', inference_scale: float = 1.0) -> dict[str, Any]:
+             precision: Precision = 'fp32', inference_scale: float = 1.0,
+             sgbm_tuning_samples: int = 12) -> dict[str, Any]:
     """Score the checkpoint (and SGBM) on every set in the three views. Returns the JSON-ready results.
+
+    ``sgbm_tuning_samples``: pairs of the synthetic tuning stream the tuned SGBM is chosen on
+    (:func:`tune_sgbm`; fewer only to rehearse a run quickly).
 
     Ours runs through :meth:`StereoProcessor.infer` at ``inference_scale`` (the node's path), with its
     confidence for the matched view. Ground truth is scored below the checkpoint's ``max_disparity``
@@ -348,7 +352,7 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
     tuning: dict[str, float] = {}
     if with_sgbm:
         log('tuning SGBM on the synthetic tuning stream ...')
-        tuned, tuning = tune_sgbm(max_disparity)
+        tuned, tuning = tune_sgbm(max_disparity, samples=sgbm_tuning_samples)
     results: dict[str, Any] = {
         'checkpoint': checkpoint or 'bundled default',
         'placeholder': predictor.is_placeholder,
