@@ -503,3 +503,26 @@ def test_image_fields_of_the_bag_match_the_node_codec(dataset: dict[str, Any], t
     fields = array_to_image_fields(pair.left, 'rgb8')
     assert (message.encoding, message.step, message.height, message.width) == ('rgb8', fields.step, 48, 72)
     assert bytes(message.data) == bytes(fields.data)
+
+
+def test_a_full_disk_while_writing_the_bag_or_report_is_one_line_and_leaves_no_report(
+        dataset: dict[str, Any], tmp_path: Path, placeholder_checkpoint_path: Path) -> None:
+    # Issue 11: --write-bag on a full disk printed a 26-line OSError traceback. A file-size limit makes
+    # every write past 64 KiB fail with EFBIG, as ENOSPC would (SIGXFSZ ignored, so write() returns the error).
+    from stereonet_ros.evaluation.makebag import synthetic_pairs
+
+    bag = tmp_path / 'bag'
+    write_stereo_bag(bag, list(synthetic_pairs(2, 320, 240)), storage='mcap')  # outputs past one mcap chunk
+    out = tmp_path / 'report'
+    limit = ('import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); '
+             'resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)); '
+             'from stereonet_ros.cli.eval_bag import main; sys.exit(main(sys.argv[1:]))')
+    completed = subprocess.run([sys.executable, '-c', limit, str(bag), '--out', str(out), '--gt-topic', GT_TOPIC,
+                                '--device', 'cpu', '--write-bag', '--no-progress', '--checkpoint',
+                                str(placeholder_checkpoint_path)], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 1, completed.stderr
+    line = _error_line(completed.returncode, completed.stderr, 'stereonet-eval-bag')
+    assert 'Traceback' not in completed.stderr and 'File too large' in line, completed.stderr
+    assert not (out / 'metrics.json').exists()
+    leftovers = [p.name for p in out.iterdir()] if out.exists() else []
+    assert not [name for name in leftovers if name.startswith('.partial-report-')], leftovers

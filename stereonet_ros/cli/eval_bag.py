@@ -183,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ReplayError, ReportError, BagWriteError, CheckpointError, InputError, GeometryError,
             ImageCodecError, ThroughNodeError) as err:
         fail(PROGRAM, str(err))
+    except OSError as err:  # the report or staging on a full disk: nothing is published, one line says why
+        fail(PROGRAM, f'cannot write {err.filename or arguments.out}: {err.strerror or err}')
     timing = metrics['timing']
     for frame in result.frames:
         if frame.status in ('skipped', 'dropped'):

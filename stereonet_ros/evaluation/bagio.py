@@ -186,7 +186,11 @@ class BagWriter:
             self._connections[topic] = connection
         elif connection.msgtype != msgtype:
             raise BagWriteError(f'{self.path}: topic {topic} holds {connection.msgtype}, cannot add a {msgtype}')
-        self.writer.write(connection, stamp_ns, TYPESTORE.serialize_cdr(message, msgtype))
+        try:
+            self.writer.write(connection, stamp_ns, TYPESTORE.serialize_cdr(message, msgtype))
+        except (WriterError, OSError) as err:  # a full disk, a quota: say so in one line, the bag is removed
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            raise BagWriteError(f'cannot write bag {self.path}: {reason}') from err
 
 
 @contextmanager
