@@ -1,0 +1,185 @@
+"""The visit's training burst: continue the current recipe from the bundled default, as fast as the machine allows.
+
+The recipe is :class:`~stereonet_ros.training.train.TrainConfig`'s defaults; the burst changes only what a
+machine decides: the device, the data workers (all cores), the batch size, and how often it saves and logs
+(no mid-run validation: the visit's evaluation step scores the result on the same sets).
+
+The batch size: first measured, the generator's rate ``G`` (samples/s with every worker, after its start
+and its prefetched batches) and the GPU's training rate ``R(B)`` (samples/s of full steps on random
+crops, bf16 autocast) for each candidate ``B``. The burst takes the largest ``B`` whose ``R(B) <= G``, the
+largest batch the generator still keeps fed; when even the smallest outruns the generator, the smallest
+(the GPU waits whatever the batch, and the recipe's batch of 4 gives the most steps).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def generator_rate(data: Any, workers: int, batch_size: int, seconds: float, seed: int) -> dict[str, Any]:
+    """Samples/s the synthetic generator delivers through a DataLoader with ``workers`` processes, timed
+    for about ``seconds`` after the workers' start and the batches they prefetched meanwhile."""
+    from stereonet_ros.data.synthetic import SyntheticStereoDataset, worker_init_fn
+    from stereonet_ros.training.train import StepBatches
+
+    dataset = SyntheticStereoDataset(data, length=2**62, seed=seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=StepBatches(0, 10**9, batch_size),
+                                         num_workers=workers, worker_init_fn=worker_init_fn if workers else None)
+    iterator = iter(loader)
+    try:
+        started = time.monotonic()
+        for _ in range(1 + 2 * workers):  # the first batch waits for the workers; 2 per worker were prefetched
+            next(iterator)
+        warm = time.monotonic()
+        batches = 0
+        while batches < 2 or time.monotonic() - warm < seconds:
+            next(iterator)
+            batches += 1
+        elapsed = time.monotonic() - warm
+    finally:
+        del iterator  # stops the workers
+    return {'samples_per_s': batches * batch_size / elapsed, 'workers': workers, 'batch_size': batch_size,
+            'timed_s': round(elapsed, 2), 'startup_s': round(warm - started, 2)}
+
+
+def gpu_step_rate(config: Any, weights: dict[str, torch.Tensor], device: torch.device, batch_size: int,
+                  steps: int) -> dict[str, Any]:
+    """Samples/s of full training steps (left+right forward, loss, backward, clipping, AdamW) at
+    ``batch_size`` on random crops already on the device, after two warm-up steps."""
+    from stereonet_ros.model.stereonet import StereoNet, to_channels_last
+    from stereonet_ros.precision import autocast_dtype_for, cpu_has_native_bf16
+    from stereonet_ros.training.loss import stereo_pyramid_loss
+
+    model = StereoNet(config.model)
+    model.load_state_dict(weights)
+    model = model.to(device).train()
+    if device.type == 'cpu':
+        to_channels_last(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    dtype = autocast_dtype_for(config.precision, device.type, device.type == 'cpu' and cpu_has_native_bf16())
+    generator = torch.Generator().manual_seed(0)
+    shape = (batch_size, config.model.in_channels, config.data.height, config.data.width)
+    left, right = (torch.rand(shape, generator=generator).to(device) * 2 - 1 for _ in range(2))
+    truth = [(torch.rand((batch_size, 1, *shape[2:]), generator=generator) * 0.8 * config.model.max_disparity)
+             .to(device) for _ in range(2)]
+    if device.type == 'cpu':
+        left, right = (t.contiguous(memory_format=torch.channels_last) for t in (left, right))
+
+    def step() -> None:
+        with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            output = model(left, right, with_right=True)
+        loss = stereo_pyramid_loss([p.float() for p in output.pyramid], [p.float() for p in output.right_pyramid],
+                                   truth[0], truth[1], None, None, float(config.model.max_disparity),
+                                   alpha=config.loss_alpha, c=config.loss_c)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+
+    synchronize = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+    for _ in range(2):
+        step()
+    synchronize()
+    start = time.monotonic()
+    for _ in range(steps):
+        step()
+    synchronize()
+    seconds = (time.monotonic() - start) / steps
+    return {'batch_size': batch_size, 'step_ms': round(seconds * 1000.0, 2),
+            'samples_per_s': round(batch_size / seconds, 2)}
+
+
+def choose_batch(generator_samples_per_s: float, rates: list[dict[str, Any]]) -> tuple[int, str]:
+    """The largest measured batch whose GPU rate the generator still meets (module doc), and why."""
+    fed = [rate for rate in rates if rate['samples_per_s'] <= generator_samples_per_s]
+    if fed:
+        chosen = max(fed, key=lambda rate: rate['batch_size'])
+        return chosen['batch_size'], (f'largest batch the generator keeps fed: GPU {chosen["samples_per_s"]:.1f} '
+                                      f'samples/s <= generator {generator_samples_per_s:.1f}')
+    smallest = min(rates, key=lambda rate: rate['batch_size'])
+    return smallest['batch_size'], (f'the GPU outruns the generator ({generator_samples_per_s:.1f} samples/s) even '
+                                    f'at batch {smallest["batch_size"]} ({smallest["samples_per_s"]:.1f} samples/s): '
+                                    'the smallest batch gives the most steps')
+
+
+def log_summary(log_path: Path) -> dict[str, Any]:
+    """First and last logged loss, and the rows' mean samples/s (the first row, which includes the
+    workers' start, left out when there are others)."""
+    rows = [row for row in csv.DictReader(log_path.open()) if row.get('loss')]
+    if not rows:
+        return {'rows': 0}
+    rates = [float(row['samples_per_s']) for row in rows]
+    steady = rates[1:] or rates
+    return {'rows': len(rows), 'first_loss': float(rows[0]['loss']), 'last_loss': float(rows[-1]['loss']),
+            'last_step': int(rows[-1]['step']), 'samples_per_s_logged': round(sum(steady) / len(steady), 2)}
+
+
+def burst(work: Path, device_name: str, plan: dict[str, Any], time_limit_s: float,
+          record: Any) -> dict[str, Any]:
+    """Calibrate, choose the batch, train until ``time_limit_s`` (from the call) is spent. Returns what
+    was measured and where the checkpoint and log are (``work/train``)."""
+    from stereonet_ros.inference import DEFAULT_CHECKPOINT, resolve_device
+    from stereonet_ros.model.checkpoint import load_checkpoint
+    from stereonet_ros.training.train import TrainConfig, initial_weights, train
+
+    began = time.monotonic()
+    device = resolve_device(device_name)
+    recipe = TrainConfig()
+    overrides = {key: tuple(value) if isinstance(value, list) else value for key, value in plan.get('data', {}).items()}
+    data = dataclasses.replace(recipe.data, **overrides)  # (JSON made the pairs lists)
+    workers = int(plan['workers'])
+    base = dataclasses.replace(recipe, data=data, device=str(device), precision='bf16', workers=workers,
+                               init_checkpoint=str(DEFAULT_CHECKPOINT), validate_every=10**9,
+                               checkpoint_every=int(plan['checkpoint_every']), log_every=int(plan['log_every']),
+                               score_real_pair=False)
+    result: dict[str, Any] = {'recipe': 'TrainConfig defaults, from the bundled default checkpoint',
+                              'device': str(device), 'crop': f'{data.width}x{data.height}'}
+    generator = generator_rate(data, workers, int(plan['calibration_batch']), float(plan['generator_seconds']),
+                               seed=recipe.seed + 7919)
+    result['generator'] = generator
+    record(result)
+    initial = load_checkpoint(DEFAULT_CHECKPOINT)
+    weights, _ = initial_weights(initial.config, initial.state_dict, base)
+    rates: list[dict[str, Any]] = []
+    for batch_size in plan['batch_candidates']:
+        if time.monotonic() - began > float(plan['calibration_limit_s']):
+            break
+        try:
+            rates.append(gpu_step_rate(base, weights, device, int(batch_size), int(plan['calibration_steps'])))
+        except torch.OutOfMemoryError:
+            rates.append({'batch_size': batch_size, 'out_of_memory': True})
+            break
+        finally:
+            if device.type == 'cuda':
+                torch.cuda.empty_cache()
+        record({**result, 'gpu': rates})
+    measured = [rate for rate in rates if 'samples_per_s' in rate]
+    if not measured:
+        raise RuntimeError(f'no batch size could be measured: {rates}')
+    batch_size, why = choose_batch(generator['samples_per_s'], measured)
+    config = dataclasses.replace(base, batch_size=batch_size)
+    result.update(gpu=rates, batch_size=batch_size, batch_reason=why)
+    record(result)
+    remaining = time_limit_s - (time.monotonic() - began)
+    if remaining < 5:
+        raise RuntimeError(f'calibration left {remaining:.0f} s of {time_limit_s:.0f} s: no time to train')
+    run_dir = work / 'train'
+    train_start = time.monotonic()
+    step = train(config, run_dir, progress=False, time_limit_s=remaining)
+    train_seconds = time.monotonic() - train_start
+    achieved = step * batch_size / train_seconds
+    chosen_rate = next(rate for rate in measured if rate['batch_size'] == batch_size)['samples_per_s']
+    limit = min(generator['samples_per_s'], chosen_rate)
+    result.update(steps=step, samples=step * batch_size, train_s=round(train_seconds, 1),
+                  samples_per_s=round(achieved, 2),
+                  bound_by='generator' if generator['samples_per_s'] < chosen_rate else 'GPU',
+                  of_bound=round(achieved / limit, 3) if limit > 0 and math.isfinite(limit) else None,
+                  log=log_summary(run_dir / 'log.csv'),
+                  checkpoint=str(run_dir / 'model_latest.safetensors'), log_csv=str(run_dir / 'log.csv'))
+    return result

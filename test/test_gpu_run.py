@@ -1,0 +1,144 @@
+"""scripts/gpu_run: the GPU visit rehearsed on the CPU (tiny sizes), with what the GPU machine lacks made
+unimportable; the orchestration's limits, timeouts and one-line errors."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stereonet_ros.model.checkpoint import load_checkpoint
+from stereonet_ros.visit import run as visit_run
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+NOT_ON_THE_GPU_MACHINE = (
+    'rclpy', 'rcl_interfaces', 'sensor_msgs', 'stereo_msgs', 'diagnostic_msgs', 'builtin_interfaces', 'std_msgs',
+    'geometry_msgs', 'launch', 'launch_ros', 'ament_index_python', 'rosidl_runtime_py', 'rosidl_parser', 'rpyutils',
+    'rosbags', 'ruamel', 'lz4', 'apsw', 'backports', 'pytest', '_pytest', 'pluggy', 'iniconfig', 'tensorboard',
+    'catkin_pkg', 'colcon_core', 'em', 'lark',
+)
+"""Installed here (requirements.txt), absent there: the GPU machine has torch, numpy, opencv-python-headless,
+scikit-image (with its own needs: pillow, imageio, scipy, ...), safetensors, pyyaml, tqdm, onnxruntime."""
+STEPS = ('cuda_tests', 'forward', 'node_processing', 'training', 'evaluation')
+
+
+def gpu_run(arguments: list[str], tmp_path: Path, blocked: tuple[str, ...] = (),
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``bash scripts/gpu_run ARGUMENTS`` with this Python; ``blocked`` modules fail to import as if not
+    installed (a sitecustomize on PYTHONPATH sets them to None in sys.modules; children inherit it)."""
+    environment = dict(os.environ, PYTHON=sys.executable)
+    environment.pop('PYTHONPATH', None)
+    if blocked:
+        site = tmp_path / 'blocked_site'
+        site.mkdir()
+        (site / 'sitecustomize.py').write_text(
+            'import sys\nfor name in ' + repr(blocked) + ':\n    sys.modules[name] = None  # "not installed"\n')
+        environment['PYTHONPATH'] = str(site)
+    return subprocess.run(['bash', str(REPOSITORY / 'scripts' / 'gpu_run'), *arguments], capture_output=True,
+                          text=True, env=environment, timeout=timeout)
+
+
+@pytest.mark.timeout(300)
+def test_the_rehearsal_runs_every_step_on_the_cpu_without_ros_rosbags_or_pytest(tmp_path: Path) -> None:
+    out = tmp_path / 'visit'
+    completed = gpu_run(['--rehearse', '--out', str(out)], tmp_path, blocked=NOT_ON_THE_GPU_MACHINE)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    files = {path.name: path.stat().st_size for path in out.iterdir()}
+    assert set(files) == {'summary.json', 'summary.md', 'model.safetensors', 'log.csv', 'visit.log'}
+    assert all(size < 16 * 2**20 for size in files.values())
+    summary = json.loads((out / 'summary.json').read_text())
+    assert {name: summary[name]['status'] for name in STEPS} == dict.fromkeys(STEPS, 'ok'), completed.stdout
+    assert summary['visit']['rehearse'] is True and summary['visit']['device'] == 'cpu'
+
+    cuda = summary['cuda_tests']
+    assert cuda['pytest']['status'] == 'skipped' and 'pytest is not installed' in cuda['pytest']['reason']
+    outcomes = {check['name']: check for check in cuda['checks']}
+    assert outcomes['cuda_fp32_matches_cpu_fp32']['status'] == 'passed'
+    assert outcomes['captured_graph_equals_eager']['status'] == 'skipped'
+    assert outcomes['uint8_upload_equals_the_float_path']['figures']['max_px'] <= 1e-4
+
+    for size in ('96x64', '64x48'):
+        device = summary['forward']['sizes'][size]['device']
+        assert device['seed-eager-fp32']['status'] == 'ok' and device['seed-eager-fp32']['median_ms'] > 0
+        assert device['ours-eager-fp32']['vs_seed'] > 0
+        assert device['ours-graph-fp32'] == {'status': 'skipped', 'reason': 'CUDA graphs need CUDA'}
+        assert summary['forward']['sizes'][size]['host']['ours-eager-fp32']['status'] == 'ok'
+
+    node = summary['node_processing']['variants']['fp32-eager']
+    assert node['status'] == 'ok' and node['pairs'] == 2 and node['valid_fraction'] > 0
+    assert node['total_ms_median'] >= node['model_ms_median'] > 0
+
+    training = summary['training']
+    assert training['steps'] >= 1 and training['batch_size'] in (1, 2) and training['generator']['samples_per_s'] > 0
+    trained = load_checkpoint(out / 'model.safetensors')
+    assert trained.provenance['steps'] == training['steps']
+    assert trained.provenance['initialized_from']['checkpoint'].endswith('stereonet_default.safetensors')
+    rows = list(csv.DictReader((out / 'log.csv').open()))
+    assert int(rows[-1]['step']) == training['steps']
+
+    checkpoints = summary['evaluation']['checkpoints']
+    assert set(checkpoints) == {'trained', 'start'}
+    for entry in checkpoints.values():
+        for spec in ('motorcycle', 'synthetic'):
+            ours = entry['results']['sets'][spec]['methods']['stereonet']
+            assert all(ours[view] is not None for view in ('dense', 'answered', 'matched'))
+    report = (out / 'summary.md').read_text()
+    assert report.startswith('# REHEARSAL on the CPU') and '## (d) Training burst: ok' in report
+    assert report in completed.stdout  # printed last, for the device call's output tail
+
+
+def test_the_cuda_step_runs_the_cuda_marked_tests_under_pytest_where_it_is_installed(tmp_path: Path) -> None:
+    from stereonet_ros.visit.steps import Context, cuda_tests
+
+    context = Context(name='cuda_tests', work=tmp_path, device='cpu', rehearse=True, limit_s=120,
+                      plan={'check_crop': [64, 128]})
+    result = cuda_tests(context)
+    pytest_result = result['pytest']
+    assert pytest_result['status'] == 'ok' and pytest_result['exit_code'] == 0, pytest_result
+    assert pytest_result['skipped'] >= 6 and pytest_result['passed'] == 0 == pytest_result['failed']
+
+
+def test_training_takes_what_the_other_steps_leave_and_every_limit_fits_the_budget() -> None:
+    budget = 540.0
+    limits = {name: visit_run.step_limit(name, budget, budget, None) for name in STEPS}
+    assert limits['cuda_tests'] == pytest.approx(0.15 * budget) and limits['forward'] == pytest.approx(0.2 * budget)
+    assert limits['training'] == pytest.approx(budget * (1 - 0.12 - 0.02))  # all of it when nothing ran before
+    # After the first three steps used their whole shares, the limits add up to the budget less the summary's.
+    used = sum(visit_run.SHARES[name] * budget for name in ('cuda_tests', 'forward', 'node_processing'))
+    left = budget - used
+    training = visit_run.step_limit('training', budget, left, None)
+    evaluation = visit_run.step_limit('evaluation', budget, left - training, None)
+    assert used + training + evaluation == pytest.approx(budget * (1 - visit_run.SUMMARY_SHARE))
+    assert visit_run.step_limit('training', budget, left, 14.0) == 14.0  # the rehearsal's cap
+    assert visit_run.step_limit('forward', budget, 20.0, None) < 0  # overrun: the visit skips it
+
+
+def test_a_step_past_its_limit_is_killed_and_reported_as_a_timeout(tmp_path: Path) -> None:
+    plan = visit_run.plan(rehearse=True)
+    plan['node_size'], plan['node_repeats'] = [960, 540], 1000  # far more than 2 s of work
+    result = visit_run._run_step('node_processing', limit_s=1.0, kill_after_s=2.0, device='cpu', rehearse=True,
+                                 step_plan=plan, work=tmp_path, log_path=tmp_path / 'log')
+    assert result['status'] == 'timeout' and result['reason'].startswith('killed after 2 s (limit 1 s)')
+    assert result['seconds'] < 10
+
+
+def test_bad_arguments_and_a_missing_gpu_give_one_line_and_no_traceback(tmp_path: Path) -> None:
+    occupied = tmp_path / 'occupied'
+    occupied.mkdir()
+    (occupied / 'notes.txt').write_text('mine')
+    completed = gpu_run(['--rehearse', '--out', str(occupied)], tmp_path)
+    assert completed.returncode == 2
+    assert completed.stderr == f'gpu_run: --out {occupied}: holds notes.txt; give an empty or new folder\n'
+    completed = gpu_run(['--out', str(tmp_path / 'new'), '--budget-s', '5'], tmp_path)
+    assert (completed.returncode, completed.stderr) == (2, 'gpu_run: --budget-s 5: must be at least 30\n')
+    import torch
+
+    if not torch.cuda.is_available():
+        completed = gpu_run(['--out', str(tmp_path / 'new')], tmp_path)
+        assert completed.returncode == 1
+        assert completed.stderr == ('gpu_run: no CUDA device here (torch.cuda.is_available() is False); on a CPU, '
+                                    'run --rehearse\n')
