@@ -10,13 +10,15 @@ Arguments (``ros2 launch stereonet_ros stereo.launch.py --show-args``):
   (e.g. reliable subscriptions for large images between processes) copy it and uncomment its
   ``qos_overrides`` section.
 - ``checkpoint``, ``device``, ``precision``, ``inference_scale``, ``approximate_sync``, ``queue_size``,
-  ``use_color``, ``avoid_point_cloud_padding``, ``min_disparity``, ``use_sim_time`` (stereo_image_proc's
-  launch arguments where they share a name): when given, they override the params file; left empty (the
-  default) the params file's value holds. The node checks the values (``inference_scale`` in [0.1, 2.5])
-  and refuses to start with a bad one.
+  ``use_color``, ``avoid_point_cloud_padding``, ``min_disparity``, ``image_transport``, ``use_sim_time``
+  (stereo_image_proc's launch arguments where they share a name): when given, they override the params
+  file; left empty (the default) the params file's value holds. The node checks the values
+  (``inference_scale`` in [0.1, 2.5], ``image_transport`` raw or compressed) and refuses to start with a
+  bad one. ``image_transport:=compressed`` reads sensor_msgs/CompressedImage (PNG, JPEG) on
+  ``<left_namespace>/image_rect/compressed`` and so on; the camera_info topics do not change.
 - ``reliable_inputs``: ``true`` subscribes the four inputs reliable instead of best effort (large images
   between processes; see the README's QoS section, which also gives the Fast DDS profile that keeps best
-  effort).
+  effort); it covers the image topics of both transports.
 - ``log_level``: ``debug``, ``info`` (default), ``warn``, ``error``.
 
 Example: a bag of a camera publishing ``/stereo/left/image_rect`` ...::
@@ -33,10 +35,11 @@ from launch_ros.substitutions import FindPackageShare
 PACKAGE = 'stereonet_ros'
 EXECUTABLE = 'stereonet_node'
 OVERRIDABLE = ('checkpoint', 'device', 'precision', 'inference_scale', 'approximate_sync', 'queue_size', 'use_color',
-               'avoid_point_cloud_padding', 'min_disparity', 'use_sim_time')
+               'avoid_point_cloud_padding', 'min_disparity', 'image_transport', 'use_sim_time')
 BOOLEAN = ('approximate_sync', 'use_color', 'avoid_point_cloud_padding', 'use_sim_time')
 DOUBLE = ('inference_scale', 'min_disparity')
 INTEGER = ('queue_size',)
+CHOICES = {'image_transport': ('raw', 'compressed')}
 
 
 def parameter_overrides(values):
@@ -64,6 +67,10 @@ def parameter_overrides(values):
                 overrides[name] = int(text)
             except ValueError:
                 raise ValueError(f'launch argument {name}:={text!r}: must be an integer') from None
+        elif name in CHOICES:
+            if text not in CHOICES[name]:
+                raise ValueError(f'launch argument {name}:={text!r}: must be one of {", ".join(CHOICES[name])}')
+            overrides[name] = text
         else:
             overrides[name] = text
     return overrides
@@ -72,8 +79,9 @@ def parameter_overrides(values):
 def reliable_input_overrides(text, namespace, left, right):
     """``reliable_inputs`` -> the ``qos_overrides`` parameter that makes the four input subscriptions reliable.
 
-    Keys are the fully qualified topics the node subscribes (its namespace, the camera namespaces);
-    '' or 'false' gives none.
+    Keys are the fully qualified topics the node subscribes (its namespace, the camera namespaces), the image
+    topics of both transports (``image_rect`` and ``image_rect/compressed``: the transport may come from the
+    params file; an override of a topic the node does not subscribe is never read); '' or 'false' gives none.
     """
     text = text.strip().lower()
     if text not in ('', 'true', 'false'):
@@ -86,6 +94,7 @@ def reliable_input_overrides(text, namespace, left, right):
         return camera.rstrip('/') if camera.startswith('/') else f'{base}/{camera.rstrip("/")}'
 
     topics = [f'{qualified(left)}/image_rect', f'{qualified(right)}/image_rect',
+              f'{qualified(left)}/image_rect/compressed', f'{qualified(right)}/image_rect/compressed',
               f'{qualified(left)}/camera_info', f'{qualified(right)}/camera_info']
     return {'qos_overrides': {topic: {'subscription': {'reliability': 'reliable', 'depth': 10}} for topic in topics}}
 
@@ -147,6 +156,10 @@ def generate_launch_description():
                               description="true or false: packed points2; '' = the params file's (false)"),
         DeclareLaunchArgument('min_disparity', default_value='',
                               description="Smallest valid disparity, px (-2048..2048); '' = the params file's (0)"),
+        DeclareLaunchArgument('image_transport', default_value='',
+                              description="raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage, PNG "
+                              "or JPEG, on <image topic>/compressed), as image_transport names them; '' = the "
+                              "params file's (raw)"),
         DeclareLaunchArgument('reliable_inputs', default_value='',
                               description="true: reliable input subscriptions (large images between processes); "
                               "'' or false: sensor-data (best effort), as stereo_image_proc"),

@@ -20,9 +20,21 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from stereonet_ros.config import ConfigError, build, to_dict
+from stereonet_ros.image_compression import TRANSPORTS
 from stereonet_ros.inference import MAX_INFERENCE_SCALE, MIN_INFERENCE_SCALE
 
 Precision = Literal['fp32', 'fp16', 'bf16']
+Transport = Literal['raw', 'compressed']
+
+OUTPUT_TOPICS: dict[str, str] = {
+    'disparity': 'stereo_msgs/msg/DisparityImage',
+    'points2': 'sensor_msgs/msg/PointCloud2',
+    'depth': 'sensor_msgs/msg/Image',
+    'confidence': 'sensor_msgs/msg/Image',
+    'disparity/image_color': 'sensor_msgs/msg/Image',
+}
+"""The node's outputs (relative topic -> message type), in the order it declares them; the node creates its
+publishers from this, and the viewer layouts in ``config/`` are checked against it (``/diagnostics`` aside)."""
 
 # 'auto', 'cpu', 'cuda' or 'cuda:N' (whether the device exists is checked when the model loads).
 _DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
@@ -82,6 +94,11 @@ class NodeConfig:
     use_system_default_qos: bool = _param(
         False, 'Subscribe with the system default QoS (reliable) instead of sensor data QoS (best effort); '
         'read-only (as stereo_image_proc)', read_only=True)
+    image_transport: Transport = _param(
+        'raw', "Transport of the image inputs, as image_transport names it: 'raw' subscribes sensor_msgs/Image on "
+        "left/image_rect, right/image_rect and left/image_rect_color; 'compressed' subscribes "
+        'sensor_msgs/CompressedImage (PNG or JPEG, 8 or 16 bit) on each of them + /compressed. The camera_info '
+        'topics do not change; read-only', choices=TRANSPORTS, read_only=True)
     checkpoint: str = _param('', "StereoNet checkpoint (.safetensors, or a seed .ckpt); '' = the bundled default")
     device: str = _param('auto', "Inference device: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:N'")
     precision: Precision = _param('fp32', "Inference precision; 'fp16' needs a CUDA device, 'bf16' a GPU or a CPU "

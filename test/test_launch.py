@@ -45,14 +45,14 @@ def test_the_launch_file_declares_the_documented_arguments(tree: ast.Module) -> 
     declared = {ast.literal_eval(call.args[0]): call for call in calls(tree, 'DeclareLaunchArgument')}
     assert set(declared) == {'namespace', 'left_namespace', 'right_namespace', 'params_file', 'checkpoint', 'device',
                              'precision', 'inference_scale', 'approximate_sync', 'queue_size', 'use_color',
-                             'avoid_point_cloud_padding', 'min_disparity', 'reliable_inputs', 'use_sim_time',
-                             'log_level'}
+                             'avoid_point_cloud_padding', 'min_disparity', 'image_transport', 'reliable_inputs',
+                             'use_sim_time', 'log_level'}
     defaults = {name: keyword(call, 'default_value') for name, call in declared.items()}
     assert ast.literal_eval(defaults['left_namespace']) == 'left'
     assert ast.literal_eval(defaults['right_namespace']) == 'right'
     assert ast.literal_eval(defaults['log_level']) == 'info'
     for name in ('checkpoint', 'device', 'precision', 'inference_scale', 'approximate_sync', 'queue_size', 'use_color',
-                 'avoid_point_cloud_padding', 'min_disparity', 'reliable_inputs', 'use_sim_time'):
+                 'avoid_point_cloud_padding', 'min_disparity', 'image_transport', 'reliable_inputs', 'use_sim_time'):
         assert ast.literal_eval(defaults[name]) == '', name  # empty: the params file's value holds
     for call in declared.values():
         assert ast.literal_eval(keyword(call, 'description'))
@@ -104,6 +104,20 @@ def test_only_the_arguments_given_override_the_params_file(tree: ast.Module) -> 
         overrides({'queue_size': '1.5'})
 
 
+def test_image_transport_is_passed_to_the_node_as_its_read_only_parameter(tree: ast.Module) -> None:
+    from stereonet_ros.node_config import PARAMETER_SPECS
+
+    overrides = _function(tree, 'parameter_overrides')
+    assert overrides({'image_transport': ''}) == {}  # the params file's value holds
+    assert overrides({'image_transport': 'compressed'}) == {'image_transport': 'compressed'}
+    assert overrides({'image_transport': 'raw'}) == {'image_transport': 'raw'}
+    with pytest.raises(ValueError, match="image_transport:='theora': must be one of raw, compressed"):
+        overrides({'image_transport': 'theora'})
+    # The launch file offers exactly the node's choices, and the node's parameter exists under that name.
+    spec = PARAMETER_SPECS['image_transport']
+    assert constants(tree)['CHOICES']['image_transport'] == spec.choices and spec.read_only
+
+
 def _function(tree: ast.Module, name: str) -> Any:
     (function,) = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == name]
     namespace: dict[str, Any] = dict(constants(tree))
@@ -115,8 +129,10 @@ def test_reliable_inputs_override_the_qos_of_the_four_inputs_where_the_node_subs
     reliable = _function(tree, 'reliable_input_overrides')
     assert reliable('', '', 'left', 'right') == {} and reliable('false', 'stereo', 'left', 'right') == {}
     overrides = reliable('true', 'stereo', 'left', '/cams/right')['qos_overrides']
-    assert sorted(overrides) == ['/cams/right/camera_info', '/cams/right/image_rect', '/stereo/left/camera_info',
-                                 '/stereo/left/image_rect']
+    # Both transports' image topics: image_transport may be set in the params file, not by this launch file.
+    assert sorted(overrides) == ['/cams/right/camera_info', '/cams/right/image_rect',
+                                 '/cams/right/image_rect/compressed', '/stereo/left/camera_info',
+                                 '/stereo/left/image_rect', '/stereo/left/image_rect/compressed']
     assert all(entry == {'subscription': {'reliability': 'reliable', 'depth': 10}} for entry in overrides.values())
     assert sorted(reliable('True', '', 'left', 'right')['qos_overrides'])[0] == '/left/camera_info'
     with pytest.raises(ValueError, match="reliable_inputs:='yes': must be true or false"):

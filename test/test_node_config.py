@@ -36,6 +36,10 @@ def test_every_parameter_has_a_description_and_numbers_have_a_range() -> None:
         if item.type in ('int', 'float'):
             assert spec.low is not None and spec.high is not None and spec.low <= item.default <= spec.high
     assert PARAMETER_SPECS['use_system_default_qos'].read_only
+    # image_transport's parameter and values: subscriptions are made once, so it is read-only like the QoS one.
+    assert NodeConfig().image_transport == 'raw'
+    assert PARAMETER_SPECS['image_transport'].read_only
+    assert PARAMETER_SPECS['image_transport'].choices == ('raw', 'compressed')
     assert SYNC_KEYS | MODEL_KEYS <= set(PARAMETER_NAMES)
 
 
@@ -52,6 +56,7 @@ def test_every_parameter_has_a_description_and_numbers_have_a_range() -> None:
     ('min_disparity', -2049, r'min_disparity=-2049.0: must be in \[-2048.0, 2048.0\]'),
     ('min_disparity', 2048.5, r'min_disparity=2048.5: must be in \[-2048.0, 2048.0\]'),
     ('precision', 'fp64', r"precision='fp64': must be one of"),
+    ('image_transport', 'theora', r"image_transport='theora': must be one of \['raw', 'compressed'\]"),
     ('device', 'gpu0', r"device='gpu0': must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
     ('no_such_parameter', 1, r"unknown key\(s\) \['no_such_parameter'\]"),
 ])

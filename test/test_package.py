@@ -17,7 +17,7 @@ def test_package_xml_is_format_3_ament_python_with_the_runtime_dependencies() ->
     assert root.findtext('export/build_type') == 'ament_python'
     exec_depends = {element.text for element in root.findall('exec_depend')}
     assert {'rclpy', 'sensor_msgs', 'stereo_msgs', 'std_msgs', 'diagnostic_msgs', 'python3-numpy',
-            'python3-torch'} <= exec_depends
+            'python3-torch', 'python3-opencv'} <= exec_depends  # OpenCV: the node's compressed image_transport
     test_depends = {element.text for element in root.findall('test_depend')}
     assert {'ament_copyright', 'ament_flake8', 'ament_pep257', 'python3-pytest'} <= test_depends
 

@@ -5,7 +5,9 @@ A drop-in for image_pipeline's stereo_image_proc (its DisparityNode and PointClo
 Subscriptions (relative names, so namespaces and remapping work; sensor-data QoS by default):
     ``left/image_rect``, ``right/image_rect`` (sensor_msgs/Image), ``left/camera_info``,
     ``right/camera_info`` (sensor_msgs/CameraInfo), paired by exact or approximate stamps; optionally
-    ``left/image_rect_color``, the cloud's colours (by exact stamp; else the left image's).
+    ``left/image_rect_color``, the cloud's colours (by exact stamp; else the left image's). With the
+    ``image_transport`` parameter ``compressed``, the three image inputs are sensor_msgs/CompressedImage on
+    ``<topic>/compressed`` (as image_transport's compressed plugin publishes them), decoded on the worker.
 Publications (reliable, depth 1; each computed only while it has a subscriber):
     ``disparity`` (stereo_msgs/DisparityImage), ``points2`` (sensor_msgs/PointCloud2, organized),
     ``depth`` (REP 118, 32FC1 metres, NaN invalid), ``confidence`` (32FC1 in [0, 1]),
@@ -54,18 +56,19 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data, qos_profile_system_default
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from stereo_msgs.msg import DisparityImage
 from diagnostic_msgs.msg import DiagnosticArray
 
 from stereonet_ros.camera import CameraModelError, from_camera_infos
 from stereonet_ros.config import ConfigError
 from stereonet_ros.geometry import GeometryError
-from stereonet_ros.image_codec import ImageCodecError
+from stereonet_ros.image_codec import ImageCodecError, ImageLike
+from stereonet_ros.image_compression import CompressedImageError, compressed_topic, decompress, require_codec
 from stereonet_ros.inference import InputError, Predictor, UntrainedPlaceholderWarning
 from stereonet_ros.model.checkpoint import CheckpointError
-from stereonet_ros.node_config import (MODEL_KEYS, PARAMETER_SPECS, STEREO_IMAGE_PROC_BLOCK_MATCHING, SYNC_KEYS,
-                                       NodeConfig)
+from stereonet_ros.node_config import (MODEL_KEYS, OUTPUT_TOPICS, PARAMETER_SPECS, STEREO_IMAGE_PROC_BLOCK_MATCHING,
+                                       SYNC_KEYS, NodeConfig)
 from stereonet_ros.node_runtime import (InputWatch, LatestSlot, NodeStatistics, StampedCache, WarningThrottle,
                                         camera_info_topic, overall_status, problem_kind)
 from stereonet_ros.processing import (DeviceGuard, OutputSelection, StereoInputError, StereoProcessor,
@@ -84,6 +87,10 @@ WARNING_PERIOD = 5.0
 """Seconds between two warnings of the same kind."""
 CLOCK_JUMP_NS = 1_000_000_000
 """A stamp this much older than its topic's previous one means time went back (a bag loop)."""
+
+MESSAGE_CLASSES: dict[str, type[Any]] = {'stereo_msgs/msg/DisparityImage': DisparityImage,
+                                          'sensor_msgs/msg/PointCloud2': PointCloud2, 'sensor_msgs/msg/Image': Image}
+"""The classes of :data:`~stereonet_ros.node_config.OUTPUT_TOPICS`' message types."""
 
 # Problems with one input pair: logged (throttled), the pair dropped, the node goes on.
 BAD_INPUT_ERRORS = (ImageCodecError, CameraModelError, StereoInputError, InputError, GeometryError)
@@ -202,6 +209,12 @@ class StereoNetNode(Node):
         self._log_ignored([name for name in STEREO_IMAGE_PROC_BLOCK_MATCHING
                            if self.get_parameter(name).type_ != Parameter.Type.NOT_SET])
         config = self._config
+        self._compressed = config.image_transport == 'compressed'
+        if self._compressed:
+            try:
+                require_codec()
+            except CompressedImageError as err:
+                raise StartupError(f'image_transport compressed: {err}') from err
         try:
             self._processor = StereoProcessor(self._load_predictor(config))
         except (CheckpointError, InputError) as err:
@@ -212,28 +225,29 @@ class StereoNetNode(Node):
         # stereo_image_proc subscribes with SensorDataQoS (best effort) unless use_system_default_qos.
         input_qos = qos_profile_system_default if config.use_system_default_qos else qos_profile_sensor_data
         overrides = QoSOverridingOptions.with_default_policies()
+        image_kind = CompressedImage if self._compressed else Image
         self._subscriptions_in = []
-        for index, (topic, kind) in enumerate(zip(self._input_topic_names(), (Image, Image, CameraInfo, CameraInfo),
-                                                  strict=True)):
+        for index, (topic, kind) in enumerate(zip(self._input_topic_names(),
+                                                  (image_kind, image_kind, CameraInfo, CameraInfo), strict=True)):
             self._subscriptions_in.append(self.create_subscription(
                 kind, topic, functools.partial(self._on_message, index), input_qos,
                 qos_overriding_options=overrides))
         # Held a little longer than the synchronizer's queue: the colour image may trail its set.
-        self._colour_images: StampedCache[Image] = StampedCache(2 * config.queue_size + 2)
+        self._colour_images: StampedCache[Any] = StampedCache(2 * config.queue_size + 2)
+        colour_topic = self.resolve_topic_name(COLOR_TOPIC)
         self._subscription_colour = self.create_subscription(
-            Image, COLOR_TOPIC, self._on_colour_image, input_qos, qos_overriding_options=overrides)
+            image_kind, compressed_topic(colour_topic) if self._compressed else colour_topic, self._on_colour_image,
+            input_qos, qos_overriding_options=overrides)
         self._watch = InputWatch([sub.topic_name for sub in self._subscriptions_in],
                                  patience=2.0 * config.diagnostics_period_seconds, now=time.monotonic())
 
         output_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-        self._pub_disparity = self.create_publisher(DisparityImage, 'disparity', output_qos,
-                                                    qos_overriding_options=overrides)
-        self._pub_points = self.create_publisher(PointCloud2, 'points2', output_qos, qos_overriding_options=overrides)
-        self._pub_depth = self.create_publisher(Image, 'depth', output_qos, qos_overriding_options=overrides)
-        self._pub_confidence = self.create_publisher(Image, 'confidence', output_qos,
-                                                     qos_overriding_options=overrides)
-        self._pub_color = self.create_publisher(Image, 'disparity/image_color', output_qos,
-                                                qos_overriding_options=overrides)
+        publishers = {topic: self.create_publisher(MESSAGE_CLASSES[kind], topic, output_qos,
+                                                   qos_overriding_options=overrides)
+                      for topic, kind in OUTPUT_TOPICS.items()}
+        self._pub_disparity, self._pub_points = publishers['disparity'], publishers['points2']
+        self._pub_depth, self._pub_confidence = publishers['depth'], publishers['confidence']
+        self._pub_color = publishers['disparity/image_color']
         self._pub_diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', QoSProfile(depth=10),
                                                       qos_overriding_options=overrides)
 
@@ -247,18 +261,37 @@ class StereoNetNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.get_logger().info(
             f'ready: {self._describe_model()}; sync {"approximate" if config.approximate_sync else "exact"} '
-            f'(queue_size {config.queue_size}); inputs {", ".join(s.topic_name for s in self._subscriptions_in)}')
+            f'(queue_size {config.queue_size}); image_transport {config.image_transport}; inputs '
+            f'{", ".join(s.topic_name for s in self._subscriptions_in)}')
 
     def _input_topic_names(self) -> list[str]:
         """The four inputs, resolved. Each camera_info is the sibling of its remapped image topic, as
         image_transport derives it on Jazzy (``/cam/left/image_rect`` -> ``/cam/left/camera_info``),
-        unless the camera_info itself is remapped (Humble's way, which the launch file uses)."""
+        unless the camera_info itself is remapped (Humble's way, which the launch file uses). With the
+        compressed transport the images come on ``<image topic>/compressed``; the camera_infos stay beside
+        the image topic (``/cam/left/camera_info``), as image_transport's camera subscriber has them."""
         left_image, right_image = (self.resolve_topic_name(topic) for topic in INPUT_TOPICS[:2])
         infos = []
         for image, info in ((left_image, INPUT_TOPICS[2]), (right_image, INPUT_TOPICS[3])):
             remapped = self.resolve_topic_name(info) != self.resolve_topic_name(info, only_expand=True)
             infos.append(self.resolve_topic_name(info) if remapped else camera_info_topic(image))
+        if self._compressed:
+            left_image, right_image = compressed_topic(left_image), compressed_topic(right_image)
         return [left_image, right_image, *infos]
+
+    def _raw_image(self, msg: Any, index: int) -> ImageLike:
+        """An image input as raw image fields: the message itself, or with ``compressed`` its decoded image.
+
+        Raises:
+            ImageCodecError: the compressed image cannot be decoded (the message names the topic).
+        """
+        if not self._compressed:
+            return msg  # type: ignore[no-any-return]
+        try:
+            return decompress(msg)
+        except ImageCodecError as err:
+            topic = self._subscriptions_in[index].topic_name if index >= 0 else self._subscription_colour.topic_name
+            raise CompressedImageError(f'{topic}: {err}') from err
 
     # ------------------------------------------------------------------ model and config
 
@@ -366,12 +399,13 @@ class StereoNetNode(Node):
         except Exception as err:  # noqa: BLE001 - a malformed header must not stop the executor
             self._warn('colour-image', f'{COLOR_TOPIC} message ignored: {err}')
 
-    def _cloud_colours(self, left_msg: Any, stamp_ns: int, height: int, width: int) -> npt.NDArray[np.uint8]:
+    def _cloud_colours(self, left_image: ImageLike, stamp_ns: int, height: int,
+                       width: int) -> npt.NDArray[np.uint8]:
         """The cloud's colours: the colour image of this stamp when one came and fits, else the left image."""
         colour_msg = self._colour_images.get(stamp_ns)
         if colour_msg is not None:
             try:
-                colours = decode_colours(colour_msg)
+                colours = decode_colours(self._raw_image(colour_msg, -1))
                 if colours.shape[:2] == (height, width):
                     return colours
                 problem = f'is {colours.shape[1]}x{colours.shape[0]}, the pair {width}x{height}'
@@ -379,7 +413,7 @@ class StereoNetNode(Node):
                 problem = str(err)
             self._warn('colour-image', f'{COLOR_TOPIC} at stamp {stamp_ns} not used for points2 ({problem}); '
                        'colouring from left/image_rect')
-        return decode_colours(left_msg)
+        return decode_colours(left_image)
 
     def _on_message(self, index: int, msg: Any) -> None:
         stamp = stamp_to_ns(msg.header.stamp)
@@ -447,11 +481,12 @@ class StereoNetNode(Node):
             processor, config = self._processor, self._config
         left_msg, right_msg, left_info, right_info = job.matched.messages
         camera = from_camera_infos(left_info, right_info)
-        left, right, _ = decode_pair(left_msg, right_msg, want_rgb=False)
+        left_image = self._raw_image(left_msg, 0)
+        left, right, _ = decode_pair(left_image, self._raw_image(right_msg, 1), want_rgb=False)
         height, width = left.shape[:2]
         result, used = self._device_guard.process(
             processor, left, right, camera, config, outputs,
-            rgb=functools.partial(self._cloud_colours, left_msg, job.matched.stamp_ns, height, width))
+            rgb=functools.partial(self._cloud_colours, left_image, job.matched.stamp_ns, height, width))
         if used is not processor:  # the device failed twice: from now on the CPU, unless a model switch came between
             with self._lock:
                 if self._processor is processor:
