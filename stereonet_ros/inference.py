@@ -300,7 +300,7 @@ class CapturedPass:
         self._staging = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in self._inputs]
         # Warm-up on a side stream first, as the CUDA graph documentation asks (lazy initialization
         # must not happen during capture); cuDNN has chosen its algorithms in the eager call before.
-        side = torch.cuda.Stream(device)
+        side = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             device_pass(*self._inputs)

@@ -113,7 +113,7 @@ def test_training_takes_what_the_other_steps_leave_and_every_limit_fits_the_budg
     training = visit_run.step_limit('training', budget, left, None)
     evaluation = visit_run.step_limit('evaluation', budget, left - training, None)
     assert used + training + evaluation == pytest.approx(budget * (1 - visit_run.SUMMARY_SHARE))
-    assert visit_run.step_limit('training', budget, left, 14.0) == 14.0  # the rehearsal's cap
+    assert visit_run.step_limit('training', budget, left, 20.0) == 20.0  # the rehearsal's cap
     assert visit_run.step_limit('forward', budget, 20.0, None) < 0  # overrun: the visit skips it
 
 

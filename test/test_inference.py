@@ -411,8 +411,9 @@ def test_the_second_call_at_a_size_captures_later_ones_replay_and_a_new_size_run
     def run(size: tuple[int, int]) -> None:
         answer = predictor.infer(*pairs[size], with_confidence=True)
         assert np.array_equal(answer.disparity, eager[size].disparity)
-        assert answer.confidence is not None and eager[size].confidence is not None
-        assert np.array_equal(answer.confidence, eager[size].confidence)
+        expected = eager[size].confidence
+        assert answer.confidence is not None and expected is not None
+        assert np.array_equal(answer.confidence, expected)
 
     run((32, 48))
     assert predictor.captured_sizes == []  # the first call at a size is the warm-up (cuDNN chooses there)
@@ -449,6 +450,7 @@ def test_device_pass_on_uploaded_images_is_infer_without_the_copy_back(small_pre
     disparity, confidence = small_predictor.device_pass(left_raw, right_raw, scale=0.5, with_confidence=True)
     answer = small_predictor.infer(left, right, scale=0.5, with_confidence=True)
     assert np.array_equal(disparity[0, 0].numpy(), answer.disparity)
-    assert confidence is not None and np.array_equal(confidence[0, 0].numpy(), answer.confidence)
+    assert confidence is not None and answer.confidence is not None
+    assert np.array_equal(confidence[0, 0].numpy(), answer.confidence)
     with pytest.raises(InputError, match='capturing a pass needs a CUDA device; this predictor runs on cpu'):
         small_predictor.capture(left, right)

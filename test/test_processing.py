@@ -336,7 +336,8 @@ def test_a_device_error_is_warned_and_the_pair_tried_once_more_on_the_same_devic
 
     left, right, _ = pair
     flaky, failing, resets = cuda_like_processor(processor, [error])
-    warnings_, reports = [], []
+    warnings_: list[tuple[str, str]] = []
+    reports: list[str] = []
     guard = DeviceGuard(warn=lambda kind, text: warnings_.append((kind, text)), report=reports.append)
     out, used = guard.process(flaky, left, right, CAMERA, NodeConfig(), OutputSelection())
     assert used is flaky and failing.calls == 2 and resets == [True] and guard.retries == 1
@@ -354,7 +355,8 @@ def test_a_device_error_that_repeats_moves_processing_to_the_cpu_with_the_reason
     lost = RuntimeError('CUDA error: an illegal memory access was encountered')
     broken, failing, _ = cuda_like_processor(processor, [torch.cuda.OutOfMemoryError('CUDA out of memory.'), lost,
                                                          lost], precision='fp16')
-    warnings_, reports = [], []
+    warnings_: list[tuple[str, str]] = []
+    reports: list[str] = []
     guard = DeviceGuard(warn=lambda kind, text: warnings_.append((kind, text)), report=reports.append)
     out, used = guard.process(broken, left, right, CAMERA, NodeConfig(), OutputSelection())
     assert used is not broken and used.predictor.device == torch.device('cpu') and used.predictor.precision == 'fp32'

@@ -82,7 +82,10 @@ def gpu_step_rate(config: Any, weights: dict[str, torch.Tensor], device: torch.d
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
 
-    synchronize = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+    def synchronize() -> None:
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+
     for _ in range(2):
         step()
     synchronize()
@@ -131,7 +134,8 @@ def burst(work: Path, device_name: str, plan: dict[str, Any], time_limit_s: floa
     began = time.monotonic()
     device = resolve_device(device_name)
     recipe = TrainConfig()
-    overrides = {key: tuple(value) if isinstance(value, list) else value for key, value in plan.get('data', {}).items()}
+    overrides: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value
+                                 for key, value in plan.get('data', {}).items()}
     data = dataclasses.replace(recipe.data, **overrides)  # (JSON made the pairs lists)
     workers = int(plan['workers'])
     base = dataclasses.replace(recipe, data=data, device=str(device), precision='bf16', workers=workers,
@@ -167,7 +171,7 @@ def burst(work: Path, device_name: str, plan: dict[str, Any], time_limit_s: floa
     result.update(gpu=rates, batch_size=batch_size, batch_reason=why)
     record(result)
     remaining = time_limit_s - (time.monotonic() - began)
-    if remaining < 5:
+    if remaining < float(plan['min_train_s']):
         raise RuntimeError(f'calibration left {remaining:.0f} s of {time_limit_s:.0f} s: no time to train')
     run_dir = work / 'train'
     train_start = time.monotonic()

@@ -55,8 +55,8 @@ def scene(width: int, height: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[n
 
     sample = motorcycle()
     interpolation = cv2.INTER_AREA if width <= sample.left.shape[1] else cv2.INTER_LINEAR
-    left, right = (np.ascontiguousarray(cv2.resize(image, (width, height), interpolation=interpolation))
-                   for image in (sample.left, sample.right))
+    left, right = (np.ascontiguousarray(cv2.resize(image, (width, height), interpolation=interpolation),
+                                        dtype=np.uint8) for image in (sample.left, sample.right))
     return left, right
 
 
@@ -73,7 +73,8 @@ def time_calls(call: Callable[[], Any], device: str, warmup: int, repeats: int) 
     times_ms = []
     for _ in range(repeats):
         if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             start.record()
             call()
             end.record()

@@ -77,7 +77,7 @@ def plan(rehearse: bool) -> dict[str, Any]:
             'train': {'data': {'height': 64, 'width': 256, 'disparity_range': (8.0, 48.0), 'n_layers': (2, 4)},
                       'workers': 1, 'calibration_batch': 2, 'generator_seconds': 0.5, 'batch_candidates': [1, 2],
                       'calibration_steps': 1, 'calibration_limit_s': 15, 'checkpoint_every': 1000, 'log_every': 1,
-                      'max_s': 14, 'margin_s': 3},
+                      'max_s': 20, 'margin_s': 3, 'min_train_s': 2},
             'evaluation': {'sets': ['motorcycle', 'synthetic'], 'synthetic_samples': 1, 'sgbm_tuning_samples': 1},
         }
     return {
@@ -86,7 +86,7 @@ def plan(rehearse: bool) -> dict[str, Any]:
         'node_size': [960, 540], 'node_warmup': 5, 'node_repeats': 30,
         'train': {'data': {}, 'workers': 'cores', 'calibration_batch': 16, 'generator_seconds': 8.0,
                   'batch_candidates': [4, 8, 16, 32, 64], 'calibration_steps': 5, 'calibration_limit_s': 45,
-                  'checkpoint_every': 500, 'log_every': 10, 'max_s': None, 'margin_s': 15},
+                  'checkpoint_every': 500, 'log_every': 10, 'max_s': None, 'margin_s': 15, 'min_train_s': 20},
         'evaluation': {'sets': ['motorcycle', 'synthetic'], 'synthetic_samples': 32, 'sgbm_tuning_samples': 12},
     }
 

@@ -70,7 +70,8 @@ def environment(device: str) -> dict[str, Any]:
                             'numpy': np.__version__, 'cpu_count': os.cpu_count()}
     if device.startswith('cuda'):
         properties = torch.cuda.get_device_properties(torch.device(device))
-        info.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), gpu=properties.name,
+        info.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),  # type: ignore[no-untyped-call]
+                    gpu=properties.name,
                     capability=f'{properties.major}.{properties.minor}', multiprocessors=properties.multi_processor_count,
                     memory_gib=round(properties.total_memory / 2**30, 1))
     return info
