@@ -454,3 +454,10 @@ def test_device_pass_on_uploaded_images_is_infer_without_the_copy_back(small_pre
     assert np.array_equal(confidence[0, 0].numpy(), answer.confidence)
     with pytest.raises(InputError, match='capturing a pass needs a CUDA device; this predictor runs on cpu'):
         small_predictor.capture(left, right)
+
+
+def test_auto_picks_cuda_when_torch_sees_a_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    assert resolve_device('auto') == torch.device('cuda')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert resolve_device('auto') == torch.device('cpu')
