@@ -142,3 +142,14 @@ def test_bad_arguments_and_a_missing_gpu_give_one_line_and_no_traceback(tmp_path
         assert completed.returncode == 1
         assert completed.stderr == ('gpu_run: no CUDA device here (torch.cuda.is_available() is False); on a CPU, '
                                     'run --rehearse\n')
+
+
+def test_the_burst_takes_the_largest_batch_the_generator_keeps_fed() -> None:
+    from stereonet_ros.visit.burst import choose_batch
+
+    rates = [{'batch_size': 4, 'samples_per_s': 100.0}, {'batch_size': 8, 'samples_per_s': 180.0},
+             {'batch_size': 16, 'samples_per_s': 300.0}]
+    assert choose_batch(200.0, rates)[0] == 8
+    assert choose_batch(1000.0, rates)[0] == 16  # the device is the limit at every batch: the largest
+    batch, why = choose_batch(50.0, rates)
+    assert batch == 4 and why.startswith('the device outruns the generator (50.0 samples/s) even at batch 4')

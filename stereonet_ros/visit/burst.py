@@ -5,7 +5,7 @@ machine decides: the device, the data workers (all cores), the batch size, and h
 (no mid-run validation: the visit's evaluation step scores the result on the same sets).
 
 The batch size: first measured, the generator's rate ``G`` (samples/s with every worker, after its start
-and its prefetched batches) and the GPU's training rate ``R(B)`` (samples/s of full steps on random
+and its prefetched batches) and the device's (GPU's) training rate ``R(B)`` (samples/s of full steps on random
 crops, bf16 autocast) for each candidate ``B``. The burst takes the largest ``B`` whose ``R(B) <= G``, the
 largest batch the generator still keeps fed; when even the smallest outruns the generator, the smallest
 (the GPU waits whatever the batch, and the recipe's batch of 4 gives the most steps).
@@ -103,10 +103,10 @@ def choose_batch(generator_samples_per_s: float, rates: list[dict[str, Any]]) ->
     fed = [rate for rate in rates if rate['samples_per_s'] <= generator_samples_per_s]
     if fed:
         chosen = max(fed, key=lambda rate: rate['batch_size'])
-        return chosen['batch_size'], (f'largest batch the generator keeps fed: GPU {chosen["samples_per_s"]:.1f} '
-                                      f'samples/s <= generator {generator_samples_per_s:.1f}')
+        return chosen['batch_size'], (f'the largest batch the generator keeps fed: the device trains '
+                                      f'{chosen["samples_per_s"]:.1f} samples/s <= generator {generator_samples_per_s:.1f}')
     smallest = min(rates, key=lambda rate: rate['batch_size'])
-    return smallest['batch_size'], (f'the GPU outruns the generator ({generator_samples_per_s:.1f} samples/s) even '
+    return smallest['batch_size'], (f'the device outruns the generator ({generator_samples_per_s:.1f} samples/s) even '
                                     f'at batch {smallest["batch_size"]} ({smallest["samples_per_s"]:.1f} samples/s): '
                                     'the smallest batch gives the most steps')
 
@@ -182,7 +182,7 @@ def burst(work: Path, device_name: str, plan: dict[str, Any], time_limit_s: floa
     limit = min(generator['samples_per_s'], chosen_rate)
     result.update(steps=step, samples=step * batch_size, train_s=round(train_seconds, 1),
                   samples_per_s=round(achieved, 2),
-                  bound_by='generator' if generator['samples_per_s'] < chosen_rate else 'GPU',
+                  bound_by='generator' if generator['samples_per_s'] < chosen_rate else 'device',
                   of_bound=round(achieved / limit, 3) if limit > 0 and math.isfinite(limit) else None,
                   log=log_summary(run_dir / 'log.csv'),
                   checkpoint=str(run_dir / 'model_latest.safetensors'), log_csv=str(run_dir / 'log.csv'))
