@@ -10,8 +10,8 @@ from rosbags.highlevel import AnyReader
 
 from stereonet_ros.camera import StereoCamera
 from stereonet_ros.evaluation.bag_eval import SourceResult, evaluate_bags
-from stereonet_ros.evaluation.bagio import TYPESTORE, BagWriteError, camera_info_messages, image_message, \
-    open_bag_writer
+from stereonet_ros.evaluation.bagio import TYPESTORE, BagWriteError, camera_info_messages, compressed_image_message, \
+    image_message, open_bag_writer
 from stereonet_ros.evaluation.makebag import (MakeBagError, StereoPair, shift_to_disparity_message_values,
                                               simple_camera, write_stereo_bag)
 from stereonet_ros.evaluation.replay import (BagReplay, GroundTruthError, ReplayConfig, ReplayError, ReplayFrame,
@@ -302,3 +302,88 @@ def test_disparity_message_values_of_a_ground_truth_keep_invalid_pixels_below_mi
     np.testing.assert_allclose(values[0, :2], [-2.0, 7.0])
     assert values[0, 2] < min_disparity
 
+
+
+# ---------------------------------------------------------------------------- compressed image topics
+
+@pytest.mark.parametrize('storage', STORAGES)
+def test_a_png_compressed_bag_gives_exactly_the_raw_bag_s_frames(tmp_path: Path, storage: str) -> None:
+    pairs = _pairs(2, _camera(doffs=2.0))
+    write_stereo_bag(tmp_path / 'raw', pairs, storage=storage)  # type: ignore[arg-type]
+    write_stereo_bag(tmp_path / 'png', pairs, storage=storage, compression='png')  # type: ignore[arg-type]
+    config = ReplayConfig(gt_topic='/ground_truth/disparity')  # the node's topic names, as for the raw bag
+    with BagReplay(tmp_path / 'png', config) as replay:
+        assert replay.topics['/left/image_rect/compressed'] == 'sensor_msgs/msg/CompressedImage'
+        assert '/left/image_rect' not in replay.topics
+        assert replay.input_topics[:2] == ('/left/image_rect/compressed', '/right/image_rect/compressed')
+        assert replay.compressed == (True, True) and replay.expected_pairs == 2
+        compressed = list(replay.frames())
+    raw = _frames(tmp_path / 'raw', config)
+    assert len(compressed) == len(raw) == 2
+    for frame, reference in zip(compressed, raw, strict=True):
+        assert isinstance(frame, ReplayFrame) and isinstance(reference, ReplayFrame)
+        assert frame.stamp_ns == reference.stamp_ns and frame.camera == reference.camera
+        assert frame.left.dtype == reference.left.dtype and frame.right.shape == reference.right.shape
+        np.testing.assert_array_equal(frame.left, reference.left)  # mono8
+        np.testing.assert_array_equal(frame.right, reference.right)  # rgb8 through bgr8 PNG
+        assert frame.ground_truth is not None and reference.ground_truth is not None
+        np.testing.assert_array_equal(frame.ground_truth.shift, reference.ground_truth.shift)
+
+
+def test_a_jpeg_compressed_bag_gives_the_raw_frames_within_jpeg_s_loss(tmp_path: Path) -> None:
+    v, u = np.mgrid[0:HEIGHT, 0:WIDTH]
+    smooth = (127 + 100 * np.sin(u / 5.0) * np.cos(v / 4.0)).astype(np.uint8)  # (H, W) what JPEG is made for
+    pair = StereoPair('smooth', smooth, np.stack([smooth, smooth // 2, 255 - smooth], axis=2), _camera(), None)
+    write_stereo_bag(tmp_path / 'bag', [pair], gt='none', compression='jpeg', jpeg_quality=95)
+    (frame,) = _frames(tmp_path / 'bag', ReplayConfig())
+    assert isinstance(frame, ReplayFrame) and frame.left.dtype == np.uint8 and frame.right.shape == (HEIGHT, WIDTH, 3)
+    for decoded, original in ((frame.left, pair.left), (frame.right, pair.right)):
+        error = np.abs(decoded.astype(np.int32) - original.astype(np.int32))
+        assert 0 < error.mean() < 3.0  # lossy, and close: q95 errs about one level on such content
+
+
+def test_a_bag_with_both_transports_is_read_raw_and_a_compressed_topic_can_be_named(tmp_path: Path) -> None:
+    camera = _camera()
+    pair = _pairs(1, camera)[0]
+    stamp = 1_000_000_000
+    messages = _inputs(camera, (stamp,) * 4, left=image_message(pair.left, 'mono8', stamp, 'f'))
+    dark = np.zeros_like(pair.left)  # the compressed copy differs, so that the topic read shows
+    messages['/left/image_rect/compressed'] = (compressed_image_message(dark, 'mono8', 'png', stamp, 'f'), stamp)
+    _write_raw(tmp_path / 'bag', [messages])
+    with BagReplay(tmp_path / 'bag', ReplayConfig()) as replay:
+        assert replay.input_topics[0] == '/left/image_rect' and replay.compressed == (False, False)
+        (frame,) = list(replay.frames())
+    assert isinstance(frame, ReplayFrame)
+    np.testing.assert_array_equal(frame.left, pair.left)
+    (frame,) = _frames(tmp_path / 'bag', ReplayConfig(left_topic='/left/image_rect/compressed'))
+    assert isinstance(frame, ReplayFrame)
+    np.testing.assert_array_equal(frame.left, dark)
+
+
+def test_a_compressed_image_that_cannot_be_decoded_skips_its_pair_with_the_reason(tmp_path: Path) -> None:
+    camera = _camera()
+    gray = np.full((HEIGHT, WIDTH), 90, np.uint8)
+    frames = []
+    for stamp in (5, 9):
+        left = compressed_image_message(gray, 'mono8', 'png', stamp, 'f')
+        if stamp == 5:
+            left.data = left.data[:len(left.data) // 2]  # truncated in transit
+        right = compressed_image_message(gray, 'mono8', 'png', stamp, 'f')
+        left_info, right_info = camera_info_messages(camera, stamp)
+        frames.append({'/left/image_rect/compressed': (left, stamp), '/right/image_rect/compressed': (right, stamp),
+                       '/left/camera_info': (left_info, stamp), '/right/camera_info': (right_info, stamp)})
+    _write_raw(tmp_path / 'bag', frames)
+    items = _frames(tmp_path / 'bag', ReplayConfig())
+    assert isinstance(items[0], SkippedPair) and isinstance(items[1], ReplayFrame)
+    assert items[0].reason.startswith('png image (') and items[0].reason.endswith('cannot be decoded (corrupt or '
+                                                                                  'truncated)')
+    np.testing.assert_array_equal(items[1].left, gray)
+
+
+def test_writing_compressed_refuses_an_unknown_codec_and_a_bad_quality(tmp_path: Path) -> None:
+    pairs = _pairs(1, _camera())
+    with pytest.raises(MakeBagError, match="compression must be one of png, jpeg, got 'webp'"):
+        write_stereo_bag(tmp_path / 'a', pairs, compression='webp')  # type: ignore[arg-type]
+    with pytest.raises(MakeBagError, match=r'JPEG quality must be an integer in \[1, 100\], got 101'):
+        write_stereo_bag(tmp_path / 'b', pairs, compression='jpeg', jpeg_quality=101)
+    assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()

@@ -16,6 +16,8 @@ into DIR: ``metrics.json``, ``per_frame.csv``, ``report.md``,
 ``/disparity``, ``/points2``, ``/depth`` as the node publishes them with its default parameters, and the
 left view, on the input stamps). Ground truth
 (``--gt-topic``): a ``stereo_msgs/DisparityImage`` or a depth ``sensor_msgs/Image`` (32FC1 m, 16UC1 mm).
+Images may be ``sensor_msgs/CompressedImage`` (PNG, JPEG, as image_transport's compressed plugin records
+them): an image topic the bag lacks is read from its ``<topic>/compressed`` sibling when it has one.
 Bad input exits non-zero with a one-line reason and leaves no new report.
 """
 from __future__ import annotations
@@ -53,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='rosbag2 bag folder (or its .mcap / .db3 file); several are evaluated in order')
     parser.add_argument('--out', type=Path, required=True,
                         help='report folder (created; a previous report is replaced)')
-    parser.add_argument('--left-topic', default=DEFAULT_LEFT_TOPIC, help='left rectified image (sensor_msgs/Image)')
+    parser.add_argument('--left-topic', default=DEFAULT_LEFT_TOPIC,
+                        help='left rectified image: sensor_msgs/Image, or CompressedImage (PNG, JPEG); a bag with '
+                        'only <topic>/compressed is read from that')
     parser.add_argument('--right-topic', default=DEFAULT_RIGHT_TOPIC, help='right rectified image')
     parser.add_argument('--left-info-topic', default=DEFAULT_LEFT_INFO_TOPIC, help='left sensor_msgs/CameraInfo')
     parser.add_argument('--right-info-topic', default=DEFAULT_RIGHT_INFO_TOPIC, help='right sensor_msgs/CameraInfo')

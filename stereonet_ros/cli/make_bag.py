@@ -4,13 +4,15 @@
                        [--middlebury DIR] [--pairs DIR [--focal PX] [--baseline M] [--doffs PX]]
                        [--storage mcap|sqlite3] [--gt disparity|depth|depth-mm|none] [--gt-topic T]
                        [--left-topic T] [--right-topic T] [--left-info-topic T] [--right-info-topic T]
-                       [--rate 10]
+                       [--rate 10] [--compressed png|jpeg [--jpeg-quality 95]]
 
 Sources, one or more, written in this order: synthetic scenes of the training generator, the
 Middlebury 2014 Motorcycle pair from scikit-image, Middlebury-format scenes (``im0.png``, ``im1.png``,
 ``calib.txt``, ``disp0.pfm``), a folder of pairs (``left/``, ``right/``, optional ``disparity/``). Topics
 default to the node's inputs; ground truth goes to ``/ground_truth/disparity`` (DisparityImage) or
-``/ground_truth/depth`` (32FC1 metres or 16UC1 millimetres). Bad input exits non-zero with one line.
+``/ground_truth/depth`` (32FC1 metres or 16UC1 millimetres). With ``--compressed`` the images are
+``sensor_msgs/CompressedImage`` on ``<image topic>/compressed`` (PNG: lossless; JPEG: at ``--jpeg-quality``,
+95 = image_transport's default), as the compressed plugin records them. Bad input exits non-zero with one line.
 """
 from __future__ import annotations
 
@@ -58,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--left-info-topic', default=DEFAULT_LEFT_INFO_TOPIC)
     parser.add_argument('--right-info-topic', default=DEFAULT_RIGHT_INFO_TOPIC)
     parser.add_argument('--rate', type=float, default=10.0, help='frames per second of the stamps (default 10)')
+    parser.add_argument('--compressed', choices=('png', 'jpeg'),
+                        help="write the images as sensor_msgs/CompressedImage on <image topic>/compressed, as "
+                        "image_transport's compressed plugin does (png: lossless; jpeg: lossy)")
+    parser.add_argument('--jpeg-quality', type=int, default=95, metavar='Q',
+                        help="--compressed jpeg: quality 1..100 (default 95, image_transport's)")
     return parser
 
 
@@ -65,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     from stereonet_ros.cli import fail
     from stereonet_ros.evaluation.bagio import BagWriteError
-    from stereonet_ros.evaluation.makebag import (BagTopics, MakeBagError, StereoPair, folder_pairs,
+    from stereonet_ros.evaluation.makebag import (BagTopics, MakeBagError, StereoPair, folder_pairs, image_topics,
                                                   middlebury_pairs, motorcycle_pair, synthetic_pairs,
                                                   write_stereo_bag)
 
@@ -75,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(PROGRAM, f'--synthetic {arguments.synthetic}: must be >= 1', status=2)
     if arguments.out.exists():
         fail(PROGRAM, f'{arguments.out} exists; not overwriting', status=2)
+    if not 1 <= arguments.jpeg_quality <= 100:
+        fail(PROGRAM, f'--jpeg-quality {arguments.jpeg_quality}: must be in [1, 100]', status=2)
+    if arguments.jpeg_quality != 95 and arguments.compressed != 'jpeg':
+        fail(PROGRAM, '--jpeg-quality needs --compressed jpeg', status=2)
 
     def sources() -> Iterator[StereoPair]:
         if arguments.synthetic:
@@ -99,12 +110,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         count = write_stereo_bag(arguments.out, named(sources()), storage=arguments.storage, gt=arguments.gt,
-                                 topics=topics, rate_hz=arguments.rate)
+                                 topics=topics, rate_hz=arguments.rate, compression=arguments.compressed,
+                                 jpeg_quality=arguments.jpeg_quality)
     except (MakeBagError, BagWriteError) as err:
         fail(PROGRAM, str(err))
     shown = ', '.join(itertools.islice(names, 4)) + (f', ... ({len(names)} in all)' if len(names) > 4 else '')
     pairs = 'stereo pair' if count == 1 else 'stereo pairs'
-    print(f'{PROGRAM}: wrote {count} {pairs} ({arguments.storage}, ground truth: {arguments.gt}) to '
+    images = 'raw images' if arguments.compressed is None else (
+        f'{arguments.compressed} images on {", ".join(image_topics(topics, arguments.compressed))}'
+        + (f' (quality {arguments.jpeg_quality})' if arguments.compressed == 'jpeg' else ''))
+    print(f'{PROGRAM}: wrote {count} {pairs} ({arguments.storage}, {images}, ground truth: {arguments.gt}) to '
           f'{arguments.out}: {shown}')
     return 0
 

@@ -28,6 +28,7 @@ from rosbags.typesys import Stores, get_typestore
 from stereonet_ros.camera import StereoCamera
 from stereonet_ros.geometry import CloudBuffer
 from stereonet_ros.image_codec import array_to_image_fields
+from stereonet_ros.image_compression import DEFAULT_JPEG_QUALITY, Compression, compress
 
 if TYPE_CHECKING:  # processing imports torch; bags of ground truth are written without it
     from stereonet_ros.processing import StereoOutputs, ValidWindow
@@ -39,6 +40,7 @@ TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 """The message definitions bags are written with (and read with when a bag carries none)."""
 
 IMAGE = 'sensor_msgs/msg/Image'
+COMPRESSED_IMAGE = 'sensor_msgs/msg/CompressedImage'
 CAMERA_INFO = 'sensor_msgs/msg/CameraInfo'
 DISPARITY_IMAGE = 'stereo_msgs/msg/DisparityImage'
 POINT_CLOUD2 = 'sensor_msgs/msg/PointCloud2'
@@ -69,6 +71,15 @@ def image_message(array: npt.NDArray[Any], encoding: str, stamp_ns: int, frame_i
     return _type(IMAGE)(header=header(stamp_ns, frame_id), height=fields.height, width=fields.width,
                         encoding=fields.encoding, is_bigendian=fields.is_bigendian, step=fields.step,
                         data=np.frombuffer(fields.data, dtype=np.uint8))
+
+
+def compressed_image_message(array: npt.NDArray[Any], encoding: str, compression: Compression, stamp_ns: int,
+                             frame_id: str, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> Any:
+    """``sensor_msgs/CompressedImage`` of ``array`` as image_transport's compressed plugin publishes it (format
+    ``rgb8; png compressed bgr8`` and so on; :func:`~stereonet_ros.image_compression.compress`)."""
+    fields = compress(array, encoding, compression, jpeg_quality=jpeg_quality)
+    return _type(COMPRESSED_IMAGE)(header=header(stamp_ns, frame_id), format=fields.format,
+                                   data=np.frombuffer(fields.data, dtype=np.uint8))
 
 
 def _roi(width: int = 0, height: int = 0, x_offset: int = 0, y_offset: int = 0) -> Any:

@@ -6,7 +6,9 @@ Sources: synthetic scenes of the training generator (:mod:`stereonet_ros.data.sy
 ``disparity/`` with ``.pfm`` / ``.npy`` of the same stem).
 
 Each frame is written on the input topics (defaults: the node's, :mod:`~stereonet_ros.evaluation.replay`)
-with one stamp for all of its messages, ``rate_hz`` apart, and the ground truth as:
+with one stamp for all of its messages, ``rate_hz`` apart (with ``compression``, the images as
+``sensor_msgs/CompressedImage`` on ``<image topic>/compressed``, PNG or JPEG, as image_transport's
+compressed plugin records them), and the ground truth as:
 
 - ``disparity``: ``stereo_msgs/DisparityImage`` in its convention, ``d = shift - (cx_left - cx_right)``;
   pixels without ground truth hold ``min_disparity - 1`` (what stereo_image_proc writes);
@@ -26,11 +28,13 @@ import numpy as np
 import numpy.typing as npt
 
 from stereonet_ros.camera import CameraModelError, StereoCamera
-from stereonet_ros.evaluation.bagio import (BagWriteError, Storage, camera_info_messages, depth_message,
-                                            disparity_message, image_message, open_bag_writer)
+from stereonet_ros.evaluation.bagio import (BagWriteError, Storage, camera_info_messages, compressed_image_message,
+                                            depth_message, disparity_message, image_message, open_bag_writer)
 from stereonet_ros.evaluation.replay import (DEFAULT_LEFT_INFO_TOPIC, DEFAULT_LEFT_TOPIC, DEFAULT_RIGHT_INFO_TOPIC,
                                              DEFAULT_RIGHT_TOPIC, normalize_topic)
 from stereonet_ros.geometry import disparity_to_depth
+from stereonet_ros.image_codec import ImageCodecError
+from stereonet_ros.image_compression import COMPRESSIONS, DEFAULT_JPEG_QUALITY, Compression, compressed_topic
 
 F32 = npt.NDArray[np.float32]
 GroundTruthFormat = Literal['disparity', 'depth', 'depth-mm', 'none']
@@ -252,34 +256,56 @@ class BagTopics:
     ground_truth: str | None = None  # None = DEFAULT_GT_TOPICS of the ground-truth format
 
 
+def image_topics(topics: BagTopics, compression: Compression | None) -> tuple[str, str]:
+    """The left and right image topics a bag is written with: ``<topic>/compressed`` with a compression."""
+    left, right = normalize_topic(topics.left), normalize_topic(topics.right)
+    return (left, right) if compression is None else (compressed_topic(left), compressed_topic(right))
+
+
 def write_stereo_bag(path: str | os.PathLike[str], pairs: Iterable[StereoPair], storage: Storage = 'mcap',
                      gt: GroundTruthFormat = 'disparity', topics: BagTopics = BagTopics(), rate_hz: float = 10.0,
-                     start_ns: int = DEFAULT_START_NS) -> int:
+                     start_ns: int = DEFAULT_START_NS, compression: Compression | None = None,
+                     jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> int:
     """Write ``pairs`` as a rosbag2 bag at ``path`` (a new folder); return the number of frames.
 
     Every message of frame ``i`` is stamped (header and log time) ``start_ns + i / rate_hz``. A pair
-    without ground truth gets no ground-truth message.
+    without ground truth gets no ground-truth message. With ``compression`` (``png``, lossless, or ``jpeg``
+    at ``jpeg_quality``) the images are ``sensor_msgs/CompressedImage`` on :func:`image_topics`.
 
     Raises:
-        MakeBagError: bad ``gt`` / ``rate_hz``, an image that cannot be encoded, or no pairs.
+        MakeBagError: bad ``gt`` / ``rate_hz`` / ``compression`` / ``jpeg_quality``, an image that cannot be
+            encoded, or no pairs.
         BagWriteError: the bag cannot be written (e.g. ``path`` exists).
     """
     if gt not in GT_FORMATS:
         raise MakeBagError(f"ground truth format must be one of {', '.join(GT_FORMATS)}, got {gt!r}")
     if not (math.isfinite(rate_hz) and rate_hz > 0):
         raise MakeBagError(f'rate must be > 0 Hz, got {rate_hz}')
+    if compression is not None and compression not in COMPRESSIONS:
+        raise MakeBagError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+    if isinstance(jpeg_quality, bool) or not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100:
+        raise MakeBagError(f'JPEG quality must be an integer in [1, 100], got {jpeg_quality!r}')
     period_ns = round(1e9 / rate_hz)
     gt_topic = normalize_topic(topics.ground_truth or DEFAULT_GT_TOPICS.get(gt, '/ground_truth'))
+    left_topic, right_topic = image_topics(topics, compression)
+
+    def image(array: npt.NDArray[Any], stamp: int, frame: str) -> Any:
+        encoding = image_encoding(array)
+        if compression is None:
+            return image_message(array, encoding, stamp, frame)
+        try:
+            return compressed_image_message(array, encoding, compression, stamp, frame, jpeg_quality)
+        except ImageCodecError as err:
+            raise MakeBagError(f'cannot compress a {encoding} image as {compression}: {err}') from err
+
     count = 0
     with open_bag_writer(path, storage) as bag:
         for index, pair in enumerate(pairs):
             stamp = start_ns + index * period_ns
             camera = pair.camera
             frame = camera.frame_id
-            bag.write(normalize_topic(topics.left), image_message(pair.left, image_encoding(pair.left), stamp, frame),
-                      stamp)
-            bag.write(normalize_topic(topics.right),
-                      image_message(pair.right, image_encoding(pair.right), stamp, frame), stamp)
+            bag.write(left_topic, image(pair.left, stamp, frame), stamp)
+            bag.write(right_topic, image(pair.right, stamp, frame), stamp)
             left_info, right_info = camera_info_messages(camera, stamp)
             bag.write(normalize_topic(topics.left_info), left_info, stamp)
             bag.write(normalize_topic(topics.right_info), right_info, stamp)
@@ -298,6 +324,6 @@ def write_stereo_bag(path: str | os.PathLike[str], pairs: Iterable[StereoPair], 
     return count
 
 
-__all__ = ['BagTopics', 'BagWriteError', 'MakeBagError', 'StereoPair', 'folder_pairs', 'image_encoding',
+__all__ = ['BagTopics', 'BagWriteError', 'MakeBagError', 'StereoPair', 'folder_pairs', 'image_encoding', 'image_topics',
            'middlebury_pairs', 'motorcycle_pair', 'shift_to_disparity_message_values', 'simple_camera',
            'synthetic_pairs', 'write_stereo_bag']

@@ -22,8 +22,16 @@ DisparityImage carries ``d = shift - (cx_left - cx_right)``. Ground truth is con
 cx_right`` the two conventions coincide. Depth ground truth is kept in metres for the depth metrics
 (from a disparity ground truth it is ``f * T / d``).
 
-A pair that cannot be used (bad encoding, camera infos that do not describe a stereo pair, image size
-different from camera_info) is yielded as a :class:`SkippedPair` with the reason; ground truth that
+**Compressed images.** An image topic may be ``sensor_msgs/CompressedImage`` (PNG or JPEG, as
+image_transport's compressed plugin records them): given ``/left/image_rect``, a bag without that topic
+but with ``/left/image_rect/compressed`` is read from the latter (a bag with both: the raw one), and a
+CompressedImage topic named directly is read as such. Each image is decoded into its original encoding
+(:func:`~stereonet_ros.image_compression.decompress`) and then as a raw one: a PNG pair gives exactly the
+raw pair's frames.
+
+A pair that cannot be used (bad encoding, a compressed image that cannot be decoded, camera infos that do
+not describe a stereo pair, image size different from camera_info) is yielded as a :class:`SkippedPair`
+with the reason; ground truth that
 cannot be used for a pair (another size, an encoding that is not depth) leaves the frame unscored with
 the reason in :attr:`ReplayFrame.gt_note`. Problems with the bag itself (missing, corrupt, truncated, a
 topic missing or of the wrong type) raise :class:`ReplayError`.
@@ -46,9 +54,10 @@ from rosbags.rosbag2 import ReaderError
 from rosbags.serde import SerdeError
 
 from stereonet_ros.camera import CameraModelError, StereoCamera, check_image_size, from_camera_infos
-from stereonet_ros.evaluation.bagio import CAMERA_INFO, DISPARITY_IMAGE, IMAGE, TYPESTORE
+from stereonet_ros.evaluation.bagio import CAMERA_INFO, COMPRESSED_IMAGE, DISPARITY_IMAGE, IMAGE, TYPESTORE
 from stereonet_ros.geometry import depth_to_disparity, disparity_to_depth
 from stereonet_ros.image_codec import ImageCodecError, canonical_encoding, image_to_array, to_model_input
+from stereonet_ros.image_compression import compressed_topic, decompress
 from stereonet_ros.sync import (LEFT_IMAGE, LEFT_INFO, RIGHT_IMAGE, RIGHT_INFO, MatchedSet, StereoSynchronizer,
                                 SyncError, stamp_to_ns)
 
@@ -223,13 +232,16 @@ class ReplayCounters:
     gt_matched: int = 0
 
 
-def model_image(msg: Any) -> npt.NDArray[Any]:
-    """An Image message as the network takes it: ``(H, W)`` for one-channel encodings, else ``(H, W, 3)`` RGB.
+def model_image(msg: Any, compressed: bool = False) -> npt.NDArray[Any]:
+    """An Image (or, ``compressed``, a CompressedImage) message as the network takes it: ``(H, W)`` for
+    one-channel encodings, else ``(H, W, 3)`` RGB.
 
     Raises:
         EncodingError, MalformedImageError: as :func:`~stereonet_ros.image_codec.to_model_input`.
+        CompressedImageError: as :func:`~stereonet_ros.image_compression.decompress`.
     """
-    return to_model_input(msg, 'gray' if canonical_encoding(str(msg.encoding)) in _GRAY_ENCODINGS else 'rgb')
+    image = decompress(msg) if compressed else msg
+    return to_model_input(image, 'gray' if canonical_encoding(str(image.encoding)) in _GRAY_ENCODINGS else 'rgb')
 
 
 def decode_ground_truth(msg: Any, msgtype: str, camera: StereoCamera) -> GroundTruth:
@@ -286,6 +298,10 @@ class BagReplay:
         self.config = config
         self._reader: AnyReader | None = None
         self.counters = ReplayCounters()
+        self.input_topics: tuple[str, str, str, str] = config.input_topics
+        """The four inputs as read from this bag (an image topic may be its ``/compressed`` sibling)."""
+        self.compressed = (False, False)
+        """Whether the left and right images are sensor_msgs/CompressedImage in this bag."""
 
     def __enter__(self) -> BagReplay:
         if not self.path.exists():
@@ -330,9 +346,13 @@ class BagReplay:
     def _check_topics(self) -> None:
         have = self.topics
         listing = ', '.join(f'{name} ({msgtype})' for name, msgtype in have.items()) or 'none'
-        wanted = dict(zip(('left image', 'right image', 'left camera_info', 'right camera_info'),
-                          self.config.input_topics, strict=True))
-        kinds: dict[str, tuple[str, ...]] = {'left image': (IMAGE,), 'right image': (IMAGE,),
+        topics = list(self.config.input_topics)
+        for index in (0, 1):  # an image topic the bag lacks, recorded through image_transport's compressed plugin
+            if topics[index] not in have and have.get(compressed_topic(topics[index])) == COMPRESSED_IMAGE:
+                topics[index] = compressed_topic(topics[index])
+        wanted = dict(zip(('left image', 'right image', 'left camera_info', 'right camera_info'), topics, strict=True))
+        kinds: dict[str, tuple[str, ...]] = {'left image': (IMAGE, COMPRESSED_IMAGE),
+                                             'right image': (IMAGE, COMPRESSED_IMAGE),
                                              'left camera_info': (CAMERA_INFO,), 'right camera_info': (CAMERA_INFO,)}
         gt_topic = self.config.ground_truth_topic
         if gt_topic is not None:
@@ -345,12 +365,14 @@ class BagReplay:
             if have[topic] not in kinds[role]:
                 raise ReplayError(f'bag {self.path}: topic {topic} ({role}) is {have[topic]}, expected '
                                   f'{" or ".join(kinds[role])}')
+        self.input_topics = (topics[0], topics[1], topics[2], topics[3])
+        self.compressed = (have[topics[0]] == COMPRESSED_IMAGE, have[topics[1]] == COMPRESSED_IMAGE)
 
     @property
     def expected_pairs(self) -> int:
         """An upper bound on the pairs: the fewer of the left and right image messages."""
         topics = self.reader.topics
-        left, right = self.config.input_topics[:2]
+        left, right = self.input_topics[:2]
         return min(topics[left].msgcount, topics[right].msgcount)
 
     def frames(self) -> Iterator[ReplayFrame | SkippedPair]:
@@ -366,7 +388,7 @@ class BagReplay:
                 config.queue_size, config.approximate_sync, config.sync_tolerance_s)
         except SyncError as err:
             raise ReplayError(f'sync settings: {err}') from err
-        role_of = {topic: role for role, topic in enumerate(config.input_topics)}
+        role_of = {topic: role for role, topic in enumerate(self.input_topics)}
         gt_topic = config.ground_truth_topic
         gt_type = reader.topics[gt_topic].msgtype if gt_topic is not None else None
         wanted = [c for c in reader.connections if c.topic in role_of or c.topic == gt_topic]
@@ -435,8 +457,8 @@ class BagReplay:
         stamp = matched.stamp_ns
         try:
             camera = from_camera_infos(matched[LEFT_INFO], matched[RIGHT_INFO])
-            left = model_image(matched[LEFT_IMAGE])
-            right = model_image(matched[RIGHT_IMAGE])
+            left = model_image(matched[LEFT_IMAGE], self.compressed[0])
+            right = model_image(matched[RIGHT_IMAGE], self.compressed[1])
             for side, image in (('left', left), ('right', right)):
                 try:
                     check_image_size(camera, image.shape[0], image.shape[1])
