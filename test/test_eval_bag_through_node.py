@@ -48,12 +48,12 @@ def _domain(salt: int) -> str:
     return str(1 + (os.getpid() + salt) % 100)
 
 
-def _bag(path: Path, count: int, seed: int = 0, doffs: float = 0.0) -> Path:
+def _bag(path: Path, count: int, seed: int = 0, doffs: float = 0.0, compression: str | None = None) -> Path:
     """Synthetic pairs; ``doffs`` = cx_right - cx_left (a Middlebury-style rig: DisparityImage values differ
-    from the image shift)."""
+    from the image shift); ``compression``: images as CompressedImage (png, jpeg)."""
     camera = simple_camera(160, 96, 160.0, 0.12, doffs=doffs)
     pairs = (replace(pair, camera=camera) for pair in synthetic_pairs(count, width=160, height=96, seed=seed))
-    write_stereo_bag(path, pairs, storage='mcap', gt='disparity')
+    write_stereo_bag(path, pairs, storage='mcap', gt='disparity', compression=compression)  # type: ignore[arg-type]
     return path
 
 
@@ -139,6 +139,40 @@ def test_scores_through_the_node_equal_the_in_process_scores_when_nothing_drops(
         assert float(row['latency_ms']) > 0 and row['model_ms'] == ''
     report = (out / 'report.md').read_text()
     assert 'Played through `stereonet_node`' in report and 'end-to-end latency p50 / p95' in report
+
+
+def test_a_png_compressed_bag_is_played_compressed_into_a_compressed_node_and_scores_as_raw(
+        tmp_path: Path, checkpoint: Path) -> None:
+    """The bag's CompressedImage topics are played on /left/image_rect/compressed, ... into a node started with
+    image_transport compressed; its scores equal the in-process model's on the raw pixels (PNG is lossless)."""
+    bag = _bag(tmp_path / 'bag', 2, doffs=5.0, compression='png')
+    out = tmp_path / 'out'
+    assert eval_bag.main([str(bag), '--out', str(out), '--gt-topic', GT_TOPIC, '--no-progress', '--through-node',
+                          '--rate', '0.05', '--device', 'cpu', '--ros-domain-id', _domain(61), '--answer-timeout', '20',
+                          '--checkpoint', str(checkpoint)]) == 0
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert metrics['frames_dropped'] == 0 and metrics['frames_scored'] == 2, metrics['through_node']
+    raw = _bag(tmp_path / 'raw', 2, doffs=5.0)  # the same pairs, raw: the reference is computed on these
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UntrainedPlaceholderWarning)
+        predictor = Predictor.from_checkpoint(checkpoint, device='cpu')
+    expected = evaluate_bags([raw], ReplayConfig(gt_topic=GT_TOPIC), NodeValiditySource(predictor), progress=False)
+    assert expected.disparity is not None
+    for key in ('epe', 'bad1', 'bad3', 'density'):
+        assert metrics[key] == pytest.approx(getattr(expected.disparity, key), rel=1e-5, abs=1e-6), key
+    assert metrics['valid_pixels'] == expected.disparity.valid_pixels
+
+
+def test_bags_that_mix_raw_and_compressed_images_are_refused_before_a_node_starts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bags = [_bag(tmp_path / 'raw', 1), _bag(tmp_path / 'png', 1, compression='png')]
+    with pytest.raises(SystemExit) as exit_info:
+        eval_bag.main([*map(str, bags), '--out', str(tmp_path / 'out'), '--no-progress', '--through-node',
+                       '--ros-domain-id', _domain(67), '--node-executable', str(tmp_path / 'never-started')])
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and 'the bags mix raw and compressed images' in error, error
+    assert '/left/image_rect (raw)' in error and '/left/image_rect/compressed (compressed)' in error
 
 
 def test_every_pair_played_fast_into_the_node_is_answered_or_counted_as_dropped(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ from stereonet_ros.cli import eval_bag
 from stereonet_ros.evaluation.replay import ReplayFrame
 from stereonet_ros.evaluation.through_node import (NODE_INPUT_TOPICS, BagPlayback, NodeAnswer, NodeProcess,
                                                    NodeSource, PlaybackResult, PlaySettings, ThroughNodeError,
-                                                   node_disparity_to_shift, node_params, unique_domain_id)
+                                                   node_disparity_to_shift, node_input_topics, node_params,
+                                                   unique_domain_id)
 
 OFFSET = 4.0  # cx_left - cx_right
 
@@ -75,6 +76,7 @@ def test_the_node_source_answers_recorded_stamps_and_drops_the_rest() -> None:
     ({'domain_id': 300}, r'--ros-domain-id 300: must be 0..232'),
     ({'answer_timeout_s': -1.0}, r'answer timeout -1.0'),
     ({'startup_timeout_s': math.nan}, r'startup timeout nan'),
+    ({'image_transport': 'theora'}, r"image_transport 'theora': must be one of raw, compressed"),
 ])
 def test_bad_play_settings_are_refused_by_name(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ThroughNodeError, match=message):
@@ -87,6 +89,12 @@ def test_the_params_file_makes_every_input_subscription_reliable_without_yaml_al
     overrides = yaml.safe_load(text)['stereonet_node']['ros__parameters']['qos_overrides']
     assert set(overrides) == set(NODE_INPUT_TOPICS)
     assert all(entry['subscription']['reliability'] == 'reliable' for entry in overrides.values())
+
+
+def test_a_compressed_node_subscribes_its_images_on_the_compressed_topics_beside_the_raw_ones() -> None:
+    assert node_input_topics() == NODE_INPUT_TOPICS
+    assert node_input_topics('compressed') == ('/left/image_rect/compressed', '/right/image_rect/compressed',
+                                               '/left/camera_info', '/right/camera_info')
 
 
 def test_the_default_domain_differs_from_the_node_tests_domain_and_is_in_range(

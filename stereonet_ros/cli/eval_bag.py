@@ -270,8 +270,9 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
     Raises:
         ThroughNodeError: the node would not start, never matched, or died (one line).
         CheckpointError: ``--checkpoint`` cannot be used (checked before starting the node).
-        ReplayError: a bag cannot be read.
+        ReplayError: a bag cannot be read, or the bags mix raw and compressed images.
     """
+    from stereonet_ros.evaluation.bag_eval import bags_image_transport
     from stereonet_ros.inference import DEFAULT_CHECKPOINT, placeholder_checkpoint
     from stereonet_ros.model.checkpoint import load_checkpoint
     from stereonet_ros.ros.bag_player import play_through_node
@@ -280,10 +281,12 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
     domain = arguments.ros_domain_id
     if start_node and domain is None:
         domain = unique_domain_id()
+    transport = bags_image_transport(arguments.bags, config)  # compressed bags: played compressed, node reads so
     settings = PlaySettings(rate=1.0 if arguments.rate is None else arguments.rate, domain_id=domain,
                             localhost_only=start_node,
                             startup_timeout_s=arguments.node_timeout or DEFAULT_STARTUP_TIMEOUT,
-                            answer_timeout_s=arguments.answer_timeout or DEFAULT_ANSWER_TIMEOUT)
+                            answer_timeout_s=arguments.answer_timeout or DEFAULT_ANSWER_TIMEOUT,
+                            image_transport=transport)
     if not start_node:
         playback = play_through_node(arguments.bags, config, settings)
         diagnostics = playback.node_diagnostics
@@ -306,7 +309,7 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
     with NodeProcess(node_folder, settings.domain_id or 0, str(checkpoint_path) if checkpoint_path else None,
                      arguments.device or 'auto', executable=arguments.node_executable,
                      extra_parameters={'precision': arguments.precision or 'fp32',
-                                       'inference_scale': repr(scale)}) as node:
+                                       'inference_scale': repr(scale)}, image_transport=transport) as node:
         playback = play_through_node(arguments.bags, config, settings, node_failure=node.failure)
     description = (f'stereonet_node over DDS (started by this run, ROS domain {settings.domain_id}, '
                    f'use_sim_time, {settings.rate:g} x the recorded rate)')

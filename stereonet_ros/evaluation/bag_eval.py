@@ -217,6 +217,26 @@ def check_bags(paths: Sequence[str | Path], config: ReplayConfig) -> int:
     return total
 
 
+def bags_image_transport(paths: Sequence[str | Path], config: ReplayConfig) -> str:
+    """``raw`` when every bag's left and right images are sensor_msgs/Image, ``compressed`` when all are
+    CompressedImage: the ``image_transport`` a node must have to be played these bags.
+
+    Raises:
+        ReplayError: a bag cannot be opened, or the bags (or one bag's two sides) mix the two.
+    """
+    seen: dict[str, str] = {}
+    for path in paths:
+        with BagReplay(path, config) as replay:
+            for topic, compressed in zip(replay.input_topics[:2], replay.compressed, strict=True):
+                seen[f'{path}: {topic}'] = 'compressed' if compressed else 'raw'
+    kinds = set(seen.values())
+    if len(kinds) > 1:
+        listing = ', '.join(f'{name} ({kind})' for name, kind in seen.items())
+        raise ReplayError(f'the bags mix raw and compressed images, which one node with one image_transport cannot '
+                          f'read: {listing}')
+    return kinds.pop() if kinds else 'raw'
+
+
 def evaluate_bags(paths: Sequence[str | Path], config: ReplayConfig, source: DisparitySource, *,
                   max_disparity: float = 192.0, output_bag: BagWriter | None = None, progress: bool | None = None,
                   max_frames: int | None = None,

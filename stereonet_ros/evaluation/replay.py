@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import sqlite3
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -96,6 +96,21 @@ class ReplayError(Exception):
 
 class GroundTruthError(ValueError):
     """A ground-truth message cannot be used for its pair (size, encoding); the frame is left unscored."""
+
+
+def resolve_image_topics(bag_topics: Mapping[str, str], input_topics: Sequence[str]) -> tuple[str, str, str, str]:
+    """The four inputs as a bag holds them: an image topic the bag lacks is replaced by its ``/compressed``
+    sibling when the bag has that as a CompressedImage (recorded through image_transport's compressed plugin).
+
+    Args:
+        bag_topics: the bag's topic -> message type.
+        input_topics: the four inputs asked for, absolute, in STEREO_TOPICS order.
+    """
+    topics = list(input_topics)
+    for index in (0, 1):
+        if topics[index] not in bag_topics and bag_topics.get(compressed_topic(topics[index])) == COMPRESSED_IMAGE:
+            topics[index] = compressed_topic(topics[index])
+    return topics[0], topics[1], topics[2], topics[3]
 
 
 def normalize_topic(name: str) -> str:
@@ -346,10 +361,7 @@ class BagReplay:
     def _check_topics(self) -> None:
         have = self.topics
         listing = ', '.join(f'{name} ({msgtype})' for name, msgtype in have.items()) or 'none'
-        topics = list(self.config.input_topics)
-        for index in (0, 1):  # an image topic the bag lacks, recorded through image_transport's compressed plugin
-            if topics[index] not in have and have.get(compressed_topic(topics[index])) == COMPRESSED_IMAGE:
-                topics[index] = compressed_topic(topics[index])
+        topics = resolve_image_topics(have, self.config.input_topics)
         wanted = dict(zip(('left image', 'right image', 'left camera_info', 'right camera_info'), topics, strict=True))
         kinds: dict[str, tuple[str, ...]] = {'left image': (IMAGE, COMPRESSED_IMAGE),
                                              'right image': (IMAGE, COMPRESSED_IMAGE),
@@ -365,7 +377,7 @@ class BagReplay:
             if have[topic] not in kinds[role]:
                 raise ReplayError(f'bag {self.path}: topic {topic} ({role}) is {have[topic]}, expected '
                                   f'{" or ".join(kinds[role])}')
-        self.input_topics = (topics[0], topics[1], topics[2], topics[3])
+        self.input_topics = topics
         self.compressed = (have[topics[0]] == COMPRESSED_IMAGE, have[topics[1]] == COMPRESSED_IMAGE)
 
     @property

@@ -40,6 +40,7 @@ import numpy.typing as npt
 import yaml
 
 from stereonet_ros.evaluation.replay import disparity_message_to_shift
+from stereonet_ros.image_compression import compressed_topic
 
 if TYPE_CHECKING:  # bag_eval loads torch; this module's constants serve the CLI's --help without it
     from stereonet_ros.evaluation.bag_eval import SourceResult
@@ -51,6 +52,9 @@ NODE_INPUT_TOPICS = ('/left/image_rect', '/right/image_rect', '/left/camera_info
 """Where the player publishes the bag's four inputs: the node's input names in the root namespace, in
 :data:`~stereonet_ros.sync.STEREO_TOPICS` order (the bag's own topic names may differ: this is a remap)."""
 NODE_DISPARITY_TOPIC = '/disparity'
+NODE_TRANSPORTS = ('raw', 'compressed')
+"""The node's ``image_transport`` values: with ``compressed`` the images are played as CompressedImage on
+``<image topic>/compressed`` (:func:`node_input_topics`)."""
 NODE_NAME = 'stereonet_node'
 DEFAULT_STARTUP_TIMEOUT = 120.0
 """Seconds to wait for the node's subscriptions to match the player's publishers (model loading included)."""
@@ -113,10 +117,14 @@ class PlaySettings:
     localhost_only: bool = False  # ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST for the player
     startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT
     answer_timeout_s: float = DEFAULT_ANSWER_TIMEOUT
+    image_transport: str = 'raw'  # the bags' images: raw Image, or CompressedImage (the node must read the same)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.rate) and self.rate > 0):
             raise ThroughNodeError(f'--rate {self.rate}: must be a finite number > 0')
+        if self.image_transport not in NODE_TRANSPORTS:
+            raise ThroughNodeError(f'image_transport {self.image_transport!r}: must be one of '
+                                   f'{", ".join(NODE_TRANSPORTS)}')
         if self.domain_id is not None and not 0 <= self.domain_id <= 232:
             raise ThroughNodeError(f'--ros-domain-id {self.domain_id}: must be 0..232')
         for name, value in (('startup timeout', self.startup_timeout_s), ('answer timeout', self.answer_timeout_s)):
@@ -204,6 +212,14 @@ def unique_domain_id(salt: int = 37) -> int:
     return 1 + (os.getpid() + salt) % 100
 
 
+def node_input_topics(image_transport: str = 'raw') -> tuple[str, str, str, str]:
+    """:data:`NODE_INPUT_TOPICS` as a node with this ``image_transport`` subscribes them."""
+    left, right, left_info, right_info = NODE_INPUT_TOPICS
+    if image_transport == 'compressed':
+        left, right = compressed_topic(left), compressed_topic(right)
+    return left, right, left_info, right_info
+
+
 def node_params(input_topics: Sequence[str] = NODE_INPUT_TOPICS) -> dict[str, object]:
     """The params file content: reliable subscriptions (best effort loses most large images between
     processes), a queue of 10 messages per topic."""
@@ -220,15 +236,16 @@ class NodeProcess:
     """
 
     def __init__(self, folder: Path, domain_id: int, checkpoint: str | None, device: str,
-                 executable: Path | None = None, extra_parameters: Mapping[str, str] | None = None) -> None:
+                 executable: Path | None = None, extra_parameters: Mapping[str, str] | None = None,
+                 image_transport: str = 'raw') -> None:
         self.folder = folder
         self.domain_id = domain_id
         self.executable = executable or default_node_executable()
         self.log = folder / 'node.log'
         params_file = folder / 'node_params.yaml'
-        params_file.write_text(yaml.safe_dump(node_params()), encoding='utf-8')
+        params_file.write_text(yaml.safe_dump(node_params(node_input_topics(image_transport))), encoding='utf-8')
         arguments = [str(self.executable), '--ros-args', '--params-file', str(params_file),
-                     '-p', 'use_sim_time:=true', '-p', f'device:={device}']
+                     '-p', 'use_sim_time:=true', '-p', f'device:={device}', '-p', f'image_transport:={image_transport}']
         if checkpoint:
             arguments += ['-p', f'checkpoint:={checkpoint}']
         for name, value in (extra_parameters or {}).items():

@@ -6,6 +6,8 @@ The DDS side of ``stereonet-eval-bag --through-node`` (the evaluation side, with
 - reads the bag's four input topics with ``rosbags`` (no ROS install) in log-time order and publishes
   each message at its recorded time, scaled by ``rate`` (``rate = 0.5``: half as fast), on the node's
   input names (:data:`~stereonet_ros.evaluation.through_node.NODE_INPUT_TOPICS`) with reliable QoS;
+  compressed images (``PlaySettings.image_transport``) as CompressedImage on ``<image topic>/compressed``,
+  where a node with ``image_transport`` ``compressed`` reads them;
 - publishes ``rosgraph_msgs/Clock`` on ``/clock`` (the bag's log time, at least every 25 ms and before
   every message), for a node running with ``use_sim_time``;
 - subscribes to the node's ``/disparity`` (reliable) and keeps every DisparityImage with its receive
@@ -40,13 +42,13 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.utilities import try_shutdown
 from rosbags.highlevel import AnyReader
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from stereo_msgs.msg import DisparityImage
 
-from stereonet_ros.evaluation.bagio import TYPESTORE
-from stereonet_ros.evaluation.replay import ReplayConfig, ReplayError
-from stereonet_ros.evaluation.through_node import (NODE_DISPARITY_TOPIC, NODE_INPUT_TOPICS, NODE_NAME, BagPlayback,
-                                                   NodeAnswer, PlaybackResult, PlaySettings, ThroughNodeError)
+from stereonet_ros.evaluation.bagio import COMPRESSED_IMAGE, TYPESTORE
+from stereonet_ros.evaluation.replay import ReplayConfig, ReplayError, resolve_image_topics
+from stereonet_ros.evaluation.through_node import (NODE_DISPARITY_TOPIC, NODE_NAME, BagPlayback, NodeAnswer,
+                                                   PlaybackResult, PlaySettings, ThroughNodeError, node_input_topics)
 from stereonet_ros.image_codec import ImageCodecError, image_to_array
 from stereonet_ros.sync import stamp_to_ns
 
@@ -138,9 +140,11 @@ class BagPlayer:
                     os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = saved
         self.node = rclpy.create_node('stereonet_bag_player', context=self.context)
         reliable = _qos(10)
-        kinds: Sequence[type[Any]] = (Image, Image, CameraInfo, CameraInfo)
+        image = CompressedImage if settings.image_transport == 'compressed' else Image
+        kinds: Sequence[type[Any]] = (image, image, CameraInfo, CameraInfo)
+        self.input_topics = node_input_topics(settings.image_transport)
         self.publishers = [self.node.create_publisher(kind, topic, reliable)
-                           for topic, kind in zip(NODE_INPUT_TOPICS, kinds, strict=True)]
+                           for topic, kind in zip(self.input_topics, kinds, strict=True)]
         self.kinds = list(kinds)
         self.clock_publisher = self.node.create_publisher(Clock, '/clock', _qos(1))
         self.disparity_subscription = self.node.create_subscription(
@@ -215,7 +219,7 @@ class BagPlayer:
         deadline = time.monotonic() + self.settings.startup_timeout_s
         while True:
             self._check_node()
-            missing = [topic for topic, publisher in zip(NODE_INPUT_TOPICS, self.publishers, strict=True)
+            missing = [topic for topic, publisher in zip(self.input_topics, self.publishers, strict=True)
                        if publisher.get_subscription_count() == 0]
             if self.disparity_subscription.get_publisher_count() == 0:
                 missing.append(f'{NODE_DISPARITY_TOPIC} (publisher)')
@@ -223,8 +227,10 @@ class BagPlayer:
                 break
             if time.monotonic() > deadline:
                 domain = 'the environment\'s' if self.settings.domain_id is None else str(self.settings.domain_id)
+                hint = (' (the bags\' images are compressed: the node needs image_transport compressed)'
+                        if self.settings.image_transport == 'compressed' else '')
                 raise ThroughNodeError(f'no stereonet node matched within {self.settings.startup_timeout_s:g} s on '
-                                       f'ROS domain {domain}: nothing on {", ".join(missing)}')
+                                       f'ROS domain {domain}: nothing on {", ".join(missing)}{hint}')
             time.sleep(0.05)
         settle = time.monotonic() + SETTLE_SECONDS
         while time.monotonic() < settle:
@@ -238,8 +244,6 @@ class BagPlayer:
             ReplayError: the bag cannot be read.
             ThroughNodeError: the node died while playing.
         """
-        topics = self.config.input_topics
-        role_of = {topic: role for role, topic in enumerate(topics)}
         playback = BagPlayback(bag=str(path))
         published: dict[int, float] = {}  # played stamp -> publish time of the last input with it
         left_stamps: set[int] = set()
@@ -251,6 +255,13 @@ class BagPlayer:
         except Exception as err:  # noqa: BLE001 - rosbags raises several unrelated types; evaluate_bags checked it
             raise ReplayError(f'bag {path} cannot be opened: {err}') from err
         try:
+            bag_topics = {name: str(info.msgtype) for name, info in reader.topics.items()}
+            topics = resolve_image_topics(bag_topics, self.config.input_topics)
+            compressed = [bag_topics.get(topic) == COMPRESSED_IMAGE for topic in topics[:2]]
+            if any(flag != (self.settings.image_transport == 'compressed') for flag in compressed):
+                raise ThroughNodeError(f'bag {path}: its images ({", ".join(topics[:2])}) do not fit the node\'s '
+                                       f'image_transport {self.settings.image_transport}')
+            role_of = {topic: role for role, topic in enumerate(topics)}
             connections = [c for c in reader.connections if c.topic in role_of]
             start_ns = int(reader.start_time)
             if self._last_played_ns is not None and start_ns <= self._last_played_ns + BAG_GAP_NS // 2:
