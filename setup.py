@@ -14,7 +14,9 @@ setup(
         ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
         (f'share/{PACKAGE}', ['package.xml']),
         (f'share/{PACKAGE}/launch', glob('launch/*.launch.py')),
-        (f'share/{PACKAGE}/config', glob('config/*.yaml') + glob('config/*.xml')),
+        # Node parameters, the Fast DDS profile, and the rviz2 and Foxglove layouts.
+        (f'share/{PACKAGE}/config', glob('config/*.yaml') + glob('config/*.xml') + glob('config/*.rviz')
+         + glob('config/*.json')),
     ],
     install_requires=['setuptools'],
     zip_safe=True,

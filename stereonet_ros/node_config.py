@@ -34,7 +34,9 @@ OUTPUT_TOPICS: dict[str, str] = {
     'disparity/image_color': 'sensor_msgs/msg/Image',
 }
 """The node's outputs (relative topic -> message type), in the order it declares them; the node creates its
-publishers from this, and the viewer layouts in ``config/`` are checked against it (``/diagnostics`` aside)."""
+publishers from this, and the viewer layouts in ``config/`` are checked against it (with :data:`DIAGNOSTICS_TOPIC`)."""
+DIAGNOSTICS_TOPIC = '/diagnostics'
+"""Where the node publishes its diagnostic_msgs/DiagnosticArray (absolute, as every ROS node does)."""
 
 # 'auto', 'cpu', 'cuda' or 'cuda:N' (whether the device exists is checked when the model loads).
 _DEVICE_PATTERN = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')

@@ -34,6 +34,7 @@ def test_colcon_build_installs_the_launch_file_config_manifest_and_the_node_exec
     assert (share / 'launch' / 'stereo.launch.py').is_file()
     assert (share / 'config' / 'stereonet.yaml').is_file()
     assert (share / 'config' / 'fastdds_large_images.xml').is_file()  # the Fast DDS profile for large images
+    assert (share / 'config' / 'stereonet.rviz').is_file() and (share / 'config' / 'stereonet.foxglove.json').is_file()
     assert (install / 'share' / 'ament_index' / 'resource_index' / 'packages' / 'stereonet_ros').is_file()
     executable = install / 'lib' / 'stereonet_ros' / 'stereonet_node'
     assert executable.is_file() and os.access(executable, os.X_OK)

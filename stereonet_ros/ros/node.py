@@ -67,8 +67,8 @@ from stereonet_ros.image_codec import ImageCodecError, ImageLike
 from stereonet_ros.image_compression import CompressedImageError, compressed_topic, decompress, require_codec
 from stereonet_ros.inference import InputError, Predictor, UntrainedPlaceholderWarning
 from stereonet_ros.model.checkpoint import CheckpointError
-from stereonet_ros.node_config import (MODEL_KEYS, OUTPUT_TOPICS, PARAMETER_SPECS, STEREO_IMAGE_PROC_BLOCK_MATCHING,
-                                       SYNC_KEYS, NodeConfig)
+from stereonet_ros.node_config import (DIAGNOSTICS_TOPIC, MODEL_KEYS, OUTPUT_TOPICS, PARAMETER_SPECS,
+                                       STEREO_IMAGE_PROC_BLOCK_MATCHING, SYNC_KEYS, NodeConfig)
 from stereonet_ros.node_runtime import (InputWatch, LatestSlot, NodeStatistics, StampedCache, WarningThrottle,
                                         camera_info_topic, overall_status, problem_kind)
 from stereonet_ros.processing import (DeviceGuard, OutputSelection, StereoInputError, StereoProcessor,
@@ -248,7 +248,7 @@ class StereoNetNode(Node):
         self._pub_disparity, self._pub_points = publishers['disparity'], publishers['points2']
         self._pub_depth, self._pub_confidence = publishers['depth'], publishers['confidence']
         self._pub_color = publishers['disparity/image_color']
-        self._pub_diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', QoSProfile(depth=10),
+        self._pub_diagnostics = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, QoSProfile(depth=10),
                                                       qos_overriding_options=overrides)
 
         self._slot: LatestSlot[_Job] = LatestSlot()
