@@ -59,3 +59,20 @@ def tune_allocator_for_inference() -> bool:
         results = (mallopt(M_ARENA_MAX, 1), mallopt(M_MMAP_MAX, 0), mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
         _applied = all(result == 1 for result in results)
         return _applied
+
+
+def release_free_memory() -> bool:
+    """Hand the heap's free pages back to the kernel (glibc ``malloc_trim(0)``); whether any were released.
+
+    The tuning above keeps the peak heap for speed; after a rare frame much larger than usual that
+    peak is memory the robot needs elsewhere. Does nothing (False) off glibc.
+    """
+    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+        return False
+    library = ctypes.util.find_library('c')
+    if library is None:
+        return False
+    trim = ctypes.CDLL(library).malloc_trim
+    trim.argtypes = (ctypes.c_size_t,)
+    trim.restype = ctypes.c_int
+    return bool(trim(0))

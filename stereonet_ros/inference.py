@@ -62,7 +62,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from stereonet_ros.cpu_allocator import tune_allocator_for_inference
+from stereonet_ros.cpu_allocator import release_free_memory, tune_allocator_for_inference
 from stereonet_ros.image_codec import BT601_WEIGHTS, bt601_luma
 from stereonet_ros.model.checkpoint import Checkpoint, InputContract, load_checkpoint
 from stereonet_ros.model.stereonet import (StereoNet, StereoNetConfig, fold_batchnorm, matching_confidence,
@@ -88,6 +88,12 @@ MAX_INFERENCE_SCALE = 2.5
 """Largest test-time scale: 2.5 x 2.5 = 6.25 times the pixels (and about that much time and memory); the
 cost volume's candidates then span 1/2.5 of the network's range in input pixels."""
 
+
+DEFAULT_MAX_PIXELS = 4_000_000
+"""Most pixels the network runs on (after the inference scale, before padding) unless told otherwise: a
+size that fits a robot. Measured peak memory on the CPU path: 0.75 MP 841 MiB, 3 MP 1.9 GiB, 5.9 MP
+6.5 GiB (issue 11); 4 MP takes about 3 GiB. A larger pair is run at the largest smaller scale that fits,
+or refused when even :data:`MIN_INFERENCE_SCALE` does not."""
 
 MAX_CAPTURED_SIZES = 2
 """Input sizes whose CUDA graph a predictor keeps (the least recently used is dropped): the node runs one
@@ -241,12 +247,40 @@ class Inference:
         max_disparity: the largest shift the network can express, pixels of the input: the contract's
             ``max_disparity`` times ``W / w`` (= ``/ scale`` up to the rounding of ``w``).
         network_size: ``(h, w)`` the network ran at (before padding to the contract's multiple).
+        scale: the scale the network ran at: the one asked for, or less when ``max_pixels`` needed it.
     """
 
     disparity: npt.NDArray[np.float32]
     confidence: npt.NDArray[np.float32] | None
     max_disparity: float
     network_size: tuple[int, int]
+    scale: float = 1.0
+
+
+def fitted_scale(height: int, width: int, scale: float, max_pixels: int) -> float:
+    """``scale``, or the largest smaller one at which the network's ``h * w`` (:func:`scaled_size`) is at most
+    ``max_pixels``: the most detail the pixel budget allows.
+
+    Raises:
+        InputError: ``max_pixels`` < 1, or even :data:`MIN_INFERENCE_SCALE` gives more than ``max_pixels``
+            (the message gives the size, the scale it would need and the budget).
+    """
+    if max_pixels < 1:
+        raise InputError(f'max_pixels {max_pixels}: must be >= 1')
+
+    def pixels(factor: float) -> int:
+        h, w = scaled_size(height, width, factor)
+        return h * w
+
+    if pixels(scale) <= max_pixels:
+        return scale
+    candidate = scale * math.sqrt(max_pixels / pixels(scale))
+    while candidate >= MIN_INFERENCE_SCALE and pixels(candidate) > max_pixels:
+        candidate *= 0.999  # rounding of the sides can leave a few pixels over
+    if candidate < MIN_INFERENCE_SCALE:
+        raise InputError(f'{width}x{height} image is too large: even at scale {MIN_INFERENCE_SCALE} the network would '
+                         f'run on {pixels(MIN_INFERENCE_SCALE)} pixels, more than max_pixels {max_pixels}')
+    return candidate
 
 
 def _to_device(array: npt.NDArray[Any], device: torch.device) -> torch.Tensor:
@@ -356,6 +390,7 @@ class Predictor:
             raise InputError("precision 'bf16' on the CPU needs native bfloat16 (AVX512-BF16 or AMX), "
                              'which this CPU lacks; use fp32')
         self.precision: Precision = precision
+        self._last_pixels = 0  # network pixels of the previous pair (a much larger one is followed by a trim)
         if checkpoint.config.in_channels != checkpoint.contract.channels:
             raise InputError(f'checkpoint model takes {checkpoint.config.in_channels} channel(s) but its input '
                              f'contract is {checkpoint.contract.color!r}')
@@ -607,7 +642,7 @@ class Predictor:
             return CapturedPass(device_pass, left_image, right_image, self.device)
 
     def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, *, scale: float = 1.0,
-              with_confidence: bool = False) -> Inference:
+              with_confidence: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Inference:
         """The one inference path (node, CLIs, evaluators): colour, scale, network, confidence, back to input pixels.
 
         Args:
@@ -617,19 +652,29 @@ class Predictor:
                 in [:data:`MIN_INFERENCE_SCALE`, :data:`MAX_INFERENCE_SCALE`], ends included.
             with_confidence: also compute the matching confidence (at the network's size, resized back
                 bilinearly).
+            max_pixels: most pixels the network may run on: a larger pair runs at the largest smaller
+                scale that fits (:func:`fitted_scale`; ``Inference.scale`` says which).
 
         Raises:
-            InputError: shapes, dtypes or sizes the predictor cannot use, or a scale out of range
-                (message says which).
+            InputError: shapes, dtypes or sizes the predictor cannot use, a scale out of range, or a pair
+                too large for ``max_pixels`` even at the smallest scale (message says which).
         """
         scale = check_inference_scale(scale)
         left_image, right_image = self._check_pair(left, right)
         height, width = left_image.shape[:2]
+        scale = fitted_scale(height, width, scale, max_pixels)
         network_size = scaled_size(height, width, scale)
         answer = self._answer(left_image, right_image, network_size, with_confidence)
+        pixels = network_size[0] * network_size[1]
+        if self.device.type == 'cpu' and pixels > 2 * self._last_pixels > 0:
+            # A rare large frame grew the heap that the tuned allocator keeps: give its pages back now
+            # rather than hold the peak for ever (issue 11: a 2000x1500 pair left RSS 1.0 GB, was 0.69 GB).
+            release_free_memory()
+        self._last_pixels = pixels
         ratio = width / network_size[1]  # disparity scales with the width
         return Inference(disparity=answer[0], confidence=answer[1] if with_confidence else None,
-                         max_disparity=float(self.contract.max_disparity) * ratio, network_size=network_size)
+                         max_disparity=float(self.contract.max_disparity) * ratio, network_size=network_size,
+                         scale=scale)
 
     def predict(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0) -> npt.NDArray[np.float32]:
         """Left-view disparity ``(H, W)`` float32 in pixels of the input: :meth:`infer`'s ``disparity``.

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from stereonet_ros.config import ConfigError, build, to_dict
 from stereonet_ros.image_compression import TRANSPORTS
-from stereonet_ros.inference import MAX_INFERENCE_SCALE, MIN_INFERENCE_SCALE
+from stereonet_ros.inference import DEFAULT_MAX_PIXELS, MAX_INFERENCE_SCALE, MIN_INFERENCE_SCALE
 
 Precision = Literal['fp32', 'fp16', 'bf16']
 Transport = Literal['raw', 'compressed']
@@ -121,6 +121,10 @@ class NodeConfig:
     inference_scale: float = _param(
         1.0, 'Run the network on images resized by this factor: below 1 faster, above 1 finer (about scale^2 '
         'the time); outputs are at the input resolution, in its pixels', MIN_INFERENCE_SCALE, MAX_INFERENCE_SCALE)
+    max_pixels: int = _param(
+        DEFAULT_MAX_PIXELS, 'Most pixels the network runs on (after inference_scale): a larger pair runs at the '
+        'largest smaller scale that fits (a throttled warning says so), or is dropped when even 0.1 does not; '
+        'bounds the memory one pair can take (about 3 GiB at 4 MP on a CPU)', 65_536, 50_000_000)
     diagnostics_period_seconds: float = _param(
         1.0, 'Period of the /diagnostics status and of the stalled-input check, seconds; read-only',
         0.1, 60.0, read_only=True)

@@ -46,7 +46,7 @@ from stereonet_ros.camera import StereoCamera, check_image_size
 from stereonet_ros.geometry import CloudBuffer, disparity_to_depth, pointcloud2_buffer, reproject_to_3d
 from stereonet_ros.image_codec import ImageLike, canonical_encoding, to_model_input
 from stereonet_ros.image_io import colorize_disparity
-from stereonet_ros.inference import Predictor
+from stereonet_ros.inference import DEFAULT_MAX_PIXELS, Predictor
 from stereonet_ros.node_config import NodeConfig
 
 DEVICE_ERROR_MARKERS = ('CUDA error', 'CUDA out of memory', 'CUDA driver', 'CUDNN_STATUS', 'cuDNN error',
@@ -122,6 +122,8 @@ class StereoOutputs:
     confidence: npt.NDArray[np.float32] | None = None
     disparity_color: npt.NDArray[np.uint8] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    network_scale: float = 1.0
+    """The scale the network ran at: ``inference_scale``, or less when ``max_pixels`` required it."""
 
 
 def to_rgb8(image: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
@@ -193,8 +195,9 @@ class StereoProcessor:
         self.predictor = predictor
         self.fallback_reason = fallback_reason
 
-    def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0,
-              with_confidence: bool = False) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None, float]:
+    def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0, with_confidence: bool = False,
+              max_pixels: int = DEFAULT_MAX_PIXELS
+              ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None, float]:
         """:meth:`Predictor.infer <stereonet_ros.inference.Predictor.infer>` as a tuple:
         ``(shift, confidence | None, max_shift)``, all at the input's size and in its pixels.
 
@@ -205,7 +208,7 @@ class StereoProcessor:
         Raises:
             InputError: the images cannot be used (shapes, dtypes, sizes differ), or ``scale`` is out of range.
         """
-        answer = self.predictor.infer(left, right, scale=scale, with_confidence=with_confidence)
+        answer = self.predictor.infer(left, right, scale=scale, with_confidence=with_confidence, max_pixels=max_pixels)
         return answer.disparity, answer.confidence, answer.max_disparity
 
     def process(self, left: npt.ArrayLike, right: npt.ArrayLike, camera: StereoCamera, config: NodeConfig,
@@ -216,7 +219,7 @@ class StereoProcessor:
             left, right: decoded images (``decode_pair``), ``(H, W)`` or ``(H, W, 3)``.
             camera: the pair's camera model; its size must equal the images'.
             config: the node's parameters (``min_disparity``, ``min_confidence``, ``inference_scale``,
-                ``use_color``, ``avoid_point_cloud_padding`` are used).
+                ``max_pixels``, ``use_color``, ``avoid_point_cloud_padding`` are used).
             outputs: which outputs to compute.
             rgb: ``(H, W, 3)`` uint8 left colours for the cloud, or ``None`` (no rgb field), or a function
                 returning either, called only when the cloud takes colour and only after the network ran
@@ -235,7 +238,9 @@ class StereoProcessor:
         check_image_size(camera, height, width)
         start = time.perf_counter()
         want_confidence = outputs.confidence or config.min_confidence > 0.0
-        shift, confidence, max_shift = self.infer(left_array, right_array, config.inference_scale, want_confidence)
+        answer = self.predictor.infer(left_array, right_array, scale=config.inference_scale,
+                                      with_confidence=want_confidence, max_pixels=config.max_pixels)
+        shift, confidence, max_shift = answer.disparity, answer.confidence, answer.max_disparity
         model_done = time.perf_counter()
 
         colours = rgb
@@ -243,6 +248,7 @@ class StereoProcessor:
             colours = colours() if outputs.points and config.use_color else None
         result = postprocess(shift, confidence, max_shift, camera, config, outputs, colours)
         result.timings = {'model': model_done - start, 'post': time.perf_counter() - model_done}
+        result.network_scale = answer.scale
         return result
 
 

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--inference-scale', type=float, default=1.0, metavar='S',
                         help='run the network on the pair resized by S, in [0.1, 2.5] (above 1: finer, about S^2 '
                         'the time); the disparity comes back at the input size, in input pixels (default 1)')
+    parser.add_argument('--max-pixels', type=int, default=None, metavar='N',
+                        help='most pixels the network runs on (after --inference-scale): a larger pair runs at the '
+                        'largest smaller scale that fits, with a warning (default 4000000: about 3 GiB on a CPU)')
     return parser
 
 
@@ -48,14 +51,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stereonet_ros.evaluation.metrics import MetricsError, disparity_metrics
     from stereonet_ros.image_io import (DisparityFileError, ImageReadError, ImageWriteError, colorize_disparity,
                                         read_disparity, read_image, write_disparity, write_png)
-    from stereonet_ros.inference import (MAX_INFERENCE_SCALE, MIN_INFERENCE_SCALE, InputError, Predictor,
-                                         UntrainedPlaceholderWarning, check_inference_scale)
+    from stereonet_ros.inference import (DEFAULT_MAX_PIXELS, MAX_INFERENCE_SCALE, MIN_INFERENCE_SCALE, InputError,
+                                         Predictor, UntrainedPlaceholderWarning, check_inference_scale)
     from stereonet_ros.model.checkpoint import CheckpointError
 
     if arguments.out.suffix.lower() not in ('.npy', '.pfm'):
         fail(PROGRAM, f'--out {arguments.out}: the extension must be .npy or .pfm', status=2)
     if arguments.color is not None and arguments.color.suffix.lower() != '.png':
         fail(PROGRAM, f'--color {arguments.color}: the extension must be .png', status=2)
+    max_pixels = DEFAULT_MAX_PIXELS if arguments.max_pixels is None else arguments.max_pixels
+    if max_pixels < 1:
+        fail(PROGRAM, f'--max-pixels {max_pixels}: must be >= 1', status=2)
     try:
         scale = check_inference_scale(arguments.inference_scale)
     except InputError:
@@ -65,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         left = read_image(arguments.left)
         right = read_image(arguments.right)
         truth = read_disparity(arguments.gt) if arguments.gt is not None else None
+        height, width = left.shape[:2]
         if left.shape[:2] != right.shape[:2]:
             raise InputError(f'left image {arguments.left} is {left.shape[1]}x{left.shape[0]} but right image '
                              f'{arguments.right} is {right.shape[1]}x{right.shape[0]}; a rectified pair has one size')
@@ -74,7 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                   precision=arguments.precision)
         for warning in caught:
             print(f'{PROGRAM}: warning: {warning.message}', file=sys.stderr)
-        disparity = predictor.predict(left, right, scale=scale)
+        answer = predictor.infer(left, right, scale=scale, max_pixels=max_pixels)
+        disparity = answer.disparity
+        if answer.scale < scale:
+            print(f'{PROGRAM}: warning: {width}x{height} pair run at inference scale {answer.scale:.3f} instead of '
+                  f'{scale:g}: more than --max-pixels {max_pixels}', file=sys.stderr)
+            scale = answer.scale
         broken = int(np.count_nonzero(~np.isfinite(disparity)))
         if broken:  # finite images in: only the weights (or fp16 overflow) can do this; write nothing
             raise CheckpointError(f'the network gave non-finite disparities ({broken} of {disparity.size} pixels) '
@@ -90,7 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(PROGRAM, f'{err.filename or ""}: {err.strerror or err}')
     except (RuntimeError, MemoryError) as err:  # e.g. out of memory on the device: one line, not a traceback
         fail(PROGRAM, f'running the network failed: {type(err).__name__}: {err}')
-    height, width = disparity.shape
     valid = disparity[disparity >= 0]
     print(f'{PROGRAM}: {width}x{height} disparity (min {valid.min():.2f}, max {valid.max():.2f} px, '
           f'device {predictor.device}' + (f', inference scale {scale:g}' if scale != 1.0 else '')

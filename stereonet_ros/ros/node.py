@@ -492,6 +492,9 @@ class StereoNetNode(Node):
                 if self._processor is processor:
                     self._processor = used
         self._model_runs += 1
+        if result.network_scale < config.inference_scale:
+            self._warn('max-pixels', f'{width}x{height} pair run at scale {result.network_scale:.3f} instead of '
+                       f'inference_scale {config.inference_scale:g}: more than max_pixels {config.max_pixels}')
         header = left_msg.header  # outputs are in the left camera's optical frame, at its stamp
         if outputs.disparity:
             self._pub_disparity.publish(disparity_message(result, camera, header))
