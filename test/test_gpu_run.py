@@ -122,7 +122,8 @@ def test_a_step_past_its_limit_is_killed_and_reported_as_a_timeout(tmp_path: Pat
     plan['node_size'], plan['node_repeats'] = [960, 540], 1000  # far more than 2 s of work
     result = visit_run._run_step('node_processing', limit_s=1.0, kill_after_s=2.0, device='cpu', rehearse=True,
                                  step_plan=plan, work=tmp_path, log_path=tmp_path / 'log')
-    assert result['status'] == 'timeout' and result['reason'].startswith('killed after 2 s (limit 1 s)')
+    assert result['status'] == 'timeout', result
+    assert result['reason'].startswith('killed after 2 s (limit 1 s)')
     assert result['seconds'] < 10
 
 

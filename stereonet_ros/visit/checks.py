@@ -206,12 +206,18 @@ CHECKS: tuple[Callable[[str, Pair], Figures], ...] = (
 )
 
 
-def run_checks(device: str, pair: Pair, deadline: float | None = None) -> list[dict[str, Any]]:
-    """Every check in :data:`CHECKS` on ``device``: ``{'name', 'status': passed | failed | skipped, 'reason',
-    'figures', 'seconds'}`` each; a failure or an exception never stops the others. Checks not started by
+FIGURE_CHECKS: tuple[Callable[[str, Pair], Figures], ...] = (check_cuda_fp32_matches_cpu_fp32,
+                                                              check_reduced_precision_is_close_to_fp32)
+"""The checks whose figures the visit reports even when pytest has run them all."""
+
+
+def run_checks(device: str, pair: Pair, deadline: float | None = None,
+               checks: tuple[Callable[[str, Pair], Figures], ...] = CHECKS) -> list[dict[str, Any]]:
+    """``checks`` on ``device``: ``{'name', 'status': passed | failed | skipped, 'reason', 'figures',
+    'seconds'}`` each; a failure or an exception never stops the others. Checks not started by
     ``deadline`` (``time.monotonic()``) are skipped."""
     outcomes = []
-    for check in CHECKS:
+    for check in checks:
         name = check.__name__.removeprefix('check_')
         if deadline is not None and time.monotonic() > deadline:
             outcomes.append({'name': name, 'status': 'skipped', 'reason': 'out of time', 'figures': {}, 'seconds': 0.0})

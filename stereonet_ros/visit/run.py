@@ -4,10 +4,10 @@
 
 Steps, in this order, each in a process of its own with its own time limit (:mod:`stereonet_ros.visit.steps`):
 
-(a) ``cuda_tests``: the CUDA-marked tests (under pytest where it is installed) and the checks of
-    :mod:`stereonet_ros.visit.checks` run directly: CUDA fp32 against CPU fp32 on Motorcycle (<= 0.01 px),
-    bf16 and fp16 against fp32 (reported), graph replay against eager, no host synchronization in the
-    pass, uint8 upload against the float path;
+(a) ``cuda_tests``: the CUDA-marked tests under pytest, i.e. the checks of :mod:`stereonet_ros.visit.checks`:
+    CUDA fp32 against CPU fp32 on Motorcycle (<= 0.01 px), bf16 and fp16 against fp32 (reported), graph
+    replay against eager, no host synchronization in the pass, uint8 upload against the float path; the
+    step runs them itself where pytest is missing or fails, and the first two always, for their figures;
 (b) ``forward``: the forward timing of :mod:`stereonet_ros.visit.forward` at 960x544 and 640x480;
 (c) ``node_processing``: the node's decode, inference and post-processing per pair at 960x540;
 (d) ``training``: a burst of the current recipe from the bundled default (:mod:`stereonet_ros.visit.burst`),
