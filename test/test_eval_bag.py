@@ -308,9 +308,10 @@ def test_written_outputs_follow_the_node_validity_rule_pixel_by_pixel(tmp_path: 
     with AnyReader([tmp_path / 'out'], default_typestore=TYPESTORE) as reader:
         messages = {c.topic: reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages()}
     values = np.frombuffer(messages['/disparity'].image.data, dtype='<f4').reshape(2, 8)
-    # Valid: finite, disparity >= min_disparity (1) and > 0, and the match u - shift inside the right image.
+    # Valid: finite, min_disparity (1) <= disparity <= max_disparity (7: exactly 7 at [1, 5:7] is valid, 8 at
+    # [1, 7] is not) and > 0, and the match u - shift inside the right image.
     expected_valid = np.array([[True, False, True, True, True, False, False, True],
-                               [False, True, True, True, False, True, True, True]])
+                               [False, True, True, True, False, True, True, False]])
     expected = np.where(expected_valid, shift + 2.0, 0.0)  # invalid = min_disparity - 1 = 0
     np.testing.assert_array_equal(values, expected.astype(np.float32))
     message = messages['/disparity']
