@@ -263,7 +263,8 @@ def evaluation(ctx: Context) -> dict[str, Any]:
         scores = evaluate(path, plan['sets'], device=ctx.device, synthetic_samples=int(plan['synthetic_samples']),
                           sgbm_tuning_samples=int(plan['sgbm_tuning_samples']), log=print)
         scores.pop('provenance', None)  # long; the checkpoint files carry it
-        result['checkpoints'][label] = {'status': 'ok', 'path': path or 'bundled default',
+        shown = 'model.safetensors, the burst\'s' if label == 'trained' else 'the bundled default'
+        result['checkpoints'][label] = {'status': 'ok', 'path': shown,
                                         'table': format_table(scores), 'results': scores}
         ctx.save(result)
     result['status'] = 'ok'
