@@ -130,6 +130,10 @@ class SyncCounters:
         rejected: messages refused on arrival (stamp out of order, or a duplicate slot).
         overflow: messages dropped because their queue exceeded ``queue_size``.
         unmatched: messages discarded because no admissible set could contain them.
+        missing: exact mode, per topic: discarded incomplete sets that lacked that topic's message. A
+            topic that keeps lacking while the others arrive lost messages before the synchronizer
+            (transport drops, or its subscription queue overflowing while the node was busy), which
+            differs from stamps that never agree. Empty in approximate mode (its sets are not per stamp).
     """
 
     added: int = 0
@@ -137,6 +141,7 @@ class SyncCounters:
     rejected: int = 0
     overflow: int = 0
     unmatched: int = 0
+    missing: tuple[int, ...] = ()
 
 
 @dataclass
@@ -202,6 +207,7 @@ class StereoSynchronizer(Generic[M]):
         """Forget every queued message and counter, e.g. after the clock jumped backwards."""
         n = len(self.topics)
         self._added = self._emitted = self._rejected = self._overflow = self._unmatched = 0
+        self._missing = [0] * n
         # Exact mode: stamp -> one slot per topic.
         self._groups: dict[int, list[_Entry[M] | None]] = {}
         self._last_emitted: int | None = None
@@ -218,7 +224,8 @@ class StereoSynchronizer(Generic[M]):
     @property
     def counters(self) -> SyncCounters:
         """A snapshot of the counters."""
-        return SyncCounters(self._added, self._emitted, self._rejected, self._overflow, self._unmatched)
+        return SyncCounters(self._added, self._emitted, self._rejected, self._overflow, self._unmatched,
+                            () if self.approximate else tuple(self._missing))
 
     @property
     def pending(self) -> int:
@@ -280,12 +287,15 @@ class StereoSynchronizer(Generic[M]):
             del self._groups[entry.stamp]
             self._last_emitted = entry.stamp
             for stamp in [s for s in self._groups if s < entry.stamp]:
-                self._unmatched += self._group_size(self._groups.pop(stamp))
+                self._unmatched += self._discard(self._groups.pop(stamp))
         while len(self._groups) > self.queue_size:
-            self._overflow += self._group_size(self._groups.pop(min(self._groups)))
+            self._overflow += self._discard(self._groups.pop(min(self._groups)))
 
-    @staticmethod
-    def _group_size(slots: list[_Entry[M] | None]) -> int:
+    def _discard(self, slots: list[_Entry[M] | None]) -> int:
+        """Count the topics an incomplete set lacked; return how many messages it held."""
+        for index, slot in enumerate(slots):
+            if slot is None:
+                self._missing[index] += 1
         return sum(slot is not None for slot in slots)
 
     # ------------------------------------------------------------------ approximate

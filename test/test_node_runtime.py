@@ -6,7 +6,8 @@ import threading
 import pytest
 
 from stereonet_ros.node_runtime import (MAX_KIND_LENGTH, InputWatch, LatestSlot, NodeStatistics, StampedCache,
-                                        WarningThrottle, camera_info_topic, overall_status, problem_kind)
+                                        WarningThrottle, camera_info_topic, overall_status, problem_kind,
+                                        unmatched_warning)
 
 TOPICS = ('/left/image_rect', '/right/image_rect', '/left/camera_info', '/right/camera_info')
 
@@ -113,6 +114,23 @@ def test_camera_info_is_the_sibling_of_the_image_topic_as_image_transport_derive
 def test_camera_info_topic_wants_a_fully_qualified_image_topic(bad: str) -> None:
     with pytest.raises(ValueError, match='must be fully qualified'):
         camera_info_topic(bad)
+
+
+def test_unmatched_messages_are_blamed_on_a_lost_input_when_sets_do_form_and_on_stamps_otherwise() -> None:
+    from stereonet_ros.sync import SyncCounters
+
+    before = SyncCounters(added=40, emitted=9, unmatched=3, missing=(0, 1, 0, 0))
+    after = SyncCounters(added=44, emitted=9, unmatched=6, missing=(0, 2, 0, 0))
+    kind, text = unmatched_warning(3, before, after, TOPICS, approximate=False)
+    assert kind == 'sync-lost-input'
+    assert text.startswith('3 input message(s) discarded without a match: their set never got a message of '
+                           '/right/image_rect (1), which was lost before the node paired it')
+    # Nothing ever paired: the stamps, not the transport.
+    never = SyncCounters(added=8, emitted=0, unmatched=3, missing=(0, 1, 0, 0))
+    assert unmatched_warning(3, SyncCounters(), never, TOPICS, approximate=False)[0] == 'sync-unmatched'
+    # Approximate sync has no per-stamp sets to blame a topic with.
+    kind, text = unmatched_warning(2, SyncCounters(), SyncCounters(emitted=5, unmatched=2), TOPICS, approximate=True)
+    assert kind == 'sync-unmatched' and 'sync is approximate' in text
 
 
 def test_diagnostics_report_the_worst_level_and_every_message_most_severe_first() -> None:

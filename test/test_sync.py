@@ -249,6 +249,12 @@ def test_frames_missing_a_message_are_skipped_and_the_rest_paired(approximate: b
     incomplete = {f for f, _ in lost}
     assert frames_of(sets) == [(k, k, k, k) for k in range(n) if k not in incomplete]
     check_accounting(sync)
+    if not approximate:
+        # Which topic each discarded set lacked: the messages lost before the synchronizer, by topic.
+        # (The last frame's set may still be pending; none of the lost frames is the last.)
+        assert sync.counters.missing == (1, 1, 2, 1)
+    else:
+        assert sync.counters.missing == ()
 
 
 def test_approximate_mode_queue_overflow_drops_oldest_and_recovers() -> None:

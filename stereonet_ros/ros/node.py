@@ -70,7 +70,7 @@ from stereonet_ros.model.checkpoint import CheckpointError
 from stereonet_ros.node_config import (DIAGNOSTICS_TOPIC, MODEL_KEYS, OUTPUT_TOPICS, PARAMETER_SPECS,
                                        STEREO_IMAGE_PROC_BLOCK_MATCHING, SYNC_KEYS, NodeConfig)
 from stereonet_ros.node_runtime import (InputWatch, LatestSlot, NodeStatistics, StampedCache, WarningThrottle,
-                                        camera_info_topic, overall_status, problem_kind)
+                                        camera_info_topic, overall_status, problem_kind, unmatched_warning)
 from stereonet_ros.processing import (DeviceGuard, OutputSelection, StereoInputError, StereoProcessor,
                                       decode_colours, decode_pair)
 from stereonet_ros.ros.messages import (diagnostic_array, disparity_message, float_image_message,
@@ -379,6 +379,9 @@ class StereoNetNode(Node):
                                    + (f'; now {self._describe_model()}' if changed & MODEL_KEYS else ''))
         return SetParametersResult(successful=True)
 
+    def _subscription_names(self) -> list[str]:
+        return [subscription.topic_name for subscription in self._subscriptions_in]
+
     def _log_ignored(self, names: list[str]) -> None:
         if names:
             self.get_logger().info(f"ignoring stereo_image_proc's block-matcher parameter(s) {', '.join(names)}: "
@@ -437,9 +440,8 @@ class StereoNetNode(Node):
         lost = (after.unmatched - before.unmatched) + (after.overflow - before.overflow)
         rejected = after.rejected - before.rejected
         if lost > 0:
-            self._warn('sync-unmatched', f'{lost} input message(s) discarded without a match: their stamps never '
-                       'formed a set with the other three topics (a missing or late topic, or stamps that differ; '
-                       f'sync is {"approximate" if self._config.approximate_sync else "exact"})')
+            self._warn(*unmatched_warning(lost, before, after, self._subscription_names(),
+                                          self._config.approximate_sync))
         if rejected > 0:
             self._warn('sync-rejected', f'{INPUT_TOPICS[index]} message at stamp {stamp} refused: not newer than '
                        'an earlier message of that topic (duplicate or out of order)')
@@ -557,6 +559,9 @@ class StereoNetNode(Node):
             'bad input pairs': str(snapshot.bad_inputs),
             'sync unmatched messages': str(sync.unmatched + sync.overflow),
             'sync rejected messages': str(sync.rejected),
+            'sets lacking a message, by input': ', '.join(
+                f'{name}: {count}' for name, count in zip(self._subscription_names(), sync.missing, strict=True))
+            or 'n/a (approximate sync)',
             'outputs subscribed': self._outputs().describe(),
             'device': str(predictor.device),
             'device errors retried': str(self._device_guard.retries),
