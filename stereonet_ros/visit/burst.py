@@ -167,18 +167,23 @@ def burst(work: Path, device_name: str, plan: dict[str, Any], time_limit_s: floa
     if not measured:
         raise RuntimeError(f'no batch size could be measured: {rates}')
     batch_size, why = choose_batch(generator['samples_per_s'], measured)
-    config = dataclasses.replace(base, batch_size=batch_size)
     result.update(gpu=rates, batch_size=batch_size, batch_reason=why)
     record(result)
     remaining = time_limit_s - (time.monotonic() - began)
     if remaining < float(plan['min_train_s']):
         raise RuntimeError(f'calibration left {remaining:.0f} s of {time_limit_s:.0f} s: no time to train')
+    # The schedule fits the burst: the steps the measured rates allow in the time left (90 %), so that the
+    # cosine reaches lr_min as the time runs out instead of stopping at the peak rate; warm-up a tenth of it.
+    chosen_rate = next(rate for rate in measured if rate['batch_size'] == batch_size)['samples_per_s']
+    expected = max(int(0.9 * remaining * min(generator['samples_per_s'], chosen_rate) / batch_size), 2)
+    config = dataclasses.replace(base, batch_size=batch_size, steps=expected,
+                                 warmup_steps=min(base.warmup_steps, max(expected // 10, 1)))
+    result.update(planned_steps=expected, warmup_steps=config.warmup_steps)
     run_dir = work / 'train'
     train_start = time.monotonic()
     step = train(config, run_dir, progress=False, time_limit_s=remaining)
     train_seconds = time.monotonic() - train_start
     achieved = step * batch_size / train_seconds
-    chosen_rate = next(rate for rate in measured if rate['batch_size'] == batch_size)['samples_per_s']
     limit = min(generator['samples_per_s'], chosen_rate)
     result.update(steps=step, samples=step * batch_size, train_s=round(train_seconds, 1),
                   samples_per_s=round(achieved, 2),
