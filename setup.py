@@ -30,6 +30,7 @@ setup(
         'console_scripts': [
             'stereonet-infer = stereonet_ros.cli.infer:main',
             'stereonet-convert = stereonet_ros.cli.convert:main',
+            'stereonet-export = stereonet_ros.cli.export:main',
             'stereonet-train = stereonet_ros.training.train:main',
             'stereonet-eval-bag = stereonet_ros.cli.eval_bag:main',
             'stereonet-make-bag = stereonet_ros.cli.make_bag:main',
