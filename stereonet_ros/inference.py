@@ -55,7 +55,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -68,6 +68,9 @@ from stereonet_ros.model.checkpoint import Checkpoint, InputContract, load_check
 from stereonet_ros.model.stereonet import (StereoNet, StereoNetConfig, fold_batchnorm, matching_confidence,
                                            to_channels_last)
 from stereonet_ros.precision import cpu_has_native_bf16
+
+if TYPE_CHECKING:
+    from stereonet_ros.onnx_backend import OnnxPredictor
 
 Precision = Literal['fp32', 'fp16', 'bf16']
 
@@ -169,6 +172,27 @@ def checked_image(image: npt.ArrayLike, name: str) -> npt.NDArray[Any]:
             raise InputError(f'{name} image has non-finite values')
         return values
     raise InputError(f'{name} image has dtype {array.dtype}; expected uint8, uint16 or float (0..255)')
+
+
+def checked_pair(left: npt.ArrayLike, right: npt.ArrayLike) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    """Both images as :func:`checked_image` gives them.
+
+    Raises:
+        InputError: as :func:`checked_image`, or the two differ in size.
+    """
+    left_image, right_image = checked_image(left, 'left'), checked_image(right, 'right')
+    if left_image.shape[:2] != right_image.shape[:2]:
+        raise InputError(f'left and right images differ in size: {left_image.shape[1]}x{left_image.shape[0]} '
+                         f'vs {right_image.shape[1]}x{right_image.shape[0]}')
+    return left_image, right_image
+
+
+def padded_size(height: int, width: int, contract: InputContract, config: StereoNetConfig) -> tuple[int, int]:
+    """The size the network runs at for an ``height`` x ``width`` input (the module doc's padding policy):
+    each side up to the contract's ``pad_multiple``, and at least 2^K."""
+    multiple = contract.pad_multiple
+    smallest = config.downsampling_factor
+    return max(-(-height // multiple) * multiple, smallest), max(-(-width // multiple) * multiple, smallest)
 
 
 def as_float_image(image: npt.ArrayLike, name: str) -> npt.NDArray[np.float32]:
@@ -423,8 +447,10 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str] | None = None, device: str = 'auto',
-                        precision: Precision = 'fp32', *, cuda_graphs: bool = True) -> Predictor:
-        """Load ``path`` (ours or a seed ``.ckpt``); ``None`` = the bundled default checkpoint.
+                        precision: Precision = 'fp32', *, cuda_graphs: bool = True) -> Predictor | OnnxPredictor:
+        """Load ``path`` (ours or a seed ``.ckpt``); ``None`` = the bundled default checkpoint. A path ending in
+        ``.onnx`` (``stereonet-export``) runs in ONNX Runtime instead: an
+        :class:`~stereonet_ros.onnx_backend.OnnxPredictor`, with the same ``infer``.
 
         While no trained default is bundled, ``None`` gives the untrained placeholder and warns.
 
@@ -432,6 +458,10 @@ class Predictor:
             CheckpointError: the file cannot be used (message says why).
             InputError: bad device or precision.
         """
+        if path is not None and Path(path).suffix.lower() == '.onnx':
+            from stereonet_ros.onnx_backend import OnnxPredictor
+
+            return OnnxPredictor(path, device=device, precision=precision)
         if path is None:
             bundled = DEFAULT_CHECKPOINT.exists()
             checkpoint = load_checkpoint(DEFAULT_CHECKPOINT) if bundled else placeholder_checkpoint()
@@ -450,6 +480,11 @@ class Predictor:
     @property
     def is_placeholder(self) -> bool:
         return bool(self.checkpoint.provenance.get('placeholder'))
+
+    @property
+    def has_confidence(self) -> bool:
+        """Whether :meth:`infer` can give confidence: always (an ONNX model only when exported with it)."""
+        return True
 
     @property
     def captured_sizes(self) -> list[tuple[int, int]]:
@@ -482,11 +517,7 @@ class Predictor:
                                           allow_tf32=self.precision != 'fp32')
 
     def _check_pair(self, left: npt.ArrayLike, right: npt.ArrayLike) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
-        left_image, right_image = checked_image(left, 'left'), checked_image(right, 'right')
-        if left_image.shape[:2] != right_image.shape[:2]:
-            raise InputError(f'left and right images differ in size: {left_image.shape[1]}x{left_image.shape[0]} '
-                             f'vs {right_image.shape[1]}x{right_image.shape[0]}')
-        return left_image, right_image
+        return checked_pair(left, right)
 
     def _normalized(self, raw: torch.Tensor, side: Literal['left', 'right']) -> torch.Tensor:
         """A raw image on the device -> ``(1, C, H, W)`` float32, normalized (step 3) for ``side``."""
@@ -506,11 +537,7 @@ class Predictor:
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
         """The size the network runs at for an ``height`` x ``width`` input (see the padding policy)."""
-        multiple = self.contract.pad_multiple
-        smallest = self.config.downsampling_factor
-        padded_height = max(-(-height // multiple) * multiple, smallest)
-        padded_width = max(-(-width // multiple) * multiple, smallest)
-        return padded_height, padded_width
+        return padded_size(height, width, self.contract, self.config)
 
     def run(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """Normalized ``(B, C, H, W)`` tensors -> ``(B, 1, H, W)`` float32 disparity: pads, runs, unpads."""

@@ -37,7 +37,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +47,9 @@ from stereonet_ros.geometry import CloudBuffer, disparity_to_depth, pointcloud2_
 from stereonet_ros.image_codec import ImageLike, canonical_encoding, to_model_input
 from stereonet_ros.image_io import colorize_disparity
 from stereonet_ros.inference import DEFAULT_MAX_PIXELS, Predictor
+
+if TYPE_CHECKING:
+    from stereonet_ros.onnx_backend import OnnxPredictor
 from stereonet_ros.node_config import NodeConfig
 
 DEVICE_ERROR_MARKERS = ('CUDA error', 'CUDA out of memory', 'CUDA driver', 'CUDNN_STATUS', 'cuDNN error',
@@ -191,7 +194,7 @@ class StereoProcessor:
         fallback_reason: why this processor replaced one on a failed device (:class:`DeviceGuard`), or None.
     """
 
-    def __init__(self, predictor: Predictor, fallback_reason: str | None = None) -> None:
+    def __init__(self, predictor: Predictor | OnnxPredictor, fallback_reason: str | None = None) -> None:
         self.predictor = predictor
         self.fallback_reason = fallback_reason
 

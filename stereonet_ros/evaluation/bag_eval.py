@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +30,9 @@ from stereonet_ros.evaluation.replay import (BagReplay, ReplayConfig, ReplayCoun
 from stereonet_ros.inference import Predictor, check_inference_scale
 from stereonet_ros.node_config import NodeConfig
 from stereonet_ros.processing import OutputSelection, postprocess
+
+if TYPE_CHECKING:
+    from stereonet_ros.onnx_backend import OnnxPredictor
 
 F32 = npt.NDArray[np.float32]
 
@@ -76,7 +79,7 @@ class PredictorSource:
         InputError: (on construction) ``scale`` is outside the predictor's range.
     """
 
-    def __init__(self, predictor: Predictor, warmup: bool = True, scale: float = 1.0) -> None:
+    def __init__(self, predictor: Predictor | OnnxPredictor, warmup: bool = True, scale: float = 1.0) -> None:
         self.predictor = predictor
         self.warmup = warmup
         self.scale = check_inference_scale(scale)

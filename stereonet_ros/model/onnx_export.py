@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -358,10 +357,3 @@ def export_onnx(checkpoint: Checkpoint, out: str | os.PathLike[str], *, source: 
         raise
     return document
 
-
-def padded_pair(left: npt.NDArray[np.float32], right: npt.NDArray[np.float32],
-                size: tuple[int, int]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """``(1, C, H, W)`` arrays padded bottom and right with edge values to ``size`` = ``(H', W')``."""
-    height, width = left.shape[-2:]
-    pad = ((0, 0), (0, 0), (0, size[0] - height), (0, size[1] - width))
-    return np.pad(left, pad, mode='edge'), np.pad(right, pad, mode='edge')

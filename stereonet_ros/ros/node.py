@@ -44,7 +44,7 @@ import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -76,6 +76,9 @@ from stereonet_ros.processing import (DeviceGuard, OutputSelection, StereoInputE
 from stereonet_ros.ros.messages import (diagnostic_array, disparity_message, float_image_message,
                                         pointcloud_message, rgb_image_message)
 from stereonet_ros.sync import MatchedSet, StereoSynchronizer, SyncError, stamp_to_ns
+
+if TYPE_CHECKING:
+    from stereonet_ros.onnx_backend import OnnxPredictor
 
 NODE_NAME = 'stereonet_node'
 INPUT_TOPICS = ('left/image_rect', 'right/image_rect', 'left/camera_info', 'right/camera_info')
@@ -110,8 +113,8 @@ callback waits on the executor thread, so a slow path (a hung network mount) del
 this much at most; the bundled default loads in under a second."""
 
 
-def warm_up(predictor: Predictor) -> None:
-    """Run a blank :data:`WARM_UP_SIZE` pair (confidence included) as the node runs pairs.
+def warm_up(predictor: Predictor | OnnxPredictor) -> None:
+    """Run a blank :data:`WARM_UP_SIZE` pair (confidence included where the model has it) as the node runs pairs.
 
     Weights can pass every check on the file and still break every pair (e.g. so large that each
     activation overflows): that shows here, before the model replaces a working one.
@@ -122,7 +125,7 @@ def warm_up(predictor: Predictor) -> None:
     blank = np.zeros((WARM_UP_SIZE, WARM_UP_SIZE), dtype=np.uint8)
     size = f'{WARM_UP_SIZE}x{WARM_UP_SIZE}'
     try:
-        result = predictor.infer(blank, blank, with_confidence=True)
+        result = predictor.infer(blank, blank, with_confidence=predictor.has_confidence)
     except Exception as err:  # noqa: BLE001 - whatever a blank pair trips, every real pair would trip too
         raise CheckpointError(f'the model fails a {size} warm-up pair: {type(err).__name__}: {err}') from err
     for name, values in (('disparity', result.disparity), ('confidence', result.confidence)):
@@ -295,7 +298,7 @@ class StereoNetNode(Node):
 
     # ------------------------------------------------------------------ model and config
 
-    def _load_predictor(self, config: NodeConfig) -> Predictor:
+    def _load_predictor(self, config: NodeConfig) -> Predictor | OnnxPredictor:
         """Load the configured checkpoint and run one warm-up pair on it (:func:`warm_up`); the untrained
         placeholder's warning is logged loudly.
 

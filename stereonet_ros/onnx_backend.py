@@ -1,0 +1,284 @@
+"""Run an exported ``.onnx`` model (``stereonet-export``) with ONNX Runtime, as :class:`~stereonet_ros.inference.Predictor`
+runs a checkpoint.
+
+:meth:`Predictor.from_checkpoint <stereonet_ros.inference.Predictor.from_checkpoint>` hands a path ending in
+``.onnx`` to :class:`OnnxPredictor`, so ``stereonet-infer --checkpoint model.onnx``, the node's
+``checkpoint:=model.onnx`` and ``stereonet-eval-bag --checkpoint model.onnx`` run through it. The steps
+around the network are the Predictor's own helpers: image checks, colour (float BT.601 luma for gray),
+normalization by the contract the file carries in its metadata, test-time scale and ``max_pixels``,
+edge padding to the pad multiple, crop, resize back. Only the network runs in ONNX Runtime.
+
+Providers: ``device='cpu'`` the CPU; ``'auto'`` TensorRT, then CUDA, where this onnxruntime build has
+them (``onnxruntime-gpu``), else the CPU; ``'cuda'`` refuses when neither GPU provider is there.
+
+A file is refused (:class:`~stereonet_ros.model.checkpoint.CheckpointError`, one line) when its external
+data lies outside its folder, when its graph is not the exported signature (inputs ``left``, ``right``,
+float32 rank 4 with the contract's channels; first output ``disparity``), or when its metadata is missing
+or does not validate.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+from stereonet_ros.inference import (DEFAULT_MAX_PIXELS, Inference, InputError, Precision,
+                                     PreliminaryCheckpointWarning, UntrainedPlaceholderWarning, as_float_image,
+                                     check_inference_scale, checked_pair, fitted_scale, padded_size, resize,
+                                     scaled_size, to_contract_color)
+from stereonet_ros.model.checkpoint import CheckpointError, InputContract
+from stereonet_ros.model.onnx_export import INPUT_NAMES, OnnxMetadata, read_metadata
+from stereonet_ros.model.stereonet import StereoNetConfig
+
+GPU_PROVIDERS = ('TensorrtExecutionProvider', 'CUDAExecutionProvider')
+"""ONNX Runtime providers that run on an NVIDIA GPU, preferred in this order."""
+
+_FLOAT = 1  # onnx.TensorProto.FLOAT
+
+
+def _tensors(graph: Any) -> list[Any]:
+    """Every TensorProto a graph holds: initializers and node attributes, subgraphs included."""
+    found = list(graph.initializer)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField('t'):
+                found.append(attribute.t)
+            found.extend(attribute.tensors)
+            if attribute.HasField('g'):
+                found.extend(_tensors(attribute.g))
+            for subgraph in attribute.graphs:
+                found.extend(_tensors(subgraph))
+    return found
+
+
+def check_external_data(model: Any, folder: Path, where: str) -> bool:
+    """Refuse external data outside ``folder`` (absolute, ``..``, or a link leading out); True if there is any.
+
+    Raises:
+        CheckpointError: the first offending location, named.
+    """
+    root = folder.resolve()
+    external = False
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != 1:  # onnx.TensorProto.EXTERNAL
+            continue
+        external = True
+        location = next((entry.value for entry in tensor.external_data if entry.key == 'location'), None)
+        if not location:
+            raise CheckpointError(f'{where}: tensor {tensor.name!r} has external data without a location')
+        target = (root / location).resolve()
+        if Path(location).is_absolute() or not target.is_relative_to(root):
+            raise CheckpointError(f'{where}: tensor {tensor.name!r} has external data at {location!r}, outside the '
+                                  f"model's folder {root}: refused")
+        if not target.is_file():
+            raise CheckpointError(f'{where}: tensor {tensor.name!r}: external data file {location!r} not found')
+    return external
+
+
+def _dims(value_info: Any) -> list[int | str]:
+    return [dim.dim_value if dim.HasField('dim_value') else dim.dim_param
+            for dim in value_info.type.tensor_type.shape.dim]
+
+
+def check_signature(model: Any, metadata: OnnxMetadata, where: str) -> None:
+    """The graph's inputs and outputs are those ``stereonet-export`` writes for this metadata.
+
+    Raises:
+        CheckpointError: names the input or output and what it should be.
+    """
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in initializers]
+    names = [value.name for value in inputs]
+    if names != list(INPUT_NAMES):
+        raise CheckpointError(f'{where}: graph inputs {names}: expected {list(INPUT_NAMES)}')
+    channels = metadata.contract.channels
+    for value in inputs:
+        dims = _dims(value)
+        element = value.type.tensor_type.elem_type
+        if len(dims) != 4 or element != _FLOAT or dims[0] not in (1, '') or dims[1] != channels:
+            raise CheckpointError(f'{where}: graph input {value.name!r} is {"x".join(map(str, dims)) or "rank 0"} of '
+                                  f'element type {element}: expected float32 (1, {channels}, H, W)')
+    outputs = [value.name for value in model.graph.output]
+    if outputs != list(metadata.outputs):
+        raise CheckpointError(f'{where}: graph outputs {outputs}: its metadata says {list(metadata.outputs)}')
+    for value in model.graph.output:
+        if len(_dims(value)) != 4:
+            raise CheckpointError(f'{where}: graph output {value.name!r} has rank {len(_dims(value))}: expected 4')
+
+
+class OnnxPredictor:
+    """An exported ONNX model ready to turn image pairs into left-view disparity; the public surface of
+    :class:`~stereonet_ros.inference.Predictor` that the node, CLIs and evaluators use.
+
+    Args:
+        path: the ``.onnx`` file (external data, if any, inside its folder).
+        device: 'auto', 'cpu', 'cuda' (or 'cuda:N': provider device N).
+        precision: the model's own ('fp32', or 'fp16' for a ``--fp16`` export): fixed at export.
+
+    Raises:
+        CheckpointError: the file cannot be used (message says why).
+        InputError: a device or precision this model or machine cannot run.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], device: str = 'auto', precision: Precision = 'fp32') -> None:
+        try:
+            import onnx
+            import onnxruntime
+        except ImportError as err:
+            raise CheckpointError(f'{path}: running .onnx models needs the onnx and onnxruntime packages: {err}') from err
+        self.path = Path(path)
+        where = str(self.path)
+        try:
+            model = onnx.load(str(self.path), load_external_data=False)
+        except FileNotFoundError as err:
+            raise CheckpointError(f'cannot open ONNX model {where}: no such file') from err
+        except Exception as err:  # noqa: BLE001 - protobuf's DecodeError and kin
+            raise CheckpointError(f'{where}: not a readable ONNX model: {type(err).__name__}: {err}') from err
+        metadata = read_metadata(model, where)
+        check_signature(model, metadata, where)
+        if check_external_data(model, self.path.parent, where):
+            onnx.load_external_data_for_model(model, str(self.path.parent))
+        self.checkpoint: OnnxMetadata = metadata
+        """What the file says about itself: ``config``, ``contract``, ``provenance``, ``precision``."""
+        if precision != metadata.precision:
+            raise InputError(f'precision {precision!r}: the ONNX model {self.path.name} was exported in '
+                             f'{metadata.precision}; pass {metadata.precision!r} or export it again')
+        self.precision: Precision = precision
+        available = onnxruntime.get_available_providers()
+        kind, _, index = device.partition(':')
+        if kind == 'cpu' and not index:
+            providers: list[Any] = ['CPUExecutionProvider']
+        elif kind in ('auto', 'cuda') and (kind == 'cuda' or not index):
+            gpu = [name for name in GPU_PROVIDERS if name in available]
+            if kind == 'cuda' and not gpu:
+                raise InputError(f'device {device!r}: this onnxruntime has no GPU provider (it has '
+                                 f'{", ".join(available)}); install onnxruntime-gpu')
+            options = {'device_id': int(index)} if index.isdigit() else {}
+            providers = [(name, options) for name in gpu] + ['CPUExecutionProvider']
+        else:
+            raise InputError(f"device {device!r} is not a device ('auto', 'cpu', 'cuda', 'cuda:N')")
+        try:
+            self._session = onnxruntime.InferenceSession(model.SerializeToString(), providers=providers)
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own classes for a graph it cannot run
+            raise CheckpointError(f'{where}: ONNX Runtime cannot load it: {" ".join(str(err).split())[:300]}') from err
+        active = self._session.get_providers()[0]
+        if kind == 'cuda' and active not in GPU_PROVIDERS:
+            raise InputError(f'device {device!r}: ONNX Runtime could not start a GPU provider (runs {active})')
+        self.provider: str = active
+        """The ONNX Runtime provider that runs the graph first (the CPU takes what it cannot)."""
+        self.device = torch.device(f'cuda:{index or 0}' if active in GPU_PROVIDERS else 'cpu')
+        """Where the network runs, as the Predictor says it (``str()`` for reports)."""
+        if metadata.provenance.get('placeholder'):
+            warnings.warn('stereonet_ros: running the UNTRAINED placeholder network (random weights); '
+                          'its disparities are meaningless. Pass a trained checkpoint.',
+                          UntrainedPlaceholderWarning, stacklevel=2)
+        elif metadata.provenance.get('preliminary'):
+            note = metadata.provenance.get('note', 'see its provenance')
+            warnings.warn(f'stereonet_ros: PRELIMINARY checkpoint: {note}', PreliminaryCheckpointWarning,
+                          stacklevel=2)
+        self._normalization = {
+            side: (np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1),
+                   np.asarray(std, dtype=np.float32).reshape(-1, 1, 1))  # (C, 1, 1)
+            for side, mean, std in (('left', metadata.contract.left_mean, metadata.contract.left_std),
+                                    ('right', metadata.contract.right_mean, metadata.contract.right_std))}
+
+    @property
+    def contract(self) -> InputContract:
+        return self.checkpoint.contract
+
+    @property
+    def config(self) -> StereoNetConfig:
+        return self.checkpoint.config
+
+    @property
+    def is_placeholder(self) -> bool:
+        return bool(self.checkpoint.provenance.get('placeholder'))
+
+    @property
+    def has_confidence(self) -> bool:
+        """Whether the model has the ``confidence`` output (``stereonet-export --confidence``)."""
+        return 'confidence' in self.checkpoint.outputs
+
+    @property
+    def captured_sizes(self) -> list[tuple[int, int]]:
+        """None: ONNX Runtime keeps no CUDA graphs here (the Predictor's diagnostics field)."""
+        return []
+
+    def on_cpu(self) -> OnnxPredictor:
+        """The same model on ONNX Runtime's CPU provider (the node's refuge when its accelerator fails)."""
+        return OnnxPredictor(self.path, device='cpu', precision=self.precision)
+
+    def reset_device_state(self) -> None:
+        """Nothing to drop: the session holds no per-size state that a retry would need cleared."""
+
+    def _network_input(self, image: npt.NDArray[Any], side: str, name: str) -> npt.NDArray[np.float32]:
+        """A checked image -> ``(1, C, H, W)`` float32, normalized: the Predictor's steps 1-3 in NumPy."""
+        mean, std = self._normalization[side]
+        values = to_contract_color(as_float_image(image, name), self.contract.color)  # (C, H, W)
+        return ((values - mean) / std)[np.newaxis]  # (1, C, H, W)
+
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size the graph runs at: the padding policy's, or the exported fixed size when larger.
+
+        Raises:
+            InputError: the pair needs more than a fixed-size model takes.
+        """
+        size = padded_size(height, width, self.contract, self.config)
+        fixed = self.checkpoint.fixed_size
+        if fixed is None:
+            return size
+        if size[0] > fixed[0] or size[1] > fixed[1]:
+            raise InputError(f'the network would run at {size[1]}x{size[0]}, larger than the {fixed[1]}x{fixed[0]} '
+                             f'the ONNX model {self.path.name} was exported for')
+        return fixed  # padded further with edge values: right and below, never a real pixel's candidates
+
+    def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, *, scale: float = 1.0,
+              with_confidence: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Inference:
+        """:meth:`Predictor.infer <stereonet_ros.inference.Predictor.infer>` through ONNX Runtime: same
+        arguments, same answer (within 0.01 px for an fp32 export).
+
+        Raises:
+            InputError: as the Predictor's; also confidence asked of a model exported without it, or a pair
+                larger than a fixed-size model takes.
+        """
+        scale = check_inference_scale(scale)
+        if with_confidence and not self.has_confidence:
+            raise InputError(f'the ONNX model {self.path.name} has no confidence output; export it with '
+                             'stereonet-export --confidence')
+        left_image, right_image = checked_pair(left, right)
+        height, width = left_image.shape[:2]
+        scale = fitted_scale(height, width, scale, max_pixels)
+        network_size = scaled_size(height, width, scale)
+        padded = self.padded_size(*network_size)
+        inputs = []
+        for image, side in ((left_image, 'left'), (right_image, 'right')):
+            values = self._network_input(image, side, side)  # (1, C, H, W)
+            if network_size != (height, width):
+                # Normalization is affine per channel and both resize rules are linear: as the Predictor.
+                values = resize(torch.from_numpy(values), network_size).numpy()  # (1, C, h, w)
+            pad = ((0, 0), (0, 0), (0, padded[0] - network_size[0]), (0, padded[1] - network_size[1]))
+            inputs.append(np.ascontiguousarray(np.pad(values, pad, mode='edge'), dtype=np.float32))
+        names = ['disparity', 'confidence'] if with_confidence else ['disparity']
+        outputs = self._session.run(names, dict(zip(INPUT_NAMES, inputs, strict=True)))
+        cropped = [torch.from_numpy(np.ascontiguousarray(value[:, :, :network_size[0], :network_size[1]],
+                                                         dtype=np.float32)) for value in outputs]  # (1, 1, h, w)
+        ratio = width / network_size[1]  # disparity scales with the width
+        if network_size != (height, width):
+            cropped[0] = F.interpolate(cropped[0], size=(height, width), mode='bilinear', align_corners=False) * ratio
+            if with_confidence:
+                cropped[1] = F.interpolate(cropped[1], size=(height, width), mode='bilinear', align_corners=False)
+        confidence = cropped[1].clamp(0.0, 1.0)[0, 0].numpy() if with_confidence else None
+        return Inference(disparity=np.ascontiguousarray(cropped[0][0, 0].numpy(), dtype=np.float32),
+                         confidence=None if confidence is None else np.ascontiguousarray(confidence, dtype=np.float32),
+                         max_disparity=float(self.contract.max_disparity) * ratio, network_size=network_size,
+                         scale=scale)
+
+    def predict(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0) -> npt.NDArray[np.float32]:
+        """Left-view disparity ``(H, W)`` float32 in pixels of the input: :meth:`infer`'s ``disparity``."""
+        return self.infer(left, right, scale=scale).disparity
