@@ -42,7 +42,8 @@ print(json.dumps({'times': times, 'peak_rss_mib': resource.getrusage(resource.RU
 '''
 
 
-def measure(backend: str, paths: dict[str, str], size: tuple[int, int], repeats: int, folder: Path) -> dict[str, object]:
+def measure(backend: str, paths: dict[str, str], size: tuple[int, int], repeats: int,
+            folder: Path) -> dict[str, object]:
     width, height = size
     return run_worker(WORKER, [backend, paths[backend], width, height, repeats, folder / f'{backend}.npy'])
 

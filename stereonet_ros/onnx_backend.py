@@ -1,5 +1,5 @@
-"""Run an exported ``.onnx`` model (``stereonet-export``) with ONNX Runtime, as :class:`~stereonet_ros.inference.Predictor`
-runs a checkpoint.
+"""Run an exported ``.onnx`` model (``stereonet-export``) with ONNX Runtime, as
+:class:`~stereonet_ros.inference.Predictor` runs a checkpoint.
 
 :meth:`Predictor.from_checkpoint <stereonet_ros.inference.Predictor.from_checkpoint>` hands a path ending in
 ``.onnx`` to :class:`OnnxPredictor`, so ``stereonet-infer --checkpoint model.onnx``, the node's
@@ -131,7 +131,8 @@ class OnnxPredictor:
             import onnx
             import onnxruntime
         except ImportError as err:
-            raise CheckpointError(f'{path}: running .onnx models needs the onnx and onnxruntime packages: {err}') from err
+            raise CheckpointError(f'{path}: running .onnx models needs the onnx and onnxruntime packages: '
+                                  f'{err}') from err
         self.path = Path(path)
         where = str(self.path)
         try:

@@ -138,8 +138,8 @@ def test_external_data_outside_the_models_folder_is_refused(default_onnx: Path, 
               location='inside.bin', size_threshold=0)
     inside = _quiet(lambda: Predictor.from_checkpoint(folder / 'inside.onnx', device='cpu'))
     left, right = _odd_crop(64, 96)
-    assert np.abs(inside.predict(left, right)
-                  - _quiet(lambda: Predictor.from_checkpoint(default_onnx, device='cpu')).predict(left, right)).max() == 0
+    whole = _quiet(lambda: Predictor.from_checkpoint(default_onnx, device='cpu'))
+    assert np.abs(inside.predict(left, right) - whole.predict(left, right)).max() == 0
     # The same data moved one folder up, and by absolute path: refused before anything reads it.
     (folder / 'inside.bin').rename(tmp_path / 'outside.bin')
     for location in ('../outside.bin', str(tmp_path / 'outside.bin')):
@@ -163,7 +163,8 @@ def test_a_graph_with_other_input_names_or_rank_is_refused(default_onnx: Path, t
 
     rank3 = onnx.load(str(default_onnx))
     del rank3.graph.input[1].type.tensor_type.shape.dim[0]
-    with pytest.raises(CheckpointError, match=r"graph input 'right' is 1xheightxwidth .*expected float32 \(1, 1, H, W\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"graph input 'right' is 1xheightxwidth .*expected float32 \(1, 1, H, W\)"):
         Predictor.from_checkpoint(_save(rank3, tmp_path / 'rank3.onnx'), device='cpu')
 
     bare = onnx.load(str(default_onnx))

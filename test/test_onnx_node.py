@@ -66,7 +66,7 @@ def test_the_node_runs_an_onnx_model_and_switches_to_safetensors_and_back(
             valid = values >= outputs['disparity'].min_disparity
             assert valid.mean() > 0.5, checkpoint
             np.testing.assert_allclose(values[valid], expected[valid], atol=0.01, err_msg=str(checkpoint))
-            assert client.spin_until(lambda: str(checkpoint or placeholder_onnx) in
-                                     client.diagnostics.get('checkpoint', '')), client.diagnostics
+            in_use = str(checkpoint or placeholder_onnx)
+            assert client.spin_until(lambda: in_use in client.diagnostics.get('checkpoint', '')), client.diagnostics  # noqa: B023
     finally:
         client.close()

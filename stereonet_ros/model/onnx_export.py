@@ -112,16 +112,17 @@ class ExportGraph(nn.Module):
         super().__init__()
         self.net = model.half() if half else model
         self.with_confidence = with_confidence
-        self.half = half
+        self.use_half = half
 
     def forward(self, left: torch.Tensor, right: torch.Tensor) -> Any:
         config = self.net.config
-        work = torch.float16 if self.half else torch.float32
+        work = torch.float16 if self.use_half else torch.float32
         features = self.net.feature_extractor(torch.cat((left, right), dim=0).to(work))  # (2, F, h, w)
         left_features, right_features = features.chunk(2, dim=0)
         volume = _cost_volume(left_features, right_features, config.num_candidates, config.cost_volume_border)
         cost = self.net.cost_volumizer(volume).float()  # (1, D, h, w), float32 for the soft argmin
-        candidates: torch.Tensor = self.net.candidates.float()  # type: ignore[operator]
+        candidates: torch.Tensor = self.net.candidates  # type: ignore[assignment]
+        candidates = candidates.float()  # (D,), float32 even in a half network
         disparity = soft_argmin(cost, candidates)  # (1, 1, h, w)
         height, width = left.shape[2], left.shape[3]
         levels = config.k_refinement_layers
@@ -144,8 +145,7 @@ def export_metadata(checkpoint: Checkpoint, *, precision: str, outputs: tuple[st
     """The JSON document stored under :data:`METADATA_KEY`."""
     return {
         'format': FORMAT,
-        'inputs': {name: {'shape': [1, checkpoint.contract.channels,
-                                    fixed_size[0] if fixed_size else 'height', fixed_size[1] if fixed_size else 'width'],
+        'inputs': {name: {'shape': [1, checkpoint.contract.channels, *(fixed_size or ('height', 'width'))],
                           'dtype': 'float32',
                           'meaning': f'{name} image: (value - mean) / std per channel, in the contract colour, '
                                      'padded bottom and right with edge values to pad_multiple (at least min_size)'}
@@ -180,9 +180,9 @@ def read_metadata(model: Any, where: str) -> OnnxMetadata:
         document = json.loads(props[METADATA_KEY])
     except json.JSONDecodeError as err:
         raise CheckpointError(f'{where}: {METADATA_KEY!r} metadata is not JSON: {err}') from err
-    if not isinstance(document, dict) or document.get('format') != FORMAT:
-        raise CheckpointError(f'{where}: {METADATA_KEY!r} metadata has format '
-                              f'{document.get("format") if isinstance(document, dict) else None!r}; expected {FORMAT!r}')
+    found = document.get('format') if isinstance(document, dict) else None
+    if not isinstance(document, dict) or found != FORMAT:
+        raise CheckpointError(f'{where}: {METADATA_KEY!r} metadata has format {found!r}; expected {FORMAT!r}')
     contract = InputContract.from_dict(document.get('input_contract'))
     config = config_from_metadata(document.get('model_config'), where=f'{where}: model_config')
     provenance = document.get('provenance')
@@ -221,7 +221,8 @@ def _trace(checkpoint: Checkpoint, example: tuple[torch.Tensor, torch.Tensor], w
         # The TorchScript exporter warns that it is deprecated and about traced Python ints; the parity
         # check below is what tells whether the trace is right at other sizes.
         warnings.simplefilter('ignore')
-        torch.onnx.export(graph, example, buffer, input_names=list(INPUT_NAMES), output_names=outputs,
+        target: Any = buffer  # the TorchScript exporter writes to file objects too; its annotation names paths
+        torch.onnx.export(graph, example, target, input_names=list(INPUT_NAMES), output_names=outputs,
                           dynamic_axes=dynamic, opset_version=OPSET, do_constant_folding=True, dynamo=False)
     return buffer.getvalue()
 
