@@ -237,7 +237,9 @@ class OnnxPredictor:
         if size[0] > fixed[0] or size[1] > fixed[1]:
             raise InputError(f'the network would run at {size[1]}x{size[0]}, larger than the {fixed[1]}x{fixed[0]} '
                              f'the ONNX model {self.path.name} was exported for')
-        return fixed  # padded further with edge values: right and below, never a real pixel's candidates
+        # Padded further with edge values, right and below: no real pixel's candidates change, but the refiners'
+        # align-corners resizes do (Motorcycle 360x240 in a 368x248 export: mean 0.16 px, max 4.1 px).
+        return fixed
 
     def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, *, scale: float = 1.0,
               with_confidence: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Inference:
