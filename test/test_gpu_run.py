@@ -76,7 +76,10 @@ def test_the_rehearsal_runs_every_step_on_the_cpu_without_ros_rosbags_or_pytest(
     assert training['steps'] >= 1 and training['batch_size'] in (1, 2) and training['generator']['samples_per_s'] > 0
     trained = load_checkpoint(out / 'model.safetensors')
     assert trained.provenance['steps'] == training['steps']
-    assert trained.provenance['initialized_from']['checkpoint'].endswith('stereonet_default.safetensors')
+    # From the latest best of the recipe (the candidate kept beside the default), not the default itself.
+    from stereonet_ros.visit.burst import start_checkpoint
+    assert trained.provenance['initialized_from']['checkpoint'] == str(start_checkpoint())
+    assert start_checkpoint().name == 'stereonet_v3_candidate.safetensors'
     rows = list(csv.DictReader((out / 'log.csv').open()))
     assert int(rows[-1]['step']) == training['steps']
 

@@ -1,4 +1,5 @@
-"""The visit's training burst: continue the current recipe from the bundled default, as fast as the machine allows.
+"""The visit's training burst: continue the current recipe from its latest best (:func:`start_checkpoint`), as fast
+as the machine allows.
 
 The recipe is :class:`~stereonet_ros.training.train.TrainConfig`'s defaults; the burst changes only what a
 machine decides: the device, the data workers (all cores), the batch size, and how often it saves and logs
@@ -20,6 +21,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+
+CONTINUE_FROM = 'stereonet_v3_candidate.safetensors'
+"""The checkpoint in ``stereonet_ros/checkpoints/`` that training continues from when it is there: the
+latest best of the current recipe, kept beside the default while promote refuses it. Without it the
+burst starts from the bundled default."""
+
+
+def start_checkpoint() -> Path:
+    """Where the burst starts: :data:`CONTINUE_FROM` if present, else the bundled default."""
+    from stereonet_ros.inference import DEFAULT_CHECKPOINT
+
+    candidate = DEFAULT_CHECKPOINT.parent / CONTINUE_FROM
+    return candidate if candidate.is_file() else DEFAULT_CHECKPOINT
 
 
 def generator_rate(data: Any, workers: int, batch_size: int, seconds: float, seed: int) -> dict[str, Any]:
@@ -127,7 +142,7 @@ def burst(work: Path, device_name: str, plan: dict[str, Any], time_limit_s: floa
           record: Any) -> dict[str, Any]:
     """Calibrate, choose the batch, train until ``time_limit_s`` (from the call) is spent. Returns what
     was measured and where the checkpoint and log are (``work/train``)."""
-    from stereonet_ros.inference import DEFAULT_CHECKPOINT, resolve_device
+    from stereonet_ros.inference import resolve_device
     from stereonet_ros.model.checkpoint import load_checkpoint
     from stereonet_ros.training.train import TrainConfig, initial_weights, train
 
@@ -139,16 +154,16 @@ def burst(work: Path, device_name: str, plan: dict[str, Any], time_limit_s: floa
     data = dataclasses.replace(recipe.data, **overrides)  # (JSON made the pairs lists)
     workers = int(plan['workers'])
     base = dataclasses.replace(recipe, data=data, device=str(device), precision='bf16', workers=workers,
-                               init_checkpoint=str(DEFAULT_CHECKPOINT), validate_every=10**9,
+                               init_checkpoint=str(start_checkpoint()), validate_every=10**9,
                                checkpoint_every=int(plan['checkpoint_every']), log_every=int(plan['log_every']),
                                score_real_pair=False)
-    result: dict[str, Any] = {'recipe': 'TrainConfig defaults, from the bundled default checkpoint',
+    result: dict[str, Any] = {'recipe': f'TrainConfig defaults, from {start_checkpoint().name}',
                               'device': str(device), 'crop': f'{data.width}x{data.height}'}
     generator = generator_rate(data, workers, int(plan['calibration_batch']), float(plan['generator_seconds']),
                                seed=recipe.seed + 7919)
     result['generator'] = generator
     record(result)
-    initial = load_checkpoint(DEFAULT_CHECKPOINT)
+    initial = load_checkpoint(start_checkpoint())
     weights, _ = initial_weights(initial.config, initial.state_dict, base)
     rates: list[dict[str, Any]] = []
     for batch_size in plan['batch_candidates']:

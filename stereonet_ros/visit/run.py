@@ -10,7 +10,7 @@ Steps, in this order, each in a process of its own with its own time limit (:mod
     step runs them itself where pytest is missing or fails, and the first two always, for their figures;
 (b) ``forward``: the forward timing of :mod:`stereonet_ros.visit.forward` at 960x544 and 640x480;
 (c) ``node_processing``: the node's decode, inference and post-processing per pair at 960x540;
-(d) ``training``: a burst of the current recipe from the bundled default (:mod:`stereonet_ros.visit.burst`),
+(d) ``training``: a burst of the current recipe from its latest best (``burst.start_checkpoint``) (:mod:`stereonet_ros.visit.burst`),
     with whatever time (a)-(c) left but the evaluation's share;
 (e) ``evaluation``: that checkpoint and its start on Motorcycle and held-out synthetic, three views;
 

@@ -244,13 +244,15 @@ def training(ctx: Context) -> dict[str, Any]:
 # --- (e) evaluation -----------------------------------------------------------------------------------
 
 def evaluation(ctx: Context) -> dict[str, Any]:
-    """The trained checkpoint (if the burst left one) and the one it started from (the bundled default),
+    """The trained checkpoint (if the burst left one) and the one it started from (``start_checkpoint``),
     on Motorcycle and held-out synthetic, in the three views, SGBM in the same run."""
     from stereonet_ros.evaluation.evaluate import evaluate, format_table
 
     plan = ctx.plan['evaluation']
     trained = ctx.work / 'train' / 'model_latest.safetensors'
-    candidates: list[tuple[str, str | None]] = [('start', None)]
+    from stereonet_ros.visit.burst import start_checkpoint
+
+    candidates: list[tuple[str, str | None]] = [('start', str(start_checkpoint()))]
     if trained.exists():
         candidates.insert(0, ('trained', str(trained)))
     result: dict[str, Any] = {'status': 'partial', 'sets': list(plan['sets']), 'checkpoints': {}}
@@ -263,7 +265,7 @@ def evaluation(ctx: Context) -> dict[str, Any]:
         scores = evaluate(path, plan['sets'], device=ctx.device, synthetic_samples=int(plan['synthetic_samples']),
                           sgbm_tuning_samples=int(plan['sgbm_tuning_samples']), log=print)
         scores.pop('provenance', None)  # long; the checkpoint files carry it
-        shown = 'model.safetensors, the burst\'s' if label == 'trained' else 'the bundled default'
+        shown = "model.safetensors, the burst's" if label == 'trained' else start_checkpoint().name
         result['checkpoints'][label] = {'status': 'ok', 'path': shown,
                                         'table': format_table(scores), 'results': scores}
         ctx.save(result)
