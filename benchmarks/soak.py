@@ -90,6 +90,13 @@ def soak(minutes: float, rate: float, width: int, height: int, reliable: bool, d
             executor.spin_once(timeout_sec=0.1)
         template = make_set(width, height, 1)
         sent = 0
+
+        def row() -> dict[str, Any]:
+            return {'minute': len(minutes_rows) + 1, 'rss_mib': rss_mib(process.pid), 'sent': sent,
+                    'answered': len(latencies), **{key: diagnostics.get(key, '') for key in (
+                        'sets formed', 'sets processed', 'dropped pairs (latest wins)', 'sync unmatched messages',
+                        'sets lacking a message, by input')}}
+
         period = 1.0 / rate
         start = time.monotonic()
         started.append(start)
@@ -105,12 +112,11 @@ def soak(minutes: float, rate: float, width: int, height: int, reliable: bool, d
                 sent += 1
                 next_time += period
             if now >= next_minute:
-                minutes_rows.append({'minute': len(minutes_rows) + 1, 'rss_mib': rss_mib(process.pid), 'sent': sent,
-                                     'answered': len(latencies), **{key: diagnostics.get(key, '') for key in (
-                                         'sets formed', 'sets processed', 'dropped pairs (latest wins)',
-                                         'sync unmatched messages', 'sets lacking a message, by input')}})
+                minutes_rows.append(row())
                 next_minute += 60.0
             executor.spin_once(timeout_sec=max(0.0, min(next_time - time.monotonic(), 0.01)))
+        if len(minutes_rows) < int(minutes):  # the last minute ends with the loop, before its boundary check
+            minutes_rows.append(row())
         settle = time.monotonic() + 5
         while time.monotonic() < settle:
             executor.spin_once(timeout_sec=0.1)
