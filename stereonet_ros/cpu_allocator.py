@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 import threading
@@ -34,6 +35,15 @@ _lock = threading.Lock()
 _applied: bool | None = None
 
 
+@functools.cache  # find_library runs ldconfig: once per process, not once per large frame
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (Linux), else None."""
+    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+        return None
+    library = ctypes.util.find_library('c')
+    return None if library is None else ctypes.CDLL(library)
+
+
 def tune_allocator_for_inference() -> bool:
     """Apply the settings above once per process. Returns whether they are in effect.
 
@@ -46,12 +56,9 @@ def tune_allocator_for_inference() -> bool:
         _applied = False
         if os.environ.get('STEREONET_ALLOCATOR_TUNING', '1') == '0':
             return False
-        if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+        libc = _glibc()
+        if libc is None:
             return False
-        library = ctypes.util.find_library('c')
-        if library is None:
-            return False
-        libc = ctypes.CDLL(library)
         mallopt = libc.mallopt
         mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
         mallopt.restype = ctypes.c_int
@@ -67,12 +74,10 @@ def release_free_memory() -> bool:
     The tuning above keeps the peak heap for speed; after a rare frame much larger than usual that
     peak is memory the robot needs elsewhere. Does nothing (False) off glibc.
     """
-    if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':
+    libc = _glibc()
+    if libc is None:
         return False
-    library = ctypes.util.find_library('c')
-    if library is None:
-        return False
-    trim = ctypes.CDLL(library).malloc_trim
+    trim = libc.malloc_trim
     trim.argtypes = (ctypes.c_size_t,)
     trim.restype = ctypes.c_int
     return bool(trim(0))
