@@ -321,7 +321,8 @@ def test_state_size_counts_what_the_built_model_holds() -> None:
                StereoNetConfig(in_channels=3, k_downsampling_layers=1, k_refinement_layers=0, feature_channels=5,
                                cost_filter_channels=7, refiner_channels=3, max_disparity=15),
                StereoNetConfig(k_downsampling_layers=6, k_refinement_layers=6, feature_channels=4,
-                               cost_filter_channels=6, refiner_channels=2, max_disparity=255)]
+                               cost_filter_channels=6, refiner_channels=2, max_disparity=255),
+               StereoNetConfig(in_channels=3, refiner_photometric_cue=True, refiner_channels=5)]
     for config in configs:
         built = sum(tensor.numel() for tensor in StereoNet(config).state_dict().values())
         assert state_size(config) == built, config

@@ -219,3 +219,32 @@ def test_stereonet_infer_with_the_onnx_model_gives_the_safetensors_disparity(def
     expected, got = read_pfm(outputs['safetensors']), read_pfm(outputs['onnx'])
     assert got.shape == (200, 301)
     assert np.abs(got - expected).max() <= TOLERANCE_PX
+
+
+def test_a_network_with_the_photometric_cue_exports_and_gives_pytorchs_disparity(tmp_path: Path) -> None:
+    """The cue's warp (grid_sample) goes through ONNX at a dynamic size; the cue weights are made
+    non-zero so that a wrong warp in the graph would show in the disparity."""
+    import dataclasses
+
+    import torch
+
+    from stereonet_ros.model.checkpoint import save_checkpoint
+    from stereonet_ros.model.surgery import with_photometric_cue
+
+    default = load_checkpoint(DEFAULT_CHECKPOINT)
+    config, state = with_photometric_cue(default.config, default.state_dict)
+    generator = torch.Generator().manual_seed(0)
+    for index in range(config.k_refinement_layers):
+        weight = state[f'refiners.{index}.net.segment_0_conv_0.weight']
+        weight[:, config.in_channels:config.refiner_guide_channels] = 0.2 * torch.randn(
+            weight[:, config.in_channels:config.refiner_guide_channels].shape, generator=generator)
+    source = tmp_path / 'cue.safetensors'
+    save_checkpoint(source, dataclasses.replace(default, config=config, state_dict=state))
+    out = tmp_path / 'cue.onnx'
+    _quiet(lambda: onnx_export.export_onnx(load_checkpoint(source), out, source=source))
+    left, right = _odd_crop()
+    expected = _quiet(lambda: Predictor.from_checkpoint(source, device='cpu')).predict(left, right)
+    without_cue = _quiet(lambda: Predictor.from_checkpoint(DEFAULT_CHECKPOINT, device='cpu')).predict(left, right)
+    got = _quiet(lambda: Predictor.from_checkpoint(out, device='cpu')).predict(left, right)
+    assert np.abs(got - expected).max() <= TOLERANCE_PX
+    assert np.abs(expected - without_cue).max() > 0.5  # the cue changed the answer

@@ -89,6 +89,26 @@ def test_starting_from_pixel_unit_weights_reparametrizes_and_revives_a_dead_refi
                                                                            'data.disparity_range=[8, 24]']))
 
 
+def test_starting_without_the_cue_adds_it_exactly_and_can_reinitialize_every_refiner() -> None:
+    plain = load(TrainConfig, overrides=[*TINY, 'steps=1'])
+    torch.manual_seed(0)
+    state = StereoNet(plain.model).state_dict()
+    with_cue = load(TrainConfig, overrides=[*TINY, 'model.refiner_photometric_cue=true'])
+    weights, done = initial_weights(plain.model, state, with_cue)
+    assert done == ['refiners given the photometric cue with zero weights (same function)']
+    key = 'refiners.1.net.segment_0_conv_0.weight'
+    assert weights[key].shape[1] == 3 and not weights[key][:, 1].any()
+    assert torch.equal(weights[key][:, [0, 2]], state[key])
+    fresh, done = initial_weights(plain.model, state, load(
+        TrainConfig, overrides=[*TINY, 'model.refiner_photometric_cue=true', 'reinitialize_refiners=true']))
+    assert 'refiners [0, 1, 2] re-initialized' in done[-1]
+    for index in range(3):
+        assert not fresh[f'refiners.{index}.net.segment_2_conv_0.weight'].any()
+        assert fresh[f'refiners.{index}.net.segment_0_conv_0.weight'][:, 1].abs().max() > 0.01  # the cue is live
+    kept = [key for key in state if not key.startswith('refiners.')]
+    assert kept and all(torch.equal(fresh[key], state[key]) for key in kept)  # extractor and cost filter stay
+
+
 def test_a_log_begun_by_an_older_version_keeps_its_columns_on_resume(tmp_path: Path) -> None:
     config = load(TrainConfig, overrides=[*TINY, 'steps=2', 'checkpoint_every=1'])
     assert train(config, tmp_path, stop_after=1, progress=False) == 1

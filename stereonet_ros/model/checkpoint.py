@@ -295,7 +295,7 @@ def state_size(config: StereoNetConfig) -> int:
                  + residual_blocks(features) + 9 * features * features + features)
     cost_filter = (sum(27 * channels_in * cost + cost + 4 * cost + 1 for channels_in in [features] + [cost] * 3)
                    + 27 * cost + 1)
-    refiners = config.k_refinement_layers * (9 * (config.in_channels + 1) * refiner + refiner
+    refiners = config.k_refinement_layers * (9 * (config.refiner_guide_channels + 1) * refiner + refiner
                                              + residual_blocks(refiner) + 9 * refiner + 1)
     return extractor + cost_filter + refiners
 

@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from stereonet_ros.model.checkpoint import Checkpoint, CheckpointError, InputContract, config_from_metadata
-from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig, fold_batchnorm, matching_confidence, soft_argmin
+from stereonet_ros.model.stereonet import (StereoNet, StereoNetConfig, fold_batchnorm, matching_confidence,
+                                          refined_level, soft_argmin)
 
 OPSET = 17
 """ONNX opset of every export (ONNX Runtime and TensorRT 8.6+ read it)."""
@@ -128,10 +129,8 @@ class ExportGraph(nn.Module):
         levels = config.k_refinement_layers
         for index, refiner in enumerate(self.net.refiners, start=1):
             size = (height // 2 ** (levels - index), width // 2 ** (levels - index))  # StereoNet.refinement_sizes
-            image = F.interpolate(left, size=size, mode='bilinear', align_corners=config.align_corners)
-            coarse = F.interpolate(disparity, size=size, mode='bilinear', align_corners=config.align_corners)
-            residual = refiner(image.to(work), coarse.to(work)).float()
-            disparity = F.relu(residual + coarse)  # (1, 1, h_i, w_i), float32
+            disparity = refined_level(refiner, left, right, disparity, size, 'left', config.align_corners,
+                                      dtype=work)  # (1, 1, h_i, w_i), float32
         if not self.with_confidence:
             return disparity
         confidence = F.interpolate(matching_confidence(cost), size=(height, width), mode='bilinear',

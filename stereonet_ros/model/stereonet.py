@@ -35,6 +35,15 @@ value is named:
 - The seed does not pad inputs; the model accepts any size >= 2^K. Padding is an inference policy
   (see ``stereonet_ros.inference``), recorded with each checkpoint.
 - The number of candidates is ``(max_disparity + 1) // 2^K`` (seed), e.g. 32 for 256, 24 for 192.
+
+Two config fields go beyond the paper and are off in every seed checkpoint:
+
+- ``refiner_disparity_unit`` (1 = the seed's raw pixels) divides the disparity a refiner sees.
+- ``refiner_photometric_cue`` (False = the paper) also gives each refiner the reference image minus
+  the target image warped by the current disparity. The paper's refiner has only the image to tell it
+  where the disparity is wrong, and ours learned to ignore it; the warped difference is near zero
+  where the disparity is right and shows the mismatch where it is not (the cue StereoDRNet and
+  ActiveStereoNet refine with).
 """
 from __future__ import annotations
 
@@ -90,6 +99,9 @@ class StereoNetConfig:
     are tens of pixels next to an image in [-1, 1], so the image channel's weights get tens of times
     less gradient than the disparity's and decay away; e.g. 32 puts both channels on one footing.
     The residual the refiner returns stays in input pixels either way."""
+    refiner_photometric_cue: bool = False
+    """Also feed each refiner ``image - warped target`` (see the module doc). False = the paper and the
+    seed. The refiner's first convolution then takes ``2 * in_channels + 1`` channels."""
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -124,6 +136,13 @@ class StereoNetConfig:
     def num_candidates(self) -> int:
         """D: candidate disparities in the cost volume, (max_disparity + 1) // 2^K as in the seed."""
         return (self.max_disparity + 1) // self.downsampling_factor
+
+    @property
+    def refiner_guide_channels(self) -> int:
+        """Image-derived input channels of each refiner's first convolution: the resized reference
+        image, then (with the photometric cue) its difference from the warped target. The disparity
+        channel follows them."""
+        return self.in_channels * (2 if self.refiner_photometric_cue else 1)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -292,30 +311,93 @@ def matching_confidence(cost: torch.Tensor) -> torch.Tensor:
     return (1.0 - entropy / math.log(cost.shape[1])).clamp(0.0, 1.0)
 
 
-class Refiner(nn.Module):
-    """(resized reference image ``(B, C, h, w)``, disparity ``(B, 1, h, w)`` in input pixels) -> disparity
-    residual ``(B, 1, h, w)`` in input pixels.
+def warp_by_disparity(target: torch.Tensor, disparity: torch.Tensor, input_width: int, side: Side,
+                      align_corners: bool) -> torch.Tensor:
+    """The target view resampled at each reference pixel's match: ``(B, C, h, w)``.
 
-    The first convolution takes the image channels first, then the disparity divided by
-    ``config.refiner_disparity_unit``.
+    ``target`` and ``disparity`` are at one pyramid level ``(h, w)``, resized from an input
+    ``input_width`` pixels wide; ``disparity`` is in input pixels. For the left view as reference a
+    pixel at x matches the right view at ``x - d``; for the right view, the left view at ``x + d``.
+    Bilinear, with the edge column repeated where the match falls outside the image (as
+    ``cost_volume_border='replicate'`` does).
+    """
+    batch, _, height, width = target.shape
+    # A shift of d input pixels is 2 d / (W - 1) in grid_sample's normalized coordinates when both the
+    # pyramid resize and the sampling align corners, 2 d / W when neither does: independent of the level.
+    span = max(input_width - 1, 1) if align_corners else input_width
+    shift = disparity[:, 0].float() * (2.0 / span)  # (B, h, w)
+    columns = torch.arange(width, device=target.device, dtype=torch.float32)
+    rows = torch.arange(height, device=target.device, dtype=torch.float32)
+    if align_corners:
+        x = columns * (2.0 / max(width - 1, 1)) - 1.0
+        y = rows * (2.0 / max(height - 1, 1)) - 1.0
+    else:
+        x = (2.0 * columns + 1.0) / width - 1.0
+        y = (2.0 * rows + 1.0) / height - 1.0
+    direction = -1.0 if side == 'left' else 1.0
+    grid_x = x.view(1, 1, width) + direction * shift  # (B, h, w)
+    grid_y = y.view(1, height, 1).expand(batch, height, width)
+    grid = torch.stack((grid_x, grid_y), dim=-1).to(target.dtype)
+    return F.grid_sample(target, grid, mode='bilinear', padding_mode='border', align_corners=align_corners)
+
+
+class Refiner(nn.Module):
+    """(resized reference image ``(B, C, h, w)``, disparity ``(B, 1, h, w)`` in input pixels[, the
+    resized target warped by that disparity ``(B, C, h, w)``]) -> disparity residual ``(B, 1, h, w)``
+    in input pixels.
+
+    The first convolution takes the image channels first, then (with ``refiner_photometric_cue``)
+    ``image - warped``, then the disparity divided by ``config.refiner_disparity_unit``.
     """
 
     def __init__(self, config: StereoNetConfig) -> None:
         super().__init__()
         self.disparity_unit = float(config.refiner_disparity_unit)
+        self.photometric_cue = config.refiner_photometric_cue
         width = config.refiner_channels
         layers: OrderedDict[str, nn.Module] = OrderedDict()
-        layers['segment_0_conv_0'] = nn.Conv2d(config.in_channels + 1, width, 3, padding=1)
+        layers['segment_0_conv_0'] = nn.Conv2d(config.refiner_guide_channels + 1, width, 3, padding=1)
         for index, dilation in enumerate(REFINER_DILATIONS):
             layers[f'segment_1_res_{index}'] = ResidualBlock(width, dilation=dilation)
         layers['segment_2_conv_0'] = nn.Conv2d(width, 1, 3, padding=1)
         self.net = nn.Sequential(layers)
 
-    def forward(self, image: torch.Tensor, disparity: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, disparity: torch.Tensor,
+                warped: torch.Tensor | None = None) -> torch.Tensor:
         if self.disparity_unit != 1.0:  # 1 = the seed's raw pixels, bit for bit
             disparity = disparity / self.disparity_unit
-        residual: torch.Tensor = self.net(torch.cat((image, disparity), dim=1))
+        if self.photometric_cue:
+            if warped is None:
+                raise ValueError('this refiner takes the photometric cue: pass the warped target image')
+            inputs = (image, image - warped.to(image.dtype), disparity.to(image.dtype))
+        else:
+            inputs = (image, disparity)
+        residual: torch.Tensor = self.net(torch.cat(inputs, dim=1))
         return residual
+
+
+def refined_level(refiner: Refiner, reference: torch.Tensor, target: torch.Tensor, disparity: torch.Tensor,
+                  size: tuple[int, int], side: Side, align_corners: bool,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One step of the hierarchical refinement: ``disparity`` (any level, input pixels) resized to
+    ``size`` and corrected by ``refiner``; float32 ``(B, 1, h, w)``.
+
+    ``reference`` and ``target`` are the full-size normalized images (reference = the view whose
+    disparity this is). ``dtype``: run the refiner in it (an exported half network); else as is.
+    """
+    image = F.interpolate(reference, size=size, mode='bilinear', align_corners=align_corners)
+    coarse = F.interpolate(disparity, size=size, mode='bilinear', align_corners=align_corners)
+    warped = None
+    if refiner.photometric_cue:
+        resized_target = F.interpolate(target, size=size, mode='bilinear', align_corners=align_corners)
+        warped = warp_by_disparity(resized_target, coarse, reference.shape[3], side, align_corners)
+    if dtype is not None:
+        image, warped = image.to(dtype), None if warped is None else warped.to(dtype)
+        residual = refiner(image, coarse.to(dtype), warped)
+    else:
+        residual = refiner(image, coarse, warped)
+    # The residual is added in float32 (the coarse level's dtype) so autocast cannot round the disparity.
+    return F.relu(residual.float() + coarse.float())
 
 
 @dataclass
@@ -366,8 +448,8 @@ class StereoNet(nn.Module):
         levels = self.config.k_refinement_layers
         return [(height // 2 ** (levels - index), width // 2 ** (levels - index)) for index in range(1, levels + 1)]
 
-    def _pyramid(self, reference: torch.Tensor, reference_features: torch.Tensor, target_features: torch.Tensor,
-                 side: Side) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _pyramid(self, reference: torch.Tensor, target: torch.Tensor, reference_features: torch.Tensor,
+                 target_features: torch.Tensor, side: Side) -> tuple[list[torch.Tensor], torch.Tensor]:
         config = self.config
         volume = difference_cost_volume(reference_features, target_features, config.num_candidates,
                                         side=side, border=config.cost_volume_border)
@@ -376,10 +458,7 @@ class StereoNet(nn.Module):
         pyramid = [soft_argmin(cost, candidates)]
         sizes = self.refinement_sizes(reference.shape[2], reference.shape[3])
         for refiner, size in zip(self.refiners, sizes, strict=True):
-            image = F.interpolate(reference, size=size, mode='bilinear', align_corners=config.align_corners)
-            coarse = F.interpolate(pyramid[-1], size=size, mode='bilinear', align_corners=config.align_corners)
-            # The residual is added in float32 (the coarse level's dtype) so autocast cannot round the disparity.
-            pyramid.append(F.relu(refiner(image, coarse).float() + coarse))
+            pyramid.append(refined_level(refiner, reference, target, pyramid[-1], size, side, config.align_corners))
         return pyramid, cost
 
     def forward(self, left: torch.Tensor, right: torch.Tensor, *, with_right: bool = False,
@@ -393,12 +472,12 @@ class StereoNet(nn.Module):
         # One pass of the shared extractor over both views (a batch of 2B) instead of two.
         features = self.feature_extractor(torch.cat((left, right), dim=0))
         left_features, right_features = features.chunk(2, dim=0)
-        pyramid, cost = self._pyramid(left, left_features, right_features, 'left')
+        pyramid, cost = self._pyramid(left, right, left_features, right_features, 'left')
         if not (with_right or with_pyramid):
             return pyramid[-1]
         right_pyramid = None
         if with_right:
-            right_pyramid, _ = self._pyramid(right, right_features, left_features, 'right')
+            right_pyramid, _ = self._pyramid(right, left, right_features, left_features, 'right')
         return StereoOutput(disparity=pyramid[-1], pyramid=pyramid, right_pyramid=right_pyramid, cost=cost)
 
 

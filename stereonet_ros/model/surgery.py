@@ -3,8 +3,9 @@ parts off for a measurement.
 
 Every function takes a config and a state_dict and returns new ones; nothing is edited in place.
 Refiner ``i``'s first convolution, ``refiners.i.net.segment_0_conv_0``, has weight
-``(W, C + 1, 3, 3)``: input channels ``0..C-1`` see the resized reference image, channel ``C``
-the disparity divided by ``config.refiner_disparity_unit`` (see
+``(W, G + 1, 3, 3)``: input channels ``0..G-1`` are the guide (``G = config.refiner_guide_channels``:
+the resized reference image, then with the photometric cue its difference from the warped target),
+channel ``G`` the disparity divided by ``config.refiner_disparity_unit`` (see
 :class:`~stereonet_ros.model.stereonet.Refiner`). Its last convolution,
 ``refiners.i.net.segment_2_conv_0``, writes the residual in input pixels.
 """
@@ -45,12 +46,13 @@ def _copy(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
 
 
 def _check(config: StereoNetConfig, state_dict: Mapping[str, torch.Tensor]) -> None:
+    expected = config.refiner_guide_channels + 1
     for index in range(config.k_refinement_layers):
         key = _first_conv(index)
         weight = state_dict.get(key)
-        if weight is None or weight.dim() != 4 or weight.shape[1] != config.in_channels + 1:
+        if weight is None or weight.dim() != 4 or weight.shape[1] != expected:
             shape = None if weight is None else tuple(weight.shape)
-            raise SurgeryError(f'{key}: expected (W, {config.in_channels + 1}, k, k), got {shape}')
+            raise SurgeryError(f'{key}: expected (W, {expected}, k, k), got {shape}')
 
 
 def with_disparity_unit(config: StereoNetConfig, state_dict: Mapping[str, torch.Tensor],
@@ -65,17 +67,36 @@ def with_disparity_unit(config: StereoNetConfig, state_dict: Mapping[str, torch.
     edited = _copy(state_dict)
     for index in range(config.k_refinement_layers):
         weight = edited[_first_conv(index)]
-        weight[:, config.in_channels:] *= ratio
+        weight[:, config.refiner_guide_channels:] *= ratio
+    return new_config, edited
+
+
+def with_photometric_cue(config: StereoNetConfig,
+                         state_dict: Mapping[str, torch.Tensor]) -> tuple[StereoNetConfig, StateDict]:
+    """The same function with refiners that also take the photometric cue: each first convolution
+    gains ``in_channels`` input channels (between the image and the disparity) whose weights are
+    zero, so every output is unchanged until training gives the cue weight."""
+    _check(config, state_dict)
+    if config.refiner_photometric_cue:
+        raise SurgeryError('the refiners already take the photometric cue')
+    new_config = dataclasses.replace(config, refiner_photometric_cue=True)
+    edited = _copy(state_dict)
+    channels = config.in_channels
+    for index in range(config.k_refinement_layers):
+        weight = edited[_first_conv(index)]
+        cue = torch.zeros_like(weight[:, :channels])
+        edited[_first_conv(index)] = torch.cat((weight[:, :channels], cue, weight[:, channels:]), dim=1)
     return new_config, edited
 
 
 def dead_refiners(config: StereoNetConfig, state_dict: Mapping[str, torch.Tensor],
                   threshold: float = DEAD_REFINER_WEIGHT) -> list[int]:
-    """Indices of the refiners whose first-layer guide-image weights are all below ``threshold`` in magnitude."""
+    """Indices of the refiners whose first-layer guide weights (image and photometric cue) are all
+    below ``threshold`` in magnitude."""
     _check(config, state_dict)
     dead = []
     for index in range(config.k_refinement_layers):
-        weight = state_dict[_first_conv(index)][:, :config.in_channels]
+        weight = state_dict[_first_conv(index)][:, :config.refiner_guide_channels]
         # Compared in the weights' dtype: a float32 weight stored as 0.01 is 0.00999999977 in float64.
         if bool(weight.abs().max() < torch.tensor(threshold, dtype=weight.dtype)):
             dead.append(index)
@@ -113,15 +134,16 @@ def _fresh_refiner_state(config: StereoNetConfig, seed: int) -> StateDict:
 
 
 def without_image_guidance(config: StereoNetConfig, state_dict: Mapping[str, torch.Tensor]) -> StateDict:
-    """Every refiner as if its guide image were zeros (the guide-ablation check).
+    """Every refiner as if its guide images were zeros (the guide-ablation check).
 
-    The image enters only the first convolution, linearly, so zeroing its image-channel weights is
-    exactly ``Refiner.forward(zeros, disparity)``.
+    The images enter only the first convolution, linearly, so zeroing its guide-channel weights is
+    exactly ``Refiner.forward(zeros, disparity)``, and with the photometric cue
+    ``Refiner.forward(zeros, disparity, zeros)`` (a zero target warps to zeros, and 0 - 0 = 0).
     """
     _check(config, state_dict)
     edited = _copy(state_dict)
     for index in range(config.k_refinement_layers):
-        edited[_first_conv(index)][:, :config.in_channels] = 0.0
+        edited[_first_conv(index)][:, :config.refiner_guide_channels] = 0.0
     return edited
 
 

@@ -118,6 +118,9 @@ class TrainConfig:
     revive_dead_refiners: bool = True
     """With init_checkpoint: re-initialize refiners whose first layer has decayed to nothing
     (``surgery.dead_refiners``), their last layer at zero so the function starts unchanged."""
+    reinitialize_refiners: bool = False
+    """With init_checkpoint: re-initialize every refiner the same way (a zero last layer), keeping the
+    feature extractor and cost filter. For refiners that learned to lean on the disparity alone."""
     score_real_pair: bool = True
     """Also score the Middlebury Motorcycle pair (scikit-image) at each validation."""
 
@@ -533,13 +536,18 @@ def initial_weights(initial_config: StereoNetConfig, state_dict: dict[str, torch
                     config: TrainConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The weights a run starts from, given ``init_checkpoint``'s, and what was done to them.
 
-    A different ``refiner_disparity_unit`` is reparametrized exactly; with ``revive_dead_refiners``,
-    dead refiners are re-initialized (seeded by the run's seed). Any other config difference is an error.
+    A different ``refiner_disparity_unit`` is reparametrized exactly, and refiners without the
+    photometric cue gain it with zero weights (exactly the same function); with
+    ``reinitialize_refiners`` every refiner is re-initialized, else with ``revive_dead_refiners`` the
+    dead ones (seeded by the run's seed). Any other config difference is an error.
     """
     from stereonet_ros.model import surgery as edit
 
     done: list[str] = []
     weights = dict(state_dict)
+    if config.model.refiner_photometric_cue and not initial_config.refiner_photometric_cue:
+        done.append('refiners given the photometric cue with zero weights (same function)')
+        initial_config, weights = edit.with_photometric_cue(initial_config, weights)
     if initial_config.refiner_disparity_unit != config.model.refiner_disparity_unit:
         unit = config.model.refiner_disparity_unit
         done.append(f'refiner disparity unit {initial_config.refiner_disparity_unit:g} -> {unit:g} px '
@@ -548,7 +556,11 @@ def initial_weights(initial_config: StereoNetConfig, state_dict: dict[str, torch
     if initial_config != config.model:
         raise ConfigError(f'init_checkpoint {config.init_checkpoint} has model config {initial_config}, '
                           f'this run wants {config.model}')
-    if config.revive_dead_refiners:
+    if config.reinitialize_refiners:
+        every = list(range(initial_config.k_refinement_layers))
+        weights = edit.reinitialized_refiners(initial_config, weights, every, seed=config.seed)
+        done.append(f'refiners {every} re-initialized with a zero last layer (reinitialize_refiners)')
+    elif config.revive_dead_refiners:
         dead = edit.dead_refiners(initial_config, weights)
         if dead:
             weights = edit.reinitialized_refiners(initial_config, weights, dead, seed=config.seed)
