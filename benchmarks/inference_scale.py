@@ -33,7 +33,6 @@ def main() -> int:
     parser.add_argument('--out', type=Path, help='also write the table (with date and machine) here')
     arguments = parser.parse_args()
 
-    import numpy as np
 
     from stereonet_ros.evaluation.evaluate import STEREO_IMAGE_PROC_SGBM, covering_range, sgbm_disparity
     from stereonet_ros.evaluation.evaluate import Frame

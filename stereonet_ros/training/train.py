@@ -256,7 +256,7 @@ def validate(model: StereoNet, config: TrainConfig, device: torch.device) -> dic
     Runs the weights through :class:`~stereonet_ros.inference.Predictor`, i.e. exactly the
     preprocessing, padding and folded network that users get.
     """
-    from stereonet_ros.evaluation.metrics import MetricAccumulator, disparity_metrics
+    from stereonet_ros.evaluation.metrics import MetricAccumulator
     from stereonet_ros.inference import Predictor
 
     predictor = Predictor(_export(model, config, step=0), device=str(device))
