@@ -9,7 +9,7 @@ setup(
     name=PACKAGE,
     version='0.1.0',
     packages=find_packages(include=[PACKAGE, f'{PACKAGE}.*']),
-    package_data={PACKAGE: ['checkpoints/*.safetensors', 'checkpoints/*.json', 'samples/*.png']},
+    package_data={PACKAGE: ['checkpoints/*.safetensors', 'checkpoints/*.onnx', 'checkpoints/*.json', 'samples/*.png']},
     data_files=[
         ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
         (f'share/{PACKAGE}', ['package.xml']),

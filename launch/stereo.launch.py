@@ -9,7 +9,7 @@ Arguments (``ros2 launch stereonet_ros stereo.launch.py --show-args``):
 - ``params_file``: parameters (default: the installed ``config/stereonet.yaml``). For QoS overrides
   (e.g. reliable subscriptions for large images between processes) copy it and uncomment its
   ``qos_overrides`` section.
-- ``checkpoint``, ``device``, ``precision``, ``inference_scale``, ``approximate_sync``, ``queue_size``,
+- ``checkpoint``, ``backend``, ``device``, ``precision``, ``inference_scale``, ``approximate_sync``, ``queue_size``,
   ``use_color``, ``avoid_point_cloud_padding``, ``min_disparity``, ``image_transport``, ``use_sim_time``
   (stereo_image_proc's launch arguments where they share a name): when given, they override the params
   file; left empty (the default) the params file's value holds. The node checks the values
@@ -34,12 +34,12 @@ from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = 'stereonet_ros'
 EXECUTABLE = 'stereonet_node'
-OVERRIDABLE = ('checkpoint', 'device', 'precision', 'inference_scale', 'approximate_sync', 'queue_size', 'use_color',
+OVERRIDABLE = ('checkpoint', 'backend', 'device', 'precision', 'inference_scale', 'approximate_sync', 'queue_size', 'use_color',
                'avoid_point_cloud_padding', 'min_disparity', 'image_transport', 'use_sim_time')
 BOOLEAN = ('approximate_sync', 'use_color', 'avoid_point_cloud_padding', 'use_sim_time')
 DOUBLE = ('inference_scale', 'min_disparity')
 INTEGER = ('queue_size',)
-CHOICES = {'image_transport': ('raw', 'compressed')}
+CHOICES = {'image_transport': ('raw', 'compressed'), 'backend': ('auto', 'pytorch', 'onnxruntime')}
 
 
 def parameter_overrides(values):
@@ -138,6 +138,9 @@ def generate_launch_description():
                               description='Node parameters (YAML)'),
         DeclareLaunchArgument('checkpoint', default_value='',
                               description="Checkpoint path; '' = the params file's (bundled default)"),
+        DeclareLaunchArgument('backend', default_value='',
+                              description="auto (the bundled default on a CPU in fp32 runs in ONNX Runtime), "
+                              "pytorch or onnxruntime; '' = the params file's (auto)"),
         DeclareLaunchArgument('device', default_value='',
                               description="auto, cpu, cuda or cuda:N; '' = the params file's (auto)"),
         DeclareLaunchArgument('precision', default_value='',

@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 from stereonet_ros.config import ConfigError, build, to_dict
 from stereonet_ros.image_compression import TRANSPORTS
-from stereonet_ros.inference import DEFAULT_MAX_PIXELS, MAX_INFERENCE_SCALE, MIN_INFERENCE_SCALE
+from stereonet_ros.backends import BACKENDS, Backend
+from stereonet_ros.inference_common import DEFAULT_MAX_PIXELS, MAX_INFERENCE_SCALE, MIN_INFERENCE_SCALE
 
 Precision = Literal['fp32', 'fp16', 'bf16']
 Transport = Literal['raw', 'compressed']
@@ -101,7 +102,12 @@ class NodeConfig:
         "left/image_rect, right/image_rect and left/image_rect_color; 'compressed' subscribes "
         'sensor_msgs/CompressedImage (PNG or JPEG, 8 or 16 bit) on each of them + /compressed. The camera_info '
         'topics do not change; read-only', choices=TRANSPORTS, read_only=True)
-    checkpoint: str = _param('', "StereoNet checkpoint (.safetensors, or a seed .ckpt); '' = the bundled default")
+    checkpoint: str = _param('', "StereoNet checkpoint (.safetensors, a seed .ckpt, or an .onnx from "
+                             "stereonet-export); '' = the bundled default")
+    backend: Backend = _param(
+        'auto', "Inference backend: 'auto' runs the bundled default in ONNX Runtime on a CPU in fp32 (faster there, "
+        "and no PyTorch needed) and in PyTorch otherwise, a checkpoint file in PyTorch and an .onnx file in ONNX "
+        "Runtime; 'pytorch' or 'onnxruntime' to insist", choices=BACKENDS)
     device: str = _param('auto', "Inference device: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:N'")
     precision: Precision = _param('fp32', "Inference precision; 'fp16' needs a CUDA device, 'bf16' a GPU or a CPU "
                                   'with native bfloat16 (AVX512-BF16, AMX)',
@@ -180,5 +186,5 @@ ignores them. Its ``min_disparity`` and ``disparity_range`` do have a meaning he
 SYNC_KEYS = frozenset({'queue_size', 'approximate_sync', 'approximate_sync_tolerance_seconds'})
 """Changing one of these rebuilds the synchronizer (pending messages are dropped)."""
 
-MODEL_KEYS = frozenset({'checkpoint', 'device', 'precision'})
+MODEL_KEYS = frozenset({'checkpoint', 'backend', 'device', 'precision'})
 """Changing one of these loads a new predictor before the change is accepted."""

@@ -20,21 +20,21 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
-import torch.nn.functional as F
 
-from stereonet_ros.inference import (DEFAULT_MAX_PIXELS, Inference, InputError, Precision,
-                                     PreliminaryCheckpointWarning, UntrainedPlaceholderWarning, as_float_image,
-                                     check_inference_scale, checked_pair, fitted_scale, padded_size, resize,
-                                     scaled_size, to_contract_color)
+# Torch-free imports only: a node that runs an .onnx model must not need PyTorch (issue 13).
+from stereonet_ros.inference_common import (DEFAULT_MAX_PIXELS, Inference, InputError, Precision,
+                                            PreliminaryCheckpointWarning, UntrainedPlaceholderWarning,
+                                            as_float_image, bilinear_array, check_inference_scale, checked_pair,
+                                            fitted_scale, padded_size, resize_array, scaled_size, to_contract_color)
+from stereonet_ros.model.architecture import StereoNetConfig
 from stereonet_ros.model.checkpoint import CheckpointError, InputContract
-from stereonet_ros.model.onnx_export import INPUT_NAMES, OnnxMetadata, read_metadata
-from stereonet_ros.model.stereonet import StereoNetConfig
+from stereonet_ros.model.onnx_metadata import INPUT_NAMES, OnnxMetadata, read_metadata
 
 GPU_PROVIDERS = ('TensorrtExecutionProvider', 'CUDAExecutionProvider')
 """ONNX Runtime providers that run on an NVIDIA GPU, preferred in this order."""
@@ -112,6 +112,18 @@ def check_signature(model: Any, metadata: OnnxMetadata, where: str) -> None:
             raise CheckpointError(f'{where}: graph output {value.name!r} has rank {len(_dims(value))}: expected 4')
 
 
+@dataclass(frozen=True)
+class OnnxDevice:
+    """Where ONNX Runtime runs the graph, with the two things callers read of a ``torch.device``."""
+
+    type: str
+    """'cpu' or 'cuda'."""
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.type if self.index is None else f'{self.type}:{self.index}'
+
+
 class OnnxPredictor:
     """An exported ONNX model ready to turn image pairs into left-view disparity; the public surface of
     :class:`~stereonet_ros.inference.Predictor` that the node, CLIs and evaluators use.
@@ -173,8 +185,9 @@ class OnnxPredictor:
             raise InputError(f'device {device!r}: ONNX Runtime could not start a GPU provider (runs {active})')
         self.provider: str = active
         """The ONNX Runtime provider that runs the graph first (the CPU takes what it cannot)."""
-        self.device = torch.device(f'cuda:{index or 0}' if active in GPU_PROVIDERS else 'cpu')
-        """Where the network runs, as the Predictor says it (``str()`` for reports)."""
+        self.device = OnnxDevice('cuda' if active in GPU_PROVIDERS else 'cpu', int(index or 0)
+                                 if active in GPU_PROVIDERS else None)
+        """Where the network runs, as the Predictor's ``torch.device`` says it (``.type``; ``str()`` for reports)."""
         if metadata.provenance.get('placeholder'):
             warnings.warn('stereonet_ros: running the UNTRAINED placeholder network (random weights); '
                           'its disparities are meaningless. Pass a trained checkpoint.',
@@ -264,20 +277,20 @@ class OnnxPredictor:
             values = self._network_input(image, side, side)  # (1, C, H, W)
             if network_size != (height, width):
                 # Normalization is affine per channel and both resize rules are linear: as the Predictor.
-                values = resize(torch.from_numpy(values), network_size).numpy()  # (1, C, h, w)
+                values = resize_array(values, network_size)  # (1, C, h, w)
             pad = ((0, 0), (0, 0), (0, padded[0] - network_size[0]), (0, padded[1] - network_size[1]))
             inputs.append(np.ascontiguousarray(np.pad(values, pad, mode='edge'), dtype=np.float32))
         names = ['disparity', 'confidence'] if with_confidence else ['disparity']
         outputs = self._session.run(names, dict(zip(INPUT_NAMES, inputs, strict=True)))
-        cropped = [torch.from_numpy(np.ascontiguousarray(value[:, :, :network_size[0], :network_size[1]],
-                                                         dtype=np.float32)) for value in outputs]  # (1, 1, h, w)
+        cropped = [np.ascontiguousarray(value[:, :, :network_size[0], :network_size[1]], dtype=np.float32)
+                   for value in outputs]  # (1, 1, h, w)
         ratio = width / network_size[1]  # disparity scales with the width
         if network_size != (height, width):
-            cropped[0] = F.interpolate(cropped[0], size=(height, width), mode='bilinear', align_corners=False) * ratio
+            cropped[0] = bilinear_array(cropped[0], (height, width)) * np.float32(ratio)
             if with_confidence:
-                cropped[1] = F.interpolate(cropped[1], size=(height, width), mode='bilinear', align_corners=False)
-        confidence = cropped[1].clamp(0.0, 1.0)[0, 0].numpy() if with_confidence else None
-        return Inference(disparity=np.ascontiguousarray(cropped[0][0, 0].numpy(), dtype=np.float32),
+                cropped[1] = bilinear_array(cropped[1], (height, width))
+        confidence = np.clip(cropped[1], 0.0, 1.0)[0, 0] if with_confidence else None
+        return Inference(disparity=np.ascontiguousarray(cropped[0][0, 0], dtype=np.float32),
                          confidence=None if confidence is None else np.ascontiguousarray(confidence, dtype=np.float32),
                          max_disparity=float(self.contract.max_disparity) * ratio, network_size=network_size,
                          scale=scale)

@@ -34,6 +34,7 @@ probability of being correct.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from collections.abc import Callable
@@ -46,9 +47,10 @@ from stereonet_ros.camera import StereoCamera, check_image_size
 from stereonet_ros.geometry import CloudBuffer, disparity_to_depth, pointcloud2_buffer, reproject_to_3d
 from stereonet_ros.image_codec import ImageLike, canonical_encoding, to_model_input
 from stereonet_ros.image_io import colorize_disparity
-from stereonet_ros.inference import DEFAULT_MAX_PIXELS, Predictor
+from stereonet_ros.inference_common import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
+    from stereonet_ros.inference import Predictor
     from stereonet_ros.onnx_backend import OnnxPredictor
 from stereonet_ros.node_config import NodeConfig
 
@@ -328,7 +330,9 @@ def postprocess(shift: npt.NDArray[np.float32], confidence: npt.NDArray[np.float
 def is_device_error(error: BaseException) -> bool:
     """Whether ``error`` is the accelerator failing (out of memory, a faulted or lost device, a driver or
     cuDNN error), which a retry or another device may get past, rather than a problem with the input."""
-    import torch
+    torch = sys.modules.get('torch')
+    if torch is None:  # an ONNX Runtime node never loads PyTorch, so no PyTorch error can have happened
+        return False
 
     if isinstance(error, torch.OutOfMemoryError):  # torch.cuda.OutOfMemoryError is this class
         return True

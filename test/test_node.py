@@ -118,12 +118,14 @@ class NodeProcess:
             self.process.wait()
 
 
-def start_node(folder: Path, params: dict[str, Any], *ros_arguments: str) -> NodeProcess:
-    """``stereonet_node --ros-args [ros_arguments] --params-file folder/params.yaml``, logging to folder/node.log."""
+def start_node(folder: Path, params: dict[str, Any], *ros_arguments: str,
+               env: dict[str, str] | None = None) -> NodeProcess:
+    """``stereonet_node --ros-args [ros_arguments] --params-file folder/params.yaml``, logging to folder/node.log;
+    ``env`` adds to the environment."""
     params_file = folder / 'params.yaml'
     params_file.write_text(yaml.safe_dump(params))
     env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
-               RCUTILS_LOGGING_BUFFERED_STREAM='0', PYTHONUNBUFFERED='1')
+               RCUTILS_LOGGING_BUFFERED_STREAM='0', PYTHONUNBUFFERED='1', **(env or {}))
     log = folder / 'node.log'
     with log.open('wb') as stream:
         process = subprocess.Popen([str(NODE), '--ros-args', *ros_arguments, '--params-file', str(params_file)],

@@ -70,3 +70,46 @@ def test_the_node_runs_an_onnx_model_and_switches_to_safetensors_and_back(
             assert client.spin_until(lambda: in_use in client.diagnostics.get('checkpoint', '')), client.diagnostics  # noqa: B023
     finally:
         client.close()
+
+
+def test_the_bundled_default_runs_on_a_cpu_in_onnx_runtime_without_pytorch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: on a CPU the node's default is ONNX Runtime, and it must start and answer with no PyTorch:
+    a ``torch`` package that refuses to import comes first on the node's path, so any import of it fails."""
+    from stereonet_ros.backends import DEFAULT_ONNX, NVIDIA_DEVICE_NODES, default_onnx_is_current
+    from stereonet_ros.inference import DEFAULT_CHECKPOINT
+
+    if any(node.exists() for node in NVIDIA_DEVICE_NODES):
+        pytest.skip('an NVIDIA device node exists: device auto may choose CUDA here')
+    assert default_onnx_is_current(), f'{DEFAULT_ONNX} is not the export of {DEFAULT_CHECKPOINT}'
+    blocker = tmp_path / 'no_torch' / 'torch'
+    blocker.mkdir(parents=True)
+    (blocker / '__init__.py').write_text("raise ImportError('PyTorch is blocked for this test')\n")
+    import os
+
+    path = os.pathsep.join(filter(None, [str(blocker.parent), os.environ.get('PYTHONPATH')]))
+    params = {'stereonet_node': {'ros__parameters': {
+        'diagnostics_period_seconds': 0.5,  # checkpoint '' and device 'auto': the defaults
+        'qos_overrides': {f'/{topic}': {'subscription': {'reliability': 'reliable', 'depth': 10}}
+                          for topic in INPUT_TOPICS}}}}
+    handle = start_node(tmp_path, params, env={'PYTHONPATH': path})
+    client = Client(handle)
+    try:
+        client.wait_for_node()
+        left, right = make_pair()
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # the default is marked preliminary
+            expected = model_shift(Predictor.from_checkpoint(DEFAULT_CHECKPOINT, device='cpu'), left, right) \
+                - (CX_LEFT - CX_RIGHT)
+        outputs = client.send_good(left, right, topics=('disparity',))
+        values = as_float_image(outputs['disparity'].image)
+        valid = values >= outputs['disparity'].min_disparity
+        assert valid.mean() > 0.5
+        np.testing.assert_allclose(values[valid], expected[valid], atol=0.01)  # the export's parity bound
+        assert client.spin_until(lambda: 'ONNX Runtime' in client.diagnostics.get('backend', '')), client.diagnostics
+    finally:
+        client.close()
+        handle.stop()
+    text = handle.text()
+    assert handle.process.returncode == 0 and 'Traceback' not in text, text
+    assert 'ONNX Runtime (CPUExecutionProvider)' in text  # the start-up line names the backend

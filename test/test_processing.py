@@ -202,7 +202,10 @@ def default_processor() -> StereoProcessor:
 
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the bundled checkpoint is marked preliminary
-        return StereoProcessor(Predictor.from_checkpoint(device='cpu'))
+        # As the node opens it (on a CPU, the bundled default runs in ONNX Runtime), and as stereonet-infer does.
+        from stereonet_ros.backends import open_predictor
+
+        return StereoProcessor(open_predictor(device='cpu'))
 
 
 @pytest.mark.parametrize('kind', ['rgb', 'gray'])

@@ -52,8 +52,8 @@ def test_the_goal_is_both_dense_motorcycle_scores_strictly_below_sgbm(ours_epe: 
 def test_the_summary_quotes_all_three_views_and_the_synthetic_epe_decides_nothing() -> None:
     verdict, summary = goal_report(_results(1.79, 9.9, synthetic_epe=6.26))
     assert verdict is True  # a synthetic EPE far above 1 px no longer holds the checkpoint back
-    assert (f'answered 1.79 px / 9.9 % at 1.000, matched 1.95 px / 12.2 % at 0.854; SGBM stereo_image_proc '
-            f'dense 1.80 px / 10.0 %, answered = matched 1.20 px / 6.4 % at 0.854') in summary
+    assert ('answered 1.79 px / 9.9 % at 1.000, matched 1.95 px / 12.2 % at 0.854; SGBM stereo_image_proc '
+            'dense 1.80 px / 10.0 %, answered = matched 1.20 px / 6.4 % at 0.854') in summary
     assert summary.endswith('SGBM tuned dense 1.70 px / 9.5 %; held-out synthetic dense EPE 6.26 px')
 
 
@@ -86,6 +86,12 @@ def test_promoting_a_briefly_trained_checkpoint_marks_it_preliminary(tmp_path: P
     assert '| motorcycle (1) | sgbm-stereo_image_proc |' in provenance['evaluation_table']
     with pytest.warns(PreliminaryCheckpointWarning, match='1 training steps; Motorcycle ours dense '):
         Predictor.from_checkpoint(destination, device='cpu')
+    # The export the node runs on a CPU is written beside it, from exactly these bytes.
+    from stereonet_ros.backends import default_onnx_is_current
+
+    assert default_onnx_is_current(destination.with_suffix('.onnx'), destination)
+    save_checkpoint(destination, dataclasses.replace(load_checkpoint(destination), provenance={'trained': True}))
+    assert not default_onnx_is_current(destination.with_suffix('.onnx'), destination)  # stale once replaced
 
 
 def test_a_checkpoint_whose_refiners_ignore_the_image_is_refused_and_nothing_is_written(

@@ -1,7 +1,8 @@
 """stereonet-infer: disparity for one rectified stereo pair.
 
     stereonet-infer LEFT RIGHT --out OUT.(npy|pfm) [--color OUT.png] [--gt GT.(pfm|npy)]
-                    [--checkpoint PATH] [--device auto] [--precision fp32] [--inference-scale 1.0]
+                    [--checkpoint PATH] [--backend auto] [--device auto] [--precision fp32]
+                    [--inference-scale 1.0]
 
 Writes the left-view disparity, float32 pixels of the input (at the input size whatever
 ``--inference-scale``), as ``.npy`` or ``.pfm``; with
@@ -30,7 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--gt', type=Path,
                         help='ground-truth disparity (.pfm or .npy; inf/NaN = unknown) to score against')
     parser.add_argument('--checkpoint', type=Path,
-                        help='stereonet_ros .safetensors or seed Lightning .ckpt (default: the bundled checkpoint)')
+                        help='stereonet_ros .safetensors, seed Lightning .ckpt, or .onnx from stereonet-export '
+                        '(default: the bundled checkpoint)')
+    parser.add_argument('--backend', default='auto', choices=('auto', 'pytorch', 'onnxruntime'),
+                        help="'auto' runs the bundled default in ONNX Runtime on a CPU in fp32 and in PyTorch "
+                        'otherwise, a checkpoint file in PyTorch, an .onnx file in ONNX Runtime (default auto)')
     parser.add_argument('--device', default='auto', help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'")
     parser.add_argument('--precision', default='fp32', choices=PRECISIONS, help=PRECISION_HELP)
     parser.add_argument('--inference-scale', type=float, default=1.0, metavar='S',
@@ -44,15 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
-    # Imported here so that --help and usage errors answer without loading torch.
+    # Imported here so that --help and usage errors answer without loading torch (and the ONNX Runtime
+    # backend never loads it).
     import numpy as np
 
     from stereonet_ros.cli import fail
     from stereonet_ros.evaluation.metrics import MetricsError, disparity_metrics
     from stereonet_ros.image_io import (DisparityFileError, ImageReadError, ImageWriteError, colorize_disparity,
                                         read_disparity, read_image, write_disparity, write_png)
-    from stereonet_ros.inference import (DEFAULT_MAX_PIXELS, MAX_INFERENCE_SCALE, MIN_INFERENCE_SCALE, InputError,
-                                         Predictor, UntrainedPlaceholderWarning, check_inference_scale)
+    from stereonet_ros.backends import open_predictor
+    from stereonet_ros.inference_common import (DEFAULT_MAX_PIXELS, MAX_INFERENCE_SCALE, MIN_INFERENCE_SCALE,
+                                                InputError, UntrainedPlaceholderWarning, check_inference_scale)
     from stereonet_ros.model.checkpoint import CheckpointError
 
     if arguments.out.suffix.lower() not in ('.npy', '.pfm'):
@@ -77,8 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f'{arguments.right} is {right.shape[1]}x{right.shape[0]}; a rectified pair has one size')
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always', UntrainedPlaceholderWarning)
-            predictor = Predictor.from_checkpoint(arguments.checkpoint, device=arguments.device,
-                                                  precision=arguments.precision)
+            predictor = open_predictor(arguments.checkpoint, device=arguments.device,
+                                       precision=arguments.precision, backend=arguments.backend)
         for warning in caught:
             print(f'{PROGRAM}: warning: {warning.message}', file=sys.stderr)
         answer = predictor.infer(left, right, scale=scale, max_pixels=max_pixels)

@@ -44,11 +44,17 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+from stereonet_ros.model.architecture import ModelConfigError, StereoNetConfig
 
-from stereonet_ros.model.stereonet import ModelConfigError, StereoNet, StereoNetConfig
+if TYPE_CHECKING:
+    import torch
+
+    from stereonet_ros.model.stereonet import StereoNet
+
+# PyTorch is imported where tensors are read or built, not here: the metadata side of this module
+# (InputContract, config_from_metadata) serves the ONNX Runtime backend, which runs without PyTorch.
 
 FORMAT_NAME = 'stereonet_ros'
 FORMAT_VERSION = 1
@@ -339,6 +345,8 @@ def check_weights(state_dict: Mapping[str, torch.Tensor]) -> None:
     Raises:
         CheckpointError: the first offending key and why.
     """
+    import torch
+
     for key, tensor in state_dict.items():
         if tensor.is_floating_point():
             if not bool(torch.isfinite(tensor).all()):
@@ -377,6 +385,8 @@ class Checkpoint:
             CheckpointError: a model over the size bounds (checked before anything is allocated), or
                 weights that do not fit it or hold non-finite values.
         """
+        from stereonet_ros.model.stereonet import StereoNet
+
         check_model_size(self.config)
         check_weights(self.state_dict)
         model = StereoNet(self.config)
@@ -570,6 +580,8 @@ _UNSUPPORTED_GLOBAL = re.compile(r'GLOBAL ([\w.]+)')  # torch words it two ways;
 
 
 def _torch_load_seed(data: bytes) -> dict[str, Any]:
+    import torch
+
     stand_ins: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
         (stand_in, name) for name, stand_in in SEED_STAND_INS.items()]
     try:
@@ -644,6 +656,8 @@ def _load_seed(path: Path, data: bytes) -> Checkpoint:
     hyper = loaded.get('hyper_parameters') or {}
     if not isinstance(hyper, Mapping):
         raise CheckpointError(f'hyper_parameters is a {type(hyper).__name__}, expected a dict')
+    import torch
+
     tensors = {str(key): value for key, value in state_dict.items() if isinstance(value, torch.Tensor)}
     config = _seed_config(hyper, tensors)
     base = KEYSTONE_GRAY_CONTRACT if config.in_channels == 1 else SCENEFLOW_RGB_CONTRACT

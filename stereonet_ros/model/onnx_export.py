@@ -29,7 +29,6 @@ import json
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stereonet_ros.model.checkpoint import Checkpoint, CheckpointError, InputContract, config_from_metadata
+from stereonet_ros.model.checkpoint import Checkpoint, InputContract
+from stereonet_ros.model.onnx_metadata import (FORMAT, INPUT_NAMES, METADATA_KEY, OPSET,  # noqa: F401
+                                               OnnxMetadata, read_metadata)
 from stereonet_ros.model.stereonet import (StereoNet, StereoNetConfig, fold_batchnorm, matching_confidence,
                                           refined_level, soft_argmin)
 
-OPSET = 17
-"""ONNX opset of every export (ONNX Runtime and TensorRT 8.6+ read it)."""
-
-METADATA_KEY = 'stereonet_ros'
-"""``metadata_props`` key whose value is the JSON document of :func:`export_metadata`."""
-
-FORMAT = 'stereonet_ros.onnx/1'
-"""Version of that document's layout."""
-
-INPUT_NAMES = ('left', 'right')
 PARITY_TOLERANCE_PX = 0.01
 """Largest |ONNX Runtime - PyTorch| disparity (pixels) an fp32 export may show on the check pair."""
 FP16_PARITY_TOLERANCE_PX = 0.25
@@ -61,21 +52,6 @@ a pixel (the default checkpoint on Motorcycle, ONNX Runtime CPU: 0.05 px at most
 
 class ExportError(Exception):
     """The model cannot be exported, or its export does not reproduce PyTorch."""
-
-
-@dataclass(frozen=True)
-class OnnxMetadata:
-    """What an exported file says about itself (:func:`read_metadata`)."""
-
-    config: StereoNetConfig
-    contract: InputContract
-    provenance: dict[str, Any]
-    precision: str
-    """'fp32' or 'fp16' (the convolutions'; inputs and outputs are float32 either way)."""
-    outputs: tuple[str, ...]
-    fixed_size: tuple[int, int] | None
-    """``(H, W)`` the graph was fixed to, or None when dynamic."""
-    opset: int
 
 
 def _cost_volume(reference: torch.Tensor, target: torch.Tensor, num_candidates: int, border: str) -> torch.Tensor:
@@ -163,45 +139,6 @@ def export_metadata(checkpoint: Checkpoint, *, precision: str, outputs: tuple[st
         'exporter': f'stereonet_ros onnx_export, torch {torch.__version__}',
         'parity': parity,
     }
-
-
-def read_metadata(model: Any, where: str) -> OnnxMetadata:
-    """The :data:`METADATA_KEY` document of an ``onnx.ModelProto``, checked.
-
-    Raises:
-        CheckpointError: missing, not JSON, or a contract or config that does not validate (message names it).
-    """
-    props = {prop.key: prop.value for prop in model.metadata_props}
-    if METADATA_KEY not in props:
-        raise CheckpointError(f'{where}: no {METADATA_KEY!r} metadata: not exported by stereonet-export, so its input '
-                              'contract is unknown')
-    try:
-        document = json.loads(props[METADATA_KEY])
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f'{where}: {METADATA_KEY!r} metadata is not JSON: {err}') from err
-    found = document.get('format') if isinstance(document, dict) else None
-    if not isinstance(document, dict) or found != FORMAT:
-        raise CheckpointError(f'{where}: {METADATA_KEY!r} metadata has format {found!r}; expected {FORMAT!r}')
-    contract = InputContract.from_dict(document.get('input_contract'))
-    config = config_from_metadata(document.get('model_config'), where=f'{where}: model_config')
-    provenance = document.get('provenance')
-    precision = document.get('precision')
-    outputs = document.get('outputs')
-    fixed = document.get('fixed_size')
-    if not isinstance(provenance, dict):
-        raise CheckpointError(f'{where}: metadata provenance must be a JSON object')
-    if precision not in ('fp32', 'fp16'):
-        raise CheckpointError(f"{where}: metadata precision {precision!r}: must be 'fp32' or 'fp16'")
-    if not (isinstance(outputs, list) and outputs and outputs[0] == 'disparity'
-            and set(outputs) <= {'disparity', 'confidence'}):
-        raise CheckpointError(f"{where}: metadata outputs {outputs!r}: expected ['disparity'] or "
-                              "['disparity', 'confidence']")
-    if fixed is not None and not (isinstance(fixed, list) and len(fixed) == 2
-                                  and all(isinstance(v, int) and v > 0 for v in fixed)):
-        raise CheckpointError(f'{where}: metadata fixed_size {fixed!r}: expected null or [height, width]')
-    return OnnxMetadata(config=config, contract=contract, provenance=provenance, precision=precision,
-                        outputs=tuple(outputs), fixed_size=(fixed[0], fixed[1]) if fixed else None,
-                        opset=int(document.get('opset', 0)))
 
 
 def _check_size(name: str, value: int, contract: InputContract, config: StereoNetConfig) -> None:

@@ -65,7 +65,8 @@ from stereonet_ros.config import ConfigError
 from stereonet_ros.geometry import GeometryError
 from stereonet_ros.image_codec import ImageCodecError, ImageLike
 from stereonet_ros.image_compression import CompressedImageError, compressed_topic, decompress, require_codec
-from stereonet_ros.inference import InputError, Predictor, UntrainedPlaceholderWarning
+from stereonet_ros.backends import open_predictor
+from stereonet_ros.inference_common import InputError, UntrainedPlaceholderWarning
 from stereonet_ros.model.checkpoint import CheckpointError
 from stereonet_ros.node_config import (DIAGNOSTICS_TOPIC, MODEL_KEYS, OUTPUT_TOPICS, PARAMETER_SPECS,
                                        STEREO_IMAGE_PROC_BLOCK_MATCHING, SYNC_KEYS, NodeConfig)
@@ -78,6 +79,7 @@ from stereonet_ros.ros.messages import (diagnostic_array, disparity_message, flo
 from stereonet_ros.sync import MatchedSet, StereoSynchronizer, SyncError, stamp_to_ns
 
 if TYPE_CHECKING:
+    from stereonet_ros.inference import Predictor
     from stereonet_ros.onnx_backend import OnnxPredictor
 
 NODE_NAME = 'stereonet_node'
@@ -111,6 +113,12 @@ MODEL_LOAD_TIMEOUT = 60.0
 """Seconds a run-time model switch may take (load, build, warm-up) before it is refused. The parameter
 callback waits on the executor thread, so a slow path (a hung network mount) delays other callbacks by
 this much at most; the bundled default loads in under a second."""
+
+
+def _backend_name(predictor: Predictor | OnnxPredictor) -> str:
+    """'PyTorch', or 'ONNX Runtime (<provider>)': what the start-up line and the diagnostics say."""
+    provider = getattr(predictor, 'provider', None)
+    return 'PyTorch' if provider is None else f'ONNX Runtime ({provider})'
 
 
 def warm_up(predictor: Predictor | OnnxPredictor) -> None:
@@ -310,8 +318,8 @@ class StereoNetNode(Node):
             warnings.simplefilter('always', UntrainedPlaceholderWarning)
             source = config.checkpoint or 'the bundled default checkpoint'
             try:
-                predictor = Predictor.from_checkpoint(config.checkpoint or None, device=config.device,
-                                                      precision=config.precision)
+                predictor = open_predictor(config.checkpoint or None, device=config.device,
+                                           precision=config.precision, backend=config.backend)
             except (CheckpointError, InputError):
                 raise
             except Exception as err:  # noqa: BLE001 - e.g. device memory: no file check foresees it, the node must live
@@ -335,7 +343,8 @@ class StereoNetNode(Node):
         source = self._config.checkpoint or 'bundled default'
         placeholder = ' (UNTRAINED PLACEHOLDER)' if predictor.is_placeholder else ''
         return (f'checkpoint {source}{placeholder}, {predictor.contract.color} input, max disparity '
-                f'{predictor.contract.max_disparity:g} px, device {predictor.device}, {predictor.precision}')
+                f'{predictor.contract.max_disparity:g} px, device {predictor.device}, {predictor.precision}, '
+                f'{_backend_name(predictor)}')
 
     @staticmethod
     def _make_synchronizer(config: NodeConfig) -> StereoSynchronizer[Any]:
@@ -567,6 +576,7 @@ class StereoNetNode(Node):
             or 'n/a (approximate sync)',
             'outputs subscribed': self._outputs().describe(),
             'device': str(predictor.device),
+            'backend': _backend_name(predictor),
             'device errors retried': str(self._device_guard.retries),
             'captured input sizes': ', '.join(f'{w}x{h}' for h, w in predictor.captured_sizes) or 'none',
             'precision': predictor.precision,

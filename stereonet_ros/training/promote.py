@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,8 +144,30 @@ def promote(source: Path, destination: Path, synthetic_samples: int, inference_s
     })
     provenance.pop('placeholder', None)
     save_checkpoint(destination, dataclasses.replace(checkpoint, provenance=provenance))
+    write_onnx_sibling(destination)
     print(format_table(results))
     return met, summary
+
+
+def write_onnx_sibling(destination: Path) -> Path | None:
+    """Export ``destination`` to the ``.onnx`` beside it (with the confidence output, dynamic size), the
+    form the node runs on a CPU (:mod:`stereonet_ros.backends`). Returns its path, or None when the export
+    fails: then no stale export is left beside the new weights (the node would refuse a stale one anyway,
+    by its recorded SHA-256, and use PyTorch)."""
+    from stereonet_ros.model.checkpoint import load_checkpoint
+    from stereonet_ros.model.onnx_export import ExportError, export_onnx
+
+    target = destination.with_suffix('.onnx')
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # a preliminary checkpoint says so when loaded: not news here
+            export_onnx(load_checkpoint(destination), target, source=destination, with_confidence=True)
+    except (ExportError, ImportError) as err:
+        target.unlink(missing_ok=True)
+        print(f'{PROGRAM}: warning: no ONNX export beside {destination} ({err}); the node will run it in PyTorch',
+              file=sys.stderr)
+        return None
+    return target
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,124 @@
+"""Open weights for inference, choosing the backend: PyTorch or ONNX Runtime. The one way the node and
+the CLIs get a predictor.
+
+- A path ending in ``.onnx`` runs in ONNX Runtime (:class:`~stereonet_ros.onnx_backend.OnnxPredictor`).
+- A checkpoint (``.safetensors``, a seed ``.ckpt``) runs in PyTorch (:class:`~stereonet_ros.inference.Predictor`).
+- The bundled default (no path) ships both ways: the checkpoint and its export
+  (:data:`DEFAULT_ONNX`, made from exactly that file; its metadata records the checkpoint's SHA-256).
+  ``backend='auto'`` runs it in ONNX Runtime when the inference runs on the CPU in float32, because
+  there ONNX Runtime takes 0.57-0.69x PyTorch's time (``benchmarks/backends.py``) and needs no PyTorch
+  at all; on a GPU, or in bf16/fp16, PyTorch (CUDA graphs, autocast).
+
+Deciding "on the CPU" must not import PyTorch where it would not be used: ``device='cpu'`` is the CPU;
+``device='auto'`` is the CPU when no NVIDIA device node exists (a CUDA device needs the driver's
+``/dev/nvidiactl``, or on a Jetson ``/dev/nvhost-ctrl-gpu``), else PyTorch is asked.
+
+This module imports neither PyTorch nor ONNX Runtime itself; the predictor it opens does.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from stereonet_ros.inference_common import DEFAULT_CHECKPOINT, InputError, Precision
+
+if TYPE_CHECKING:
+    from stereonet_ros.inference import Predictor
+    from stereonet_ros.onnx_backend import OnnxPredictor
+
+Backend = Literal['auto', 'pytorch', 'onnxruntime']
+BACKENDS: tuple[Backend, ...] = ('auto', 'pytorch', 'onnxruntime')
+
+DEFAULT_ONNX = DEFAULT_CHECKPOINT.with_suffix('.onnx')
+"""The bundled default exported by ``stereonet-export --confidence`` (dynamic size, float32)."""
+
+NVIDIA_DEVICE_NODES = (Path('/dev/nvidiactl'), Path('/dev/nvhost-ctrl-gpu'))
+"""Device files without which no CUDA device is usable: the desktop/server driver's, and Jetson's (L4T)."""
+
+
+def default_onnx_is_current(onnx_path: Path = DEFAULT_ONNX, checkpoint: Path = DEFAULT_CHECKPOINT) -> bool:
+    """Whether ``onnx_path`` exists and was exported from ``checkpoint`` as it is now (SHA-256 recorded
+    in its metadata): a default promoted without a new export must not run the old weights."""
+    if not (onnx_path.is_file() and checkpoint.is_file()):
+        return False
+    from stereonet_ros.model.onnx_metadata import read_recorded_source_sha256
+
+    return read_recorded_source_sha256(onnx_path) == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+
+
+def cuda_may_exist() -> bool:
+    """False when this machine certainly has no usable CUDA device (no NVIDIA device node); True when it
+    might, and only PyTorch can say."""
+    return any(node.exists() for node in NVIDIA_DEVICE_NODES)
+
+
+def runs_on_cpu(device: str) -> bool:
+    """Whether ``device`` ('auto', 'cpu', 'cuda', 'cuda:N') means the CPU here, importing PyTorch only
+    when the answer depends on it (an NVIDIA device node exists and PyTorch is installed)."""
+    if device == 'cpu':
+        return True
+    if device != 'auto':
+        return False
+    if not cuda_may_exist() or importlib.util.find_spec('torch') is None:
+        return True
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def chosen_backend(path: str | os.PathLike[str] | None, device: str, precision: Precision,
+                   backend: Backend = 'auto') -> Literal['pytorch', 'onnxruntime']:
+    """Which backend :func:`open_predictor` runs ``path`` with (module doc).
+
+    Raises:
+        InputError: a backend that cannot run this file (a checkpoint in ONNX Runtime, an ``.onnx`` in
+            PyTorch), or an unknown backend.
+    """
+    if backend not in BACKENDS:
+        raise InputError(f'backend {backend!r}: must be one of {list(BACKENDS)}')
+    is_onnx = path is not None and Path(path).suffix.lower() == '.onnx'
+    if is_onnx:
+        if backend == 'pytorch':
+            raise InputError(f'backend pytorch cannot run the ONNX model {path}: use backend auto or onnxruntime')
+        return 'onnxruntime'
+    if backend == 'pytorch':
+        return 'pytorch'
+    if path is not None:
+        if backend == 'onnxruntime':
+            raise InputError(f'backend onnxruntime runs .onnx files: export {path} with stereonet-export first')
+        return 'pytorch'
+    if backend == 'onnxruntime':
+        if not default_onnx_is_current():
+            raise InputError(f'backend onnxruntime: {DEFAULT_ONNX} is missing or was not exported from the bundled '
+                             'default checkpoint')
+        return 'onnxruntime'
+    usable = (precision == 'fp32' and importlib.util.find_spec('onnxruntime') is not None
+              and default_onnx_is_current())
+    return 'onnxruntime' if usable and runs_on_cpu(device) else 'pytorch'
+
+
+def open_predictor(path: str | os.PathLike[str] | None = None, device: str = 'auto', precision: Precision = 'fp32',
+                   *, backend: Backend = 'auto') -> Predictor | OnnxPredictor:
+    """Open ``path`` (``None`` = the bundled default) for inference with the backend
+    :func:`chosen_backend` picks.
+
+    Raises:
+        CheckpointError: the file cannot be used (message says why).
+        InputError: bad device, precision or backend.
+    """
+    if chosen_backend(path, device, precision, backend) == 'onnxruntime':
+        from stereonet_ros.onnx_backend import OnnxPredictor
+
+        return OnnxPredictor(DEFAULT_ONNX if path is None else path, device=device, precision=precision)
+    from stereonet_ros.inference import Predictor
+
+    return Predictor.from_checkpoint(path, device=device, precision=precision)
+
+
+def torch_imported() -> bool:
+    """Whether PyTorch is loaded in this process (what a torch-free deployment checks)."""
+    return 'torch' in sys.modules

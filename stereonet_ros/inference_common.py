@@ -1,0 +1,248 @@
+"""What every backend shares, PyTorch or ONNX Runtime: the image checks, colour, scale and padding
+rules, and the answer's form. Torch-free, so that a node running an ``.onnx`` model never imports PyTorch.
+
+The rules themselves are written in :mod:`stereonet_ros.inference`'s module doc; the PyTorch
+:class:`~stereonet_ros.inference.Predictor` applies them on its device, the ONNX Runtime
+:class:`~stereonet_ros.onnx_backend.OnnxPredictor` with the NumPy functions here, tested equal.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from stereonet_ros.image_codec import bt601_luma
+from stereonet_ros.model.architecture import StereoNetConfig
+from stereonet_ros.model.checkpoint import InputContract
+
+Precision = Literal['fp32', 'fp16', 'bf16']
+
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / 'checkpoints' / 'stereonet_default.safetensors'
+"""The bundled default checkpoint (trained by ``stereonet-train``; see the README)."""
+
+
+MIN_INFERENCE_SCALE = 0.1
+"""Smallest test-time scale: below it a typical 640x480 pair is smaller than the network's 2^K steps
+allow to match much."""
+MAX_INFERENCE_SCALE = 2.5
+"""Largest test-time scale: 2.5 x 2.5 = 6.25 times the pixels (and about that much time and memory); the
+cost volume's candidates then span 1/2.5 of the network's range in input pixels."""
+
+
+DEFAULT_MAX_PIXELS = 4_000_000
+"""Most pixels the network runs on (after the inference scale, before padding) unless told otherwise: a
+size that fits a robot. Measured peak memory on the CPU path: 0.75 MP 841 MiB, 3 MP 1.9 GiB, 5.9 MP
+6.5 GiB (issue 11); 4 MP takes about 3 GiB. A larger pair is run at the largest smaller scale that fits,
+or refused when even :data:`MIN_INFERENCE_SCALE` does not."""
+
+
+class InputError(ValueError):
+    """Images, device or precision that the predictor cannot use."""
+
+
+class UntrainedPlaceholderWarning(UserWarning):
+    """The predictor runs the untrained placeholder: its disparities are meaningless."""
+
+
+class PreliminaryCheckpointWarning(UserWarning):
+    """The checkpoint's provenance marks it preliminary (trained, but short of its accuracy goal)."""
+
+
+def checked_image(image: npt.ArrayLike, name: str) -> npt.NDArray[Any]:
+    """The image as it travels to the device, checked but not converted.
+
+    Returns:
+        ``(H, W)`` or ``(H, W, C)`` (C in 1, 3, 4), C-contiguous: uint8 and uint16 as given, floats as
+        float32 (0..255 units).
+
+    Raises:
+        InputError: another shape or dtype, an empty image, or non-finite float values.
+    """
+    array = np.asarray(image)
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))):
+        raise InputError(f'{name} image must be HxW, HxWx1, HxWx3 or HxWx4, got shape {array.shape}')
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise InputError(f'{name} image is empty (shape {array.shape})')
+    if array.dtype in (np.uint8, np.uint16):
+        return np.ascontiguousarray(array)
+    if array.dtype in (np.float32, np.float64):
+        values = np.ascontiguousarray(array, dtype=np.float32)
+        if not np.isfinite(values).all():
+            raise InputError(f'{name} image has non-finite values')
+        return values
+    raise InputError(f'{name} image has dtype {array.dtype}; expected uint8, uint16 or float (0..255)')
+
+
+def checked_pair(left: npt.ArrayLike, right: npt.ArrayLike) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    """Both images as :func:`checked_image` gives them.
+
+    Raises:
+        InputError: as :func:`checked_image`, or the two differ in size.
+    """
+    left_image, right_image = checked_image(left, 'left'), checked_image(right, 'right')
+    if left_image.shape[:2] != right_image.shape[:2]:
+        raise InputError(f'left and right images differ in size: {left_image.shape[1]}x{left_image.shape[0]} '
+                         f'vs {right_image.shape[1]}x{right_image.shape[0]}')
+    return left_image, right_image
+
+
+def padded_size(height: int, width: int, contract: InputContract, config: StereoNetConfig) -> tuple[int, int]:
+    """The size the network runs at for an ``height`` x ``width`` input (the module doc's padding policy):
+    each side up to the contract's ``pad_multiple``, and at least 2^K."""
+    multiple = contract.pad_multiple
+    smallest = config.downsampling_factor
+    return max(-(-height // multiple) * multiple, smallest), max(-(-width // multiple) * multiple, smallest)
+
+
+def as_float_image(image: npt.ArrayLike, name: str) -> npt.NDArray[np.float32]:
+    """(H, W) or (H, W, C) in 0..255 units, float32; C in 1, 3, 4 (alpha dropped). NumPy, on the host.
+
+    Raises:
+        InputError: as :func:`checked_image`.
+    """
+    array = checked_image(image, name)
+    if array.ndim == 3:
+        array = array[:, :, 0] if array.shape[2] == 1 else array[:, :, :3]
+    if array.dtype == np.uint8:
+        return array.astype(np.float32)
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) * np.float32(255.0 / 65535.0)
+    return array  # float32 already
+
+
+def to_contract_color(image: npt.NDArray[np.float32], color: Literal['gray', 'rgb']) -> npt.NDArray[np.float32]:
+    """(H, W) or (H, W, 3) float32 -> (C, H, W) in the contract's colour (gray: float BT.601 luma,
+    :func:`~stereonet_ros.image_codec.bt601_luma`, unrounded)."""
+    if color == 'gray':
+        if image.ndim == 3:
+            image = bt601_luma(image)  # (H, W)
+        return image[np.newaxis]  # (1, H, W)
+    if image.ndim == 2:
+        return np.repeat(image[np.newaxis], 3, axis=0)  # (3, H, W)
+    return np.ascontiguousarray(image.transpose(2, 0, 1))  # (3, H, W)
+
+
+def check_inference_scale(scale: float) -> float:
+    """``scale`` as a float if it is in [:data:`MIN_INFERENCE_SCALE`, :data:`MAX_INFERENCE_SCALE`] (ends included).
+
+    Raises:
+        InputError: not a finite number in that range (the message gives the value and the range).
+    """
+    try:
+        value = float(scale)
+    except (TypeError, ValueError) as err:
+        raise InputError(f'inference scale {scale!r} is not a number') from err
+    if not (math.isfinite(value) and MIN_INFERENCE_SCALE <= value <= MAX_INFERENCE_SCALE):
+        raise InputError(f'inference scale {scale!r} is outside [{MIN_INFERENCE_SCALE}, {MAX_INFERENCE_SCALE}]')
+    return value
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The size the network runs at for an ``height`` x ``width`` input at ``scale``: each side rounded
+    half to even, at least 1 (the padding policy then pads it)."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+@dataclass(frozen=True)
+class Inference:
+    """The network's answer for one pair, at the input's size and in its pixels.
+
+    Attributes:
+        disparity: ``(H, W)`` float32 left-view image shift, pixels of the input.
+        confidence: ``(H, W)`` float32 in [0, 1] (:func:`~stereonet_ros.model.stereonet.matching_confidence`),
+            or ``None`` when not asked for.
+        max_disparity: the largest shift the network can express, pixels of the input: the contract's
+            ``max_disparity`` times ``W / w`` (= ``/ scale`` up to the rounding of ``w``).
+        network_size: ``(h, w)`` the network ran at (before padding to the contract's multiple).
+        scale: the scale the network ran at: the one asked for, or less when ``max_pixels`` needed it.
+    """
+
+    disparity: npt.NDArray[np.float32]
+    confidence: npt.NDArray[np.float32] | None
+    max_disparity: float
+    network_size: tuple[int, int]
+    scale: float = 1.0
+
+
+def fitted_scale(height: int, width: int, scale: float, max_pixels: int) -> float:
+    """``scale``, or the largest smaller one at which the network's ``h * w`` (:func:`scaled_size`) is at most
+    ``max_pixels``: the most detail the pixel budget allows.
+
+    Raises:
+        InputError: ``max_pixels`` < 1, or even :data:`MIN_INFERENCE_SCALE` gives more than ``max_pixels``
+            (the message gives the size, the scale it would need and the budget).
+    """
+    if max_pixels < 1:
+        raise InputError(f'max_pixels {max_pixels}: must be >= 1')
+
+    def pixels(factor: float) -> int:
+        h, w = scaled_size(height, width, factor)
+        return h * w
+
+    if pixels(scale) <= max_pixels:
+        return scale
+    candidate = scale * math.sqrt(max_pixels / pixels(scale))
+    while candidate >= MIN_INFERENCE_SCALE and pixels(candidate) > max_pixels:
+        candidate *= 0.999  # rounding of the sides can leave a few pixels over
+    if candidate < MIN_INFERENCE_SCALE:
+        raise InputError(f'{width}x{height} image is too large: even at scale {MIN_INFERENCE_SCALE} the network would '
+                         f'run on {pixels(MIN_INFERENCE_SCALE)} pixels, more than max_pixels {max_pixels}')
+    return candidate
+
+
+def resize_array(values: npt.NDArray[np.float32], size: tuple[int, int]) -> npt.NDArray[np.float32]:
+    """:func:`stereonet_ros.inference.resize` in NumPy, for ``(B, C, H, W)`` float32 on the host: ``area``
+    when shrinking, bilinear (``align_corners=False``) when enlarging; the same array when the size is
+    unchanged. Each axis is resized on its own (both rules are separable)."""
+    height, width = values.shape[-2:]
+    if (height, width) == tuple(size):
+        return values
+    shrink = size[0] <= height and size[1] <= width
+    axis_resize = _area_axis if shrink else _bilinear_axis
+    return axis_resize(axis_resize(values, size[0], axis=-2), size[1], axis=-1)
+
+
+def bilinear_array(values: npt.NDArray[np.float32], size: tuple[int, int]) -> npt.NDArray[np.float32]:
+    """Bilinear resize (``align_corners=False``, as ``torch.nn.functional.interpolate``) of ``(B, C, H, W)``
+    float32, either way: how an answer goes back to the input size."""
+    if tuple(values.shape[-2:]) == tuple(size):
+        return values
+    return _bilinear_axis(_bilinear_axis(values, size[0], axis=-2), size[1], axis=-1)
+
+
+def _area_axis(values: npt.NDArray[np.float32], length: int, axis: int) -> npt.NDArray[np.float32]:
+    # PyTorch's adaptive average: output i averages input [floor(i L / n), ceil((i + 1) L / n)).
+    source = values.shape[axis]
+    if source == length:
+        return values
+    index = np.arange(length)
+    starts = (index * source) // length
+    ends = -((-(index + 1) * source) // length)
+    moved = np.moveaxis(values, axis, -1).astype(np.float64)
+    sums = np.concatenate((np.zeros(moved.shape[:-1] + (1,)), np.cumsum(moved, axis=-1)), axis=-1)
+    averaged = (sums[..., ends] - sums[..., starts]) / (ends - starts)
+    return np.ascontiguousarray(np.moveaxis(averaged, -1, axis), dtype=np.float32)
+
+
+def _bilinear_axis(values: npt.NDArray[np.float32], length: int, axis: int) -> npt.NDArray[np.float32]:
+    # Pixel centres: output i samples input (i + 0.5) L / n - 0.5, clamped at 0 below (PyTorch's rule).
+    source = values.shape[axis]
+    if source == length:
+        return values
+    # In float32, as PyTorch computes it for float32 images: its rounding of the position shows (up to
+    # 0.01 of 255 at 1292 columns) if this is done in float64.
+    ratio = np.float32(np.float32(source) / np.float32(length))
+    position = np.maximum(ratio * (np.arange(length, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5),
+                          np.float32(0.0))
+    lower = np.minimum(np.floor(position).astype(np.int64), source - 1)
+    upper = np.minimum(lower + 1, source - 1)
+    weight = position - lower.astype(np.float32)
+    shape = [1] * values.ndim
+    shape[axis] = length
+    low, high = np.take(values, lower, axis=axis), np.take(values, upper, axis=axis)
+    return np.ascontiguousarray(low + (high - low) * weight.reshape(shape), dtype=np.float32)

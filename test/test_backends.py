@@ -1,0 +1,114 @@
+"""Choosing the backend (stereonet_ros.backends), the shipped ONNX default, and the torch-free rules the
+ONNX Runtime backend applies (stereonet_ros.inference_common) against PyTorch's."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stereonet_ros import backends
+from stereonet_ros.backends import DEFAULT_ONNX, chosen_backend, default_onnx_is_current, runs_on_cpu
+from stereonet_ros.inference import DEFAULT_CHECKPOINT, InputError, resize
+from stereonet_ros.inference_common import bilinear_array, resize_array
+from stereonet_ros.processing import is_device_error
+
+pytest.importorskip('onnxruntime')
+
+
+@pytest.fixture
+def no_gpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A machine without NVIDIA device nodes (this one, whatever it has)."""
+    monkeypatch.setattr(backends, 'NVIDIA_DEVICE_NODES', (tmp_path / 'nvidiactl',))
+
+
+def test_the_shipped_onnx_is_the_export_of_the_shipped_default() -> None:
+    """Promote writes both; a default replaced without a new export must fail here (and auto then uses PyTorch)."""
+    assert default_onnx_is_current(), f'run: stereonet-export --out {DEFAULT_ONNX} --confidence'
+
+
+def test_a_changed_checkpoint_makes_the_export_stale(tmp_path: Path) -> None:
+    checkpoint, export = tmp_path / 'default.safetensors', tmp_path / 'default.onnx'
+    shutil.copyfile(DEFAULT_CHECKPOINT, checkpoint)
+    shutil.copyfile(DEFAULT_ONNX, export)
+    assert default_onnx_is_current(export, checkpoint)
+    with checkpoint.open('ab') as stream:
+        stream.write(b' ')  # one byte more: another file
+    assert not default_onnx_is_current(export, checkpoint)
+    assert not default_onnx_is_current(tmp_path / 'missing.onnx', checkpoint)
+    export.write_bytes(b'not onnx')
+    assert not default_onnx_is_current(export, checkpoint)
+
+
+@pytest.mark.usefixtures('no_gpu')
+@pytest.mark.parametrize('path, device, precision, backend, expected', [
+    (None, 'auto', 'fp32', 'auto', 'onnxruntime'),   # the bundled default on a CPU: ONNX Runtime
+    (None, 'cpu', 'fp32', 'auto', 'onnxruntime'),
+    (None, 'cpu', 'bf16', 'auto', 'pytorch'),        # the export is float32
+    (None, 'cuda', 'fp32', 'auto', 'pytorch'),
+    (None, 'cpu', 'fp32', 'pytorch', 'pytorch'),
+    (None, 'cuda', 'fp32', 'onnxruntime', 'onnxruntime'),
+    ('weights.safetensors', 'cpu', 'fp32', 'auto', 'pytorch'),  # a file the user names runs as it is
+    ('model.ONNX', 'cuda', 'fp32', 'auto', 'onnxruntime'),
+])
+def test_the_backend_rule(path: str | None, device: str, precision: str, backend: str, expected: str) -> None:
+    assert chosen_backend(path, device, precision, backend) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize('path, backend, message', [
+    ('model.onnx', 'pytorch', 'backend pytorch cannot run the ONNX model'),
+    ('weights.safetensors', 'onnxruntime', 'export weights.safetensors with stereonet-export first'),
+    (None, 'tensorrt', "backend 'tensorrt': must be one of"),
+])
+def test_a_backend_that_cannot_run_the_file_is_refused(path: str | None, backend: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        chosen_backend(path, 'cpu', 'fp32', backend)  # type: ignore[arg-type]
+
+
+def test_a_stale_default_export_falls_back_to_pytorch_or_is_refused(monkeypatch: pytest.MonkeyPatch,
+                                                                     no_gpu: None) -> None:
+    monkeypatch.setattr(backends, 'default_onnx_is_current', lambda *args: False)
+    assert chosen_backend(None, 'cpu', 'fp32', 'auto') == 'pytorch'
+    with pytest.raises(InputError, match='was not exported from the bundled default'):
+        chosen_backend(None, 'cpu', 'fp32', 'onnxruntime')
+
+
+def test_device_auto_without_nvidia_device_nodes_is_the_cpu_without_importing_pytorch(tmp_path: Path) -> None:
+    script = (f"import sys; from pathlib import Path; from stereonet_ros import backends; "
+              f"backends.NVIDIA_DEVICE_NODES = (Path({str(tmp_path / 'nvidiactl')!r}),); "
+              "print(backends.runs_on_cpu('auto'), backends.chosen_backend(None, 'auto', 'fp32'), "
+              "'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ['True', 'onnxruntime', 'False'], result.stderr
+
+
+def test_with_a_device_node_pytorch_decides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    node = tmp_path / 'nvidiactl'
+    node.touch()
+    monkeypatch.setattr(backends, 'NVIDIA_DEVICE_NODES', (node,))
+    assert runs_on_cpu('auto') == (not torch.cuda.is_available())
+    assert runs_on_cpu('cpu') and not runs_on_cpu('cuda:0')
+
+
+@pytest.mark.parametrize('size', [(200, 311), (100, 517), (333, 400), (600, 900), (334, 518), (833, 1292)])
+def test_the_numpy_resize_is_the_pytorch_resize(size: tuple[int, int]) -> None:
+    """Shrinking (area) and enlarging (bilinear) as the PyTorch predictor does, on full-range noise (the worst
+    case: a float32 sample position one unit in the last place apart moves a value by up to 0.007 of 255)."""
+    values = np.random.default_rng(0).random((1, 3, 333, 517), dtype=np.float32) * 255
+    expected = resize(torch.from_numpy(values), size).numpy()
+    assert np.abs(resize_array(values, size) - expected).max() <= 0.01
+    expected = F.interpolate(torch.from_numpy(values), size=size, mode='bilinear', align_corners=False).numpy()
+    assert np.abs(bilinear_array(values, size) - expected).max() <= 0.01
+    assert resize_array(values, (333, 517)) is values
+
+
+def test_an_error_is_not_a_device_error_when_pytorch_was_never_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    error = RuntimeError('CUDA error: an illegal memory access was encountered')
+    assert is_device_error(error)
+    monkeypatch.delitem(sys.modules, 'torch')
+    assert not is_device_error(error)
