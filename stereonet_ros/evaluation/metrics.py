@@ -18,9 +18,11 @@ metrics with ``valid_pixels == 0`` rather than an exception, so that a sequence 
 can still be scored; :class:`MetricAccumulator` leaves such frames out of its per-frame means.
 
 Depth (metres), as used to score a bag against a depth reference: AbsRel = mean ``|z - z_gt| / z_gt``,
-RMSE = ``sqrt(mean (z - z_gt)^2)``, both over pixels where both are valid, and completeness = that count
-over the valid ground-truth pixels. Depth is valid when finite and > 0 (REP 118: NaN or 0 = no depth,
-+inf = too far to measure, which has no error to score).
+MAE = mean ``|z - z_gt|``, RMSE = ``sqrt(mean (z - z_gt)^2)``, all over pixels where both are valid, and
+completeness = that count over the valid ground-truth pixels; :func:`depth_range_counts` gives them per
+range bin of the ground-truth depth (stereo's depth error grows with the square of the range). Depth is
+valid when finite and > 0 (REP 118: NaN or 0 = no depth, +inf = too far to measure, which has no error to
+score).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    'DEPTH_RANGE_EDGES',
     'DepthErrorCounts',
     'DepthMetricAccumulator',
     'DepthMetrics',
@@ -39,8 +42,10 @@ __all__ = [
     'DisparityMetrics',
     'MetricAccumulator',
     'MetricsError',
+    'check_range_edges',
     'depth_error_counts',
     'depth_metrics',
+    'depth_range_counts',
     'disparity_error_counts',
     'disparity_metrics',
     'ground_truth_mask',
@@ -222,7 +227,10 @@ class _Accumulator(Generic[_Metrics]):
 
     def add(self, pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike | None = None) -> _Metrics:
         """Score one frame with the accumulator's rules, record it and return its metrics."""
-        counts = self._counts(pred, gt, valid)
+        return self.add_counts(self._counts(pred, gt, valid))
+
+    def add_counts(self, counts: _ErrorCounts[_Metrics]) -> _Metrics:
+        """Record one frame already scored (its error totals, from this accumulator's rules); return its metrics."""
         self._totals = self._totals + counts
         frame = counts.metrics()
         self.frames.append(frame)
@@ -268,6 +276,7 @@ class DepthMetrics:
 
     abs_rel: float  # mean |z - z_gt| / z_gt over pixels where both are valid (unitless)
     rmse: float  # sqrt(mean (z - z_gt)^2) over the same pixels, metres
+    mae: float  # mean |z - z_gt| over the same pixels, metres
     completeness: float  # fraction (0..1) of valid ground-truth pixels that have a valid prediction
     valid_pixels: int  # pixels with valid ground truth
     predicted_pixels: int  # of those, pixels with a valid prediction
@@ -281,6 +290,7 @@ class DepthErrorCounts:
     predicted_pixels: int = 0
     abs_rel_sum: float = 0.0
     squared_error_sum: float = 0.0  # square metres
+    abs_error_sum: float = 0.0  # metres
 
     def __add__(self, other: DepthErrorCounts) -> DepthErrorCounts:
         return DepthErrorCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
@@ -291,6 +301,7 @@ class DepthErrorCounts:
         return DepthMetrics(
             abs_rel=self.abs_rel_sum / n if n else math.nan,
             rmse=math.sqrt(self.squared_error_sum / n) if n else math.nan,
+            mae=self.abs_error_sum / n if n else math.nan,
             completeness=n / self.valid_pixels if self.valid_pixels else math.nan,
             valid_pixels=self.valid_pixels, predicted_pixels=n)
 
@@ -312,12 +323,12 @@ def depth_error_counts(pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayL
     return DepthErrorCounts(
         valid_pixels=int(truth_valid.size), predicted_pixels=int(np.count_nonzero(predicted)),
         abs_rel_sum=float((np.abs(difference) / truth_valid[predicted]).sum()),
-        squared_error_sum=float((difference ** 2).sum()))
+        squared_error_sum=float((difference ** 2).sum()), abs_error_sum=float(np.abs(difference).sum()))
 
 
 def depth_metrics(pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike | None = None, *,
                   max_depth: float | None = None) -> DepthMetrics:
-    """AbsRel, RMSE (metres) and completeness of one depth map.
+    """AbsRel, RMSE and MAE (metres) and completeness of one depth map.
 
     Args:
         pred: ``(H, W)`` predicted depth, metres; valid when finite and > 0.
@@ -340,3 +351,50 @@ class DepthMetricAccumulator(_Accumulator[DepthMetrics]):
 
     def _counts(self, pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike | None) -> DepthErrorCounts:
         return depth_error_counts(pred, gt, valid, max_depth=self.max_depth)
+
+
+DEPTH_RANGE_EDGES: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 40.0, math.inf)
+"""Default range bins of :func:`depth_range_counts`, metres: near bins narrow (a robot's workspace), the
+last open-ended."""
+
+
+def check_range_edges(edges: tuple[float, ...] | list[float]) -> tuple[float, ...]:
+    """``edges`` as a tuple if they are at least two, >= 0 and strictly increasing (the last may be +inf).
+
+    Raises:
+        MetricsError: fewer than two edges, a negative or NaN edge, or edges not strictly increasing.
+    """
+    values = tuple(float(edge) for edge in edges)
+    if len(values) < 2:
+        raise MetricsError(f'depth range bins need at least two edges, got {list(values)}')
+    if any(math.isnan(edge) or edge < 0 for edge in values) or any(b <= a for a, b in zip(values, values[1:])):
+        raise MetricsError(f'depth range edges must be >= 0 and strictly increasing, got {list(values)}')
+    return values
+
+
+def depth_range_counts(pred: npt.ArrayLike, gt: npt.ArrayLike,
+                       edges: tuple[float, ...] = DEPTH_RANGE_EDGES) -> list[DepthErrorCounts]:
+    """Depth error totals per range bin ``[edges[i], edges[i + 1])`` of the *ground-truth* depth.
+
+    Binned by the reference, so that each bin's completeness says how much of what is really at that
+    range got a depth (a prediction that is missing or wrong stays in its true range's bin).
+
+    Args:
+        pred: ``(H, W)`` predicted depth, metres; valid when finite and > 0.
+        gt: ``(H, W)`` reference depth, metres; valid when finite and > 0.
+        edges: bin edges, metres (:func:`check_range_edges`); ground truth outside them is not counted.
+
+    Returns:
+        ``len(edges) - 1`` :class:`DepthErrorCounts`, nearest bin first.
+
+    Raises:
+        MetricsError: shapes differ or are not ``(H, W)``, or the edges are unusable.
+
+    >>> [c.valid_pixels for c in depth_range_counts(np.ones((1, 3)), np.array([[0.5, 1.5, 7.0]]), (0.0, 1.0, 5.0))]
+    [1, 1]
+    """
+    bounds = check_range_edges(edges)
+    truth = np.asarray(gt, dtype=np.float64)
+    with np.errstate(invalid='ignore'):  # NaN ground truth falls in no bin
+        return [depth_error_counts(pred, truth, (truth >= low) & (truth < high))
+                for low, high in zip(bounds[:-1], bounds[1:])]
