@@ -141,3 +141,21 @@ def test_keep_most_confident_refuses_bad_arguments(confidence: np.ndarray, eligi
                                                    message: str) -> None:
     with pytest.raises(MetricsError, match=message):
         keep_most_confident(confidence, eligible, density)
+
+
+def test_a_dense_method_beside_a_sparse_one_is_matched_to_its_density_on_the_frame() -> None:
+    from stereonet_ros.evaluation.views import answered_density, dense_method_views
+
+    truth = np.array([[1.0, 2.0, 3.0, 4.0, np.nan]], dtype=np.float32)
+    dense = np.array([[1.0, 5.0, 3.5, 4.0, 1.0]], dtype=np.float32)
+    confidence = np.array([[0.9, 0.1, 0.5, 0.8, 1.0]], dtype=np.float32)
+    sparse = np.array([[1.0, np.nan, np.nan, 4.0, 2.0]], dtype=np.float32)
+    reference = three_views(sparse, truth)['answered']
+    assert answered_density(reference) == 0.5
+    counts = dense_method_views(dense, truth, confidence, reference)
+    matched = counts['matched'].metrics()
+    assert (matched.scored_pixels, matched.density, matched.epe) == (2, 0.5, 0.0)  # pixels 0 and 3 kept
+    assert counts['answered'] == three_views(dense, truth)['answered']
+    assert set(dense_method_views(dense, truth, None, reference)) == {'dense', 'answered'}
+    assert set(dense_method_views(dense, truth, confidence, None)) == {'dense', 'answered'}
+    assert answered_density(three_views(sparse, np.full((1, 5), np.nan))['answered']) == 0.0

@@ -52,8 +52,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stereonet_ros.cli import PRECISION_HELP, PRECISIONS
-from stereonet_ros.evaluation.metrics import ground_truth_mask
-from stereonet_ros.evaluation.views import VIEWS, ViewCounts, keep_most_confident, three_views
+from stereonet_ros.evaluation.views import VIEWS, ViewCounts, dense_method_views, three_views
 
 if TYPE_CHECKING:  # the inference module loads torch; --help answers without it
     from stereonet_ros.inference import Precision
@@ -138,6 +137,18 @@ def sgbm_method(params: SgbmParams, num_disparities: int) -> Callable[[Frame], F
     def predict(frame: Frame) -> F32:
         return sgbm_disparity(frame.left, frame.right, params, num_disparities)
     return predict
+
+
+def fitting_range(wanted: float, width: int, block_size: int) -> int:
+    """SGBM numDisparities for an image ``width`` px wide: ``wanted`` rounded up to a multiple of 16, narrowed to
+    the largest multiple of 16 OpenCV accepts for that width (``width - numDisparities > block_size // 2``);
+    0 when not even 16 fits (SGBM cannot run on so narrow an image).
+
+    >>> fitting_range(192.0, 640, 15), fitting_range(192.0, 64, 15), fitting_range(192.0, 20, 15)
+    (192, 48, 0)
+    """
+    largest = (width - block_size // 2 - 1) // 16 * 16
+    return max(0, min(int(16 * math.ceil(wanted / 16)), largest))
 
 
 def covering_range(frames: Sequence[Frame]) -> int:
@@ -298,26 +309,18 @@ def score_set(frames: Sequence[Frame], ours: Callable[[Frame], tuple[F32, F32 | 
     scores = {name: MethodScores({}) for name, _ in baselines}
     ours_scores = MethodScores({})
     for frame in frames:
-        reference_density: float | None = None
+        reference: ViewCounts | None = None
         for name, predict in baselines:
             prediction, seconds = _timed(predict, frame)
             counts = three_views(prediction, frame.disparity, **rules)
             scores[name].add(counts, seconds)
             if name == REFERENCE:
-                answered = counts['answered']
-                reference_density = (answered.scored.valid_pixels / answered.valid_pixels
-                                     if answered.valid_pixels else 0.0)
+                reference = counts['answered']
         start = time.perf_counter()
         prediction, confidence = ours(frame)
         seconds = time.perf_counter() - start
-        keep = None
-        if reference_density is not None and confidence is not None:
-            eligible = ground_truth_mask(frame.disparity, **rules) & np.isfinite(prediction)
-            keep = keep_most_confident(confidence, eligible, reference_density)
-        counts = three_views(prediction, frame.disparity, keep, **rules)
-        if keep is None:
-            del counts['matched']  # no density to match (no reference, or no confidence)
-        ours_scores.add(counts, seconds)
+        # No 'matched' without a density to match (no reference run, or no confidence).
+        ours_scores.add(dense_method_views(prediction, frame.disparity, confidence, reference, **rules), seconds)
     return {OURS: ours_scores, **scores}
 
 

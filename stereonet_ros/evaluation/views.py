@@ -26,7 +26,8 @@ import numpy.typing as npt
 from stereonet_ros.evaluation.metrics import (DisparityErrorCounts, MetricsError, disparity_error_counts,
                                               ground_truth_mask)
 
-__all__ = ['VIEWS', 'ViewCounts', 'ViewMetrics', 'fill_holes', 'keep_most_confident', 'three_views', 'view_counts']
+__all__ = ['VIEWS', 'ViewCounts', 'ViewMetrics', 'answered_density', 'dense_method_views', 'fill_holes',
+           'keep_most_confident', 'three_views', 'view_counts']
 
 VIEWS = ('dense', 'answered', 'matched')
 EMPTY_ROW_FILL = 0.0
@@ -189,3 +190,40 @@ def three_views(pred: npt.ArrayLike, gt: npt.ArrayLike, keep: npt.ArrayLike | No
     answered = view_counts(pred, gt, **rules)
     return {'dense': view_counts(fill_holes(pred), gt, **rules), 'answered': answered,
             'matched': answered if keep is None else view_counts(pred, gt, keep, **rules)}
+
+
+def answered_density(counts: ViewCounts) -> float:
+    """The fraction of valid-ground-truth pixels a view scored (a sparse method's answered density); 0 when the
+    frame has no valid ground truth."""
+    return counts.scored.valid_pixels / counts.valid_pixels if counts.valid_pixels else 0.0
+
+
+def dense_method_views(pred: npt.ArrayLike, gt: npt.ArrayLike, confidence: npt.ArrayLike | None,
+                       reference: ViewCounts | None, *, gt_zero_invalid: bool = False,
+                       max_disparity: float | None = None) -> dict[str, ViewCounts]:
+    """A dense method's three views on one frame beside a sparse one's (module doc).
+
+    Its ``matched`` view keeps its most confident pixels (:func:`keep_most_confident`, among those with
+    valid ground truth and a finite prediction) down to the :func:`answered_density` of ``reference`` on
+    the same frame. Without ``reference`` or ``confidence`` there is nothing to match: the result has no
+    ``matched`` key.
+
+    Args:
+        pred: ``(H, W)`` disparity, pixels; NaN/inf = no answer.
+        gt: ``(H, W)`` ground truth, pixels.
+        confidence: ``(H, W)`` the dense method's confidence, higher = more trusted; or None.
+        reference: the sparse method's ``answered`` counts on this frame (:func:`three_views`), or None.
+        gt_zero_invalid, max_disparity: as :func:`.metrics.disparity_metrics`.
+
+    Raises:
+        MetricsError: shapes differ or are not ``(H, W)``.
+    """
+    rules = {'gt_zero_invalid': gt_zero_invalid, 'max_disparity': max_disparity}
+    prediction = np.asarray(pred, dtype=np.float32)
+    if reference is None or confidence is None:
+        counts = three_views(prediction, gt, **rules)
+        del counts['matched']
+        return counts
+    eligible = ground_truth_mask(gt, **rules) & np.isfinite(prediction)
+    keep = keep_most_confident(confidence, eligible, answered_density(reference))
+    return three_views(prediction, gt, keep, **rules)
