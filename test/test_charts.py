@@ -50,3 +50,39 @@ def test_ticks_are_round_numbers_covering_the_range() -> None:
     assert _nice_ticks(0.0, 100.0) == [0.0, 20.0, 40.0, 60.0, 80.0, 100.0]
     assert _nice_ticks(0.0, 3.0, 6, integer=True) == [0.0, 1.0, 2.0, 3.0]
     assert _nice_ticks(2.0, 2.0) == [2.0]
+
+
+def test_a_colour_bar_runs_through_turbo_as_colorize_disparity_maps_values() -> None:
+    from stereonet_ros.evaluation.charts import MAP_BAR_HEIGHT, MAP_BAR_MIN_WIDTH, colour_bar, with_colour_bar
+    from stereonet_ros.image_io import colorize_disparity
+
+    bar = colour_bar(500, 0.0, 8.0, 'px', [((255, 0, 255), 'no prediction')])
+    assert bar.shape == (MAP_BAR_HEIGHT, 500, 3) and bar.dtype == np.uint8
+    gradient = bar[8, 10:490]  # the strip: rows 4..15, columns [10, 490)
+    values = np.linspace(0.0, 8.0, gradient.shape[0])[np.newaxis]
+    np.testing.assert_array_equal(gradient, colorize_disparity(values, vmin=0.0, vmax=8.0)[0])
+    assert _has(bar, (255, 0, 255)) > 0  # the swatch
+    narrow = with_colour_bar(np.zeros((5, 30, 3), np.uint8), 0.0, 1.0, 'c')
+    assert narrow.shape == (5 + MAP_BAR_HEIGHT, MAP_BAR_MIN_WIDTH, 3)
+    assert (narrow[:5, :30] == 0).all() and (narrow[:5, 30:] == 255).all()  # the map unscaled, white beside it
+    with pytest.raises(ChartError, match='finite vmin < vmax'):
+        colour_bar(500, 1.0, 1.0, 'x')
+    with pytest.raises(ChartError, match='needs an \\(H, W, 3\\) picture'):
+        with_colour_bar(np.zeros((5, 5)), 0.0, 1.0, 'x')
+
+
+def test_a_point_chart_puts_points_where_their_coordinates_say_and_marks_overlap() -> None:
+    from stereonet_ros.evaluation.charts import point_chart
+
+    size = (64 + 16 + 200, 34 + 46 + 100)  # a 200 x 100 plot area: 0.01 units per pixel on both axes
+    picture = point_chart({'a': ([0.5, 1.0], [0.5, 0.25]), 'b': ([1.0, 1.5], [0.25, np.nan])}, 't', 'x', 'y',
+                          (0.0, 2.0), (0.0, 1.0), size=size, colours=((10, 20, 30), (40, 50, 60)),
+                          overlap=((70, 80, 90), 'both'))
+    # x = 0.5 -> column 64 + 50; y = 0.5 -> row 134 - 50.
+    assert tuple(picture[84, 114]) == (10, 20, 30)
+    assert tuple(picture[109, 164]) == (70, 80, 90)  # (1.0, 0.25) in both series
+    assert _has(picture[34:134, 64:144], (40, 50, 60)) == 0  # b's NaN point is left out
+    with pytest.raises(ChartError, match='ranges must be finite'):
+        point_chart({'a': ([0.0], [0.0])}, 't', 'x', 'y', (1.0, 1.0), (0.0, 1.0))
+    with pytest.raises(ChartError, match="series 'a' has 2 x and 1 y"):
+        point_chart({'a': ([0.0, 1.0], [0.0])}, 't', 'x', 'y', (0.0, 1.0), (0.0, 1.0))

@@ -1,4 +1,5 @@
-"""Small raster charts for reports, drawn with Pillow (no plotting library): histograms and line plots.
+"""Small raster charts for reports, drawn with Pillow (no plotting library): histograms, line plots, point
+clouds seen from above, and colour bars under colour-mapped images.
 
 Each function returns an ``(H, W, 3)`` uint8 RGB picture, ready for :func:`stereonet_ros.image_io.write_png`.
 """
@@ -10,6 +11,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
+
+from stereonet_ros.image_io import TURBO_LUT
 
 RGB = tuple[int, int, int]
 SERIES_COLOURS: tuple[RGB, ...] = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14))
@@ -89,11 +92,11 @@ class _Axes:
     def py(self, y: float) -> float:
         return self.bottom - (y - self.y0) / (self.y1 - self.y0) * (self.bottom - self.top)
 
-    def legend(self, names: Sequence[str]) -> None:
+    def legend(self, names: Sequence[str], colours: Sequence[RGB] = SERIES_COLOURS) -> None:
         font = _font(11)
         y = self.top + 6
         for index, name in enumerate(names):
-            colour = SERIES_COLOURS[index % len(SERIES_COLOURS)]
+            colour = colours[index % len(colours)]
             self.draw.line([(self.right - 120, y + 6), (self.right - 100, y + 6)], fill=colour, width=3)
             self.draw.text((self.right - 94, y), name, fill=_INK, font=font)
             y += 16
@@ -179,4 +182,123 @@ def line_chart(x: npt.ArrayLike, series: Mapping[str, npt.ArrayLike], title: str
             axes.draw.ellipse([point[0] - 2.5, point[1] - 2.5, point[0] + 2.5, point[1] + 2.5], fill=colour)
             previous = point
     axes.legend(list(columns))
+    return axes.to_array()
+
+
+MAP_BAR_HEIGHT = 52
+"""Height of the strip :func:`with_colour_bar` adds under a colour-mapped image, pixels."""
+MAP_BAR_MIN_WIDTH = 420
+"""A map narrower than this is shown on a canvas this wide, so that the bar's labels fit."""
+_BAR_TOP, _BAR_THICKNESS, _BAR_INSET = 4, 12, 10
+
+
+def colour_bar(width: int, vmin: float, vmax: float, label: str,
+               swatches: Sequence[tuple[RGB, str]] = ()) -> npt.NDArray[np.uint8]:
+    """A horizontal turbo colour bar, ``(MAP_BAR_HEIGHT, width, 3)`` uint8: the gradient from ``vmin`` (left)
+    to ``vmax`` (right) exactly as :func:`stereonet_ros.image_io.colorize_disparity` maps values (the 256
+    turbo entries, nearest), round ticks under it, then ``label`` and a patch per ``swatches`` entry
+    (the colours a map uses for what the scale does not cover: "no ground truth", "no prediction").
+
+    Raises:
+        ChartError: ``width`` too small for a gradient, or the bounds are not finite with ``vmin < vmax``.
+    """
+    if not (math.isfinite(vmin) and math.isfinite(vmax) and vmin < vmax):
+        raise ChartError(f'colour bar needs finite vmin < vmax, got {vmin}, {vmax}')
+    if width < 4 * _BAR_INSET:
+        raise ChartError(f'colour bar needs a width of at least {4 * _BAR_INSET} px, got {width}')
+    image = Image.new('RGB', (width, MAP_BAR_HEIGHT), _BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    left, right = _BAR_INSET, width - _BAR_INSET  # gradient columns [left, right)
+    fraction = np.linspace(0.0, 1.0, right - left)
+    gradient = TURBO_LUT[np.rint(fraction * 255.0).astype(np.intp)]  # (n, 3): value -> entry as colorize_disparity
+    strip = np.repeat(gradient[np.newaxis], _BAR_THICKNESS, axis=0)  # (thickness, n, 3)
+    image.paste(Image.fromarray(np.ascontiguousarray(strip)), (left, _BAR_TOP))
+    small = _font(11)
+    bottom = _BAR_TOP + _BAR_THICKNESS
+    for tick in _nice_ticks(vmin, vmax, 5):
+        x = left + (tick - vmin) / (vmax - vmin) * (right - 1 - left)
+        draw.line([(x, bottom), (x, bottom + 3)], fill=_INK)
+        draw.text((x, bottom + 4), _label(tick), fill=_INK, font=small, anchor='mt')
+    text_y = MAP_BAR_HEIGHT - 16
+    draw.text((left, text_y), label, fill=_INK, font=small)
+    x = left + int(draw.textlength(label, font=small)) + 14
+    for colour, meaning in swatches:
+        draw.rectangle([x, text_y + 1, x + 11, text_y + 12], fill=colour, outline=_INK)
+        draw.text((x + 16, text_y), meaning, fill=_INK, font=small)
+        x += 16 + int(draw.textlength(meaning, font=small)) + 14
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+def with_colour_bar(picture: npt.ArrayLike, vmin: float, vmax: float, label: str,
+                    swatches: Sequence[tuple[RGB, str]] = ()) -> npt.NDArray[np.uint8]:
+    """``picture`` (``(H, W, 3)`` uint8, a colour-mapped image) with :func:`colour_bar` under it, on a white
+    canvas at least :data:`MAP_BAR_MIN_WIDTH` wide (the picture at its top left, unscaled).
+
+    Raises:
+        ChartError: as :func:`colour_bar`, or ``picture`` is not ``(H, W, 3)``.
+    """
+    pixels = np.asarray(picture, dtype=np.uint8)
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ChartError(f'with_colour_bar needs an (H, W, 3) picture, got shape {pixels.shape}')
+    height, width = pixels.shape[:2]
+    canvas_width = max(width, MAP_BAR_MIN_WIDTH)
+    canvas = np.full((height + MAP_BAR_HEIGHT, canvas_width, 3), 255, dtype=np.uint8)  # (H + bar, W', 3)
+    canvas[:height, :width] = pixels
+    canvas[height:] = colour_bar(canvas_width, vmin, vmax, label, swatches)
+    return canvas
+
+
+def point_chart(series: Mapping[str, tuple[npt.ArrayLike, npt.ArrayLike]], title: str, x_label: str, y_label: str,
+                x_range: tuple[float, float], y_range: tuple[float, float], size: tuple[int, int] = (640, 480),
+                colours: Sequence[RGB] = SERIES_COLOURS, equal_aspect: bool = True,
+                overlap: tuple[RGB, str] | None = None) -> npt.NDArray[np.uint8]:
+    """Points as one-pixel dots, one colour per series, drawn in order (a later series on top); points
+    outside the ranges and non-finite ones are left out. ``equal_aspect``: one unit is as long on both axes
+    (a map: the ranges are widened about their centres to fill the plot). ``overlap``: (colour, legend name)
+    for the pixels that more than one series reaches, so that where two clouds agree shows apart from where
+    only one is.
+
+    Args:
+        series: name -> (x values, y values), equal lengths.
+
+    Raises:
+        ChartError: no series, x and y of a series differ in length, or a range is empty or not finite.
+    """
+    if not series:
+        raise ChartError(f'{title}: no series to plot')
+    ranges = [tuple(float(v) for v in r) for r in (x_range, y_range)]
+    if not all(math.isfinite(low) and math.isfinite(high) and high > low for low, high in ranges):
+        raise ChartError(f'{title}: ranges must be finite and not empty, got {x_range}, {y_range}')
+    (x0, x1), (y0, y1) = ranges
+    plot_width = size[0] - _MARGIN_LEFT - _MARGIN_RIGHT
+    plot_height = size[1] - _MARGIN_TOP - _MARGIN_BOTTOM
+    if equal_aspect:
+        per_pixel = max((x1 - x0) / plot_width, (y1 - y0) / plot_height)  # units per pixel on both axes
+        xc, yc = (x0 + x1) / 2, (y0 + y1) / 2
+        x0, x1 = xc - per_pixel * plot_width / 2, xc + per_pixel * plot_width / 2
+        y0, y1 = yc - per_pixel * plot_height / 2, yc + per_pixel * plot_height / 2
+    axes = _Axes(size, (x0, x1), (y0, y1), title, x_label, y_label)
+    pixels = np.asarray(axes.image, dtype=np.uint8).copy()  # (H, W, 3)
+    reached = np.zeros(pixels.shape[:2], dtype=np.int32)  # (H, W) how many series reach each pixel
+    for index, (name, (xs, ys)) in enumerate(series.items()):
+        x = np.asarray(xs, dtype=np.float64).reshape(-1)
+        y = np.asarray(ys, dtype=np.float64).reshape(-1)
+        if x.shape != y.shape:
+            raise ChartError(f'{title}: series {name!r} has {x.size} x and {y.size} y values')
+        column = np.rint(axes.left + (x - x0) / (x1 - x0) * (axes.right - axes.left))
+        row = np.rint(axes.bottom - (y - y0) / (y1 - y0) * (axes.bottom - axes.top))
+        inside = (np.isfinite(column) & np.isfinite(row) & (column > axes.left) & (column < axes.right)
+                  & (row > axes.top) & (row < axes.bottom))
+        hit = np.zeros(reached.shape, dtype=bool)  # (H, W)
+        hit[row[inside].astype(np.intp), column[inside].astype(np.intp)] = True
+        pixels[hit] = colours[index % len(colours)]
+        reached += hit
+    names, legend_colours = list(series), [colours[i % len(colours)] for i in range(len(series))]
+    if overlap is not None:
+        pixels[reached > 1] = overlap[0]
+        names.append(overlap[1])
+        legend_colours.append(overlap[0])
+    axes.image.paste(Image.fromarray(pixels))
+    axes.draw = ImageDraw.Draw(axes.image)
+    axes.legend(names, legend_colours)
     return axes.to_array()
