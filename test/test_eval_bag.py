@@ -19,13 +19,14 @@ from rosbags.highlevel import AnyReader
 
 from stereonet_ros import inference
 from stereonet_ros.cli import eval_bag, infer, make_bag
-from stereonet_ros.evaluation.bag_eval import PredictorSource, write_frame_outputs
+from stereonet_ros.evaluation.bag_eval import PredictorSource, SgbmBaseline, display_rgb, write_frame_outputs
 from stereonet_ros.evaluation.bagio import TYPESTORE, open_bag_writer
 from stereonet_ros.evaluation.makebag import StereoPair, simple_camera, write_stereo_bag
-from stereonet_ros.evaluation.metrics import MetricAccumulator
-from stereonet_ros.evaluation.replay import BagReplay, ReplayConfig, ReplayFrame
+from stereonet_ros.evaluation.metrics import DEPTH_RANGE_EDGES, DepthMetricAccumulator, MetricAccumulator
+from stereonet_ros.evaluation.replay import BagReplay, ReplayConfig, ReplayFrame, shift_to_depth
+from stereonet_ros.evaluation.views import ViewCounts, dense_method_views, three_views
 from stereonet_ros.image_codec import array_to_image_fields
-from stereonet_ros.image_io import read_disparity, write_png
+from stereonet_ros.image_io import colorize_disparity, read_disparity, write_png
 from stereonet_ros.inference import InputError, Predictor, placeholder_checkpoint
 from stereonet_ros.node_config import NodeConfig
 from stereonet_ros.pfm import write_pfm
@@ -102,7 +103,7 @@ def _report_files(folder: Path) -> set[str]:
 @pytest.fixture(scope='module', params=['mcap', 'sqlite3'])
 def evaluated(request: pytest.FixtureRequest, dataset: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
               placeholder_checkpoint_path: Path) -> dict[str, Any]:
-    """One evaluation with ground truth and --write-bag, per storage."""
+    """One evaluation of two bags with ground truth, --write-bag and --baseline sgbm, per storage."""
     storage = request.param
     folder = tmp_path_factory.mktemp(f'eval-{storage}')
     # One bag per size, as a camera would record them.
@@ -112,7 +113,8 @@ def evaluated(request: pytest.FixtureRequest, dataset: dict[str, Any], tmp_path_
         bags.append(folder / f'bag{index}')
     out = folder / 'report'
     code = eval_bag.main([*map(str, bags), '--out', str(out), '--gt-topic', GT_TOPIC, '--device', 'cpu',
-                          '--write-bag', '--no-progress', '--checkpoint', str(placeholder_checkpoint_path)])
+                          '--write-bag', '--no-progress', '--checkpoint', str(placeholder_checkpoint_path),
+                          '--baseline', 'sgbm'])
     assert code == 0
     return {'bags': bags, 'out': out, 'storage': storage}
 
@@ -231,7 +233,9 @@ def test_the_report_files_exist_and_the_pictures_render(evaluated: dict[str, Any
     pictures = sorted((out / 'pictures').glob('*.png'))
     names = {p.name for p in pictures}
     for needed in ('frame0_left.png', 'frame0_disparity.png', 'frame0_gt.png', 'frame0_error.png',
-                   'error_histogram.png', 'per_frame_epe.png', 'per_frame_bad.png', 'timing_histogram.png'):
+                   'frame0_confidence.png', 'frame0_sgbm.png', 'frame0_sgbm_error.png', 'frame0_birdseye.png',
+                   'frame1_birdseye.png', 'error_histogram.png', 'per_frame_epe.png', 'per_frame_bad.png',
+                   'timing_histogram.png'):
         assert needed in names
     for picture in pictures:
         with Image.open(picture) as image:
@@ -248,6 +252,142 @@ def test_the_report_files_exist_and_the_pictures_render(evaluated: dict[str, Any
     assert page.count('src="data:image/png;base64,') == len(pictures)
     assert 'src="pictures/' not in page  # self-contained
     assert 'UNTRAINED' in page and 'cpu' in page
+
+
+def test_several_bags_get_a_per_bag_breakdown_beside_the_pixel_weighted_total(evaluated: dict[str, Any],
+                                                                             dataset: dict[str, Any]) -> None:
+    predictor = _predictor()
+    metrics = json.loads((evaluated['out'] / 'metrics.json').read_text())
+    assert [Path(b['path']).name for b in metrics['bags']] == ['bag0', 'bag1']
+    for entry, pair in zip(metrics['bags'], dataset['pairs'], strict=True):
+        shift = predictor.predict(pair.left, pair.right)
+        own = MetricAccumulator().add(shift, pair.gt_shift)
+        depth = DepthMetricAccumulator().add(shift_to_depth(shift, pair.camera), pair.camera.focal
+                                             * pair.camera.baseline / (pair.gt_shift - pair.camera.principal_offset))
+        assert entry['frames_scored'] == 1 and entry['valid_pixels'] == own.valid_pixels
+        assert entry['epe'] == pytest.approx(own.epe, rel=1e-6)
+        for name in ('bad1', 'bad2', 'bad3', 'd1', 'density'):
+            assert entry[name] == pytest.approx(getattr(own, name), abs=1e-9), name
+        assert entry['depth_mae_m'] == pytest.approx(depth.mae, rel=1e-4)
+        assert entry['depth_completeness'] == pytest.approx(depth.completeness, abs=1e-9)
+    # Different sizes: the total weighs pixels, not bags.
+    assert metrics['valid_pixels'] == sum(b['valid_pixels'] for b in metrics['bags'])
+    assert metrics['epe'] != pytest.approx((metrics['bags'][0]['epe'] + metrics['bags'][1]['epe']) / 2, rel=1e-6)
+    markdown = (evaluated['out'] / 'report.md').read_text()
+    assert '## Per bag' in markdown
+    assert re.search(r'\| bag0 \| 1 \| ' + f'{metrics["bags"][0]["epe"]:.3f}', markdown)
+    assert f'| all (pixel-weighted) | 2 | {metrics["epe"]:.3f} |' in markdown
+    assert '<h2>Per bag</h2>' in (evaluated['out'] / 'report.html').read_text()
+
+
+def test_sgbm_with_stereo_image_proc_s_parameters_is_scored_on_the_same_frames_in_the_three_views(
+        evaluated: dict[str, Any], dataset: dict[str, Any]) -> None:
+    predictor = _predictor()
+    sgbm = SgbmBaseline(float(predictor.contract.max_disparity))
+    totals: dict[str, dict[str, ViewCounts]] = {'stereonet': {}, 'sgbm-stereo_image_proc': {}}
+    for pair in dataset['pairs']:
+        answer = predictor.infer(pair.left, pair.right, with_confidence=True)
+        baseline, _ = sgbm(display_rgb(pair.left), display_rgb(pair.right))
+        assert 0.0 < np.isfinite(baseline).mean() < 1.0  # SGBM answered right of its range, with holes
+        reference = three_views(baseline, pair.gt_shift)
+        ours = dense_method_views(answer.disparity, pair.gt_shift, answer.confidence, reference['answered'])
+        for method, counts in (('stereonet', ours), ('sgbm-stereo_image_proc', reference)):
+            for view, value in counts.items():
+                totals[method][view] = totals[method].get(view, ViewCounts()) + value
+    document = json.loads((evaluated['out'] / 'metrics.json').read_text())['baseline']
+    assert document['method'] == 'sgbm-stereo_image_proc' and document['params']['block_size'] == 15
+    assert document['params']['p1'] == 200 and document['params']['uniqueness_ratio'] == 15
+    assert document['num_disparities'] == [48, 64]  # 192 narrowed to what 64 and 72 px wide images allow
+    for method, views in totals.items():
+        for view, counts in views.items():
+            expected = counts.metrics()
+            measured = document['views'][method][view]
+            assert measured['scored_pixels'] == expected.scored_pixels, (method, view)
+            assert measured['epe'] == pytest.approx(expected.epe, rel=1e-6), (method, view)
+            assert measured['bad3'] == pytest.approx(expected.bad3, abs=1e-9), (method, view)
+    sgbm_answered = document['views']['sgbm-stereo_image_proc']['answered']
+    assert document['views']['stereonet']['matched']['scored_pixels'] == sgbm_answered['scored_pixels']
+    assert document['views']['sgbm-stereo_image_proc']['dense']['density'] == 1.0
+    markdown = (evaluated['out'] / 'report.md').read_text()
+    assert "## Beside SGBM (stereo_image_proc's parameters)" in markdown
+    assert f'| stereonet | matched | {document["views"]["stereonet"]["matched"]["epe"]:.3f} |' in markdown
+
+
+def test_depth_error_and_completeness_by_range_cover_every_ground_truth_depth(evaluated: dict[str, Any]) -> None:
+    metrics = json.loads((evaluated['out'] / 'metrics.json').read_text())
+    by_range = metrics['depth_by_range']
+    assert by_range['edges_m'] == [0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 40.0, None]  # null = open-ended
+    for method in ('stereonet', 'sgbm-stereo_image_proc'):
+        bins = by_range['methods'][method]
+        assert len(bins) == 8
+        assert sum(b['valid_pixels'] for b in bins) == sum(b['valid_pixels'] for b in by_range['methods']['stereonet'])
+    ours = by_range['methods']['stereonet']
+    assert sum(b['predicted_pixels'] for b in ours) / sum(b['valid_pixels'] for b in ours) == pytest.approx(
+        metrics['depth_completeness'])
+    markdown = (evaluated['out'] / 'report.md').read_text()
+    assert '## Depth by range' in markdown and 'SGBM completeness' in markdown
+
+
+def test_the_report_shows_the_predictor_s_confidence_and_a_missing_prediction_apart_from_missing_truth(
+        evaluated: dict[str, Any], dataset: dict[str, Any]) -> None:
+    pair = dataset['pairs'][0]
+    answer = _predictor().infer(pair.left, pair.right, with_confidence=True)
+    assert answer.confidence is not None
+    with Image.open(evaluated['out'] / 'pictures' / 'frame0_confidence.png') as image:
+        picture = np.asarray(image.convert('RGB'))
+    np.testing.assert_array_equal(picture[:40, :64], colorize_disparity(answer.confidence, vmin=0.0, vmax=1.0))
+    markdown = (evaluated['out'] / 'report.md').read_text()
+    assert 'black = no ground truth; magenta = no prediction, counted as bad in bad-N and D1' in markdown
+
+
+def test_a_source_without_confidence_beside_sgbm_has_no_matched_view_and_the_report_says_so(
+        dataset: dict[str, Any], tmp_path: Path) -> None:
+    """What a run through the node gives (the node publishes no confidence): dense and answered only."""
+    from stereonet_ros.evaluation.bag_eval import SourceResult, evaluate_bags
+    from stereonet_ros.evaluation.report import RunInfo, write_report
+
+    predictor = _predictor()
+
+    class NoConfidence:
+        description = 'disparity without confidence'
+        drop_reason = 'never'
+
+        def __call__(self, frame: ReplayFrame) -> SourceResult:
+            return SourceResult(predictor.predict(frame.left, frame.right), 0.001)
+
+    write_stereo_bag(tmp_path / 'bag', dataset['pairs'][1:])
+    result = evaluate_bags([tmp_path / 'bag'], ReplayConfig(gt_topic=GT_TOPIC), NoConfidence(), progress=False,
+                           baseline=SgbmBaseline(192.0))
+    info = RunInfo('x', '', False, 'cpu', 'cmd', 'sha', 'now')
+    (tmp_path / 'report').mkdir()
+    metrics = write_report(result, info, tmp_path / 'report')
+    views = metrics['baseline']['views']
+    assert views['stereonet']['matched'] is None and views['stereonet']['dense'] is not None
+    assert views['sgbm-stereo_image_proc']['matched'] == views['sgbm-stereo_image_proc']['answered']
+    assert '| stereonet | matched | - | - |' in (tmp_path / 'report' / 'report.md').read_text()
+    assert not (tmp_path / 'report' / 'pictures' / 'frame0_confidence.png').exists()
+
+
+def test_depth_bins_on_the_command_line_end_in_an_open_bin() -> None:
+    assert eval_bag.parse_depth_bins('0,1,2.5') == (0.0, 1.0, 2.5, math.inf)
+    assert eval_bag.parse_depth_bins('0,1,2,3,5,10,20,40') == DEPTH_RANGE_EDGES
+    with pytest.raises(ValueError, match="--depth-bins '1,1': .*strictly increasing"):
+        eval_bag.parse_depth_bins('1,1')
+
+
+def test_bad_depth_bins_or_baseline_exit_with_one_line(dataset: dict[str, Any], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    write_stereo_bag(tmp_path / 'bag', dataset['pairs'][:1])
+    for option, message in ((['--depth-bins', '3,1'], "--depth-bins '3,1': depth range edges must be >= 0 and "
+                                                       'strictly increasing'),
+                            (['--depth-bins', 'a,b'], "--depth-bins 'a,b': expected comma-separated metres")):
+        code, stdout, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(tmp_path / 'out'),
+                                                      '--device', 'cpu', *option], capsys)
+        assert code == 2 and stdout == '' and message in _error_line(code, err, 'stereonet-eval-bag')
+    code, _, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(tmp_path / 'out'),
+                                             '--baseline', 'orb'], capsys)
+    assert code == 2 and "invalid choice: 'orb'" in err and 'Traceback' not in err
+    assert not _report_files(tmp_path / 'out')
 
 
 def test_write_bag_holds_disparity_points_and_depth_on_the_input_stamps(evaluated: dict[str, Any],
@@ -334,7 +474,8 @@ def test_without_ground_truth_the_report_leaves_the_error_parts_out(dataset: dic
     assert metrics['frames'] == 1 and metrics['frames_scored'] == 0 and metrics['epe'] is None
     assert metrics['timing']['frames_timed'] == 1
     names = {p.name for p in (tmp_path / 'out' / 'pictures').iterdir()}
-    assert names == {'frame0_left.png', 'frame0_disparity.png', 'per_frame_time.png', 'timing_histogram.png'}
+    assert names == {'frame0_left.png', 'frame0_disparity.png', 'frame0_confidence.png', 'frame0_birdseye.png',
+                     'per_frame_time.png', 'timing_histogram.png'}
     markdown = (tmp_path / 'out' / 'report.md').read_text()
     assert 'No ground truth was scored' in markdown and '| EPE |' not in markdown
     assert 'report.html' in stdout

@@ -4,6 +4,7 @@
                        [--left-info-topic T] [--right-info-topic T] [--approximate-sync]
                        [--sync-tolerance S] [--queue-size N] [--checkpoint PATH] [--device auto]
                        [--precision fp32] [--inference-scale S] [--write-bag] [--max-frames N] [--no-progress]
+                       [--baseline sgbm] [--depth-bins M,M,...]
                        [--through-node [--rate R] [--use-running-node] [--ros-domain-id N]
                                        [--node-timeout S] [--answer-timeout S] [--node-executable PATH]]
 
@@ -16,6 +17,9 @@ into DIR: ``metrics.json``, ``per_frame.csv``, ``report.md``,
 ``/disparity``, ``/points2``, ``/depth`` as the node publishes them with its default parameters, and the
 left view, on the input stamps). Ground truth
 (``--gt-topic``): a ``stereo_msgs/DisparityImage`` or a depth ``sensor_msgs/Image`` (32FC1 m, 16UC1 mm).
+Scores are given in total (pixel-weighted), per bag, and for depth per range bin (``--depth-bins``);
+``--baseline sgbm`` also scores OpenCV SGBM with stereo_image_proc's parameters on the same pairs, both
+methods in the three views (dense with KITTI hole filling, answered pixels with density, matched density).
 Images may be ``sensor_msgs/CompressedImage`` (PNG, JPEG, as image_transport's compressed plugin records
 them): an image topic the bag lacks is read from its ``<topic>/compressed`` sibling when it has one.
 Bad input exits non-zero with a one-line reason and leaves no new report.
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stereonet_ros.cli import PRECISION_HELP, PRECISIONS
+from stereonet_ros.evaluation.metrics import DEPTH_RANGE_EDGES  # numpy only: --help stays fast
 from stereonet_ros.evaluation.replay import (DEFAULT_LEFT_INFO_TOPIC, DEFAULT_LEFT_TOPIC, DEFAULT_QUEUE_SIZE,
                                              DEFAULT_RIGHT_INFO_TOPIC, DEFAULT_RIGHT_TOPIC)
 from stereonet_ros.evaluation.through_node import (DEFAULT_ANSWER_TIMEOUT, DEFAULT_STARTUP_TIMEOUT, NodeProcess,
@@ -78,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--write-bag', action='store_true',
                         help='also write DIR/output_bag (mcap): /disparity, /points2, /depth on the input stamps')
     parser.add_argument('--max-frames', type=int, help='stop after this many pairs')
+    parser.add_argument('--baseline', choices=BASELINES,
+                        help="also run OpenCV SGBM with stereo_image_proc's parameters on the same pairs and score "
+                        'both side by side in three views: dense (holes filled as the KITTI devkit does), answered '
+                        'pixels with their density, and matched density (ours keeps its most confident pixels down '
+                        "to SGBM's density)")
+    parser.add_argument('--depth-bins', metavar='M,M,...',
+                        help='edges of the depth range bins (of the ground-truth depth), metres, increasing; the last '
+                        'bin is open-ended (default: ' + ','.join(f'{edge:g}' for edge in DEPTH_BIN_DEFAULT) + ')')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     node = parser.add_argument_group('through the ROS node (--through-node)')
     node.add_argument('--through-node', action='store_true',
@@ -100,6 +113,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_depth_bins(text: str) -> tuple[float, ...]:
+    """``'0,1,2.5,10'`` -> ``(0.0, 1.0, 2.5, 10.0, inf)``: the last bin is open-ended.
+
+    Raises:
+        ValueError: not comma-separated numbers, or not >= 0 and strictly increasing (the message says which).
+    """
+    from stereonet_ros.evaluation.metrics import MetricsError, check_range_edges
+
+    try:
+        edges = [float(part) for part in text.split(',')]
+    except ValueError:
+        raise ValueError(f'--depth-bins {text!r}: expected comma-separated metres, e.g. 0,1,2,5,10') from None
+    if edges and math.isfinite(edges[-1]):
+        edges.append(math.inf)
+    try:
+        return check_range_edges(edges)
+    except MetricsError as err:
+        raise ValueError(f'--depth-bins {text!r}: {err}') from None
+
+
+BASELINES = ('sgbm',)
+DEPTH_BIN_DEFAULT = DEPTH_RANGE_EDGES[:-1]  # the open-ended last bin is implied
 NODE_ONLY_OPTIONS = ('rate', 'use_running_node', 'ros_domain_id', 'node_timeout', 'answer_timeout',
                      'node_executable')
 
@@ -108,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     # Imported here so that --help and usage errors answer without loading torch.
     from stereonet_ros.cli import fail
-    from stereonet_ros.evaluation.bag_eval import DisparitySource, PredictorSource, check_bags, evaluate_bags
+    from stereonet_ros.evaluation.bag_eval import (DisparitySource, PredictorSource, SgbmBaseline, check_bags,
+                                                   evaluate_bags)
     from stereonet_ros.evaluation.bagio import BagWriteError, open_bag_writer
     from stereonet_ros.evaluation.replay import ReplayConfig, ReplayError
     from stereonet_ros.evaluation.report import OUTPUT_BAG_NAME, ReportError, ReportFolder, RunInfo, write_report
@@ -122,6 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if arguments.max_frames is not None and arguments.max_frames < 1:
         fail(PROGRAM, f'--max-frames {arguments.max_frames}: must be >= 1', status=2)
+    depth_edges = DEPTH_RANGE_EDGES
+    if arguments.depth_bins is not None:
+        try:
+            depth_edges = parse_depth_bins(arguments.depth_bins)
+        except ValueError as err:
+            fail(PROGRAM, str(err), status=2)
     if arguments.inference_scale is not None:
         try:
             check_inference_scale(arguments.inference_scale)
@@ -174,9 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_disparity = predictor.contract.max_disparity / scale  # each answer gives its exact one
             bag_path = staging.path / OUTPUT_BAG_NAME
             with open_bag_writer(bag_path, 'mcap') if arguments.write_bag else nullcontext(None) as output_bag:
+                baseline = SgbmBaseline(max_disparity) if arguments.baseline == 'sgbm' else None
                 result: EvaluationResult = evaluate_bags(
                     arguments.bags, config, source, max_disparity=max_disparity, output_bag=output_bag,
-                    progress=False if arguments.no_progress else None, max_frames=arguments.max_frames)
+                    progress=False if arguments.no_progress else None, max_frames=arguments.max_frames,
+                    baseline=baseline, depth_edges=depth_edges)
             if arguments.through_node:
                 node_run.annotate(result)
             if not (arguments.through_node and arguments.use_running_node):

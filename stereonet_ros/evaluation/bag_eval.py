@@ -8,10 +8,18 @@ Timing is the model time per frame, measured around :meth:`~stereonet_ros.infere
 (preprocessing, resizing to the inference scale, padding, forward, unpadding, resizing back, copy back)
 with ``time.perf_counter``; the first pair of every image size is run once untimed first (warm-up:
 allocator, kernels), so that p50/p95 describe the steady state. Throughput is frames per second of model
-time, and end to end (reading, decoding, scoring and writing included) over the wall time.
+time, and end to end (reading, decoding, scoring and writing included) over the wall time. The model time
+includes the matching confidence (asked for with the disparity, in the same pass), which the report shows.
+
+Besides the pixel-weighted total, scores are kept per bag, and depth errors per range bin of the
+ground-truth depth (:func:`~stereonet_ros.evaluation.metrics.depth_range_counts`). With a
+:class:`SgbmBaseline`, OpenCV SGBM with stereo_image_proc's parameters runs on the same pairs and both
+methods are scored in the three views of :mod:`~stereonet_ros.evaluation.views` (dense with KITTI hole
+filling, answered with density, matched density: ours thinned by its confidence to SGBM's density).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -23,10 +31,16 @@ import numpy as np
 import numpy.typing as npt
 
 from stereonet_ros.evaluation.bagio import BagWriter, camera_info_messages, image_message, node_output_messages
-from stereonet_ros.evaluation.metrics import (DepthMetricAccumulator, DepthMetrics, DisparityMetrics,
-                                              MetricAccumulator)
+from stereonet_ros.evaluation.evaluate import (OURS, REFERENCE, STEREO_IMAGE_PROC_SGBM, MethodScores, SgbmParams,
+                                               fitting_range, sgbm_disparity)
+from stereonet_ros.evaluation.metrics import (DEPTH_RANGE_EDGES, DepthErrorCounts, DepthMetricAccumulator,
+                                              DepthMetrics, DisparityErrorCounts, DisparityMetrics, MetricAccumulator,
+                                              check_range_edges, depth_error_counts, depth_range_counts,
+                                              disparity_error_counts)
 from stereonet_ros.evaluation.replay import (BagReplay, ReplayConfig, ReplayCounters, ReplayError, ReplayFrame,
                                              SkippedPair, shift_to_depth)
+from stereonet_ros.evaluation.views import dense_method_views, three_views
+from stereonet_ros.camera import StereoCamera
 from stereonet_ros.inference import Predictor, check_inference_scale
 from stereonet_ros.node_config import NodeConfig
 from stereonet_ros.processing import OutputSelection, postprocess
@@ -54,6 +68,7 @@ class SourceResult:
     seconds: float  # time the disparity took (model time), seconds; NaN when the source cannot tell
     latency_s: float = math.nan  # input published -> output received (through the node), seconds; NaN = n/a
     max_shift: float = math.nan  # the largest shift the source can express, input pixels; NaN = the run's default
+    confidence: F32 | None = None  # (H, W) float32 in [0, 1], higher = more trusted; None = the source has none
 
 
 class DisparitySource(Protocol):
@@ -73,7 +88,8 @@ class DisparitySource(Protocol):
 
 
 class PredictorSource:
-    """The network run directly on each pair at ``scale``, timed around :meth:`Predictor.infer`.
+    """The network run directly on each pair at ``scale``, timed around :meth:`Predictor.infer`, with its
+    matching confidence when the predictor has one (an ONNX model only when exported with it).
 
     Raises:
         InputError: (on construction) ``scale`` is outside the predictor's range.
@@ -98,8 +114,48 @@ class PredictorSource:
             self.predictor.infer(frame.left, frame.right, scale=self.scale)  # untimed warm-up for this size
             self._warm_sizes.add(size)
         start = time.perf_counter()
-        answer = self.predictor.infer(frame.left, frame.right, scale=self.scale)
-        return SourceResult(answer.disparity, time.perf_counter() - start, max_shift=answer.max_disparity)
+        answer = self.predictor.infer(frame.left, frame.right, scale=self.scale,
+                                      with_confidence=self.predictor.has_confidence)
+        return SourceResult(answer.disparity, time.perf_counter() - start, max_shift=answer.max_disparity,
+                            confidence=answer.confidence)
+
+
+class SgbmBaseline:
+    """OpenCV SGBM with stereo_image_proc's parameters (:data:`~.evaluate.STEREO_IMAGE_PROC_SGBM`), run on the
+    gray left and right images of every pair the source answered (``--baseline sgbm``).
+
+    Its search range is the network's (``max_disparity``, image-shift pixels of the input) rounded up to a
+    multiple of 16, narrowed where the image is too narrow for OpenCV (:func:`~.evaluate.fitting_range`); it
+    searches shifts from 0, as stereo_image_proc with ``min_disparity`` 0.
+    """
+
+    name = REFERENCE
+
+    def __init__(self, max_disparity: float, params: SgbmParams = STEREO_IMAGE_PROC_SGBM) -> None:
+        self.max_disparity = float(max_disparity)
+        self.params = params
+        self.ranges: set[int] = set()  # numDisparities used, for the report
+
+    def range_for(self, width: int) -> int:
+        return fitting_range(self.max_disparity, width, self.params.block_size)
+
+    def __call__(self, left_rgb: npt.NDArray[np.uint8], right_rgb: npt.NDArray[np.uint8]) -> tuple[F32, float]:
+        """``(H, W)`` shift (NaN = no match) and seconds, from :func:`display_rgb` images; all NaN (and NaN
+        seconds) where the image is too narrow for SGBM to run."""
+        height, width = left_rgb.shape[:2]
+        disparities = self.range_for(width)
+        if disparities == 0:
+            return np.full((height, width), np.nan, dtype=np.float32), math.nan
+        self.ranges.add(disparities)
+        start = time.perf_counter()
+        shift = sgbm_disparity(left_rgb.astype(np.float32), right_rgb.astype(np.float32), self.params, disparities)
+        return shift, time.perf_counter() - start
+
+    def describe(self) -> dict[str, Any]:
+        """What ran, for ``metrics.json``."""
+        return {'method': self.name, 'params': dataclasses.asdict(self.params),
+                'num_disparities': sorted(self.ranges), 'min_disparity': 0,
+                'input': 'gray images (the luma of colour pairs), as stereo_image_proc matches'}
 
 
 @dataclass(frozen=True)
@@ -129,6 +185,9 @@ class Showcase:
     shift: F32  # (H, W) prediction, image shift px
     gt_shift: F32 | None  # (H, W) ground truth, image shift px, NaN = none
     epe: float = math.nan
+    confidence: F32 | None = None  # (H, W) in [0, 1]; None = the source gave none
+    baseline_shift: F32 | None = None  # (H, W) SGBM's shift, px, NaN = no match; None = no baseline
+    camera: StereoCamera | None = None  # for the point cloud seen from above
 
 
 @dataclass(frozen=True)
@@ -136,6 +195,9 @@ class BagSummary:
     path: str
     topics: dict[str, str]
     counters: ReplayCounters
+    frames_scored: int = 0
+    disparity: DisparityMetrics | None = None  # pixel-weighted over this bag's scored frames; None = none scored
+    depth: DepthMetrics | None = None
 
 
 @dataclass
@@ -152,6 +214,10 @@ class EvaluationResult:
     error_histogram: npt.NDArray[np.int64] = field(
         default_factory=lambda: np.zeros(len(ERROR_HISTOGRAM_EDGES) - 1, dtype=np.int64))
     showcases: list[Showcase] = field(default_factory=list)
+    depth_edges: tuple[float, ...] = DEPTH_RANGE_EDGES  # metres, range bins of the ground-truth depth
+    depth_by_range: dict[str, list[DepthErrorCounts]] = field(default_factory=dict)  # method -> one per bin
+    views: dict[str, MethodScores] = field(default_factory=dict)  # with a baseline: method -> three views
+    baseline: dict[str, Any] | None = None  # what the baseline ran (SgbmBaseline.describe()); None = no baseline
     wall_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # extra lines for the report's notes (markdown)
     extra: dict[str, Any] = field(default_factory=dict)  # extra metrics.json sections (JSON values)
@@ -242,8 +308,9 @@ def bags_image_transport(paths: Sequence[str | Path], config: ReplayConfig) -> s
 
 def evaluate_bags(paths: Sequence[str | Path], config: ReplayConfig, source: DisparitySource, *,
                   max_disparity: float = 192.0, output_bag: BagWriter | None = None, progress: bool | None = None,
-                  max_frames: int | None = None,
-                  on_frame: Callable[[FrameResult], None] | None = None) -> EvaluationResult:
+                  max_frames: int | None = None, on_frame: Callable[[FrameResult], None] | None = None,
+                  baseline: SgbmBaseline | None = None,
+                  depth_edges: Sequence[float] = DEPTH_RANGE_EDGES) -> EvaluationResult:
     """Replay ``paths`` in order, run ``source`` on every pair, score against ground truth where there is some.
 
     Args:
@@ -256,17 +323,21 @@ def evaluate_bags(paths: Sequence[str | Path], config: ReplayConfig, source: Dis
         progress: tqdm progress bar on stderr; ``None`` = only on a terminal.
         max_frames: stop after this many pairs (all bags together), if given.
         on_frame: called with each frame's result as it is done.
+        baseline: also run this matcher on every answered pair and score both in the three views.
+        depth_edges: range bins of the ground-truth depth, metres (``result.depth_by_range``).
 
     Raises:
         ReplayError: a bag cannot be replayed (checked for every bag before the first frame runs), or no
             pair could be evaluated at all.
+        MetricsError: ``depth_edges`` are unusable (:func:`~.metrics.check_range_edges`).
     """
     from tqdm import tqdm
 
+    edges = check_range_edges(list(depth_edges))
     expected = check_bags(paths, config)
     if max_frames is not None:
         expected = min(expected, max_frames)
-    result = EvaluationResult(source=source.description, config=config)
+    result = EvaluationResult(source=source.description, config=config, depth_edges=edges)
     disparity_scores = MetricAccumulator()
     depth_scores = DepthMetricAccumulator()
     worst: Showcase | None = None
@@ -278,9 +349,15 @@ def evaluate_bags(paths: Sequence[str | Path], config: ReplayConfig, source: Dis
                 break
             with BagReplay(path, config) as replay:
                 first_of_bag = True
+                bag_disparity, bag_depth = MetricAccumulator(), DepthMetricAccumulator()
                 for item in replay.frames():
-                    frame_result, showcase = _evaluate_item(item, source, disparity_scores, depth_scores,
-                                                            result.error_histogram, output_bag, max_disparity)
+                    frame_result, showcase, counts = _evaluate_item(item, source, baseline, result, output_bag,
+                                                                    max_disparity)
+                    if counts is not None:  # the total and this bag's, from one scoring of the frame
+                        disparity_scores.add_counts(counts[0])
+                        bag_disparity.add_counts(counts[0])
+                        depth_scores.add_counts(counts[1])
+                        bag_depth.add_counts(counts[1])
                     result.frames.append(frame_result)
                     if on_frame is not None:
                         on_frame(frame_result)
@@ -291,14 +368,19 @@ def evaluate_bags(paths: Sequence[str | Path], config: ReplayConfig, source: Dis
                             result.showcases.append(showcase)
                             first_of_bag = False
                         if math.isfinite(showcase.epe) and (worst is None or showcase.epe > worst.epe):
-                            worst = Showcase(f'{Path(path).name}, pair #{frame_result.index}: largest EPE',
-                                             showcase.left_rgb, showcase.shift, showcase.gt_shift, showcase.epe)
+                            worst = dataclasses.replace(
+                                showcase, title=f'{Path(path).name}, pair #{frame_result.index}: largest EPE')
                     if max_frames is not None and len(result.frames) >= max_frames:
                         break
-                result.bags.append(BagSummary(str(path), replay.topics, replay.counters))
+                scored = len(bag_disparity.frames)
+                result.bags.append(BagSummary(
+                    str(path), replay.topics, replay.counters, frames_scored=scored,
+                    disparity=bag_disparity.total() if scored else None, depth=bag_depth.total() if scored else None))
     result.wall_seconds = time.perf_counter() - start
     if worst is not None and all(s.shift is not worst.shift for s in result.showcases):
         result.showcases.append(worst)
+    if baseline is not None:
+        result.baseline = baseline.describe()
     if not any(frame.status in ('scored', 'no-gt') for frame in result.frames):
         reasons = sorted({frame.note for frame in result.frames if frame.note})
         detail = f': {"; ".join(reasons[:3])}' if reasons else ' (no synchronized pair in the bags)'
@@ -310,34 +392,55 @@ def evaluate_bags(paths: Sequence[str | Path], config: ReplayConfig, source: Dis
     return result
 
 
-def _evaluate_item(item: ReplayFrame | SkippedPair, source: DisparitySource, disparity_scores: MetricAccumulator,
-                   depth_scores: DepthMetricAccumulator, histogram: npt.NDArray[np.int64],
-                   output_bag: BagWriter | None, max_disparity: float) -> tuple[FrameResult, Showcase | None]:
+def _evaluate_item(item: ReplayFrame | SkippedPair, source: DisparitySource, baseline: SgbmBaseline | None,
+                   result: EvaluationResult, output_bag: BagWriter | None, max_disparity: float,
+                   ) -> tuple[FrameResult, Showcase | None, tuple[DisparityErrorCounts, DepthErrorCounts] | None]:
+    """Run and score one pair; add its histogram, range bins and views into ``result``; return its row, its
+    pictures' arrays and (when scored) its disparity and depth error totals for the accumulators."""
     bag = str(item.bag)
     if isinstance(item, SkippedPair):
         return FrameResult(bag, item.index, item.stamp_ns, 0, 0, 'skipped', item.reason, '', math.nan, None,
-                           None), None
+                           None), None, None
     height, width = item.left.shape[:2]
     answer = source(item)
     if answer is None:
         return FrameResult(bag, item.index, item.stamp_ns, width, height, 'dropped', source.drop_reason,
-                           '', math.nan, None, None), None
+                           '', math.nan, None, None), None, None
     shift = answer.shift
     if output_bag is not None:
         max_shift = answer.max_shift if math.isfinite(answer.max_shift) else max_disparity
         write_frame_outputs(output_bag, item, shift, max_shift)
     truth = item.ground_truth
-    showcase = Showcase('', display_rgb(item.left), shift, truth.shift if truth is not None else None)
+    left_rgb = display_rgb(item.left)
+    baseline_shift, baseline_seconds = (None, math.nan) if baseline is None else baseline(left_rgb,
+                                                                                           display_rgb(item.right))
+    showcase = Showcase('', left_rgb, shift, truth.shift if truth is not None else None,
+                        confidence=answer.confidence, baseline_shift=baseline_shift, camera=item.camera)
     latency_ms = answer.latency_s * 1e3
     if truth is None:
         return FrameResult(bag, item.index, item.stamp_ns, width, height, 'no-gt', item.gt_note or '', '',
-                           answer.seconds * 1e3, None, None, latency_ms), showcase
-    scores = disparity_scores.add(shift, truth.shift)
-    depth = depth_scores.add(shift_to_depth(shift, item.camera), truth.depth)
+                           answer.seconds * 1e3, None, None, latency_ms), showcase, None
+    disparity_counts = disparity_error_counts(shift, truth.shift)  # the accumulators' (default) rules
+    depth = shift_to_depth(shift, item.camera)
+    depth_counts = depth_error_counts(depth, truth.depth)
     valid = np.isfinite(truth.shift) & np.isfinite(shift)
     error = np.abs(shift[valid] - truth.shift[valid]).astype(np.float64)
     counts, _ = np.histogram(np.minimum(error, ERROR_HISTOGRAM_EDGES[-1]), bins=ERROR_HISTOGRAM_EDGES)
-    histogram += counts
+    result.error_histogram += counts
+    depths = {OURS: depth}
+    if baseline_shift is not None:
+        reference = three_views(baseline_shift, truth.shift)
+        ours = dense_method_views(shift, truth.shift, answer.confidence, reference['answered'])
+        seconds = answer.seconds if math.isfinite(answer.seconds) else 0.0  # through the node: not known
+        for name, views, taken in ((OURS, ours, seconds), (REFERENCE, reference, baseline_seconds)):
+            result.views.setdefault(name, MethodScores({})).add(views, taken if math.isfinite(taken) else 0.0)
+        depths[REFERENCE] = shift_to_depth(baseline_shift, item.camera)
+    for name, method_depth in depths.items():
+        bins = depth_range_counts(method_depth, truth.depth, result.depth_edges)
+        totals = result.depth_by_range.get(name)
+        result.depth_by_range[name] = bins if totals is None else [a + b for a, b in zip(totals, bins, strict=True)]
+    scores = disparity_counts.metrics()
     showcase.epe = scores.epe
     return FrameResult(bag, item.index, item.stamp_ns, width, height, 'scored', '', truth.kind,
-                       answer.seconds * 1e3, scores, depth, latency_ms), showcase
+                       answer.seconds * 1e3, scores, depth_counts.metrics(), latency_ms), showcase, (
+                           disparity_counts, depth_counts)

@@ -5,7 +5,9 @@ when complete (:class:`ReportFolder`), ``metrics.json`` last; a run that fails l
 file behind (and a previous report, if any, untouched).
 
 ``report.html`` is self-contained: its pictures are embedded as base64 PNGs. ``report.md`` links the
-same pictures in ``pictures/``.
+same pictures in ``pictures/``. Every colour-mapped picture carries its colour bar, with the colours it
+uses outside the scale (black: no ground truth, or no value; magenta: no prediction where there is ground
+truth, which the scores count as bad).
 """
 from __future__ import annotations
 
@@ -28,7 +30,12 @@ from PIL import Image
 
 from stereonet_ros.evaluation.bag_eval import (ERROR_HISTOGRAM_EDGES, ERROR_MAP_MAX, OUTPUT_TOPICS,
                                                EvaluationResult, FrameResult, Showcase)
-from stereonet_ros.evaluation.charts import ChartError, histogram_chart, histogram_of, line_chart
+from stereonet_ros.evaluation.charts import (RGB, ChartError, histogram_chart, histogram_of, line_chart, point_chart,
+                                             with_colour_bar)
+from stereonet_ros.evaluation.evaluate import OURS, REFERENCE
+from stereonet_ros.evaluation.metrics import DepthMetrics, DisparityMetrics
+from stereonet_ros.evaluation.views import VIEWS
+from stereonet_ros.geometry import reproject_to_3d
 from stereonet_ros.image_io import ImageWriteError, colorize_disparity, write_png
 
 REPORT_FILES = ('pictures', 'per_frame.csv', 'report.md', 'report.html', 'metrics.json')
@@ -39,7 +46,16 @@ PICTURE_MAX_WIDTH = 640
 
 CSV_COLUMNS = ('bag', 'index', 'stamp_ns', 'width', 'height', 'status', 'gt_kind', 'model_ms', 'epe', 'bad1',
                'bad2', 'bad3', 'd1', 'density', 'valid_pixels', 'abs_rel', 'rmse_m', 'completeness', 'note',
-               'latency_ms')
+               'latency_ms', 'mae_m')
+NO_VALUE_RGB: RGB = (0, 0, 0)
+"""Pictures' colour for "nothing here": no ground truth (error map, ground truth), no value (disparity maps)."""
+NO_PREDICTION_RGB: RGB = (255, 0, 255)
+"""Error maps' colour for a pixel with ground truth but no prediction: scored as bad (bad-N, D1), so shown
+apart from "no ground truth". Magenta is no turbo colour."""
+GT_POINTS_RGB: RGB = (160, 160, 160)
+PREDICTED_POINTS_RGB: RGB = (214, 39, 40)
+BOTH_POINTS_RGB: RGB = (31, 119, 180)
+BAG_METHOD_NAMES = {OURS: 'stereonet', REFERENCE: "SGBM (stereo_image_proc's parameters)"}
 
 
 class ReportError(Exception):
@@ -177,18 +193,9 @@ def timing_summary(result: EvaluationResult) -> dict[str, float | int | None]:
             'wall_seconds': result.wall_seconds, **latency}
 
 
-def metrics_document(result: EvaluationResult, info: RunInfo) -> dict[str, Any]:
-    """The content of ``metrics.json`` (NaN written as null)."""
-    disparity = result.disparity
-    depth = result.depth
-    skipped = [{'bag': f.bag, 'index': f.index, 'stamp_ns': f.stamp_ns, 'status': f.status, 'reason': f.note}
-               for f in result.frames if f.status in ('skipped', 'dropped') or (f.status == 'no-gt' and f.note)]
-    document: dict[str, Any] = {
-        'frames': len(result.frames),
-        'frames_evaluated': result.count('scored') + result.count('no-gt'),
-        'frames_scored': result.count('scored'),
-        'frames_skipped': result.count('skipped'),
-        'frames_dropped': result.count('dropped'),
+def _scores(disparity: DisparityMetrics | None, depth: DepthMetrics | None) -> dict[str, Any]:
+    """The score keys of ``metrics.json``, for the total and for each bag (null where not scored)."""
+    return {
         'epe': _finite(disparity.epe) if disparity else None,
         'bad1': _finite(disparity.bad1) if disparity else None,
         'bad2': _finite(disparity.bad2) if disparity else None,
@@ -197,8 +204,64 @@ def metrics_document(result: EvaluationResult, info: RunInfo) -> dict[str, Any]:
         'density': _finite(disparity.density) if disparity else None,
         'valid_pixels': disparity.valid_pixels if disparity else 0,
         'depth_abs_rel': _finite(depth.abs_rel) if depth else None,
+        'depth_mae_m': _finite(depth.mae) if depth else None,
         'depth_rmse_m': _finite(depth.rmse) if depth else None,
         'depth_completeness': _finite(depth.completeness) if depth else None,
+    }
+
+
+def _json_values(values: dict[str, Any]) -> dict[str, Any]:
+    return {key: (_finite(value) if isinstance(value, float) else value) for key, value in values.items()}
+
+
+def depth_by_range_document(result: EvaluationResult) -> dict[str, Any] | None:
+    """``metrics.json``'s ``depth_by_range``: per method, one entry per bin of the ground-truth depth."""
+    if not result.depth_by_range:
+        return None
+    edges = result.depth_edges
+    methods = {}
+    for method, bins in result.depth_by_range.items():
+        rows = []
+        for low, high, counts in zip(edges[:-1], edges[1:], bins, strict=True):
+            scores = counts.metrics()
+            rows.append({'min_m': low, 'max_m': _finite(high), 'valid_pixels': scores.valid_pixels,
+                         'predicted_pixels': scores.predicted_pixels, 'completeness': _finite(scores.completeness),
+                         'mae_m': _finite(scores.mae), 'rmse_m': _finite(scores.rmse),
+                         'abs_rel': _finite(scores.abs_rel)})
+        methods[method] = rows
+    return {'binned_by': 'ground-truth depth, metres; a bin is [min_m, max_m), max_m null = open-ended',
+            'edges_m': [_finite(edge) for edge in edges], 'methods': methods}
+
+
+def baseline_document(result: EvaluationResult) -> dict[str, Any] | None:
+    """``metrics.json``'s ``baseline``: what ran, and each method's three views over the scored frames."""
+    if result.baseline is None:
+        return None
+    views = {}
+    for method, scores in result.views.items():
+        views[method] = {view: _json_values(asdict(scores.views[view].metrics())) if view in scores.views else None
+                         for view in VIEWS}
+    sgbm = result.views.get(REFERENCE)
+    return {**result.baseline, 'views': views,
+            'sgbm_ms_mean': (sgbm.seconds * 1e3 / sgbm.frames) if sgbm is not None and sgbm.frames else None,
+            'view_rules': {'dense': 'holes filled (KITTI devkit: row-wise min of the nearest valid neighbours), every '
+                                    'valid-ground-truth pixel scored',
+                           'answered': 'each method scored where it answered; density = answered / valid',
+                           'matched': f'{OURS} thinned to its most confident pixels down to {REFERENCE}\'s density on '
+                                      'each frame (null without confidence, e.g. through the node)'}}
+
+
+def metrics_document(result: EvaluationResult, info: RunInfo) -> dict[str, Any]:
+    """The content of ``metrics.json`` (NaN written as null)."""
+    skipped = [{'bag': f.bag, 'index': f.index, 'stamp_ns': f.stamp_ns, 'status': f.status, 'reason': f.note}
+               for f in result.frames if f.status in ('skipped', 'dropped') or (f.status == 'no-gt' and f.note)]
+    document: dict[str, Any] = {
+        'frames': len(result.frames),
+        'frames_evaluated': result.count('scored') + result.count('no-gt'),
+        'frames_scored': result.count('scored'),
+        'frames_skipped': result.count('skipped'),
+        'frames_dropped': result.count('dropped'),
+        **_scores(result.disparity, result.depth),
         'per_frame_mean': ({k: (_finite(v) if isinstance(v, float) else v)
                             for k, v in asdict(result.disparity_per_frame).items()}
                            if result.disparity_per_frame else None),
@@ -206,12 +269,16 @@ def metrics_document(result: EvaluationResult, info: RunInfo) -> dict[str, Any]:
         'units': {'disparity': 'pixels of left-view image shift (the network output; DisparityImage values plus '
                                'cx_left - cx_right)',
                   'epe': 'pixels', 'bad1': 'percent', 'd1': 'percent', 'depth_rmse_m': 'metres',
+                  'depth_mae_m': 'metres',
                   'depth_completeness': 'fraction of ground-truth pixels with a predicted depth'},
+        'depth_by_range': depth_by_range_document(result),
+        'baseline': baseline_document(result),
         'source': result.source,
         'checkpoint': {'path': info.checkpoint, 'placeholder': info.placeholder, 'note': info.checkpoint_note},
         'device': info.device,
         'precision': info.precision,
-        'bags': [{'path': b.path, 'topics': b.topics, **asdict(b.counters)} for b in result.bags],
+        'bags': [{'path': b.path, 'topics': b.topics, **asdict(b.counters), 'frames_scored': b.frames_scored,
+                  **_scores(b.disparity, b.depth)} for b in result.bags],
         'replay': asdict(result.config),
         'skipped': skipped,
         'command': info.command,
@@ -237,7 +304,7 @@ def _frame_row(frame: FrameResult) -> list[str]:
         frame.model_ms, d.epe if d else None, d.bad1 if d else None, d.bad2 if d else None, d.bad3 if d else None,
         d.d1 if d else None, d.density if d else None, d.valid_pixels if d else None,
         z.abs_rel if z else None, z.rmse if z else None, z.completeness if z else None, frame.note,
-        frame.latency_ms]
+        frame.latency_ms, z.mae if z else None]
     return [_csv_value(v) for v in values]
 
 
@@ -254,9 +321,77 @@ def _fit_width(picture: npt.NDArray[np.uint8], nearest: bool) -> npt.NDArray[np.
 
 def error_map(shift: npt.ArrayLike, gt_shift: npt.ArrayLike) -> npt.NDArray[np.uint8]:
     """``|prediction - ground truth|`` coloured with turbo from 0 px to :data:`ERROR_MAP_MAX` px (and beyond);
-    black where there is no ground truth. ``(H, W, 3)`` uint8."""
-    error = np.abs(np.asarray(shift, dtype=np.float32) - np.asarray(gt_shift, dtype=np.float32))  # NaN = none
-    return colorize_disparity(error, vmin=0.0, vmax=ERROR_MAP_MAX)
+    black (:data:`NO_VALUE_RGB`) where there is no ground truth, magenta (:data:`NO_PREDICTION_RGB`) where
+    there is ground truth but no prediction, which the scores count as bad. ``(H, W, 3)`` uint8.
+
+    The pixels are those of :func:`~stereonet_ros.evaluation.metrics.disparity_error_counts` (default rules):
+    scored = finite ground truth; missing = a non-finite prediction there.
+    """
+    prediction = np.asarray(shift, dtype=np.float32)
+    truth = np.asarray(gt_shift, dtype=np.float32)
+    error = np.abs(prediction - truth)  # NaN = none
+    picture = colorize_disparity(error, vmin=0.0, vmax=ERROR_MAP_MAX)
+    picture[np.isfinite(truth) & ~np.isfinite(prediction)] = NO_PREDICTION_RGB
+    return picture
+
+
+ERROR_SWATCHES: tuple[tuple[RGB, str], ...] = ((NO_VALUE_RGB, 'no ground truth'),
+                                               (NO_PREDICTION_RGB, 'no prediction'))
+
+
+def _disparity_picture(shift: npt.ArrayLike, vmax: float, none: str) -> npt.NDArray[np.uint8]:
+    return with_colour_bar(_fit_width(colorize_disparity(shift, vmin=0.0, vmax=vmax), nearest=True), 0.0, vmax,
+                           'disparity (px)', ((NO_VALUE_RGB, none),))
+
+
+def _error_picture(shift: npt.ArrayLike, truth: npt.ArrayLike) -> npt.NDArray[np.uint8]:
+    return with_colour_bar(_fit_width(error_map(shift, truth), nearest=True), 0.0, ERROR_MAP_MAX,
+                           f'|error| (px, >= {ERROR_MAP_MAX:g} at the end)', ERROR_SWATCHES)
+
+
+def birds_eye(showcase: Showcase) -> npt.NDArray[np.uint8] | None:
+    """The predicted point cloud seen from above (x right, z forward, metres, left optical frame) against the
+    ground truth's, on the pixels that have ground truth (all predicted pixels without it); None without a
+    camera or without a finite point."""
+    camera = showcase.camera
+    if camera is None:
+        return None
+    predicted = reproject_to_3d(showcase.shift - np.float32(camera.principal_offset), camera)  # (H, W, 3)
+    series: dict[str, tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = {}
+    reference = predicted
+    truth = showcase.gt_shift
+    if truth is not None and np.isfinite(truth).any():
+        truth_points = reproject_to_3d(truth - np.float32(camera.principal_offset), camera)  # (H, W, 3)
+        known = np.isfinite(truth_points[:, :, 2])  # (H, W)
+        series['ground truth only'] = (truth_points[known][:, 0], truth_points[known][:, 2])
+        predicted = predicted[known]  # (N, 3): the same pixels
+        reference = truth_points[known]
+    predicted = predicted.reshape(-1, 3)  # (N, 3)
+    series['prediction only' if series else 'prediction'] = (predicted[:, 0], predicted[:, 2])
+    reference = reference.reshape(-1, 3)
+    reference = reference[np.isfinite(reference[:, 2])]
+    if reference.shape[0] == 0:
+        return None
+    # The view covers both clouds (a prediction off the truth shows), but never more than twice the truth's
+    # extent: a few wild points must not shrink the scene to a dot.
+    shown = predicted[np.isfinite(predicted[:, 2])]
+    x_low, x_high = (float(v) for v in np.percentile(reference[:, 0], (1.0, 99.0)))
+    z_high = float(np.percentile(reference[:, 2], 99.0))
+    if shown.shape[0]:
+        width = x_high - x_low
+        x_low = max(min(x_low, float(np.percentile(shown[:, 0], 1.0))), x_low - width / 2)
+        x_high = min(max(x_high, float(np.percentile(shown[:, 0], 99.0))), x_high + width / 2)
+        z_high = min(max(z_high, float(np.percentile(shown[:, 2], 99.0))), 2.0 * z_high)
+    z_high *= 1.1
+    if not (z_high > 0 and x_high > x_low):
+        return None
+    colours = (GT_POINTS_RGB, PREDICTED_POINTS_RGB) if len(series) == 2 else (PREDICTED_POINTS_RGB,)
+    try:
+        return point_chart(series, 'Point cloud from above', 'x, right (m)', 'z, forward (m)', (x_low, x_high),
+                           (0.0, z_high), colours=colours,
+                           overlap=(BOTH_POINTS_RGB, 'both') if len(series) == 2 else None)
+    except ChartError:
+        return None
 
 
 def _showcase_pictures(showcase: Showcase) -> list[tuple[str, str, npt.NDArray[np.uint8]]]:
@@ -267,13 +402,34 @@ def _showcase_pictures(showcase: Showcase) -> list[tuple[str, str, npt.NDArray[n
     vmax = float(np.percentile(finite, 99)) if finite.size else 1.0
     vmax = vmax if vmax > 0 else 1.0
     pictures = [('left', 'left input', _fit_width(showcase.left_rgb, nearest=False)),
-                ('disparity', f'predicted disparity (turbo, 0 to {vmax:.0f} px)',
-                 _fit_width(colorize_disparity(showcase.shift, vmin=0.0, vmax=vmax), nearest=True))]
+                ('disparity', f'predicted disparity (turbo, 0 to {vmax:.0f} px; black = none)',
+                 _disparity_picture(showcase.shift, vmax, 'none'))]
+    if showcase.confidence is not None:
+        pictures.append(('confidence', 'matching confidence of the prediction (0 to 1; the matched view keeps the '
+                         'most confident pixels)',
+                         with_colour_bar(_fit_width(colorize_disparity(showcase.confidence, vmin=0.0, vmax=1.0),
+                                                    nearest=True), 0.0, 1.0, 'confidence')))
     if truth is not None:
         pictures.append(('gt', 'ground truth (same scale; black = none)',
-                         _fit_width(colorize_disparity(truth, vmin=0.0, vmax=vmax), nearest=True)))
-        pictures.append(('error', f'|error| (0 px blue to >= {ERROR_MAP_MAX:.0f} px red; black = no ground truth)',
-                         _fit_width(error_map(showcase.shift, truth), nearest=True)))
+                         _disparity_picture(truth, vmax, 'no ground truth')))
+        pictures.append(('error', f'|error| (0 px blue to >= {ERROR_MAP_MAX:.0f} px red; black = no ground truth; '
+                         'magenta = no prediction, counted as bad in bad-N and D1)',
+                         _error_picture(showcase.shift, truth)))
+    if showcase.baseline_shift is not None:
+        pictures.append(('sgbm', "SGBM with stereo_image_proc's parameters (same scale; black = no match)",
+                         _disparity_picture(showcase.baseline_shift, vmax, 'no match')))
+        if truth is not None:
+            pictures.append(('sgbm_error', 'SGBM |error| (same scale; black = no ground truth; magenta = no match '
+                             'where there is ground truth: a hole, filled in the dense view, left out of the answered '
+                             'one)',
+                             _error_picture(showcase.baseline_shift, truth)))
+    view = birds_eye(showcase)
+    if view is not None:
+        with_truth = truth is not None and np.isfinite(truth).any()
+        pictures.append(('birdseye', 'point cloud seen from above (x right, z forward, metres, left optical frame): '
+                         + ('gray = ground truth only, red = prediction only, blue = both in the same plot '
+                            'pixel; on the pixels with ground truth'
+                            if with_truth else 'the prediction'), view))
     return pictures
 
 
@@ -357,6 +513,7 @@ def _summary_rows(result: EvaluationResult, metrics: dict[str, Any]) -> list[tup
                  ('density (predicted / ground-truth pixels)', _fmt(metrics['density'], 4)),
                  ('pixels with ground truth', str(metrics['valid_pixels'])),
                  ('depth AbsRel', _fmt(metrics['depth_abs_rel'], 4)),
+                 ('depth MAE', _fmt(metrics['depth_mae_m'], 3, ' m')),
                  ('depth RMSE', _fmt(metrics['depth_rmse_m'], 3, ' m')),
                  ('depth completeness', _fmt(metrics['depth_completeness'], 4))]
     if timing['frames_timed']:
@@ -370,6 +527,98 @@ def _summary_rows(result: EvaluationResult, metrics: dict[str, Any]) -> list[tup
                  ('answered / dropped by the node',
                   f"{timing['frames_with_latency']} / {metrics['frames_dropped']}")]
     return rows
+
+
+@dataclass(frozen=True)
+class _Table:
+    title: str
+    caption: str
+    header: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+
+
+def _range_label(low: float | None, high: float | None) -> str:
+    return f'{low:g} m and beyond' if high is None else f'{low:g} to {high:g} m'
+
+
+def _tables(result: EvaluationResult, metrics: dict[str, Any]) -> list[_Table]:
+    """The per-bag breakdown (several bags), depth by range and the three views beside the baseline."""
+    tables = []
+    if len(metrics['bags']) > 1 and result.disparity is not None:
+        header = ('bag', 'pairs scored', 'EPE px', 'bad-1 %', 'bad-3 %', 'D1 %', 'density', 'depth AbsRel',
+                  'depth MAE m', 'depth RMSE m', 'depth completeness')
+
+        def row(name: str, scored: int, m: dict[str, Any]) -> tuple[str, ...]:
+            return (name, str(scored), _fmt(m['epe'], 3), _fmt(m['bad1'], 2), _fmt(m['bad3'], 2), _fmt(m['d1'], 2),
+                    _fmt(m['density'], 4), _fmt(m['depth_abs_rel'], 4), _fmt(m['depth_mae_m'], 3),
+                    _fmt(m['depth_rmse_m'], 3), _fmt(m['depth_completeness'], 4))
+
+        rows = [row(Path(b['path']).name, b['frames_scored'], b) for b in metrics['bags']]
+        rows.append(row('all (pixel-weighted)', metrics['frames_scored'], metrics))
+        tables.append(_Table('Per bag', 'Each bag scored on its own pixels; the last row weighs every pixel of '
+                             'every bag once (the summary above).', header, rows))
+    by_range = metrics.get('depth_by_range')
+    if by_range and result.disparity is not None:
+        methods = list(by_range['methods'])
+        header = ('ground-truth depth', 'pixels with ground truth')
+        for method in methods:
+            prefix = '' if len(methods) == 1 else f'{BAG_METHOD_NAMES.get(method, method).split(" ")[0]} '
+            header += (f'{prefix}completeness', f'{prefix}MAE m', f'{prefix}RMSE m', f'{prefix}AbsRel')
+        rows = []
+        for index, first in enumerate(by_range['methods'][methods[0]]):
+            if not first['valid_pixels']:
+                continue
+            cells: tuple[str, ...] = (_range_label(first['min_m'], first['max_m']), str(first['valid_pixels']))
+            for method in methods:
+                b = by_range['methods'][method][index]
+                cells += (_fmt(b['completeness'], 4), _fmt(b['mae_m'], 3), _fmt(b['rmse_m'], 3),
+                          _fmt(b['abs_rel'], 4))
+            rows.append(cells)
+        tables.append(_Table(
+            'Depth by range', 'Binned by the ground-truth depth (`Z = f * T / d` with the camera infos\' f and T); '
+            'completeness: the fraction of those pixels with a predicted depth; MAE / RMSE in metres over the pixels '
+            'with both. A stereo depth error grows with the square of the range for a given disparity error. Bins '
+            'without ground truth are left out (`metrics.json` has them all).', header, rows))
+    baseline = metrics.get('baseline')
+    if baseline:
+        header = ('method', 'view', 'EPE px', 'bad-1 %', 'bad-2 %', 'bad-3 %', 'D1 %', 'density', 'pixels scored')
+        rows = []
+        for method, views in baseline['views'].items():
+            for view in VIEWS:
+                v = views.get(view)
+                if v is None:
+                    rows.append((BAG_METHOD_NAMES.get(method, method), view, *(['-'] * 7)))
+                    continue
+                rows.append((BAG_METHOD_NAMES.get(method, method), view, _fmt(v['epe'], 3), _fmt(v['bad1'], 2),
+                             _fmt(v['bad2'], 2), _fmt(v['bad3'], 2), _fmt(v['d1'], 2), _fmt(v['density'], 4),
+                             str(v['scored_pixels'])))
+        params = baseline['params']
+        ranges = ', '.join(str(n) for n in baseline['num_disparities']) or '-'
+        tables.append(_Table(
+            'Beside SGBM (stereo_image_proc\'s parameters)',
+            'Both on the same pairs and ground-truth pixels, every metric over one set of pixels per view: **dense** '
+            '(the headline): holes filled as the KITTI devkit does (row-wise, the smaller of the nearest valid values '
+            'left and right), every pixel scored; **answered**: each method where it answered, with its density; '
+            '**matched**: ours keeps its most confident pixels down to SGBM\'s density on each frame (`-` without '
+            f'a confidence, e.g. through the node). SGBM: OpenCV StereoSGBM on the gray images, block '
+            f'{params["block_size"]}, P1 {params["p1"]}, P2 {params["p2"]}, uniqueness {params["uniqueness_ratio"]}, '
+            f'speckle window {params["speckle_size"]} / range {params["speckle_range"]}, prefilter cap '
+            f'{params["prefilter_cap"]}, disp12MaxDiff {params["disp12_max_diff"]}, disparities 0 to {ranges} '
+            f'(the network\'s range, narrowed to fit narrow images); '
+            f'{_fmt(baseline["sgbm_ms_mean"], 1)} ms per pair on average.', header, rows))
+    return tables
+
+
+def _markdown_table(table: _Table) -> list[str]:
+    return (['', f'## {table.title}', '', table.caption, '', '| ' + ' | '.join(table.header) + ' |',
+             '|' + ' --- |' * len(table.header)] + ['| ' + ' | '.join(row) + ' |' for row in table.rows])
+
+
+def _html_table(table: _Table) -> str:
+    head = ''.join(f'<th>{html.escape(cell)}</th>' for cell in table.header)
+    rows = ''.join('<tr>' + ''.join(f'<td>{html.escape(cell)}</td>' for cell in row) + '</tr>' for row in table.rows)
+    return (f'<h2>{html.escape(table.title)}</h2><p>{_inline_markdown(table.caption)}</p>'
+            f'<table><tr>{head}</tr>{rows}</table>')
 
 
 def _notes(result: EvaluationResult, info: RunInfo) -> list[str]:
@@ -413,6 +662,8 @@ def _markdown(result: EvaluationResult, info: RunInfo, metrics: dict[str, Any],
         lines.append(f'- Output bag: `{output_bag}` (mcap: {", ".join(OUTPUT_TOPICS.values())})')
     lines += ['', '## Summary', '', '| | |', '| --- | --- |']
     lines += [f'| {name} | {value} |' for name, value in _summary_rows(result, metrics)]
+    for table in _tables(result, metrics):
+        lines += _markdown_table(table)
     skipped = _skipped_lines(metrics)
     if skipped:
         lines += ['', '## Skipped', ''] + [f'- {line}' for line in skipped]
@@ -466,6 +717,7 @@ def _html(result: EvaluationResult, info: RunInfo, metrics: dict[str, Any], fold
     body.append('<h2>Summary</h2><table>' + ''.join(
         f'<tr><th>{esc(name)}</th><td>{esc(value)}</td></tr>' for name, value in _summary_rows(result, metrics))
         + '</table>')
+    body += [_html_table(table) for table in _tables(result, metrics)]
     skipped = _skipped_lines(metrics)
     if skipped:
         body.append('<h2>Skipped</h2><ul>' + ''.join(f'<li>{esc(line)}</li>' for line in skipped) + '</ul>')
