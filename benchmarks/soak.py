@@ -45,10 +45,20 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f'no VmRSS for pid {pid}')
 
 
-def soak(minutes: float, rate: float, width: int, height: int, reliable: bool, domain: int) -> dict[str, Any]:
+def process_memory(pid: int) -> dict[str, Any]:
+    """Peak resident memory (``VmHWM``, MiB) of process ``pid`` and whether it has PyTorch loaded
+    (``libtorch`` mapped)."""
+    peak = next(int(line.split()[1]) / 1024 for line in Path(f'/proc/{pid}/status').read_text().splitlines()
+                if line.startswith('VmHWM:'))
+    return {'peak_rss_mib': peak, 'torch_loaded': 'libtorch' in Path(f'/proc/{pid}/maps').read_text()}
+
+
+def soak(minutes: float, rate: float, width: int, height: int, reliable: bool, domain: int,
+         backend: str = 'auto') -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix='soak_'))
     params = folder / 'params.yaml'
-    lines = ['/**:', '  ros__parameters:', '    device: cpu', '    diagnostics_period_seconds: 1.0']
+    lines = ['/**:', '  ros__parameters:', '    device: cpu', f'    backend: {backend}',
+             '    diagnostics_period_seconds: 1.0']
     if reliable:
         lines.append('    qos_overrides:')
         for topic in INPUTS:
@@ -120,6 +130,7 @@ def soak(minutes: float, rate: float, width: int, height: int, reliable: bool, d
         settle = time.monotonic() + 5
         while time.monotonic() < settle:
             executor.spin_once(timeout_sec=0.1)
+        memory = process_memory(process.pid)
     finally:
         rclpy.try_shutdown(context=context)
         process.send_signal(signal.SIGINT)
@@ -129,7 +140,7 @@ def soak(minutes: float, rate: float, width: int, height: int, reliable: bool, d
     return {'sent': sent, 'answered': len(latencies), 'minutes': minutes_rows, 'diagnostics': diagnostics,
             'latency_p50_ms': float(np.percentile(values, 50)) if values.size else float('nan'),
             'latency_p95_ms': float(np.percentile(values, 95)) if values.size else float('nan'),
-            'node_log': str(folder / 'node.log')}
+            'node_log': str(folder / 'node.log'), 'backend': diagnostics.get('backend', '?'), **memory}
 
 
 def report(result: dict[str, Any], arguments: argparse.Namespace) -> str:

@@ -2,7 +2,7 @@
 
     stereonet-eval-bag BAG... --out DIR [--gt-topic TOPIC] [--left-topic T] [--right-topic T]
                        [--left-info-topic T] [--right-info-topic T] [--approximate-sync]
-                       [--sync-tolerance S] [--queue-size N] [--checkpoint PATH] [--device auto]
+                       [--sync-tolerance S] [--queue-size N] [--checkpoint PATH] [--backend auto] [--device auto]
                        [--precision fp32] [--inference-scale S] [--write-bag] [--max-frames N] [--no-progress]
                        [--baseline sgbm] [--depth-bins M,M,...]
                        [--through-node [--rate R] [--use-running-node] [--ros-domain-id N]
@@ -73,7 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help='approximate sync: largest stamp spread in a pair, seconds (0 = unbounded)')
     parser.add_argument('--queue-size', type=int, default=DEFAULT_QUEUE_SIZE, help='sync queue size (as the node)')
     parser.add_argument('--checkpoint', type=Path,
-                        help='stereonet_ros .safetensors or seed Lightning .ckpt (default: the bundled checkpoint)')
+                        help='stereonet_ros .safetensors, seed Lightning .ckpt, or .onnx from stereonet-export '
+                        '(default: the bundled checkpoint)')
+    parser.add_argument('--backend', choices=('auto', 'pytorch', 'onnxruntime'),
+                        help="'auto' (the default) runs the bundled default in ONNX Runtime on a CPU in fp32 and in "
+                        'PyTorch otherwise, a checkpoint file in PyTorch, an .onnx file in ONNX Runtime; as the node')
     parser.add_argument('--device', help="'auto' (CUDA when available; the default), 'cpu', 'cuda', 'cuda:N'")
     parser.add_argument('--precision', choices=PRECISIONS, help=PRECISION_HELP)
     parser.add_argument('--inference-scale', type=float, metavar='S',
@@ -151,8 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stereonet_ros.evaluation.through_node import ThroughNodeError
     from stereonet_ros.geometry import GeometryError
     from stereonet_ros.image_codec import ImageCodecError
-    from stereonet_ros.inference import (MAX_INFERENCE_SCALE, MIN_INFERENCE_SCALE, InputError, Predictor,
-                                         UntrainedPlaceholderWarning, check_inference_scale)
+    from stereonet_ros.backends import open_predictor
+    from stereonet_ros.inference_common import (MAX_INFERENCE_SCALE, MIN_INFERENCE_SCALE, InputError,
+                                                UntrainedPlaceholderWarning, check_inference_scale)
     from stereonet_ros.model.checkpoint import CheckpointError
     from stereonet_ros.training.train import git_sha
 
@@ -177,10 +182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         if arguments.max_frames is not None:
             fail(PROGRAM, '--max-frames is not supported with --through-node (the bag is played whole)', status=2)
-        if arguments.use_running_node and (arguments.checkpoint or arguments.device or arguments.precision
-                                           or arguments.inference_scale is not None or arguments.node_executable):
-            fail(PROGRAM, '--checkpoint, --device, --precision, --inference-scale and --node-executable configure '
-                 'a node this run starts; with --use-running-node set them on the running node', status=2)
+        if arguments.use_running_node and (arguments.checkpoint or arguments.backend or arguments.device
+                                           or arguments.precision or arguments.inference_scale is not None
+                                           or arguments.node_executable):
+            fail(PROGRAM, '--checkpoint, --backend, --device, --precision, --inference-scale and --node-executable '
+                 'configure a node this run starts; with --use-running-node set them on the running node', status=2)
     try:
         config = ReplayConfig(left_topic=arguments.left_topic, right_topic=arguments.right_topic,
                               left_info_topic=arguments.left_info_topic, right_info_topic=arguments.right_info_topic,
@@ -203,8 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter('always', UntrainedPlaceholderWarning)
-                    predictor = Predictor.from_checkpoint(arguments.checkpoint, device=device,
-                                                          precision=arguments.precision or 'fp32')
+                    predictor = open_predictor(arguments.checkpoint, device=device,
+                                               precision=arguments.precision or 'fp32',
+                                               backend=arguments.backend or 'auto')
                 for warning in caught:
                     print(f'{PROGRAM}: warning: {warning.message}', file=sys.stderr)
                 provenance = predictor.checkpoint.provenance
@@ -352,7 +359,7 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
     scale = 1.0 if arguments.inference_scale is None else float(arguments.inference_scale)
     with NodeProcess(node_folder, settings.domain_id or 0, str(checkpoint_path) if checkpoint_path else None,
                      arguments.device or 'auto', executable=arguments.node_executable,
-                     extra_parameters={'precision': arguments.precision or 'fp32',
+                     extra_parameters={'precision': arguments.precision or 'fp32', 'backend': arguments.backend or 'auto',
                                        'inference_scale': repr(scale)}, image_transport=transport) as node:
         playback = play_through_node(arguments.bags, config, settings, node_failure=node.failure)
     description = (f'stereonet_node over DDS (started by this run, ROS domain {settings.domain_id}, '
