@@ -34,13 +34,10 @@ from stereonet_ros.inference_common import (DEFAULT_MAX_PIXELS, Inference, Input
                                             fitted_scale, padded_size, resize_array, scaled_size, to_contract_color)
 from stereonet_ros.model.architecture import StereoNetConfig
 from stereonet_ros.model.checkpoint import CheckpointError, InputContract
-from stereonet_ros.model.onnx_metadata import INPUT_NAMES, OnnxMetadata, read_metadata
+from stereonet_ros.model.onnx_metadata import INPUT_NAMES, OnnxMetadata, read_metadata_map
 
 GPU_PROVIDERS = ('TensorrtExecutionProvider', 'CUDAExecutionProvider')
 """ONNX Runtime providers that run on an NVIDIA GPU, preferred in this order."""
-
-_FLOAT = 1  # onnx.TensorProto.FLOAT
-
 
 def _tensors(graph: Any) -> list[Any]:
     """Every TensorProto a graph holds: initializers and node attributes, subgraphs included."""
@@ -81,35 +78,31 @@ def check_external_data(model: Any, folder: Path, where: str) -> bool:
     return external
 
 
-def _dims(value_info: Any) -> list[int | str]:
-    return [dim.dim_value if dim.HasField('dim_value') else dim.dim_param
-            for dim in value_info.type.tensor_type.shape.dim]
-
-
-def check_signature(model: Any, metadata: OnnxMetadata, where: str) -> None:
-    """The graph's inputs and outputs are those ``stereonet-export`` writes for this metadata.
+def check_signature(session: Any, metadata: OnnxMetadata, where: str) -> None:
+    """The graph's inputs and outputs (as ONNX Runtime's ``session`` lists them) are those
+    ``stereonet-export`` writes for this metadata.
 
     Raises:
         CheckpointError: names the input or output and what it should be.
     """
-    initializers = {tensor.name for tensor in model.graph.initializer}
-    inputs = [value for value in model.graph.input if value.name not in initializers]
+    inputs = session.get_inputs()  # initializers are not inputs here
     names = [value.name for value in inputs]
     if names != list(INPUT_NAMES):
         raise CheckpointError(f'{where}: graph inputs {names}: expected {list(INPUT_NAMES)}')
     channels = metadata.contract.channels
     for value in inputs:
-        dims = _dims(value)
-        element = value.type.tensor_type.elem_type
-        if len(dims) != 4 or element != _FLOAT or dims[0] not in (1, '') or dims[1] != channels:
+        dims = [dim if dim is not None else '?' for dim in (value.shape or [])]
+        if len(dims) != 4 or value.type != 'tensor(float)' or dims[0] not in (1, '') or dims[1] != channels:
             raise CheckpointError(f'{where}: graph input {value.name!r} is {"x".join(map(str, dims)) or "rank 0"} of '
-                                  f'element type {element}: expected float32 (1, {channels}, H, W)')
-    outputs = [value.name for value in model.graph.output]
-    if outputs != list(metadata.outputs):
-        raise CheckpointError(f'{where}: graph outputs {outputs}: its metadata says {list(metadata.outputs)}')
-    for value in model.graph.output:
-        if len(_dims(value)) != 4:
-            raise CheckpointError(f'{where}: graph output {value.name!r} has rank {len(_dims(value))}: expected 4')
+                                  f'element type {value.type}: expected float32 (1, {channels}, H, W)')
+    outputs = session.get_outputs()
+    if [value.name for value in outputs] != list(metadata.outputs):
+        raise CheckpointError(f'{where}: graph outputs {[value.name for value in outputs]}: its metadata says '
+                              f'{list(metadata.outputs)}')
+    for value in outputs:
+        if len(value.shape or []) != 4:
+            raise CheckpointError(f'{where}: graph output {value.name!r} has rank {len(value.shape or [])}: '
+                                  'expected 4')
 
 
 @dataclass(frozen=True)
@@ -140,29 +133,12 @@ class OnnxPredictor:
 
     def __init__(self, path: str | os.PathLike[str], device: str = 'auto', precision: Precision = 'fp32') -> None:
         try:
-            import onnx
             import onnxruntime
         except ImportError as err:
-            raise CheckpointError(f'{path}: running .onnx models needs the onnx and onnxruntime packages: '
-                                  f'{err}') from err
+            raise CheckpointError(f'{path}: running .onnx models needs the onnxruntime package: {err}') from err
         self.path = Path(path)
         where = str(self.path)
-        try:
-            model = onnx.load(str(self.path), load_external_data=False)
-        except FileNotFoundError as err:
-            raise CheckpointError(f'cannot open ONNX model {where}: no such file') from err
-        except Exception as err:  # noqa: BLE001 - protobuf's DecodeError and kin
-            raise CheckpointError(f'{where}: not a readable ONNX model: {type(err).__name__}: {err}') from err
-        metadata = read_metadata(model, where)
-        check_signature(model, metadata, where)
-        if check_external_data(model, self.path.parent, where):
-            onnx.load_external_data_for_model(model, str(self.path.parent))
-        self.checkpoint: OnnxMetadata = metadata
-        """What the file says about itself: ``config``, ``contract``, ``provenance``, ``precision``."""
-        if precision != metadata.precision:
-            raise InputError(f'precision {precision!r}: the ONNX model {self.path.name} was exported in '
-                             f'{metadata.precision}; pass {metadata.precision!r} or export it again')
-        self.precision: Precision = precision
+        model_bytes = self._model_bytes(where)
         available = onnxruntime.get_available_providers()
         kind, _, index = device.partition(':')
         if kind == 'cpu' and not index:
@@ -177,9 +153,19 @@ class OnnxPredictor:
         else:
             raise InputError(f"device {device!r} is not a device ('auto', 'cpu', 'cuda', 'cuda:N')")
         try:
-            self._session = onnxruntime.InferenceSession(model.SerializeToString(), providers=providers)
+            # From bytes, never from the path: external data reaches the session only through _model_bytes,
+            # which checked where it lies.
+            self._session = onnxruntime.InferenceSession(model_bytes, providers=providers)
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own classes for a graph it cannot run
             raise CheckpointError(f'{where}: ONNX Runtime cannot load it: {" ".join(str(err).split())[:300]}') from err
+        metadata = read_metadata_map(self._session.get_modelmeta().custom_metadata_map, where)
+        check_signature(self._session, metadata, where)
+        self.checkpoint: OnnxMetadata = metadata
+        """What the file says about itself: ``config``, ``contract``, ``provenance``, ``precision``."""
+        if precision != metadata.precision:
+            raise InputError(f'precision {precision!r}: the ONNX model {self.path.name} was exported in '
+                             f'{metadata.precision}; pass {metadata.precision!r} or export it again')
+        self.precision: Precision = precision
         active = self._session.get_providers()[0]
         if kind == 'cuda' and active not in GPU_PROVIDERS:
             raise InputError(f'device {device!r}: ONNX Runtime could not start a GPU provider (runs {active})')
@@ -201,6 +187,34 @@ class OnnxPredictor:
                    np.asarray(std, dtype=np.float32).reshape(-1, 1, 1))  # (C, 1, 1)
             for side, mean, std in (('left', metadata.contract.left_mean, metadata.contract.left_std),
                                     ('right', metadata.contract.right_mean, metadata.contract.right_std))}
+
+    def _model_bytes(self, where: str) -> bytes:
+        """The file's bytes for ONNX Runtime. With the ``onnx`` package the graph is parsed first, so that
+        external data outside the model's folder is refused and the rest is brought in; without it (a robot
+        with ONNX Runtime alone) the bytes go as they are, and a model with external data cannot load,
+        since a session made from bytes has no folder to find it in.
+
+        Raises:
+            CheckpointError: a missing or unreadable file, or external data outside the folder.
+        """
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError as err:
+            raise CheckpointError(f'cannot open ONNX model {where}: no such file') from err
+        except OSError as err:
+            raise CheckpointError(f'cannot open ONNX model {where}: {err.strerror or err}') from err
+        try:
+            import onnx
+        except ImportError:
+            return data
+        try:
+            model = onnx.load_from_string(data)
+        except Exception as err:  # noqa: BLE001 - protobuf's DecodeError and kin
+            raise CheckpointError(f'{where}: not a readable ONNX model: {type(err).__name__}: {err}') from err
+        if not check_external_data(model, self.path.parent, where):
+            return data
+        onnx.load_external_data_for_model(model, str(self.path.parent))
+        return bytes(model.SerializeToString())
 
     @property
     def contract(self) -> InputContract:

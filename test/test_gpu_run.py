@@ -19,10 +19,10 @@ NOT_ON_THE_GPU_MACHINE = (
     'rclpy', 'rcl_interfaces', 'sensor_msgs', 'stereo_msgs', 'diagnostic_msgs', 'builtin_interfaces', 'std_msgs',
     'geometry_msgs', 'launch', 'launch_ros', 'ament_index_python', 'rosidl_runtime_py', 'rosidl_parser', 'rpyutils',
     'rosbags', 'ruamel', 'lz4', 'apsw', 'backports', 'pytest', '_pytest', 'pluggy', 'iniconfig', 'tensorboard',
-    'catkin_pkg', 'colcon_core', 'em', 'lark',
+    'catkin_pkg', 'colcon_core', 'em', 'lark', 'onnx',
 )
 """Installed here (requirements.txt), absent there: the GPU machine has torch, numpy, opencv-python-headless,
-scikit-image (with its own needs: pillow, imageio, scipy, ...), safetensors, pyyaml, tqdm, onnxruntime."""
+scikit-image (with its own needs: pillow, imageio, scipy, ...), safetensors, pyyaml, tqdm, onnxruntime (not onnx)."""
 STEPS = ('cuda_tests', 'forward', 'node_processing', 'training', 'evaluation')
 
 
@@ -60,6 +60,10 @@ def test_the_rehearsal_runs_every_step_on_the_cpu_without_ros_rosbags_or_pytest(
     assert outcomes['cuda_fp32_matches_cpu_fp32']['status'] == 'passed'
     assert outcomes['captured_graph_equals_eager']['status'] == 'skipped'
     assert outcomes['uint8_upload_equals_the_float_path']['figures']['max_px'] <= 1e-4
+    # The shipped export under ONNX Runtime (its CPU provider here; CUDA on the day), without the onnx package.
+    onnx_runtime = outcomes['onnx_runtime_matches_pytorch']
+    assert onnx_runtime['status'] == 'passed', onnx_runtime
+    assert onnx_runtime['figures']['provider'] == 'CPUExecutionProvider' and onnx_runtime['figures']['max_px'] <= 0.01
 
     for size in ('96x64', '64x48'):
         device = summary['forward']['sizes'][size]['device']

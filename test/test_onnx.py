@@ -163,9 +163,16 @@ def test_a_graph_with_other_input_names_or_rank_is_refused(default_onnx: Path, t
 
     rank3 = onnx.load(str(default_onnx))
     del rank3.graph.input[1].type.tensor_type.shape.dim[0]
-    with pytest.raises(CheckpointError,
-                       match=r"graph input 'right' is 1xheightxwidth .*expected float32 \(1, 1, H, W\)"):
+    # ONNX Runtime's own shape inference already refuses this one when it loads the graph: still one line.
+    with pytest.raises(CheckpointError, match=r"graph input 'right' is 1xheightxwidth .*expected float32 \(1, 1, H, "
+                                              r"W\)|ONNX Runtime cannot load it: .*rank 3"):
         Predictor.from_checkpoint(_save(rank3, tmp_path / 'rank3.onnx'), device='cpu')
+
+    batch2 = onnx.load(str(default_onnx))  # loads, but is not what the exporter writes
+    batch2.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    with pytest.raises(CheckpointError,
+                       match=r"graph input 'left' is 2x1xheightxwidth .*expected float32 \(1, 1, H, W\)"):
+        Predictor.from_checkpoint(_save(batch2, tmp_path / 'batch2.onnx'), device='cpu')
 
     bare = onnx.load(str(default_onnx))
     del bare.metadata_props[:]
@@ -248,3 +255,44 @@ def test_a_network_with_the_photometric_cue_exports_and_gives_pytorchs_disparity
     got = _quiet(lambda: Predictor.from_checkpoint(out, device='cpu')).predict(left, right)
     assert np.abs(got - expected).max() <= TOLERANCE_PX
     assert np.abs(expected - without_cue).max() > 0.5  # the cue changed the answer
+
+
+def test_without_the_onnx_package_a_model_runs_and_external_data_is_never_followed(default_onnx: Path,
+                                                                                   tmp_path: Path) -> None:
+    """A robot with ONNX Runtime alone: the model runs as with ``onnx`` installed, and one whose weights lie in an
+    external file cannot load at all (from bytes, ONNX Runtime has no folder to look in), inside or outside."""
+    folder = tmp_path / 'models'
+    folder.mkdir()
+    onnx.save(onnx.load(str(default_onnx)), str(folder / 'external.onnx'), save_as_external_data=True,
+              all_tensors_to_one_file=True, location='external.bin', size_threshold=0)
+    blocked = tmp_path / 'blocked' / 'onnx'
+    blocked.mkdir(parents=True)
+    (blocked / '__init__.py').write_text("raise ImportError('onnx is blocked for this test')\n")
+    left, right = _odd_crop(64, 96)
+    np.save(tmp_path / 'left.npy', left)
+    np.save(tmp_path / 'right.npy', right)
+    script = f"""
+import sys, warnings
+import numpy as np
+warnings.simplefilter('ignore')
+from stereonet_ros.inference_common import InputError
+from stereonet_ros.model.checkpoint import CheckpointError
+from stereonet_ros.onnx_backend import OnnxPredictor
+predictor = OnnxPredictor({str(default_onnx)!r}, device='cpu')
+np.save({str(tmp_path / 'out.npy')!r}, predictor.predict(np.load({str(tmp_path / 'left.npy')!r}),
+                                                         np.load({str(tmp_path / 'right.npy')!r})))
+try:
+    OnnxPredictor({str(folder / 'external.onnx')!r}, device='cpu')
+except CheckpointError as err:
+    print('refused:', err)
+print('onnx' in sys.modules and sys.modules['onnx'] is not None, 'torch' in sys.modules)
+"""
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(blocked.parent),
+                                                                     os.environ.get('PYTHONPATH')]))}
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith('refused: ') and 'ONNX Runtime cannot load it' in lines[0], lines
+    assert lines[-1] == 'False False'  # neither onnx nor PyTorch was loaded
+    expected = _quiet(lambda: Predictor.from_checkpoint(default_onnx, device='cpu')).predict(left, right)
+    assert np.array_equal(np.load(tmp_path / 'out.npy'), expected)

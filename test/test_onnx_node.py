@@ -75,19 +75,21 @@ def test_the_node_runs_an_onnx_model_and_switches_to_safetensors_and_back(
 def test_the_bundled_default_runs_on_a_cpu_in_onnx_runtime_without_pytorch(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 13: on a CPU the node's default is ONNX Runtime, and it must start and answer with no PyTorch:
-    a ``torch`` package that refuses to import comes first on the node's path, so any import of it fails."""
+    ``torch`` and ``onnx`` packages that refuse to import come first on the node's path, so any import of
+    either fails."""
     from stereonet_ros.backends import DEFAULT_ONNX, NVIDIA_DEVICE_NODES, default_onnx_is_current
     from stereonet_ros.inference import DEFAULT_CHECKPOINT
 
     if any(node.exists() for node in NVIDIA_DEVICE_NODES):
         pytest.skip('an NVIDIA device node exists: device auto may choose CUDA here')
     assert default_onnx_is_current(), f'{DEFAULT_ONNX} is not the export of {DEFAULT_CHECKPOINT}'
-    blocker = tmp_path / 'no_torch' / 'torch'
-    blocker.mkdir(parents=True)
-    (blocker / '__init__.py').write_text("raise ImportError('PyTorch is blocked for this test')\n")
+    blocked = tmp_path / 'blocked'
+    for package in ('torch', 'onnx'):  # a robot with ONNX Runtime alone: neither PyTorch nor the onnx package
+        (blocked / package).mkdir(parents=True)
+        (blocked / package / '__init__.py').write_text(f"raise ImportError('{package} is blocked for this test')\n")
     import os
 
-    path = os.pathsep.join(filter(None, [str(blocker.parent), os.environ.get('PYTHONPATH')]))
+    path = os.pathsep.join(filter(None, [str(blocked), os.environ.get('PYTHONPATH')]))
     params = {'stereonet_node': {'ros__parameters': {
         'diagnostics_period_seconds': 0.5,  # checkpoint '' and device 'auto': the defaults
         'qos_overrides': {f'/{topic}': {'subscription': {'reliability': 'reliable', 'depth': 10}}

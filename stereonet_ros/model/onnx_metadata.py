@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from stereonet_ros.model.architecture import StereoNetConfig
@@ -48,7 +50,16 @@ def read_metadata(model: Any, where: str) -> OnnxMetadata:
     Raises:
         CheckpointError: missing, not JSON, or a contract or config that does not validate (message names it).
     """
-    props = {prop.key: prop.value for prop in model.metadata_props}
+    return read_metadata_map({prop.key: prop.value for prop in model.metadata_props}, where)
+
+
+def read_metadata_map(props: Mapping[str, str], where: str) -> OnnxMetadata:
+    """:func:`read_metadata` from the model's metadata as a key -> value map (what ONNX Runtime's
+    ``session.get_modelmeta().custom_metadata_map`` gives, without the ``onnx`` package).
+
+    Raises:
+        CheckpointError: as :func:`read_metadata`.
+    """
     if METADATA_KEY not in props:
         raise CheckpointError(f'{where}: no {METADATA_KEY!r} metadata: not exported by stereonet-export, so its input '
                               'contract is unknown')
@@ -87,13 +98,13 @@ def _sha256_field(document: dict[str, Any]) -> str | None:
 
 
 def read_recorded_source_sha256(path: str | os.PathLike[str]) -> str | None:
-    """The ``source_sha256`` an exported file records, read without checking the graph; None when the
-    file is not readable ONNX or records none."""
+    """The ``source_sha256`` an exported file records, read by ONNX Runtime (no ``onnx`` package needed);
+    None when the file cannot be loaded or records none."""
     try:
-        import onnx
+        import onnxruntime
 
-        model = onnx.load(str(path), load_external_data=False)
-        document = json.loads({prop.key: prop.value for prop in model.metadata_props}[METADATA_KEY])
+        session = onnxruntime.InferenceSession(Path(path).read_bytes(), providers=['CPUExecutionProvider'])
+        document = json.loads(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
     except Exception:  # noqa: BLE001 - unreadable, no metadata, not JSON: nothing recorded
         return None
     return _sha256_field(document) if isinstance(document, dict) else None

@@ -197,17 +197,57 @@ def check_uint8_upload_equals_the_float_path(device: str, pair: Pair) -> Figures
     return figures
 
 
+def check_onnx_runtime_matches_pytorch(device: str, pair: Pair) -> Figures:
+    """The shipped ONNX export of the default, run by ONNX Runtime on ``device``'s provider (CUDA on a GPU),
+    against PyTorch fp32 on ``device``: max difference <= 0.01 px (the exporter's own bar). Skipped where
+    this onnxruntime has no CUDA provider (the CPU build), saying which providers it has."""
+    import statistics
+
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise CheckSkipped(f'onnxruntime is not installed: {err}') from err
+    from stereonet_ros.backends import DEFAULT_ONNX, default_onnx_is_current
+    from stereonet_ros.onnx_backend import OnnxPredictor
+
+    available = onnxruntime.get_available_providers()
+    if _is_cuda(device) and 'CUDAExecutionProvider' not in available:
+        raise CheckSkipped(f'onnxruntime {onnxruntime.__version__} has no CUDA provider (it has '
+                           f'{", ".join(available)}): the CPU build, not onnxruntime-gpu')
+    if not default_onnx_is_current():
+        raise CheckSkipped(f'{DEFAULT_ONNX.name} is missing or not the export of the bundled default')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # the default is marked preliminary
+        predictor = OnnxPredictor(DEFAULT_ONNX, device='cuda' if _is_cuda(device) else 'cpu')
+    answer = predictor.predict(pair.left, pair.right)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        predictor.predict(pair.left, pair.right)
+        times.append(time.perf_counter() - start)
+    reference = _predictor(device).predict(pair.left, pair.right)
+    figures = {'pair': pair.name, 'device': device, 'provider': predictor.provider,
+               'onnxruntime': onnxruntime.__version__, 'median_call_ms': 1000.0 * statistics.median(times),
+               **_differences(answer, reference)}
+    assert figures['finite'], 'ONNX Runtime gave non-finite disparities'
+    assert figures['max_px'] <= PARITY_LIMIT_PX, (f'ONNX Runtime ({predictor.provider}) differs from PyTorch by '
+                                                  f'{figures["max_px"]:.3g} px on {device}')
+    return figures
+
+
 CHECKS: tuple[Callable[[str, Pair], Figures], ...] = (
     check_cuda_fp32_matches_cpu_fp32,
     check_reduced_precision_is_close_to_fp32,
     check_captured_graph_equals_eager,
     check_no_host_synchronization_inside_the_pass,
     check_uint8_upload_equals_the_float_path,
+    check_onnx_runtime_matches_pytorch,
 )
 
 
 FIGURE_CHECKS: tuple[Callable[[str, Pair], Figures], ...] = (check_cuda_fp32_matches_cpu_fp32,
-                                                              check_reduced_precision_is_close_to_fp32)
+                                                              check_reduced_precision_is_close_to_fp32,
+                                                              check_onnx_runtime_matches_pytorch)
 """The checks whose figures the visit reports even when pytest has run them all."""
 
 
