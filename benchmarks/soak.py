@@ -54,11 +54,11 @@ def process_memory(pid: int) -> dict[str, Any]:
 
 
 def soak(minutes: float, rate: float, width: int, height: int, reliable: bool, domain: int,
-         backend: str = 'auto') -> dict[str, Any]:
+         backend: str = 'auto', inference_threads: int = 0) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix='soak_'))
     params = folder / 'params.yaml'
     lines = ['/**:', '  ros__parameters:', '    device: cpu', f'    backend: {backend}',
-             '    diagnostics_period_seconds: 1.0']
+             f'    inference_threads: {inference_threads}', '    diagnostics_period_seconds: 1.0']
     if reliable:
         lines.append('    qos_overrides:')
         for topic in INPUTS:
@@ -147,7 +147,7 @@ def report(result: dict[str, Any], arguments: argparse.Namespace) -> str:
     rows = result['minutes']
     lines = [f'Soak, {date.today().isoformat()}, {os.cpu_count()} CPUs: {arguments.width}x{arguments.height} rgb8 '
              f'sets at {arguments.rate:g} Hz for {arguments.minutes:g} min, {arguments.qos} inputs, node on the CPU '
-             '(bundled default checkpoint).', '',
+             f'(bundled default checkpoint, {result["backend"]}, inference_threads {arguments.inference_threads}).', '',
              '| minute | node RSS MiB | sent | answered | sets formed | dropped (latest wins) | sync unmatched | '
              'sets lacking a message, by input |', '| --- | --- | --- | --- | --- | --- | --- | --- |']
     for row in rows:
@@ -170,12 +170,14 @@ def main() -> int:
     parser.add_argument('--width', type=int, default=640)
     parser.add_argument('--height', type=int, default=480)
     parser.add_argument('--qos', choices=('reliable', 'best_effort'), default='reliable')
+    parser.add_argument('--inference-threads', type=int, default=0,
+                        help="the node's inference_threads (0 = its default: all CPUs but one)")
     parser.add_argument('--out', type=Path, help='also write the table here')
     arguments = parser.parse_args()
     from stereonet_ros.evaluation.through_node import unique_domain_id
 
     result = soak(arguments.minutes, arguments.rate, arguments.width, arguments.height, arguments.qos == 'reliable',
-                  unique_domain_id(salt=73))
+                  unique_domain_id(salt=73), inference_threads=arguments.inference_threads)
     text = report(result, arguments)
     print(text)
     if arguments.out:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -102,23 +101,28 @@ def chosen_backend(path: str | os.PathLike[str] | None, device: str, precision: 
 
 
 def open_predictor(path: str | os.PathLike[str] | None = None, device: str = 'auto', precision: Precision = 'fp32',
-                   *, backend: Backend = 'auto') -> Predictor | OnnxPredictor:
+                   *, backend: Backend = 'auto', threads: int = 0) -> Predictor | OnnxPredictor:
     """Open ``path`` (``None`` = the bundled default) for inference with the backend
     :func:`chosen_backend` picks.
 
+    ``threads`` > 0 sets the CPU threads the network runs on: the ONNX Runtime session's, or PyTorch's,
+    which is process-wide (``torch.set_num_threads``); 0 leaves each backend's default (all cores).
+
     Raises:
         CheckpointError: the file cannot be used (message says why).
-        InputError: bad device, precision or backend.
+        InputError: bad device, precision, backend or threads.
     """
+    if threads < 0:
+        raise InputError(f'threads {threads}: must be >= 0')
     if chosen_backend(path, device, precision, backend) == 'onnxruntime':
         from stereonet_ros.onnx_backend import OnnxPredictor
 
-        return OnnxPredictor(DEFAULT_ONNX if path is None else path, device=device, precision=precision)
+        return OnnxPredictor(DEFAULT_ONNX if path is None else path, device=device, precision=precision,
+                             threads=threads)
     from stereonet_ros.inference import Predictor
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     return Predictor.from_checkpoint(path, device=device, precision=precision)
-
-
-def torch_imported() -> bool:
-    """Whether PyTorch is loaded in this process (what a torch-free deployment checks)."""
-    return 'torch' in sys.modules

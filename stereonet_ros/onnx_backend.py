@@ -125,18 +125,22 @@ class OnnxPredictor:
         path: the ``.onnx`` file (external data, if any, inside its folder).
         device: 'auto', 'cpu', 'cuda' (or 'cuda:N': provider device N).
         precision: the model's own ('fp32', or 'fp16' for a ``--fp16`` export): fixed at export.
+        threads: intra-op threads on the CPU; 0 = ONNX Runtime's default.
 
     Raises:
         CheckpointError: the file cannot be used (message says why).
         InputError: a device or precision this model or machine cannot run.
     """
 
-    def __init__(self, path: str | os.PathLike[str], device: str = 'auto', precision: Precision = 'fp32') -> None:
+    def __init__(self, path: str | os.PathLike[str], device: str = 'auto', precision: Precision = 'fp32',
+                 threads: int = 0) -> None:
         try:
             import onnxruntime
         except ImportError as err:
             raise CheckpointError(f'{path}: running .onnx models needs the onnxruntime package: {err}') from err
         self.path = Path(path)
+        self.threads = threads
+        """Intra-op threads of the CPU provider (0 = ONNX Runtime's default)."""
         where = str(self.path)
         model_bytes = self._model_bytes(where)
         available = onnxruntime.get_available_providers()
@@ -155,7 +159,10 @@ class OnnxPredictor:
         try:
             # From bytes, never from the path: external data reaches the session only through _model_bytes,
             # which checked where it lies.
-            self._session = onnxruntime.InferenceSession(model_bytes, providers=providers)
+            options = onnxruntime.SessionOptions()
+            if threads > 0:  # 0: ONNX Runtime's default (a thread per physical core)
+                options.intra_op_num_threads = threads
+            self._session = onnxruntime.InferenceSession(model_bytes, sess_options=options, providers=providers)
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own classes for a graph it cannot run
             raise CheckpointError(f'{where}: ONNX Runtime cannot load it: {" ".join(str(err).split())[:300]}') from err
         metadata = read_metadata_map(self._session.get_modelmeta().custom_metadata_map, where)
@@ -240,7 +247,7 @@ class OnnxPredictor:
 
     def on_cpu(self) -> OnnxPredictor:
         """The same model on ONNX Runtime's CPU provider (the node's refuge when its accelerator fails)."""
-        return OnnxPredictor(self.path, device='cpu', precision=self.precision)
+        return OnnxPredictor(self.path, device='cpu', precision=self.precision, threads=self.threads)
 
     def reset_device_state(self) -> None:
         """Nothing to drop: the session holds no per-size state that a retry would need cleared."""

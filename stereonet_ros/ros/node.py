@@ -66,7 +66,7 @@ from stereonet_ros.geometry import GeometryError
 from stereonet_ros.image_codec import ImageCodecError, ImageLike
 from stereonet_ros.image_compression import CompressedImageError, compressed_topic, decompress, require_codec
 from stereonet_ros.backends import open_predictor
-from stereonet_ros.inference_common import InputError, UntrainedPlaceholderWarning
+from stereonet_ros.inference_common import InputError, UntrainedPlaceholderWarning, node_inference_threads
 from stereonet_ros.model.checkpoint import CheckpointError
 from stereonet_ros.node_config import (DIAGNOSTICS_TOPIC, MODEL_KEYS, OUTPUT_TOPICS, PARAMETER_SPECS,
                                        STEREO_IMAGE_PROC_BLOCK_MATCHING, SYNC_KEYS, NodeConfig)
@@ -319,7 +319,8 @@ class StereoNetNode(Node):
             source = config.checkpoint or 'the bundled default checkpoint'
             try:
                 predictor = open_predictor(config.checkpoint or None, device=config.device,
-                                           precision=config.precision, backend=config.backend)
+                                           precision=config.precision, backend=config.backend,
+                                           threads=node_inference_threads(config.inference_threads))
             except (CheckpointError, InputError):
                 raise
             except Exception as err:  # noqa: BLE001 - e.g. device memory: no file check foresees it, the node must live
@@ -577,6 +578,7 @@ class StereoNetNode(Node):
             'outputs subscribed': self._outputs().describe(),
             'device': str(predictor.device),
             'backend': _backend_name(predictor),
+            'inference threads': str(node_inference_threads(config.inference_threads)),
             'device errors retried': str(self._device_guard.retries),
             'captured input sizes': ', '.join(f'{w}x{h}' for h, w in predictor.captured_sizes) or 'none',
             'precision': predictor.precision,
