@@ -558,3 +558,42 @@ def test_default_config_is_valid_and_frozen() -> None:
 def test_config_rejects_a_bad_value_naming_key_and_value(changes: dict[str, object], match: str) -> None:
     with pytest.raises(SyntheticConfigError, match=match):
         SyntheticConfig(**changes)  # type: ignore[arg-type]
+
+
+def _flat_layer(value: float, disparity: float, cx: float, rx: float) -> Any:
+    """A fronto-parallel layer of one grey level covering the left-view columns [cx - rx, cx + rx], all rows."""
+    level = np.array([value], np.float32)
+    return synthetic._Layer(
+        surface=synthetic._Surface(c=disparity, a=0.0, b=0.0, cx=cx, cy=16.0),
+        shape=synthetic._Shape('full', 1e6), texture=synthetic._Texture('gradient', level, level),
+        info=synthetic.LayerInfo('test', 'flat', False), cx=cx, cy=16.0, rx=rx, ry=1e6, cos_t=1.0, sin_t=0.0,
+        cos_p=1.0, sin_p=0.0, shade=(0.0, 0.0, 0.0), d_low=disparity, d_high=disparity)
+
+
+@pytest.mark.parametrize('supersample, edge_pixel', [(1, 0.0), (2, 100.0), (4, 50.0)])
+def test_supersampling_weights_each_layer_by_the_share_of_the_pixel_it_covers(supersample: int,
+                                                                                 edge_pixel: float) -> None:
+    """A grey-200 layer whose left edge lies at x = 40.25 over a black one: pixel 40 spans [39.5, 40.5], so
+    the layer covers its right quarter. Point sampling (s = 1) shows the centre's black; the s x s points at
+    offsets (k + 0.5) / s - 0.5 see the layer where x >= 40.25: s = 2, x in {39.75, 40.25}: 1 of 2 -> 100;
+    s = 4, x in {39.625, 39.875, 40.125, 40.375}: 1 of 4 -> 50, the true coverage. Whole pixels are 200 or
+    0 either way, and the right view's edge moves by the layer's disparity (20 px: to 20.25)."""
+    layers = [_flat_layer(0.0, 10.0, 32.0, 1e6), _flat_layer(200.0, 20.0, 60.25, 20.0)]
+    for right, edge in ((False, 40), (True, 20)):
+        image = synthetic._render_image(layers, 8, 96, 1, right, (0, 0), supersample)[4, :, 0]
+        assert image[edge - 1] == 0.0 and image[edge + 1] == 200.0, (right, image[edge - 2:edge + 3])
+        assert image[edge] == pytest.approx(edge_pixel), (right, image[edge - 2:edge + 3])
+
+
+def test_supersampling_changes_the_images_and_keeps_every_label() -> None:
+    plain = SyntheticConfig(height=64, width=128, disparity_range=(8.0, 40.0), n_layers=(4, 6), photometric=False,
+                            max_disparity=64.0)
+    smooth = dataclasses.replace(plain, supersample=2)
+    for config in (plain, plain.without_rig_augmentation()):
+        a = generate_sample(config, seed=3, index=1)
+        b = generate_sample(dataclasses.replace(config, supersample=2), seed=3, index=1)
+        for name in ('disp_left', 'disp_right', 'occluded_left', 'occluded_right', 'valid_left', 'layer_left'):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name
+        assert not np.array_equal(a.left, b.left)
+    with pytest.raises(SyntheticConfigError, match='supersample'):
+        dataclasses.replace(smooth, supersample=0)

@@ -154,6 +154,11 @@ class SyntheticConfig:
     jpeg_probability: float = 0.25  # per view, after 8-bit quantisation
     jpeg_quality_range: tuple[int, int] = (30, 95)
     quantize: bool = True  # round to 8 bits (a real camera's output); only when photometric is on
+    # Image samples per pixel side: 1 = each pixel shows the scene point at its centre (outlines aliased,
+    # a staircase no camera makes); s = the mean of s x s points spread evenly over the pixel, i.e. each
+    # layer weighted by the share of the pixel it covers (anti-aliased outlines, as a lens and a sensor
+    # pixel's area give). Labels (disparity, occlusion, layer) stay the pixel centre's. Costs s^2 renders.
+    supersample: int = 1
     # Real-rig augmentations (module docstring, "Real rigs"). Each draws from its own random stream, so
     # switching one on or off leaves the scene, the camera effects and the others untouched; all off
     # (``without_rig_augmentation()``) renders exactly what the generator rendered before they existed.
@@ -229,6 +234,9 @@ class SyntheticConfig:
         weights('texture_weights', len(TEXTURE_KINDS))
         pair('texture_scale_range', 0.05, 20.0)
         number('shading_strength', 0.0, 1.0)
+        if isinstance(self.supersample, bool) or not isinstance(self.supersample, int) \
+                or not 1 <= self.supersample <= 8:
+            raise _bad('supersample', self.supersample, 'must be an int in [1, 8]')
         for key in ('photometric', 'quantize'):
             if not isinstance(getattr(self, key), bool):
                 raise _bad(key, getattr(self, key), 'must be a bool')
@@ -784,7 +792,7 @@ def _box(lo: float, hi: float, size: int) -> tuple[int, int]:
 
 
 def _render_view(layers: list[_Layer], height: int, width: int, channels: int, right: bool,
-                 origin: tuple[int, int] = (0, 0)) -> tuple[F32, F64, I16]:
+                 origin: tuple[float, float] = (0, 0)) -> tuple[F32, F64, I16]:
     """Z-buffer render of one view -> image (H, W, C) float32, disparity (H, W) float64, layer ids (H, W).
 
     Pixel (row i, column j) shows the scene point ``(j + origin[0], i + origin[1])`` of that view.
@@ -815,6 +823,18 @@ def _render_view(layers: list[_Layer], height: int, width: int, channels: int, r
         if rows.size:
             image[rows, cols] = lay.color(best_xl[rows, cols], (rows + oy).astype(np.float64))
     return image, best_d, best_id
+
+
+def _render_image(layers: list[_Layer], height: int, width: int, channels: int, right: bool,
+                  origin: tuple[float, float], supersample: int) -> F32:
+    """The image of ``_render_view(layers, height, width, channels, right, origin)``, each pixel the mean of
+    ``supersample`` x ``supersample`` scene points at offsets ``(k + 0.5) / s - 0.5`` from its centre."""
+    offsets = [(k + 0.5) / supersample - 0.5 for k in range(supersample)]
+    total = np.zeros((height, width, channels), np.float64)
+    for dy in offsets:
+        for dx in offsets:
+            total += _render_view(layers, height, width, channels, right, (origin[0] + dx, origin[1] + dy))[0]
+    return (total / supersample**2).astype(np.float32)
 
 
 def _occlusion(layers: list[_Layer], disp: F64, ids: I16, width: int, right: bool,
@@ -958,6 +978,9 @@ def _render_views(layers: list[_Layer], cfg: SyntheticConfig) -> _Views:
     h, w, c = cfg.height, cfg.width, cfg.channels
     left, disp_l, ids_l = _render_view(layers, h, w, c, right=False)
     right, disp_r, ids_r = _render_view(layers, h, w, c, right=True)
+    if cfg.supersample > 1:
+        left = _render_image(layers, h, w, c, False, (0, 0), cfg.supersample)
+        right = _render_image(layers, h, w, c, True, (0, 0), cfg.supersample)
     occ_l = _occlusion(layers, disp_l, ids_l, w, right=False)
     occ_r = _occlusion(layers, disp_r, ids_r, w, right=True)
     return _Views(left, right, disp_l, disp_r, ids_l, ids_r, occ_l, occ_r)
@@ -996,6 +1019,8 @@ def _render_resampled(layers: list[_Layer], cfg: SyntheticConfig, rig: RigAugmen
         x0, y0 = math.floor(x.min()), math.floor(y.min())
         width, height = max(math.ceil(x.max()) - x0 + 1, 2), max(math.ceil(y.max()) - y0 + 1, 2)
         image, disp, ids = _render_view(layers, height, width, c, right, (x0, y0))
+        if cfg.supersample > 1:
+            image = _render_image(layers, height, width, c, right, (x0, y0), cfg.supersample)
         straight = rig.scale == (1.0, 1.0) and (x0, y0, width, height) == (0, 0, w, h) and not right
         occluded = _occlusion(layers, disp, ids, width, right, (x0, y0), None if straight else frame)
         if not straight:
