@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from stereonet_ros.config import load
 from stereonet_ros.inference import DEFAULT_CHECKPOINT, PreliminaryCheckpointWarning, Predictor
 from stereonet_ros.model.checkpoint import load_checkpoint, save_checkpoint
 from stereonet_ros.model.surgery import without_image_guidance
 from stereonet_ros.training.promote import (Check, PromotionRefused, goal_report, main, motorcycle_dense_beats_sgbm,
-                                            promote)
+                                            promote, remeasure)
 from stereonet_ros.training.train import TrainConfig, train
 
 
@@ -90,8 +91,24 @@ def test_promoting_a_briefly_trained_checkpoint_marks_it_preliminary(tmp_path: P
     from stereonet_ros.backends import default_onnx_is_current
 
     assert default_onnx_is_current(destination.with_suffix('.onnx'), destination)
+    weights = load_checkpoint(destination).state_dict
     save_checkpoint(destination, dataclasses.replace(load_checkpoint(destination), provenance={'trained': True}))
     assert not default_onnx_is_current(destination.with_suffix('.onnx'), destination)  # stale once replaced
+    # Measured again in place: the figures come back, the weights and their export stay those weights.
+    remeasure(destination, synthetic_samples=1)
+    again = load_checkpoint(destination)
+    assert all(torch.equal(again.state_dict[key], value) for key, value in weights.items())
+    assert again.provenance['preliminary'] is True and 'motorcycle' in again.provenance['evaluation']
+    assert 'promoted_from' not in again.provenance
+    assert default_onnx_is_current(destination.with_suffix('.onnx'), destination)
+
+
+def test_the_shipped_defaults_note_quotes_the_three_views() -> None:
+    """The first default's note scored SGBM's holes as errors in bad-3 and ignored them in EPE ('SGBM
+    stereo_image_proc 1.20 px / 20.1 %'); every note now quotes dense, answered and matched for both."""
+    note = load_checkpoint(DEFAULT_CHECKPOINT).provenance['note']
+    assert 'Motorcycle ours dense ' in note and 'SGBM stereo_image_proc dense ' in note, note
+    assert 'answered' in note and 'matched' in note, note
 
 
 def test_a_checkpoint_whose_refiners_ignore_the_image_is_refused_and_nothing_is_written(

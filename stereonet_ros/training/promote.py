@@ -16,6 +16,10 @@ set to zeros, Motorcycle EPE must rise by at least 0.2 px. A checkpoint whose re
 image is refused and nothing is written. The per-level scores and the rise go into the provenance
 (``refinement``). Everything is measured at the node's default ``inference_scale`` unless
 ``--inference-scale`` says otherwise.
+
+``--remeasure`` measures a checkpoint again and rewrites its provenance in place (weights untouched,
+no guide-ablation refusal, nothing promoted): for a default whose recorded figures predate the current
+measurement. Either way the ``.onnx`` export the node runs on a CPU is written beside it.
 """
 from __future__ import annotations
 
@@ -109,6 +113,24 @@ def promote(source: Path, destination: Path, synthetic_samples: int, inference_s
     Raises:
         PromotionRefused: not a trained checkpoint, or its refiners ignore the guide image.
     """
+    return _measure_and_write(source, destination, synthetic_samples, inference_scale, min_guide_rise,
+                              promoted=True)
+
+
+def remeasure(path: Path, synthetic_samples: int, inference_scale: float | None = None) -> tuple[bool, str]:
+    """Measure the checkpoint at ``path`` again and rewrite its provenance in place (evaluation, refinement,
+    note, preliminary flag), weights untouched, with its ONNX export beside it: for a default whose recorded
+    figures predate the current measurement (issue 9: the first default's note scored SGBM's holes as
+    errors in bad-3 and ignored them in EPE). No guide-ablation refusal: nothing is being promoted.
+
+    Raises:
+        PromotionRefused: not a trained checkpoint.
+    """
+    return _measure_and_write(path, path, synthetic_samples, inference_scale, -float('inf'), promoted=False)
+
+
+def _measure_and_write(source: Path, destination: Path, synthetic_samples: int, inference_scale: float | None,
+                       min_guide_rise: float, promoted: bool) -> tuple[bool, str]:
     from stereonet_ros.evaluation.evaluate import evaluate, format_table
     from stereonet_ros.evaluation.refinement import refinement_scores
     from stereonet_ros.model.checkpoint import load_checkpoint, save_checkpoint
@@ -140,8 +162,9 @@ def promote(source: Path, destination: Path, synthetic_samples: int, inference_s
         'preliminary': not met,
         'note': (f'{steps} training steps; {summary}' + ('' if met else '; short of the goal: prefer tuned '
                                                                          'SGBM or a better checkpoint')),
-        'promoted_from': str(source),
     })
+    if promoted:
+        provenance['promoted_from'] = str(source)
     provenance.pop('placeholder', None)
     save_checkpoint(destination, dataclasses.replace(checkpoint, provenance=provenance))
     write_onnx_sibling(destination)
@@ -176,15 +199,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--destination', type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument('--synthetic-samples', type=int, default=32)
     parser.add_argument('--inference-scale', type=float, help="the scale to measure at (default: the node's)")
+    parser.add_argument('--remeasure', action='store_true',
+                        help='measure SOURCE again and rewrite its provenance in place (weights untouched, no '
+                        'guide-ablation refusal), with its ONNX export beside it; --destination is not used')
     arguments = parser.parse_args(argv)
     from stereonet_ros.model.checkpoint import CheckpointError
+    written = arguments.source if arguments.remeasure else arguments.destination
     try:
-        met, summary = promote(arguments.source, arguments.destination, arguments.synthetic_samples,
-                               arguments.inference_scale)
+        if arguments.remeasure:
+            met, summary = remeasure(arguments.source, arguments.synthetic_samples, arguments.inference_scale)
+        else:
+            met, summary = promote(arguments.source, arguments.destination, arguments.synthetic_samples,
+                                   arguments.inference_scale)
     except (PromotionRefused, CheckpointError) as err:
         print(f'{PROGRAM}: error: {err}', file=sys.stderr)
         return 1
-    print(f'{PROGRAM}: wrote {arguments.destination} ({"goal met" if met else "PRELIMINARY"}): {summary}')
+    print(f'{PROGRAM}: wrote {written} ({"goal met" if met else "PRELIMINARY"}): {summary}')
     return 0
 
 
