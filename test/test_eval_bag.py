@@ -337,7 +337,7 @@ def test_the_report_shows_the_predictor_s_confidence_and_a_missing_prediction_ap
         picture = np.asarray(image.convert('RGB'))
     np.testing.assert_array_equal(picture[:40, :64], colorize_disparity(answer.confidence, vmin=0.0, vmax=1.0))
     markdown = (evaluated['out'] / 'report.md').read_text()
-    assert 'black = no ground truth; magenta = no prediction, counted as bad in bad-N and D1' in markdown
+    assert 'black = no ground truth; magenta = no prediction: not in EPE or bad-N, it lowers the density' in markdown
 
 
 def test_a_source_without_confidence_beside_sgbm_has_no_matched_view_and_the_report_says_so(

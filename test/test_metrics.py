@@ -30,11 +30,13 @@ PRED = np.array([[10.5, 22.5, 104.0, 3.0], [53.5, 7.0, NAN, 41.0]])
 def test_hand_computed_frame_with_non_finite_ground_truth_invalid() -> None:
     metrics = disparity_metrics(PRED, GT)
     assert metrics.valid_pixels == 7 and metrics.predicted_pixels == 6
-    assert metrics.epe == pytest.approx(14.5 / 6)  # the missing prediction has no error to average
-    assert metrics.bad1 == pytest.approx(100 * 5 / 7)  # 2.5, 4, 3, 3.5 and the missing one
-    assert metrics.bad2 == pytest.approx(100 * 5 / 7)
-    assert metrics.bad3 == pytest.approx(100 * 3 / 7)  # 4, 3.5 and the missing one; 3.0 is not > 3
-    assert metrics.d1 == pytest.approx(100 * 2 / 7)  # 3.5 on 50 and the missing one; 4 on 100 is 4 %
+    # Every metric over the 6 answered pixels; the missing one shows in the density alone (it was bad in
+    # bad-N and D1 but absent from EPE before: one hole, two rules).
+    assert metrics.epe == pytest.approx(14.5 / 6)
+    assert metrics.bad1 == pytest.approx(100 * 4 / 6)  # 2.5, 4, 3, 3.5
+    assert metrics.bad2 == pytest.approx(100 * 4 / 6)
+    assert metrics.bad3 == pytest.approx(100 * 2 / 6)  # 4, 3.5; 3.0 is not > 3
+    assert metrics.d1 == pytest.approx(100 * 1 / 6)  # 3.5 on 50; 4 on 100 is 4 %
     assert metrics.density == pytest.approx(6 / 7)
 
 
@@ -42,9 +44,9 @@ def test_kitti_convention_also_drops_zero_ground_truth() -> None:
     metrics = disparity_metrics(PRED, GT, gt_zero_invalid=True)
     assert (metrics.valid_pixels, metrics.predicted_pixels) == (6, 5)
     assert metrics.epe == pytest.approx(11.5 / 5)
-    assert metrics.bad1 == pytest.approx(100 * 4 / 6)
-    assert metrics.bad3 == pytest.approx(50.0)
-    assert metrics.d1 == pytest.approx(100 * 2 / 6)
+    assert metrics.bad1 == pytest.approx(100 * 3 / 5)  # 2.5, 4, 3.5 of the 5 answered
+    assert metrics.bad3 == pytest.approx(100 * 2 / 5)
+    assert metrics.d1 == pytest.approx(100 * 1 / 5)
 
 
 def test_d1_needs_both_more_than_3_px_and_more_than_5_percent() -> None:
@@ -68,8 +70,8 @@ def test_thresholds_are_strictly_greater_than() -> None:
 def test_infinite_predictions_are_missing_like_nan() -> None:
     metrics = disparity_metrics(np.array([[np.inf, -np.inf, 10.0]]), np.array([[10.0, 10.0, 10.0]]))
     assert (metrics.valid_pixels, metrics.predicted_pixels) == (3, 1)
-    assert metrics.epe == 0.0
-    assert metrics.bad1 == pytest.approx(100 * 2 / 3) and metrics.d1 == pytest.approx(100 * 2 / 3)
+    assert metrics.epe == 0.0 and metrics.density == pytest.approx(1 / 3)
+    assert metrics.bad1 == 0.0 and metrics.d1 == 0.0  # the one answered pixel is exact
 
 
 def test_valid_mask_and_max_disparity_restrict_the_pixels() -> None:
@@ -78,8 +80,8 @@ def test_valid_mask_and_max_disparity_restrict_the_pixels() -> None:
     # Left: 10 (0.5), 20 (2.5), 0 (3.0) and 5 (missing); 100 masked, 50 >= 45, NaN and 40 masked.
     assert (metrics.valid_pixels, metrics.predicted_pixels) == (4, 3)
     assert metrics.epe == pytest.approx(6.0 / 3)
-    assert metrics.bad2 == pytest.approx(75.0)
-    assert metrics.bad3 == pytest.approx(25.0)
+    assert metrics.bad2 == pytest.approx(100 * 2 / 3)  # 2.5 and 3.0 of the 3 answered
+    assert metrics.bad3 == 0.0  # 3.0 is not > 3
 
 
 def test_ground_truth_mask_is_the_set_of_pixels_the_metrics_score() -> None:
@@ -100,10 +102,10 @@ def test_no_valid_ground_truth_gives_nan_not_an_exception() -> None:
         assert math.isnan(value)
 
 
-def test_all_predictions_missing_gives_nan_epe_and_100_percent_bad() -> None:
+def test_all_predictions_missing_gives_nan_errors_and_zero_density() -> None:
     metrics = disparity_metrics(np.full((1, 2), NAN), np.array([[5.0, 6.0]]))
-    assert math.isnan(metrics.epe)
-    assert metrics.bad1 == metrics.d1 == 100.0 and metrics.density == 0.0
+    assert math.isnan(metrics.epe) and math.isnan(metrics.bad1) and math.isnan(metrics.d1)
+    assert metrics.density == 0.0 and metrics.valid_pixels == 2
 
 
 def test_metrics_are_frozen_and_counts_add_up() -> None:

@@ -10,10 +10,12 @@ Which ground truth is valid is explicit: non-finite ground truth is always inval
 ``gt_zero_invalid=True`` adds KITTI's "0 = unknown"; ``max_disparity`` drops ``gt >= max_disparity``
 (the usual SceneFlow protocol); ``valid`` is an extra mask ANDed with these.
 
-Predictions without a value (NaN or +-inf) are *missing*. Like the benchmarks, which score every pixel of
-the ground truth, a missing prediction counts as **bad** in bad-N and D1 (it is never right). EPE has no
-finite error for it, so EPE is averaged over the pixels that have both ground truth and a prediction, and
-``density`` (predicted / valid) reports how many those were. No valid ground truth at all gives NaN
+Predictions without a value (NaN or +-inf) are *missing*. Every metric is over one set of pixels, those
+with both ground truth and a prediction (the *answered* view of issue 9), and ``density`` (predicted /
+valid) says how many those were: a hole is never an error in one metric and ignored in another (the
+first version counted it as bad in bad-N and D1 while EPE skipped it). To score every pixel as the
+benchmarks do, fill the holes first (:func:`stereonet_ros.evaluation.views.fill_holes`, the KITTI
+devkit's rule): the *dense* view. No valid ground truth at all gives NaN
 metrics with ``valid_pixels == 0`` rather than an exception, so that a sequence with a few empty frames
 can still be scored; :class:`MetricAccumulator` leaves such frames out of its per-frame means.
 
@@ -65,7 +67,7 @@ class DisparityMetrics:
     """Disparity metrics of one frame or a set of frames. NaN when ``valid_pixels == 0``."""
 
     epe: float  # mean absolute error over predicted valid pixels, pixels
-    bad1: float  # percent of valid pixels with error > 1 px (missing predictions count as bad)
+    bad1: float  # percent of predicted valid pixels with error > 1 px (missing ones: only in the density)
     bad2: float  # percent, > 2 px
     bad3: float  # percent, > 3 px
     d1: float  # percent with error > 3 px and > 5 % of the ground truth (KITTI D1)
@@ -93,13 +95,14 @@ class DisparityErrorCounts:
         """The metrics of these totals (pixel-weighted over every frame added in)."""
         valid = self.valid_pixels
         nan = math.nan
+        answered = self.predicted_pixels
         return DisparityMetrics(
-            epe=self.abs_error_sum / self.predicted_pixels if self.predicted_pixels else nan,
-            bad1=100.0 * self.bad1 / valid if valid else nan,
-            bad2=100.0 * self.bad2 / valid if valid else nan,
-            bad3=100.0 * self.bad3 / valid if valid else nan,
-            d1=100.0 * self.d1 / valid if valid else nan,
-            density=self.predicted_pixels / valid if valid else nan,
+            epe=self.abs_error_sum / answered if answered else nan,
+            bad1=100.0 * self.bad1 / answered if answered else nan,
+            bad2=100.0 * self.bad2 / answered if answered else nan,
+            bad3=100.0 * self.bad3 / answered if answered else nan,
+            d1=100.0 * self.d1 / answered if answered else nan,
+            density=answered / valid if valid else nan,
             valid_pixels=valid, predicted_pixels=self.predicted_pixels)
 
 
@@ -158,15 +161,14 @@ def disparity_error_counts(pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.Ar
     truth_valid = truth[mask]
     prediction_valid = prediction[mask]
     predicted = np.isfinite(prediction_valid)
-    # Missing predictions get an infinite error: never within any threshold, i.e. counted as bad.
-    error = np.full(truth_valid.shape, np.inf)
-    error[predicted] = np.abs(prediction_valid[predicted] - truth_valid[predicted])
+    # Only answered pixels have an error; the missing ones show in the density alone.
+    error = np.abs(prediction_valid[predicted] - truth_valid[predicted])
     bad = [int(np.count_nonzero(error > threshold)) for threshold in BAD_THRESHOLDS]
     # D1 is an AND: a 4 px error on a 100 px disparity (4 %) is not an outlier.
-    d1 = int(np.count_nonzero((error > D1_ABSOLUTE) & (error > D1_RELATIVE * np.abs(truth_valid))))
+    d1 = int(np.count_nonzero((error > D1_ABSOLUTE) & (error > D1_RELATIVE * np.abs(truth_valid[predicted]))))
     return DisparityErrorCounts(
         valid_pixels=int(truth_valid.size), predicted_pixels=int(np.count_nonzero(predicted)),
-        abs_error_sum=float(error[predicted].sum()), bad1=bad[0], bad2=bad[1], bad3=bad[2], d1=d1)
+        abs_error_sum=float(error.sum()), bad1=bad[0], bad2=bad[1], bad3=bad[2], d1=d1)
 
 
 def disparity_metrics(pred: npt.ArrayLike, gt: npt.ArrayLike, valid: npt.ArrayLike | None = None, *,

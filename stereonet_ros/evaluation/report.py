@@ -7,7 +7,7 @@ file behind (and a previous report, if any, untouched).
 ``report.html`` is self-contained: its pictures are embedded as base64 PNGs. ``report.md`` links the
 same pictures in ``pictures/``. Every colour-mapped picture carries its colour bar, with the colours it
 uses outside the scale (black: no ground truth, or no value; magenta: no prediction where there is ground
-truth, which the scores count as bad).
+truth, which the scores leave out of every error and show in the density).
 """
 from __future__ import annotations
 
@@ -322,7 +322,7 @@ def _fit_width(picture: npt.NDArray[np.uint8], nearest: bool) -> npt.NDArray[np.
 def error_map(shift: npt.ArrayLike, gt_shift: npt.ArrayLike) -> npt.NDArray[np.uint8]:
     """``|prediction - ground truth|`` coloured with turbo from 0 px to :data:`ERROR_MAP_MAX` px (and beyond);
     black (:data:`NO_VALUE_RGB`) where there is no ground truth, magenta (:data:`NO_PREDICTION_RGB`) where
-    there is ground truth but no prediction, which the scores count as bad. ``(H, W, 3)`` uint8.
+    there is ground truth but no prediction (left out of every error, shown in the density). ``(H, W, 3)`` uint8.
 
     The pixels are those of :func:`~stereonet_ros.evaluation.metrics.disparity_error_counts` (default rules):
     scored = finite ground truth; missing = a non-finite prediction there.
@@ -413,7 +413,7 @@ def _showcase_pictures(showcase: Showcase) -> list[tuple[str, str, npt.NDArray[n
         pictures.append(('gt', 'ground truth (same scale; black = none)',
                          _disparity_picture(truth, vmax, 'no ground truth')))
         pictures.append(('error', f'|error| (0 px blue to >= {ERROR_MAP_MAX:.0f} px red; black = no ground truth; '
-                         'magenta = no prediction, counted as bad in bad-N and D1)',
+                         'magenta = no prediction: not in EPE or bad-N, it lowers the density)',
                          _error_picture(showcase.shift, truth)))
     if showcase.baseline_shift is not None:
         pictures.append(('sgbm', "SGBM with stereo_image_proc's parameters (same scale; black = no match)",
