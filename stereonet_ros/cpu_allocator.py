@@ -12,6 +12,10 @@ the process starts) makes the process reuse them:
 - ``M_ARENA_MAX = 1``: one heap for all threads, so that inference in a worker thread (as the ROS
   node runs it) gets the same reuse; a thread arena cannot hold blocks of this size.
 
+The node's post-processing (validity, depth, cloud, colour map: a dozen frame-sized arrays per pair)
+gains the same way on any device, so :class:`~stereonet_ros.processing.StereoProcessor` applies it too,
+whatever runs the network (960x540, every output: 62.6 ms untuned, 32.0 ms tuned).
+
 The cost: the process keeps its peak heap instead of shrinking after a forward. Set the
 environment variable ``STEREONET_ALLOCATOR_TUNING=0`` to leave the allocator alone.
 """

@@ -44,6 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stereonet_ros.camera import StereoCamera, check_image_size
+from stereonet_ros.cpu_allocator import tune_allocator_for_inference
 from stereonet_ros.geometry import CloudBuffer, disparity_to_depth, pointcloud2_buffer, reproject_to_3d
 from stereonet_ros.image_codec import ImageLike, canonical_encoding, to_model_input
 from stereonet_ros.image_io import colorize_disparity
@@ -199,6 +200,10 @@ class StereoProcessor:
     def __init__(self, predictor: Predictor | OnnxPredictor, fallback_reason: str | None = None) -> None:
         self.predictor = predictor
         self.fallback_reason = fallback_reason
+        # Post-processing allocates a dozen frame-sized arrays per pair on the host whatever runs the network
+        # (CUDA, ONNX Runtime): without the allocator's reuse each is fresh pages from the kernel. 960x540,
+        # every output: 62.6 ms untuned, 32.0 ms tuned (cpu_allocator's module doc says what it costs).
+        tune_allocator_for_inference()
 
     def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0, with_confidence: bool = False,
               max_pixels: int = DEFAULT_MAX_PIXELS
