@@ -22,6 +22,8 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
+from _report import publish
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -83,11 +85,8 @@ def main() -> int:
                      f'{row["motorcycle_epe"] / base["motorcycle_epe"]:.3f} | {row["motorcycle_bad3"]:.1f} | '
                      f'{row["synthetic_epe"]:.3f} | {row["guide_rise"]:+.3f} |')
     text = '\n'.join(lines)
-    print(text)
+    publish(text, arguments.out)
     print(json.dumps({name: {k: v for k, v in row.items() if k != 'checkpoint'} for name, row in rows.items()}))
-    if arguments.out:
-        arguments.out.parent.mkdir(parents=True, exist_ok=True)
-        arguments.out.write_text(text + '\n')
     return 0
 
 

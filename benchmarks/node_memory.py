@@ -18,6 +18,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from _report import publish
 from soak import soak
 
 
@@ -46,10 +47,7 @@ def main() -> int:
                      f'{"yes" if result["torch_loaded"] else "no"} | {result["answered"]} / {result["sent"]} | '
                      f'{result["latency_p50_ms"]:.0f} |')
     text = '\n'.join(lines)
-    print(text)
-    if arguments.out:
-        arguments.out.parent.mkdir(parents=True, exist_ok=True)
-        arguments.out.write_text(text + '\n')
+    publish(text, arguments.out)
     return 0
 
 

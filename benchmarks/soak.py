@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from _report import publish
 from node_pipeline import INPUTS, make_set  # the same stereo set the pipeline benchmark sends
 
 import rclpy  # noqa: E402
@@ -179,10 +180,7 @@ def main() -> int:
     result = soak(arguments.minutes, arguments.rate, arguments.width, arguments.height, arguments.qos == 'reliable',
                   unique_domain_id(salt=73), inference_threads=arguments.inference_threads)
     text = report(result, arguments)
-    print(text)
-    if arguments.out:
-        arguments.out.parent.mkdir(parents=True, exist_ok=True)
-        arguments.out.write_text(text + '\n')
+    publish(text, arguments.out)
     return 0
 
 
