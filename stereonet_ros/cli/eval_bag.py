@@ -359,8 +359,9 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
     scale = 1.0 if arguments.inference_scale is None else float(arguments.inference_scale)
     with NodeProcess(node_folder, settings.domain_id or 0, str(checkpoint_path) if checkpoint_path else None,
                      arguments.device or 'auto', executable=arguments.node_executable,
-                     extra_parameters={'precision': arguments.precision or 'fp32', 'backend': arguments.backend or 'auto',
-                                       'inference_scale': repr(scale)}, image_transport=transport) as node:
+                     extra_parameters={'precision': arguments.precision or 'fp32',
+                                       'backend': arguments.backend or 'auto', 'inference_scale': repr(scale)},
+                     image_transport=transport) as node:
         playback = play_through_node(arguments.bags, config, settings, node_failure=node.failure)
     description = (f'stereonet_node over DDS (started by this run, ROS domain {settings.domain_id}, '
                    f'use_sim_time, {settings.rate:g} x the recorded rate)')
