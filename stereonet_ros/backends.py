@@ -17,6 +17,7 @@ This module imports neither PyTorch nor ONNX Runtime itself; the predictor it op
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -44,6 +45,20 @@ def default_onnx_is_current(onnx_path: Path = DEFAULT_ONNX, checkpoint: Path = D
     in its metadata): a default promoted without a new export must not run the old weights."""
     if not (onnx_path.is_file() and checkpoint.is_file()):
         return False
+    return _export_matches(onnx_path, _identity(onnx_path), checkpoint, _identity(checkpoint))
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    """What changes when a file is replaced or rewritten: inode, size, modification time."""
+    status = path.stat()
+    return status.st_ino, status.st_size, status.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=8)
+def _export_matches(onnx_path: Path, _onnx_identity: tuple[int, int, int], checkpoint: Path,
+                    _checkpoint_identity: tuple[int, int, int]) -> bool:
+    # Reading the recorded hash loads the model in ONNX Runtime and hashing reads the checkpoint: about
+    # 0.1 s, paid once per pair of files as they are, not at every model switch of a running node.
     from stereonet_ros.model.onnx_metadata import read_recorded_source_sha256
 
     return read_recorded_source_sha256(onnx_path) == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
