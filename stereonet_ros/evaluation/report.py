@@ -631,7 +631,8 @@ def _notes(result: EvaluationResult, info: RunInfo) -> list[str]:
     notes += result.notes
     notes.append('Disparity is compared as the left-view image shift in pixels (what the network predicts); '
                  'DisparityImage values are that minus `cx_left - cx_right`. Depth is `f * T / d` from the camera '
-                 'infos. Bad-N: percentage of ground-truth pixels with error above N px; D1: above 3 px and 5 %.')
+                 'infos. EPE, bad-N (percentage with error above N px) and D1 (above 3 px and 5 %) are over the '
+                 'ground-truth pixels that have a prediction; density is the share of ground-truth pixels that do.')
     return notes
 
 
