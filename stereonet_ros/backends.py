@@ -18,7 +18,6 @@ This module imports neither PyTorch nor ONNX Runtime itself; the predictor it op
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -59,9 +58,9 @@ def _export_matches(onnx_path: Path, _onnx_identity: tuple[int, int, int], check
                     _checkpoint_identity: tuple[int, int, int]) -> bool:
     # Reading the recorded hash loads the model in ONNX Runtime and hashing reads the checkpoint: about
     # 0.1 s, paid once per pair of files as they are, not at every model switch of a running node.
-    from stereonet_ros.model.onnx_metadata import read_recorded_source_sha256
+    from stereonet_ros.model.onnx_metadata import file_sha256, read_recorded_source_sha256
 
-    return read_recorded_source_sha256(onnx_path) == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    return read_recorded_source_sha256(onnx_path) == file_sha256(checkpoint)
 
 
 def cuda_may_exist() -> bool:

@@ -23,7 +23,6 @@ the confidence and the disparity additions stay float32 (as the Predictor's auto
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -39,7 +38,7 @@ from torch import nn
 
 from stereonet_ros.model.checkpoint import Checkpoint, InputContract
 from stereonet_ros.model.onnx_metadata import (FORMAT, INPUT_NAMES, METADATA_KEY, OPSET,  # noqa: F401
-                                               OnnxMetadata, read_metadata)
+                                               OnnxMetadata, file_sha256, read_metadata)
 from stereonet_ros.model.stereonet import (StereoNet, StereoNetConfig, fold_batchnorm, matching_confidence,
                                           refined_level, soft_argmin)
 
@@ -217,14 +216,6 @@ def check_parity(model_bytes: bytes, checkpoint: Checkpoint, fixed_size: tuple[i
     return worst if with_confidence else {'disparity': worst['disparity']}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open('rb') as stream:
-        for block in iter(lambda: stream.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export_onnx(checkpoint: Checkpoint, out: str | os.PathLike[str], *, source: str | os.PathLike[str] | None = None,
                 height: int | None = None, width: int | None = None, with_confidence: bool = False,
                 fp16: bool = False) -> dict[str, Any]:
@@ -272,7 +263,7 @@ def export_onnx(checkpoint: Checkpoint, out: str | os.PathLike[str], *, source: 
               'max_abs_difference': worst, 'tolerance_px': tolerance, 'against': 'PyTorch float32 Predictor, CPU'}
     document = export_metadata(checkpoint, precision='fp16' if fp16 else 'fp32', outputs=outputs,
                                fixed_size=fixed_size, source=source_path.name if source_path else 'in memory',
-                               source_sha256=_sha256(source_path) if source_path and source_path.is_file() else None,
+                               source_sha256=file_sha256(source_path) if source_path and source_path.is_file() else None,
                                parity=parity)
     model = onnx.load_from_string(model_bytes)
     entry = model.metadata_props.add()

@@ -5,6 +5,7 @@ Torch-free: the ONNX Runtime backend reads it without PyTorch (the export side,
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -95,6 +96,15 @@ def read_metadata_map(props: Mapping[str, str], where: str) -> OnnxMetadata:
 def _sha256_field(document: dict[str, Any]) -> str | None:
     value = document.get('source_sha256')
     return value if isinstance(value, str) and len(value) == 64 else None
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks: what an export records of its source checkpoint."""
+    digest = hashlib.sha256()
+    with Path(path).open('rb') as stream:
+        for block in iter(lambda: stream.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_recorded_source_sha256(path: str | os.PathLike[str]) -> str | None:
