@@ -67,7 +67,8 @@ from stereonet_ros.inference_common import (DEFAULT_CHECKPOINT, DEFAULT_MAX_PIXE
                                             MIN_INFERENCE_SCALE, Inference, InputError, Precision,
                                             PreliminaryCheckpointWarning, UntrainedPlaceholderWarning,
                                             as_float_image, check_inference_scale, checked_image, checked_pair,
-                                            fitted_scale, padded_size, scaled_size, to_contract_color)
+                                            fitted_scale, padded_size, scaled_size, to_contract_color,
+                                            warn_about_provenance)
 from stereonet_ros.model.checkpoint import Checkpoint, InputContract, load_checkpoint
 from stereonet_ros.model.stereonet import (StereoNet, StereoNetConfig, fold_batchnorm, matching_confidence,
                                            to_channels_last)
@@ -266,14 +267,7 @@ class Predictor:
         self._previous_key: _CaptureKey | None = None
         self.capture_failures: dict[_CaptureKey, str] = {}
         """Input sizes whose capture failed (they run eagerly), with the error."""
-        if checkpoint.provenance.get('placeholder'):
-            warnings.warn('stereonet_ros: running the UNTRAINED placeholder network (random weights); '
-                          'its disparities are meaningless. Pass a trained checkpoint.',
-                          UntrainedPlaceholderWarning, stacklevel=2)
-        elif checkpoint.provenance.get('preliminary'):
-            note = checkpoint.provenance.get('note', 'see its provenance')
-            warnings.warn(f'stereonet_ros: PRELIMINARY checkpoint: {note}', PreliminaryCheckpointWarning,
-                          stacklevel=2)
+        warn_about_provenance(checkpoint.provenance)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str] | None = None, device: str = 'auto',

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +54,18 @@ class UntrainedPlaceholderWarning(UserWarning):
 class PreliminaryCheckpointWarning(UserWarning):
     """The checkpoint's provenance marks it preliminary (trained, but short of its accuracy goal)."""
 
+
+def warn_about_provenance(provenance: dict[str, Any]) -> None:
+    """What every predictor says when it opens weights: :class:`UntrainedPlaceholderWarning` for the
+    placeholder, :class:`PreliminaryCheckpointWarning` (quoting the note) for a preliminary checkpoint. The
+    warning points at whoever built the predictor."""
+    if provenance.get('placeholder'):
+        warnings.warn('stereonet_ros: running the UNTRAINED placeholder network (random weights); '
+                      'its disparities are meaningless. Pass a trained checkpoint.',
+                      UntrainedPlaceholderWarning, stacklevel=3)
+    elif provenance.get('preliminary'):
+        note = provenance.get('note', 'see its provenance')
+        warnings.warn(f'stereonet_ros: PRELIMINARY checkpoint: {note}', PreliminaryCheckpointWarning, stacklevel=3)
 
 def checked_image(image: npt.ArrayLike, name: str) -> npt.NDArray[Any]:
     """The image as it travels to the device, checked but not converted.

@@ -19,7 +19,6 @@ or does not validate.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,10 @@ import numpy as np
 import numpy.typing as npt
 
 # Torch-free imports only: a node that runs an .onnx model must not need PyTorch (issue 13).
-from stereonet_ros.inference_common import (DEFAULT_MAX_PIXELS, Inference, InputError, Precision,
-                                            PreliminaryCheckpointWarning, UntrainedPlaceholderWarning,
-                                            as_float_image, bilinear_array, check_inference_scale, checked_pair,
-                                            fitted_scale, padded_size, resize_array, scaled_size, to_contract_color)
+from stereonet_ros.inference_common import (DEFAULT_MAX_PIXELS, Inference, InputError, Precision, as_float_image,
+                                            bilinear_array, check_inference_scale, checked_pair, fitted_scale,
+                                            padded_size, resize_array, scaled_size, to_contract_color,
+                                            warn_about_provenance)
 from stereonet_ros.model.architecture import StereoNetConfig
 from stereonet_ros.model.checkpoint import CheckpointError, InputContract
 from stereonet_ros.model.onnx_metadata import INPUT_NAMES, OnnxMetadata, read_metadata_map
@@ -181,14 +180,7 @@ class OnnxPredictor:
         self.device = OnnxDevice('cuda' if active in GPU_PROVIDERS else 'cpu', int(index or 0)
                                  if active in GPU_PROVIDERS else None)
         """Where the network runs, as the Predictor's ``torch.device`` says it (``.type``; ``str()`` for reports)."""
-        if metadata.provenance.get('placeholder'):
-            warnings.warn('stereonet_ros: running the UNTRAINED placeholder network (random weights); '
-                          'its disparities are meaningless. Pass a trained checkpoint.',
-                          UntrainedPlaceholderWarning, stacklevel=2)
-        elif metadata.provenance.get('preliminary'):
-            note = metadata.provenance.get('note', 'see its provenance')
-            warnings.warn(f'stereonet_ros: PRELIMINARY checkpoint: {note}', PreliminaryCheckpointWarning,
-                          stacklevel=2)
+        warn_about_provenance(metadata.provenance)
         self._normalization = {
             side: (np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1),
                    np.asarray(std, dtype=np.float32).reshape(-1, 1, 1))  # (C, 1, 1)
