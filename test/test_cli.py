@@ -15,7 +15,8 @@ from stereonet_ros.pfm import read_pfm
 BIN = Path(sys.executable).parent
 
 
-def _run(program: str, *arguments: str | Path) -> subprocess.CompletedProcess[str]:
+def run_installed(program: str, *arguments: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run an installed console script as a user would (no stdin, Python warnings shown)."""
     executable = BIN / program
     if not executable.exists():
         pytest.fail(f'{executable} is not installed: run scripts/setup')
@@ -46,13 +47,13 @@ def test_infer_writes_seed_disparity_as_pfm_npy_and_colour_png(tmp_path: Path, s
     left, right = seed_pair
     expected = seed_reference['disparity_100x170'][0, 0]
     pfm, npy, picture = tmp_path / 'd.pfm', tmp_path / 'd.npy', tmp_path / 'd.png'
-    result = _run('stereonet-infer', left, right, '--checkpoint', seed_checkpoint_path, '--out', pfm,
+    result = run_installed('stereonet-infer', left, right, '--checkpoint', seed_checkpoint_path, '--out', pfm,
                   '--color', picture, '--device', 'cpu')
     assert result.returncode == 0, result.stderr
     assert np.abs(read_pfm(pfm) - expected).max() <= 1e-3
     with Image.open(picture) as image:
         assert image.mode == 'RGB' and image.size == (170, 100)
-    result = _run('stereonet-infer', left, right, '--checkpoint', seed_checkpoint_path, '--out', npy)
+    result = run_installed('stereonet-infer', left, right, '--checkpoint', seed_checkpoint_path, '--out', npy)
     assert result.returncode == 0, result.stderr
     stored = np.load(npy)
     assert stored.dtype == np.float32 and np.abs(stored - expected).max() <= 1e-3
@@ -60,7 +61,7 @@ def test_infer_writes_seed_disparity_as_pfm_npy_and_colour_png(tmp_path: Path, s
 
 def test_infer_warns_that_the_placeholder_is_untrained(tmp_path: Path, seed_pair: tuple[Path, Path],
                                                        placeholder_checkpoint_path: Path) -> None:
-    result = _run('stereonet-infer', *seed_pair, '--checkpoint', placeholder_checkpoint_path, '--out',
+    result = run_installed('stereonet-infer', *seed_pair, '--checkpoint', placeholder_checkpoint_path, '--out',
                   tmp_path / 'd.npy')
     assert result.returncode == 0, result.stderr
     assert 'UNTRAINED placeholder' in result.stderr
@@ -69,7 +70,7 @@ def test_infer_warns_that_the_placeholder_is_untrained(tmp_path: Path, seed_pair
 
 def test_infer_runs_the_bundled_default_without_a_checkpoint_argument(tmp_path: Path,
                                                                       seed_pair: tuple[Path, Path]) -> None:
-    result = _run('stereonet-infer', *seed_pair, '--out', tmp_path / 'd.npy')
+    result = run_installed('stereonet-infer', *seed_pair, '--out', tmp_path / 'd.npy')
     assert result.returncode == 0, result.stderr
     assert np.load(tmp_path / 'd.npy').shape == (100, 170)
 
@@ -77,37 +78,37 @@ def test_infer_runs_the_bundled_default_without_a_checkpoint_argument(tmp_path: 
 def test_convert_then_infer_gives_the_same_numbers(tmp_path: Path, seed_pair: tuple[Path, Path],
                                                    seed_checkpoint_path: Path) -> None:
     converted = tmp_path / 'seed.safetensors'
-    result = _run('stereonet-convert', seed_checkpoint_path, converted)
+    result = run_installed('stereonet-convert', seed_checkpoint_path, converted)
     assert result.returncode == 0, result.stderr
     assert 'gray, K=3, R=3, max disparity 256' in result.stdout
     from_seed, from_ours = tmp_path / 'a.npy', tmp_path / 'b.npy'
-    assert _run('stereonet-infer', *seed_pair, '--checkpoint', seed_checkpoint_path, '--out', from_seed).returncode == 0
-    assert _run('stereonet-infer', *seed_pair, '--checkpoint', converted, '--out', from_ours).returncode == 0
+    assert run_installed('stereonet-infer', *seed_pair, '--checkpoint', seed_checkpoint_path, '--out', from_seed).returncode == 0
+    assert run_installed('stereonet-infer', *seed_pair, '--checkpoint', converted, '--out', from_ours).returncode == 0
     assert np.array_equal(np.load(from_seed), np.load(from_ours))
 
 
 def test_infer_bad_inputs_exit_nonzero_with_one_line(tmp_path: Path, seed_pair: tuple[Path, Path]) -> None:
     left, right = seed_pair
     out = tmp_path / 'd.npy'
-    line = _single_error_line(_run('stereonet-infer', left, tmp_path / 'missing.png', '--out', out), 'stereonet-infer')
+    line = _single_error_line(run_installed('stereonet-infer', left, tmp_path / 'missing.png', '--out', out), 'stereonet-infer')
     assert 'missing.png' in line
 
     garbage = tmp_path / 'garbage.png'
     garbage.write_bytes(b'\x89PNG\r\n\x1a\nthis is not really a png')
-    line = _single_error_line(_run('stereonet-infer', left, garbage, '--out', out), 'stereonet-infer')
+    line = _single_error_line(run_installed('stereonet-infer', left, garbage, '--out', out), 'stereonet-infer')
     assert 'garbage.png' in line
 
     small = tmp_path / 'small.png'
     Image.fromarray(np.zeros((50, 60), np.uint8)).save(small)
-    line = _single_error_line(_run('stereonet-infer', left, small, '--out', out), 'stereonet-infer')
+    line = _single_error_line(run_installed('stereonet-infer', left, small, '--out', out), 'stereonet-infer')
     assert '170x100' in line and '60x50' in line
 
-    line = _single_error_line(_run('stereonet-infer', left, right, '--out', tmp_path / 'd.tiff'), 'stereonet-infer')
+    line = _single_error_line(run_installed('stereonet-infer', left, right, '--out', tmp_path / 'd.tiff'), 'stereonet-infer')
     assert '.npy or .pfm' in line
 
     not_a_checkpoint = tmp_path / 'weights.ckpt'
     not_a_checkpoint.write_text('not weights')
-    line = _single_error_line(_run('stereonet-infer', left, right, '--checkpoint', not_a_checkpoint, '--out', out),
+    line = _single_error_line(run_installed('stereonet-infer', left, right, '--checkpoint', not_a_checkpoint, '--out', out),
                               'stereonet-infer')
     assert 'weights.ckpt' in line
     assert not out.exists()
@@ -121,7 +122,7 @@ def test_infer_runs_at_the_inference_scale_and_answers_at_the_input_size(tmp_pat
     from stereonet_ros.inference import Predictor
 
     out = tmp_path / 'd.npy'
-    result = _run('stereonet-infer', *seed_pair, '--checkpoint', placeholder_checkpoint_path, '--out', out,
+    result = run_installed('stereonet-infer', *seed_pair, '--checkpoint', placeholder_checkpoint_path, '--out', out,
                   '--device', 'cpu', '--inference-scale', '2.5')  # the largest scale, end included
     assert result.returncode == 0, result.stderr
     assert 'inference scale 2.5' in result.stdout
@@ -134,7 +135,7 @@ def test_infer_runs_at_the_inference_scale_and_answers_at_the_input_size(tmp_pat
     assert np.abs(stored - predictor.predict(read_image(seed_pair[0]), read_image(seed_pair[1]))).max() > 1e-2
 
     for bad in ('2.5001', '0.05', 'nan'):
-        line = _single_error_line(_run('stereonet-infer', *seed_pair, '--out', tmp_path / 'e.npy',
+        line = _single_error_line(run_installed('stereonet-infer', *seed_pair, '--out', tmp_path / 'e.npy',
                                        '--inference-scale', bad), 'stereonet-infer')
         assert f'--inference-scale {float(bad)!r}: must be in [0.1, 2.5]' in line
     assert not (tmp_path / 'e.npy').exists()
@@ -147,15 +148,15 @@ def test_infer_refuses_an_unsafe_checkpoint_without_running_it(tmp_path: Path, s
               f'        return (os.system, ("touch {marker}",))\n'
               f'torch.save({{"state_dict": {{}}, "x": P()}}, "{evil}")\n')
     subprocess.run([sys.executable, '-c', script], check=True, timeout=120)
-    line = _single_error_line(_run('stereonet-infer', *seed_pair, '--checkpoint', evil, '--out', tmp_path / 'd.npy'),
+    line = _single_error_line(run_installed('stereonet-infer', *seed_pair, '--checkpoint', evil, '--out', tmp_path / 'd.npy'),
                               'stereonet-infer')
     assert 'system' in line and 'nothing in it was executed' in line
     assert not marker.exists()
 
 
 def test_convert_bad_inputs_exit_nonzero_with_one_line(tmp_path: Path, seed_checkpoint_path: Path) -> None:
-    line = _single_error_line(_run('stereonet-convert', tmp_path / 'none.ckpt', tmp_path / 'o.safetensors'),
+    line = _single_error_line(run_installed('stereonet-convert', tmp_path / 'none.ckpt', tmp_path / 'o.safetensors'),
                               'stereonet-convert')
     assert 'none.ckpt' in line
-    line = _single_error_line(_run('stereonet-convert', seed_checkpoint_path, tmp_path / 'o.pt'), 'stereonet-convert')
+    line = _single_error_line(run_installed('stereonet-convert', seed_checkpoint_path, tmp_path / 'o.pt'), 'stereonet-convert')
     assert 'must end in .safetensors' in line

@@ -16,6 +16,8 @@ from PIL import Image
 onnx = pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
 
+from test_cli import run_installed  # noqa: E402
+
 from stereonet_ros.cli import export as export_cli  # noqa: E402
 from stereonet_ros.inference import DEFAULT_CHECKPOINT, InputError, Predictor  # noqa: E402
 from stereonet_ros.model import onnx_export  # noqa: E402
@@ -24,16 +26,8 @@ from stereonet_ros.onnx_backend import OnnxPredictor  # noqa: E402
 from stereonet_ros.pfm import read_pfm  # noqa: E402
 from stereonet_ros.samples import motorcycle  # noqa: E402
 
-BIN = Path(sys.executable).parent
 TOLERANCE_PX = 0.01
 
-
-def _run(program: str, *arguments: str | Path) -> subprocess.CompletedProcess[str]:
-    executable = BIN / program
-    if not executable.exists():
-        pytest.fail(f'{executable} is not installed: run scripts/setup')
-    return subprocess.run([str(executable), *map(str, arguments)], capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL, env={**os.environ, 'PYTHONWARNINGS': 'default'})
 
 
 def _quiet(factory: Any) -> Any:
@@ -46,7 +40,7 @@ def _quiet(factory: Any) -> Any:
 def default_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled default, exported by the installed console script with the confidence output."""
     path = tmp_path_factory.mktemp('default_onnx') / 'default.onnx'
-    result = _run('stereonet-export', '--out', path, '--confidence')
+    result = run_installed('stereonet-export', '--out', path, '--confidence')
     assert result.returncode == 0, result.stderr
     assert 'opset 17' in result.stdout and 'dynamic size' in result.stdout
     return path
@@ -205,7 +199,7 @@ def test_export_usage_errors_are_one_line(tmp_path: Path) -> None:
                               (['--out', tmp_path / 'm.pt'], 'the extension must be .onnx'),
                               ([tmp_path / 'missing.safetensors', '--out', tmp_path / 'm.onnx'],
                                'cannot open checkpoint')):
-        result = _run('stereonet-export', *arguments)
+        result = run_installed('stereonet-export', *arguments)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode != 0 and len(lines) == 1, result.stderr
         assert lines[0].startswith('stereonet-export: error: ') and reason in lines[0], lines[0]
@@ -220,7 +214,7 @@ def test_stereonet_infer_with_the_onnx_model_gives_the_safetensors_disparity(def
     outputs = {}
     for name, checkpoint in (('safetensors', DEFAULT_CHECKPOINT), ('onnx', default_onnx)):
         outputs[name] = tmp_path / f'{name}.pfm'
-        result = _run('stereonet-infer', tmp_path / 'left.png', tmp_path / 'right.png', '--checkpoint', checkpoint,
+        result = run_installed('stereonet-infer', tmp_path / 'left.png', tmp_path / 'right.png', '--checkpoint', checkpoint,
                       '--out', outputs[name], '--device', 'cpu')
         assert result.returncode == 0, result.stderr
     expected, got = read_pfm(outputs['safetensors']), read_pfm(outputs['onnx'])
