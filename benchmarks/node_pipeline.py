@@ -53,6 +53,15 @@ RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 INPUTS = ('left/image_rect', 'right/image_rect', 'left/camera_info', 'right/camera_info')
 
 
+def publish_set(publishers: list[Any], template: list[Any]) -> None:
+    """Publish one stereo set (the four messages of :func:`make_set`) stamped now, the same stamp on each."""
+    stamp = time.time_ns()
+    for msg in template:
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+    for publisher, msg in zip(publishers, template, strict=True):
+        publisher.publish(msg)
+
+
 def make_set(width: int, height: int, stamp_ns: int) -> list[Any]:
     rng = np.random.default_rng(0)
     scene = rng.integers(0, 256, (height, width + 32, 3), dtype=np.uint8)
@@ -198,11 +207,7 @@ def end_to_end(width: int, height: int, rate: float, seconds: float, domain: int
         while time.monotonic() - start < seconds:
             now = time.monotonic()
             if now >= next_time:
-                stamp = time.time_ns()
-                for msg in template:
-                    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
-                for publisher, msg in zip(publishers, template, strict=True):
-                    publisher.publish(msg)
+                publish_set(publishers, template)
                 sent += 1
                 next_time += period
             executor.spin_once(timeout_sec=max(0.0, min(next_time - time.monotonic(), 0.01)))

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from _report import publish
-from node_pipeline import INPUTS, make_set  # the same stereo set the pipeline benchmark sends
+from node_pipeline import INPUTS, make_set, publish_set  # the same stereo set the pipeline benchmark sends
 
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -115,11 +115,7 @@ def soak(minutes: float, rate: float, width: int, height: int, reliable: bool, d
         while time.monotonic() - start < minutes * 60.0:
             now = time.monotonic()
             if now >= next_time:
-                stamp = time.time_ns()
-                for msg in template:
-                    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
-                for publisher, msg in zip(publishers, template, strict=True):
-                    publisher.publish(msg)
+                publish_set(publishers, template)
                 sent += 1
                 next_time += period
             if now >= next_minute:
