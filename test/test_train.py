@@ -343,3 +343,29 @@ def test_a_time_limit_returns_cleanly_with_the_state_and_the_log_of_the_step_rea
     rows = list(csv.DictReader((tmp_path / 'run' / 'log.csv').open()))
     assert int(rows[-1]['step']) == reached and float(rows[-1]['samples_per_s']) > 0  # logged though 1000 is far
     assert train(config, tmp_path / 'run', progress=False, stop_after=1) == reached + 1  # and it resumes there
+
+
+def test_training_only_the_refiners_leaves_extractor_cost_filter_and_their_statistics_as_they_were(
+        tmp_path: Path) -> None:
+    start = load(TrainConfig, overrides=[*TINY, 'steps=1'])
+    torch.manual_seed(3)
+    initial = StereoNet(start.model)
+    for module in initial.modules():  # statistics a train-mode forward would move
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    init_path = tmp_path / 'init.safetensors'
+    from stereonet_ros.training.train import _export
+    from stereonet_ros.model.checkpoint import save_checkpoint
+    save_checkpoint(init_path, _export(initial, start, step=0))
+    config = load(TrainConfig, overrides=[*TINY, 'steps=2', 'train_parts=refiners', f'init_checkpoint={init_path}'])
+    assert train(config, tmp_path / 'run', progress=False) == 2
+    before = load_checkpoint(init_path).state_dict
+    after = load_checkpoint(tmp_path / 'run' / 'model_latest.safetensors').state_dict
+    backbone = [key for key in before if not key.startswith('refiners.')]
+    assert any('running_mean' in key for key in backbone)
+    assert all(torch.equal(before[key], after[key]) for key in backbone)
+    assert any(not torch.equal(before[key], after[key]) for key in before if key.startswith('refiners.')
+               and key.endswith('.weight'))
+    with pytest.raises(ConfigError, match='train_parts'):
+        load(TrainConfig, overrides=[*TINY, 'train_parts=backbone'])

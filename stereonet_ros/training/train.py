@@ -121,6 +121,10 @@ class TrainConfig:
     reinitialize_refiners: bool = False
     """With init_checkpoint: re-initialize every refiner the same way (a zero last layer), keeping the
     feature extractor and cost filter. For refiners that learned to lean on the disparity alone."""
+    train_parts: Literal['all', 'refiners'] = 'all'
+    """What the optimizer updates. 'refiners' freezes the feature extractor and the cost filter (their
+    BatchNorm statistics too) and trains only the refiners, against a coarse disparity that stays put:
+    the stage that teaches refiners re-initialized on a trained network to use the image."""
     score_real_pair: bool = True
     """Also score the Middlebury Motorcycle pair (scikit-image) at each validation."""
 
@@ -349,6 +353,9 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
     model = model.to(device)
     if device.type == 'cpu':
         to_channels_last(model)
+    frozen = frozen_parts(model, config.train_parts)
+    for module in frozen:
+        module.requires_grad_(False)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer: torch.optim.Optimizer
     if config.optimizer == 'rmsprop':
@@ -378,6 +385,8 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
         runner = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == 'cuda' else None)
     model.train()
+    for module in frozen:
+        module.eval()  # frozen BatchNorm keeps its running statistics (and normalizes with them)
 
     last_step = config.steps if stop_after is None else min(config.steps, step + stop_after)
     dataset = SyntheticStereoDataset(config.data, length=2**62, seed=config.seed)
@@ -567,6 +576,15 @@ def initial_weights(initial_config: StereoNetConfig, state_dict: dict[str, torch
             done.append(f'refiner(s) {dead} were dead (guide-image weights < {edit.DEAD_REFINER_WEIGHT:g}): '
                         're-initialized with a zero last layer')
     return weights, done
+
+
+def frozen_parts(model: StereoNet, train_parts: str) -> list[torch.nn.Module]:
+    """The modules a run with ``train_parts`` leaves untouched (see :attr:`TrainConfig.train_parts`)."""
+    if train_parts == 'all':
+        return []
+    if train_parts == 'refiners':
+        return [model.feature_extractor, model.cost_volumizer]
+    raise ConfigError(f'train_parts={train_parts!r}: must be one of all, refiners')
 
 
 def init_lineage(path: str, provenance: dict[str, Any]) -> dict[str, Any]:
