@@ -64,6 +64,7 @@ from stereonet_ros.cpu_allocator import release_free_memory, tune_allocator_for_
 from stereonet_ros.image_codec import BT601_WEIGHTS
 # The backend-independent rules and types, re-exported: this module stays where callers import them from.
 from stereonet_ros.inference_common import (DEFAULT_CHECKPOINT, DEFAULT_MAX_PIXELS, MAX_INFERENCE_SCALE,  # noqa: F401
+                                            CheckpointFacts,
                                             MIN_INFERENCE_SCALE, Inference, InputError, Precision,
                                             PreliminaryCheckpointWarning, UntrainedPlaceholderWarning,
                                             as_float_image, check_inference_scale, checked_image, checked_pair,
@@ -217,7 +218,7 @@ class CapturedPass:
         self._graph.replay()
 
 
-class Predictor:
+class Predictor(CheckpointFacts):
     """A checkpoint ready to turn image pairs into left-view disparity.
 
     >>> predictor = Predictor.from_checkpoint()          # doctest: +SKIP
@@ -292,18 +293,6 @@ class Predictor:
         else:
             checkpoint = load_checkpoint(path)
         return cls(checkpoint, device=device, precision=precision, cuda_graphs=cuda_graphs)
-
-    @property
-    def contract(self) -> InputContract:
-        return self.checkpoint.contract
-
-    @property
-    def config(self) -> StereoNetConfig:
-        return self.checkpoint.config
-
-    @property
-    def is_placeholder(self) -> bool:
-        return bool(self.checkpoint.provenance.get('placeholder'))
 
     @property
     def has_confidence(self) -> bool:

@@ -55,6 +55,26 @@ class PreliminaryCheckpointWarning(UserWarning):
     """The checkpoint's provenance marks it preliminary (trained, but short of its accuracy goal)."""
 
 
+class CheckpointFacts:
+    """What a predictor tells about the weights it runs, read from its ``checkpoint`` (config, contract,
+    provenance): one definition for the PyTorch :class:`~stereonet_ros.inference.Predictor` and the
+    :class:`~stereonet_ros.onnx_backend.OnnxPredictor`."""
+
+    checkpoint: Any
+
+    @property
+    def contract(self) -> InputContract:
+        return self.checkpoint.contract  # type: ignore[no-any-return]
+
+    @property
+    def config(self) -> StereoNetConfig:
+        return self.checkpoint.config  # type: ignore[no-any-return]
+
+    @property
+    def is_placeholder(self) -> bool:
+        return bool(self.checkpoint.provenance.get('placeholder'))
+
+
 def warn_about_provenance(provenance: dict[str, Any]) -> None:
     """What every predictor says when it opens weights: :class:`UntrainedPlaceholderWarning` for the
     placeholder, :class:`PreliminaryCheckpointWarning` (quoting the note) for a preliminary checkpoint. The

@@ -27,12 +27,12 @@ import numpy as np
 import numpy.typing as npt
 
 # Torch-free imports only: a node that runs an .onnx model must not need PyTorch (issue 13).
-from stereonet_ros.inference_common import (DEFAULT_MAX_PIXELS, Inference, InputError, Precision, as_float_image,
+from stereonet_ros.inference_common import (DEFAULT_MAX_PIXELS, CheckpointFacts, Inference, InputError, Precision,
+                                            as_float_image,
                                             bilinear_array, check_inference_scale, checked_pair, fitted_scale,
                                             padded_size, resize_array, scaled_size, to_contract_color,
                                             warn_about_provenance)
-from stereonet_ros.model.architecture import StereoNetConfig
-from stereonet_ros.model.checkpoint import CheckpointError, InputContract
+from stereonet_ros.model.checkpoint import CheckpointError
 from stereonet_ros.model.onnx_metadata import INPUT_NAMES, OnnxMetadata, read_metadata_map
 
 GPU_PROVIDERS = ('TensorrtExecutionProvider', 'CUDAExecutionProvider')
@@ -116,7 +116,7 @@ class OnnxDevice:
         return self.type if self.index is None else f'{self.type}:{self.index}'
 
 
-class OnnxPredictor:
+class OnnxPredictor(CheckpointFacts):
     """An exported ONNX model ready to turn image pairs into left-view disparity; the public surface of
     :class:`~stereonet_ros.inference.Predictor` that the node, CLIs and evaluators use.
 
@@ -214,18 +214,6 @@ class OnnxPredictor:
             return data
         onnx.load_external_data_for_model(model, str(self.path.parent))
         return bytes(model.SerializeToString())
-
-    @property
-    def contract(self) -> InputContract:
-        return self.checkpoint.contract
-
-    @property
-    def config(self) -> StereoNetConfig:
-        return self.checkpoint.config
-
-    @property
-    def is_placeholder(self) -> bool:
-        return bool(self.checkpoint.provenance.get('placeholder'))
 
     @property
     def has_confidence(self) -> bool:
