@@ -117,7 +117,8 @@ def main() -> int:
              '', f'`benchmarks/refiner_toy.py --units {arguments.units} --steps {arguments.steps} --every '
              f'{arguments.every} --lr {arguments.lr:g} --seed {arguments.seed}`: one fresh refiner per unit; EPE px '
              'on 16 held-out toy scenes (see the script).', '',
-             '| unit px | step | EPE | zero guide | guide rise | plain upsampling |', '| --- | --- | --- | --- | --- | --- |']
+             '| unit px | step | EPE | zero guide | guide rise | plain upsampling |',
+             '| --- | --- | --- | --- | --- | --- |']
     for unit in (float(text) for text in arguments.units.split(',')):
         for step, epe, ablated, upsampled in train_one(unit, arguments.steps, arguments.every, arguments.lr,
                                                        arguments.seed):

@@ -28,10 +28,9 @@ import numpy.typing as npt
 
 # Torch-free imports only: a node that runs an .onnx model must not need PyTorch (issue 13).
 from stereonet_ros.inference_common import (DEFAULT_MAX_PIXELS, CheckpointFacts, Inference, InputError, Precision,
-                                            as_float_image,
-                                            bilinear_array, check_inference_scale, checked_pair, fitted_scale,
-                                            padded_size, resize_array, scaled_size, to_contract_color,
-                                            warn_about_provenance)
+                                            as_float_image, bilinear_array, check_inference_scale, checked_pair,
+                                            fitted_scale, padded_size, resize_array, scaled_size,
+                                            to_contract_color, warn_about_provenance)
 from stereonet_ros.model.checkpoint import CheckpointError
 from stereonet_ros.model.onnx_metadata import INPUT_NAMES, OnnxMetadata, read_metadata_map
 

@@ -15,12 +15,12 @@ import torch
 
 from stereonet_ros.config import ConfigError, load
 from stereonet_ros.data.synthetic import SyntheticConfig, SyntheticStereoDataset
-from stereonet_ros.model.checkpoint import load_checkpoint
+from stereonet_ros.model.checkpoint import load_checkpoint, save_checkpoint
 from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig
 from stereonet_ros.training.loss import stereo_pyramid_loss
 from stereonet_ros.precision import autocast_dtype_for
-from stereonet_ros.training.train import (StepBatches, TrainConfig, initial_weights, learning_rate, normalize,
-                                         train)
+from stereonet_ros.training.train import (StepBatches, TrainConfig, _export, initial_weights, learning_rate,
+                                         normalize, train)
 
 TINY = [
     'model.max_disparity=64', 'data.max_disparity=64', 'data.height=64', 'data.width=128',
@@ -355,8 +355,6 @@ def test_training_only_the_refiners_leaves_extractor_cost_filter_and_their_stati
             module.running_mean.uniform_(-0.1, 0.1)
             module.running_var.uniform_(0.5, 1.5)
     init_path = tmp_path / 'init.safetensors'
-    from stereonet_ros.training.train import _export
-    from stereonet_ros.model.checkpoint import save_checkpoint
     save_checkpoint(init_path, _export(initial, start, step=0))
     config = load(TrainConfig, overrides=[*TINY, 'steps=2', 'train_parts=refiners', f'init_checkpoint={init_path}'])
     assert train(config, tmp_path / 'run', progress=False) == 2
