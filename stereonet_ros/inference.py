@@ -64,8 +64,7 @@ from stereonet_ros.cpu_allocator import release_free_memory, tune_allocator_for_
 from stereonet_ros.image_codec import BT601_WEIGHTS
 # The backend-independent rules and types, re-exported: this module stays where callers import them from.
 from stereonet_ros.inference_common import (DEFAULT_CHECKPOINT, DEFAULT_MAX_PIXELS, MAX_INFERENCE_SCALE,  # noqa: F401
-                                            CheckpointFacts,
-                                            MIN_INFERENCE_SCALE, Inference, InputError, Precision,
+                                            MIN_INFERENCE_SCALE, CheckpointFacts, Inference, InputError, Precision,
                                             PreliminaryCheckpointWarning, UntrainedPlaceholderWarning,
                                             as_float_image, check_inference_scale, checked_image, checked_pair,
                                             fitted_scale, padded_size, scaled_size, to_contract_color,

@@ -48,7 +48,7 @@ def test_infer_writes_seed_disparity_as_pfm_npy_and_colour_png(tmp_path: Path, s
     expected = seed_reference['disparity_100x170'][0, 0]
     pfm, npy, picture = tmp_path / 'd.pfm', tmp_path / 'd.npy', tmp_path / 'd.png'
     result = run_installed('stereonet-infer', left, right, '--checkpoint', seed_checkpoint_path, '--out', pfm,
-                  '--color', picture, '--device', 'cpu')
+                           '--color', picture, '--device', 'cpu')
     assert result.returncode == 0, result.stderr
     assert np.abs(read_pfm(pfm) - expected).max() <= 1e-3
     with Image.open(picture) as image:
@@ -62,7 +62,7 @@ def test_infer_writes_seed_disparity_as_pfm_npy_and_colour_png(tmp_path: Path, s
 def test_infer_warns_that_the_placeholder_is_untrained(tmp_path: Path, seed_pair: tuple[Path, Path],
                                                        placeholder_checkpoint_path: Path) -> None:
     result = run_installed('stereonet-infer', *seed_pair, '--checkpoint', placeholder_checkpoint_path, '--out',
-                  tmp_path / 'd.npy')
+                           tmp_path / 'd.npy')
     assert result.returncode == 0, result.stderr
     assert 'UNTRAINED placeholder' in result.stderr
     assert np.load(tmp_path / 'd.npy').shape == (100, 170)
@@ -82,15 +82,16 @@ def test_convert_then_infer_gives_the_same_numbers(tmp_path: Path, seed_pair: tu
     assert result.returncode == 0, result.stderr
     assert 'gray, K=3, R=3, max disparity 256' in result.stdout
     from_seed, from_ours = tmp_path / 'a.npy', tmp_path / 'b.npy'
-    assert run_installed('stereonet-infer', *seed_pair, '--checkpoint', seed_checkpoint_path, '--out', from_seed).returncode == 0
-    assert run_installed('stereonet-infer', *seed_pair, '--checkpoint', converted, '--out', from_ours).returncode == 0
+    for checkpoint, out in ((seed_checkpoint_path, from_seed), (converted, from_ours)):
+        assert run_installed('stereonet-infer', *seed_pair, '--checkpoint', checkpoint, '--out', out).returncode == 0
     assert np.array_equal(np.load(from_seed), np.load(from_ours))
 
 
 def test_infer_bad_inputs_exit_nonzero_with_one_line(tmp_path: Path, seed_pair: tuple[Path, Path]) -> None:
     left, right = seed_pair
     out = tmp_path / 'd.npy'
-    line = _single_error_line(run_installed('stereonet-infer', left, tmp_path / 'missing.png', '--out', out), 'stereonet-infer')
+    line = _single_error_line(run_installed('stereonet-infer', left, tmp_path / 'missing.png', '--out', out),
+                              'stereonet-infer')
     assert 'missing.png' in line
 
     garbage = tmp_path / 'garbage.png'
@@ -103,13 +104,14 @@ def test_infer_bad_inputs_exit_nonzero_with_one_line(tmp_path: Path, seed_pair: 
     line = _single_error_line(run_installed('stereonet-infer', left, small, '--out', out), 'stereonet-infer')
     assert '170x100' in line and '60x50' in line
 
-    line = _single_error_line(run_installed('stereonet-infer', left, right, '--out', tmp_path / 'd.tiff'), 'stereonet-infer')
+    line = _single_error_line(run_installed('stereonet-infer', left, right, '--out', tmp_path / 'd.tiff'),
+                              'stereonet-infer')
     assert '.npy or .pfm' in line
 
     not_a_checkpoint = tmp_path / 'weights.ckpt'
     not_a_checkpoint.write_text('not weights')
-    line = _single_error_line(run_installed('stereonet-infer', left, right, '--checkpoint', not_a_checkpoint, '--out', out),
-                              'stereonet-infer')
+    line = _single_error_line(run_installed('stereonet-infer', left, right, '--checkpoint', not_a_checkpoint,
+                                            '--out', out), 'stereonet-infer')
     assert 'weights.ckpt' in line
     assert not out.exists()
 
@@ -123,7 +125,7 @@ def test_infer_runs_at_the_inference_scale_and_answers_at_the_input_size(tmp_pat
 
     out = tmp_path / 'd.npy'
     result = run_installed('stereonet-infer', *seed_pair, '--checkpoint', placeholder_checkpoint_path, '--out', out,
-                  '--device', 'cpu', '--inference-scale', '2.5')  # the largest scale, end included
+                           '--device', 'cpu', '--inference-scale', '2.5')  # the largest scale, end included
     assert result.returncode == 0, result.stderr
     assert 'inference scale 2.5' in result.stdout
     with warnings.catch_warnings():
@@ -136,7 +138,7 @@ def test_infer_runs_at_the_inference_scale_and_answers_at_the_input_size(tmp_pat
 
     for bad in ('2.5001', '0.05', 'nan'):
         line = _single_error_line(run_installed('stereonet-infer', *seed_pair, '--out', tmp_path / 'e.npy',
-                                       '--inference-scale', bad), 'stereonet-infer')
+                                                '--inference-scale', bad), 'stereonet-infer')
         assert f'--inference-scale {float(bad)!r}: must be in [0.1, 2.5]' in line
     assert not (tmp_path / 'e.npy').exists()
 
@@ -148,8 +150,8 @@ def test_infer_refuses_an_unsafe_checkpoint_without_running_it(tmp_path: Path, s
               f'        return (os.system, ("touch {marker}",))\n'
               f'torch.save({{"state_dict": {{}}, "x": P()}}, "{evil}")\n')
     subprocess.run([sys.executable, '-c', script], check=True, timeout=120)
-    line = _single_error_line(run_installed('stereonet-infer', *seed_pair, '--checkpoint', evil, '--out', tmp_path / 'd.npy'),
-                              'stereonet-infer')
+    line = _single_error_line(run_installed('stereonet-infer', *seed_pair, '--checkpoint', evil, '--out',
+                                            tmp_path / 'd.npy'), 'stereonet-infer')
     assert 'system' in line and 'nothing in it was executed' in line
     assert not marker.exists()
 
@@ -158,5 +160,6 @@ def test_convert_bad_inputs_exit_nonzero_with_one_line(tmp_path: Path, seed_chec
     line = _single_error_line(run_installed('stereonet-convert', tmp_path / 'none.ckpt', tmp_path / 'o.safetensors'),
                               'stereonet-convert')
     assert 'none.ckpt' in line
-    line = _single_error_line(run_installed('stereonet-convert', seed_checkpoint_path, tmp_path / 'o.pt'), 'stereonet-convert')
+    line = _single_error_line(run_installed('stereonet-convert', seed_checkpoint_path, tmp_path / 'o.pt'),
+                              'stereonet-convert')
     assert 'must end in .safetensors' in line

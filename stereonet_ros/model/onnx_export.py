@@ -263,7 +263,8 @@ def export_onnx(checkpoint: Checkpoint, out: str | os.PathLike[str], *, source: 
               'max_abs_difference': worst, 'tolerance_px': tolerance, 'against': 'PyTorch float32 Predictor, CPU'}
     document = export_metadata(checkpoint, precision='fp16' if fp16 else 'fp32', outputs=outputs,
                                fixed_size=fixed_size, source=source_path.name if source_path else 'in memory',
-                               source_sha256=file_sha256(source_path) if source_path and source_path.is_file() else None,
+                               source_sha256=(file_sha256(source_path) if source_path and source_path.is_file()
+                                              else None),
                                parity=parity)
     model = onnx.load_from_string(model_bytes)
     entry = model.metadata_props.add()
