@@ -597,3 +597,54 @@ def test_supersampling_changes_the_images_and_keeps_every_label() -> None:
         assert not np.array_equal(a.left, b.left)
     with pytest.raises(SyntheticConfigError, match='supersample'):
         dataclasses.replace(smooth, supersample=0)
+
+
+# ------------------------------------------------------------------------------------------ photo sources
+
+
+def test_extra_photos_are_the_packages_own_images_in_rgb_and_gray() -> None:
+    """Each EXTRA_PHOTOS file reads as its package's own loader returns it (scikit-learn's
+    load_sample_image gives RGB, so a BGR read would fail here; pywt.data.aero/ascent give 512x512 gray)."""
+    import pywt.data
+    from sklearn.datasets import load_sample_image
+
+    expected = {'china.jpg': load_sample_image('china.jpg'), 'flower.jpg': load_sample_image('flower.jpg'),
+                'aero.npz': pywt.data.aero(), 'ascent.npz': pywt.data.ascent()}
+    for package, relative in synthetic.EXTRA_PHOTOS:
+        photo = synthetic._read_extra_photo(package, relative)
+        reference = np.asarray(expected[Path(relative).name])
+        assert photo is not None and photo.shape == reference.shape, relative
+        # JPEG decoders may differ by a grey level; the exact npz arrays may not differ at all.
+        tolerance = 2 if relative.endswith('.jpg') else 0
+        assert np.abs(photo.astype(np.int16) - reference.astype(np.int16)).max() <= tolerance, relative
+    assert synthetic._read_extra_photo('sklearn', 'datasets/images/no_such.jpg') is None
+    assert synthetic._read_extra_photo('no_such_package_here', 'x.jpg') is None
+
+
+def test_face_mosaic_tiles_the_200_faces_row_by_row() -> None:
+    import skimage.data
+
+    faces = skimage.data.lfw_subset()
+    mosaic = synthetic._face_mosaic()
+    assert mosaic.shape == (250, 500) and mosaic.dtype == np.uint8
+    for index in (0, 19, 20, 199):  # first, end of the first row, start of the second, last
+        row, col = divmod(index, 20)
+        tile = mosaic[row * 25:(row + 1) * 25, col * 25:(col + 1) * 25]
+        assert np.array_equal(tile, np.round(faces[index] * 255.0).astype(np.uint8)), index
+
+
+def test_extra_photos_widen_the_choice_and_change_only_photo_layers() -> None:
+    assert len(synthetic._photo_mips(1, True)) == len(synthetic._photo_mips(1, False)) + len(synthetic.EXTRA_PHOTOS) + 1
+    photos_only = dataclasses.replace(EXACT, texture_weights=(1.0, 0.0, 0.0, 0.0, 0.0), flat_probability=0.0)
+    a = generate_sample(photos_only, seed=5, index=2)
+    b = generate_sample(dataclasses.replace(photos_only, extra_photos=True), seed=5, index=2)
+    # Same scene and labels (picking a photo takes one draw from the stream whatever the list's length:
+    # numpy's bounded integers reject a draw with odds n / 2**32); some layer shows another photo.
+    for name in ('disp_left', 'disp_right', 'occluded_left', 'valid_left', 'layer_left'):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert not np.array_equal(a.left, b.left)
+    procedural = dataclasses.replace(EXACT, texture_weights=(0.0, 1.0, 1.0, 1.0, 1.0))
+    assert np.array_equal(generate_sample(procedural, seed=5, index=2).left,
+                          generate_sample(dataclasses.replace(procedural, extra_photos=True), seed=5, index=2).left)
+    with pytest.raises(SyntheticConfigError, match=r'SyntheticConfig\.extra_photos=1: must be a bool'):
+        SyntheticConfig(extra_photos=1)  # type: ignore[arg-type]

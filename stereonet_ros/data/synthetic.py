@@ -95,6 +95,15 @@ PHOTO_NAMES: Final = (
 """scikit-image photos bundled with 0.26 (no download). ``stereo_motorcycle`` is left out on purpose: it
 is the Middlebury Motorcycle pair we evaluate on, and training on its texture would leak the test set."""
 
+EXTRA_PHOTOS: Final = (
+    ('sklearn', 'datasets/images/china.jpg'), ('sklearn', 'datasets/images/flower.jpg'),
+    ('pywt', 'data/aero.npz'), ('pywt', 'data/ascent.npz'),
+)
+"""Photos bundled inside other installed packages (package, file inside it), read from disk without
+importing the package: scikit-learn's two sample photos and PyWavelets' aerial view and staircase
+(its ``camera`` is scikit-image's). ``SyntheticConfig.extra_photos`` adds them, and a mosaic of
+scikit-image's 200 LFW faces, to :data:`PHOTO_NAMES`."""
+
 # A curved layer's |dd/dx| stays below this so x_R = x_L - d(x_L) is strictly increasing (invertible,
 # no self-occlusion) and the right view squeezes a texture by at most 1 / (1 - 0.6) = 2.5x.
 _MAX_CURVED_SLOPE: Final = 0.6
@@ -139,6 +148,7 @@ class SyntheticConfig:
     texture_weights: tuple[float, float, float, float, float] = (0.55, 0.2, 0.1, 0.08, 0.07)  # TEXTURE_KINDS
     flat_probability: float = 0.07  # per layer: near-textureless (constant + <= 2 grey-level noise)
     texture_scale_range: tuple[float, float] = (0.5, 2.0)  # photo magnification, output px per photo px
+    extra_photos: bool = False  # photos: also EXTRA_PHOTOS and an LFW face mosaic (23 sources, not 18)
     shading_strength: float = 0.3  # smooth multiplicative shading per layer, shared by both views
     photometric: bool = True  # master switch; False = views differ by geometry only (exact GT tests)
     gain_probability: float = 0.8  # per view
@@ -237,7 +247,7 @@ class SyntheticConfig:
         if isinstance(self.supersample, bool) or not isinstance(self.supersample, int) \
                 or not 1 <= self.supersample <= 8:
             raise _bad('supersample', self.supersample, 'must be an int in [1, 8]')
-        for key in ('photometric', 'quantize'):
+        for key in ('photometric', 'quantize', 'extra_photos'):
             if not isinstance(getattr(self, key), bool):
                 raise _bad(key, getattr(self, key), 'must be a bool')
         pair('gain_range', 0.01, 100.0)
@@ -317,22 +327,67 @@ class StereoSample:
 # Textures
 
 
-@functools.lru_cache(maxsize=2)
-def _photo_mips(channels: int) -> tuple[tuple[F32, ...], ...]:
+def _package_file(package: str, relative: str) -> Path | None:
+    """Path of a file shipped inside an installed package, without importing it (None if absent)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    return path if path.is_file() else None
+
+
+def _read_extra_photo(package: str, relative: str) -> npt.NDArray[np.uint8] | None:
+    """One of :data:`EXTRA_PHOTOS` as (h, w) gray or (h, w, 3) RGB uint8; None if not installed."""
+    path = _package_file(package, relative)
+    if path is None:
+        return None
+    if path.suffix == '.npz':
+        with np.load(path) as archive:
+            return np.asarray(archive['data'], np.uint8)
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _face_mosaic() -> npt.NDArray[np.uint8]:
+    """scikit-image's 200 LFW faces (25x25 gray) tiled 10 rows by 20: skin, hair and eyes at pixel scale."""
+    import skimage.data
+
+    faces = np.asarray(skimage.data.lfw_subset(), np.float64)  # (200, 25, 25) in [0, 1]
+    grid = faces.reshape(10, 20, 25, 25).transpose(0, 2, 1, 3).reshape(250, 500)
+    return np.round(grid * 255.0).astype(np.uint8)
+
+
+def _photos(extra: bool) -> list[npt.NDArray[np.generic]]:
+    """The texture photos as loaded: :data:`PHOTO_NAMES`, then with ``extra`` EXTRA_PHOTOS and the mosaic."""
+    import skimage.data  # heavy import, only needed once the first photo texture is drawn
+
+    photos: list[npt.NDArray[np.generic]] = []
+    for name in PHOTO_NAMES:
+        try:
+            photos.append(np.asarray(getattr(skimage.data, name)()))
+        except (AttributeError, ImportError, OSError, ValueError):
+            continue  # a photo missing from this install (pooch-only data) just narrows the choice
+    if extra:
+        for package, relative in EXTRA_PHOTOS:
+            photo = _read_extra_photo(package, relative)
+            if photo is not None:  # the package not installed: the choice narrows, as above
+                photos.append(photo)
+        photos.append(_face_mosaic())
+    return photos
+
+
+@functools.lru_cache(maxsize=4)
+def _photo_mips(channels: int, extra: bool = False) -> tuple[tuple[F32, ...], ...]:
     """Bundled photos as float32 mip pyramids, (h, w, C) grey levels; loaded once per process.
 
     Level k is the photo shrunk 2**k times with INTER_AREA (a box prefilter), so any magnification in
     texture_scale_range can be met by a level whose texels cover >= 1 output pixel: no aliasing.
     """
-    import skimage.data  # heavy import, only needed once the first photo texture is drawn
-
     photos: list[tuple[F32, ...]] = []
-    for name in PHOTO_NAMES:
-        try:
-            image = np.asarray(getattr(skimage.data, name)())
-        except (AttributeError, ImportError, OSError, ValueError):
-            continue  # a photo missing from this install (pooch-only data) just narrows the choice
-        image = image.astype(np.float32)
+    for photo in _photos(extra):
+        image = photo.astype(np.float32)
         if image.ndim == 2:
             image = image[:, :, None]
         image = image[:, :, :3]
@@ -459,7 +514,7 @@ def _draw_texture(rng: np.random.Generator, cfg: SyntheticConfig, flat: bool) ->
                         offset=(rng.uniform(0, 128), rng.uniform(0, 128)))
     weights = np.asarray(cfg.texture_weights, np.float64)
     kind = TEXTURE_KINDS[int(rng.choice(len(TEXTURE_KINDS), p=weights / weights.sum()))]
-    photos = _photo_mips(c) if kind == 'photo' else ()
+    photos = _photo_mips(c, cfg.extra_photos) if kind == 'photo' else ()
     if kind == 'photo' and photos:
         levels = photos[int(rng.integers(len(photos)))]
         lo_s, hi_s = cfg.texture_scale_range
