@@ -847,10 +847,11 @@ def _box(lo: float, hi: float, size: int) -> tuple[int, int]:
 
 
 def _render_view(layers: list[_Layer], height: int, width: int, channels: int, right: bool,
-                 origin: tuple[float, float] = (0, 0)) -> tuple[F32, F64, I16]:
+                 origin: tuple[float, float] = (0, 0), colour: bool = True) -> tuple[F32, F64, I16]:
     """Z-buffer render of one view -> image (H, W, C) float32, disparity (H, W) float64, layer ids (H, W).
 
     Pixel (row i, column j) shows the scene point ``(j + origin[0], i + origin[1])`` of that view.
+    ``colour=False`` leaves the image black: the labels alone (supersampling colours other points).
     """
     ox, oy = origin
     best_d = np.full((height, width), -np.inf)
@@ -873,7 +874,7 @@ def _render_view(layers: list[_Layer], height: int, width: int, channels: int, r
         best_id[y0:y1, x0:x1][win] = i
         best_xl[y0:y1, x0:x1][win] = x_l[win]
     image = np.zeros((height, width, channels), np.float32)
-    for i, lay in enumerate(layers):
+    for i, lay in enumerate(layers if colour else ()):
         rows, cols = np.nonzero(best_id == i)
         if rows.size:
             image[rows, cols] = lay.color(best_xl[rows, cols], (rows + oy).astype(np.float64))
@@ -1031,8 +1032,9 @@ class _Views:
 def _render_views(layers: list[_Layer], cfg: SyntheticConfig) -> _Views:
     """Both views rendered straight in the output frame (no real-rig geometry)."""
     h, w, c = cfg.height, cfg.width, cfg.channels
-    left, disp_l, ids_l = _render_view(layers, h, w, c, right=False)
-    right, disp_r, ids_r = _render_view(layers, h, w, c, right=True)
+    centre = cfg.supersample == 1  # else the labels' render needs no colour
+    left, disp_l, ids_l = _render_view(layers, h, w, c, right=False, colour=centre)
+    right, disp_r, ids_r = _render_view(layers, h, w, c, right=True, colour=centre)
     if cfg.supersample > 1:
         left = _render_image(layers, h, w, c, False, (0, 0), cfg.supersample)
         right = _render_image(layers, h, w, c, True, (0, 0), cfg.supersample)
@@ -1073,7 +1075,7 @@ def _render_resampled(layers: list[_Layer], cfg: SyntheticConfig, rig: RigAugmen
     for right, (x, y), frame in ((False, left_points, frames[0]), (True, right_points, frames[1])):
         x0, y0 = math.floor(x.min()), math.floor(y.min())
         width, height = max(math.ceil(x.max()) - x0 + 1, 2), max(math.ceil(y.max()) - y0 + 1, 2)
-        image, disp, ids = _render_view(layers, height, width, c, right, (x0, y0))
+        image, disp, ids = _render_view(layers, height, width, c, right, (x0, y0), colour=cfg.supersample == 1)
         if cfg.supersample > 1:
             image = _render_image(layers, height, width, c, right, (x0, y0), cfg.supersample)
         straight = rig.scale == (1.0, 1.0) and (x0, y0, width, height) == (0, 0, w, h) and not right
