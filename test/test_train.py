@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from stereonet_ros.config import ConfigError, load
 from stereonet_ros.data.synthetic import SyntheticConfig, SyntheticStereoDataset
@@ -107,6 +108,29 @@ def test_starting_without_the_cue_adds_it_exactly_and_can_reinitialize_every_ref
         assert fresh[f'refiners.{index}.net.segment_0_conv_0.weight'][:, 1].abs().max() > 0.01  # the cue is live
     kept = [key for key in state if not key.startswith('refiners.')]
     assert kept and all(torch.equal(fresh[key], state[key]) for key in kept)  # extractor and cost filter stay
+
+
+def test_reinitializing_refiners_may_change_their_count_keeping_the_rest_and_the_soft_argmin() -> None:
+    cascade = load(TrainConfig, overrides=[*TINY, 'steps=1'])
+    torch.manual_seed(0)
+    model = StereoNet(cascade.model).eval()
+    state = model.state_dict()
+    single = load(TrainConfig, overrides=[*TINY, 'model.k_refinement_layers=1', 'reinitialize_refiners=true'])
+    weights, done = initial_weights(cascade.model, state, single)
+    assert done[0].startswith('3 refiners replaced by 1 fresh ones') and 'refiners [0] re-initialized' in done[-1]
+    assert not any(key.startswith(('refiners.1.', 'refiners.2.')) for key in weights)
+    assert all(torch.equal(weights[key], state[key]) for key in state if not key.startswith('refiners.'))
+    # A zero last layer: the single refiner only resizes the soft argmin, the same as the old pyramid's level 0.
+    rebuilt = StereoNet(single.model).eval()
+    rebuilt.load_state_dict(weights)
+    left, right = torch.rand(1, 1, 64, 128) * 2 - 1, torch.rand(1, 1, 64, 128) * 2 - 1
+    with torch.no_grad():
+        coarse = model(left, right, with_pyramid=True).pyramid[0]
+        output = rebuilt(left, right)
+    expected = F.relu(F.interpolate(coarse, size=(64, 128), mode='bilinear', align_corners=True))
+    assert torch.allclose(output, expected, atol=1e-5)
+    with pytest.raises(ConfigError, match='has model config'):  # without reinitialize_refiners: refused
+        initial_weights(cascade.model, state, load(TrainConfig, overrides=[*TINY, 'model.k_refinement_layers=1']))
 
 
 def test_a_log_begun_by_an_older_version_keeps_its_columns_on_resume(tmp_path: Path) -> None:

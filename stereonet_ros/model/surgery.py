@@ -127,6 +127,24 @@ def reinitialized_refiners(config: StereoNetConfig, state_dict: Mapping[str, tor
     return edited
 
 
+def with_refiner_count(config: StereoNetConfig, state_dict: Mapping[str, torch.Tensor], count: int,
+                       seed: int = 0) -> tuple[StereoNetConfig, StateDict]:
+    """``count`` fresh refiners (``k_refinement_layers``) in place of the old ones, each with a zero
+    last layer and drawn as :func:`reinitialized_refiners` draws them; the rest is kept as is.
+
+    Not the same function: the old refiners are gone, and with a zero residual every level only
+    resizes the soft argmin. ``count=1`` is the paper's single refinement (one refiner from the cost
+    volume's resolution straight to the input's) in place of the hierarchical cascade.
+    """
+    _check(config, state_dict)
+    new_config = dataclasses.replace(config, k_refinement_layers=count)  # validates count
+    kept = {key: value for key, value in _copy(state_dict).items() if not key.startswith('refiners.')}
+    for index in range(count):
+        for key, value in _fresh_refiner_state(new_config, seed + index).items():
+            kept[f'refiners.{index}.{key}'] = value
+    return new_config, reinitialized_refiners(new_config, kept, list(range(count)), seed=seed)
+
+
 def _fresh_refiner_state(config: StereoNetConfig, seed: int) -> StateDict:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

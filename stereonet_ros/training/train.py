@@ -120,7 +120,8 @@ class TrainConfig:
     (``surgery.dead_refiners``), their last layer at zero so the function starts unchanged."""
     reinitialize_refiners: bool = False
     """With init_checkpoint: re-initialize every refiner the same way (a zero last layer), keeping the
-    feature extractor and cost filter. For refiners that learned to lean on the disparity alone."""
+    feature extractor and cost filter. For refiners that learned to lean on the disparity alone. Then
+    ``model.k_refinement_layers`` may differ from the checkpoint's (e.g. 1: the paper's single refinement)."""
     train_parts: Literal['all', 'refiners'] = 'all'
     """What the optimizer updates. 'refiners' freezes the feature extractor and the cost filter (their
     BatchNorm statistics too) and trains only the refiners, against a coarse disparity that stays put:
@@ -547,8 +548,9 @@ def initial_weights(initial_config: StereoNetConfig, state_dict: dict[str, torch
 
     A different ``refiner_disparity_unit`` is reparametrized exactly, and refiners without the
     photometric cue gain it with zero weights (exactly the same function); with
-    ``reinitialize_refiners`` every refiner is re-initialized, else with ``revive_dead_refiners`` the
-    dead ones (seeded by the run's seed). Any other config difference is an error.
+    ``reinitialize_refiners`` every refiner is re-initialized (then ``model.k_refinement_layers`` may
+    differ: the new count of fresh refiners), else with ``revive_dead_refiners`` the dead ones (seeded
+    by the run's seed). Any other config difference is an error.
     """
     from stereonet_ros.model import surgery as edit
 
@@ -562,6 +564,11 @@ def initial_weights(initial_config: StereoNetConfig, state_dict: dict[str, torch
         done.append(f'refiner disparity unit {initial_config.refiner_disparity_unit:g} -> {unit:g} px '
                     '(exact reparametrization)')
         initial_config, weights = edit.with_disparity_unit(initial_config, weights, unit)
+    count = config.model.k_refinement_layers
+    if config.reinitialize_refiners and initial_config.k_refinement_layers != count:
+        done.append(f'{initial_config.k_refinement_layers} refiners replaced by {count} fresh ones '
+                    '(reinitialize_refiners with another model.k_refinement_layers)')
+        initial_config, weights = edit.with_refiner_count(initial_config, weights, count, seed=config.seed)
     if initial_config != config.model:
         raise ConfigError(f'init_checkpoint {config.init_checkpoint} has model config {initial_config}, '
                           f'this run wants {config.model}')
