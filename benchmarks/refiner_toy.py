@@ -1,7 +1,7 @@
 """Can a refiner learn to use its guide image, and how soon? One StereoNet refiner on a toy edge task.
 
     .venv/bin/python benchmarks/refiner_toy.py [--units 32,1] [--steps 2000] [--every 500] [--lr 1e-3]
-        [--seed 0] [--block 8] [--texture 0] [--out benchmarks/results/FILE.md]
+        [--seed 0] [--block 8] [--texture 0] [--bf16] [--out benchmarks/results/FILE.md]
 
 The task isolates what the guide image is for. Each scene is a flat background and four ellipses, each
 region with its own grey level (plus a little noise) and its own disparity (5-120 px); the coarse
@@ -84,8 +84,8 @@ def refine(refiner: Refiner, image: torch.Tensor, truth: torch.Tensor,
     return F.relu(upsampled + refiner(image, upsampled)), upsampled
 
 
-def train_one(unit: float, steps: int, every: int, lr: float, seed: int,
-              texture: float = 0.0, block: int = 8) -> list[tuple[int, float, float, float]]:
+def train_one(unit: float, steps: int, every: int, lr: float, seed: int, texture: float = 0.0, block: int = 8,
+              bf16: bool = False) -> list[tuple[int, float, float, float]]:
     """Rows (step, EPE, EPE with a zero guide, EPE of upsampling) for a refiner fed disparity in ``unit``."""
     torch.manual_seed(seed)
     refiner = Refiner(dataclasses.replace(TrainConfig().model, refiner_disparity_unit=unit))
@@ -108,7 +108,8 @@ def train_one(unit: float, steps: int, every: int, lr: float, seed: int,
         if step == steps:
             break
         image, truth = toy_batch(stream, 4, texture)
-        refined, _ = refine(refiner, image, truth, block)
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):  # as training runs on a bf16 CPU
+            refined, _ = refine(refiner, image, truth, block)
         loss = robust_loss(refined - truth, alpha=1.0, c=2.0).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -126,6 +127,7 @@ def main() -> int:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--block', type=int, default=8, choices=(2, 4, 8, 16),
                         help='the coarse input is the truth averaged over block x block pixels')
+    parser.add_argument('--bf16', action='store_true', help='train under bfloat16 autocast')
     parser.add_argument('--texture', type=float, default=0.0,
                         help='amplitude of a grating inside every region (edges that are not depth edges)')
     parser.add_argument('--threads', type=int, default=1)
@@ -138,14 +140,15 @@ def main() -> int:
     lines = [f'# Refiner guide toy ({date.today().isoformat()}, {platform.node()}, {platform.processor() or "cpu"})',
              '', f'`benchmarks/refiner_toy.py --units {arguments.units} --steps {arguments.steps} --every '
              f'{arguments.every} --lr {arguments.lr:g} --seed {arguments.seed} --texture {arguments.texture:g} '
-             f'--block {arguments.block}`: '
+             f'--block {arguments.block}{" --bf16" if arguments.bf16 else ""}`: '
              'one fresh refiner per unit; EPE px '
              'on 16 held-out toy scenes (see the script).', '',
              '| unit px | step | EPE | zero guide | guide rise | plain upsampling |',
              '| --- | --- | --- | --- | --- | --- |']
     for unit in (float(text) for text in arguments.units.split(',')):
         for step, epe, ablated, upsampled in train_one(unit, arguments.steps, arguments.every, arguments.lr,
-                                                       arguments.seed, arguments.texture, arguments.block):
+                                                       arguments.seed, arguments.texture, arguments.block,
+                                                       arguments.bf16):
             lines.append(f'| {unit:g} | {step} | {epe:.3f} | {ablated:.3f} | {ablated - epe:+.3f} | {upsampled:.3f} |')
     lines += ['', f'{time.time() - started:.0f} s in all.']
     publish('\n'.join(lines), arguments.out)
