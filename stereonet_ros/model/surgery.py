@@ -117,11 +117,7 @@ def reinitialized_refiners(config: StereoNetConfig, state_dict: Mapping[str, tor
     for index in indices:
         if not 0 <= index < config.k_refinement_layers:
             raise SurgeryError(f'refiner {index}: the model has {config.k_refinement_layers}')
-        state = _fresh_refiner_state(config, seed + index)
-        weight_key, bias_key = _last_conv(0)
-        state[weight_key.removeprefix('refiners.0.')].zero_()
-        state[bias_key.removeprefix('refiners.0.')].zero_()
-        for key, value in state.items():
+        for key, value in _zero_residual_refiner_state(config, seed + index).items():
             target = f'refiners.{index}.{key}'
             edited[target] = value.to(dtype=edited[target].dtype)
     return edited
@@ -138,11 +134,19 @@ def with_refiner_count(config: StereoNetConfig, state_dict: Mapping[str, torch.T
     """
     _check(config, state_dict)
     new_config = dataclasses.replace(config, k_refinement_layers=count)  # validates count
-    kept = {key: value for key, value in _copy(state_dict).items() if not key.startswith('refiners.')}
+    edited = {key: value for key, value in _copy(state_dict).items() if not key.startswith('refiners.')}
     for index in range(count):
-        for key, value in _fresh_refiner_state(new_config, seed + index).items():
-            kept[f'refiners.{index}.{key}'] = value
-    return new_config, reinitialized_refiners(new_config, kept, list(range(count)), seed=seed)
+        for key, value in _zero_residual_refiner_state(new_config, seed + index).items():
+            edited[f'refiners.{index}.{key}'] = value
+    return new_config, edited
+
+
+def _zero_residual_refiner_state(config: StereoNetConfig, seed: int) -> StateDict:
+    """A fresh refiner's weights (keys relative to the refiner) with its last convolution at zero."""
+    state = _fresh_refiner_state(config, seed)
+    for key in _last_conv(0):
+        state[key.removeprefix('refiners.0.')].zero_()
+    return state
 
 
 def _fresh_refiner_state(config: StereoNetConfig, seed: int) -> StateDict:
