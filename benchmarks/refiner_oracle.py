@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stereonet_ros.data.synthetic import SyntheticStereoDataset  # noqa: E402
-from stereonet_ros.evaluation.evaluate import _motorcycle_frames  # noqa: E402
-from stereonet_ros.evaluation.metrics import disparity_metrics  # noqa: E402
-from stereonet_ros.inference import Predictor  # noqa: E402
+from stereonet_ros.evaluation.refinement import refinement_scores  # noqa: E402
 from stereonet_ros.model import surgery  # noqa: E402
 from stereonet_ros.model.checkpoint import load_checkpoint  # noqa: E402
 from stereonet_ros.model.stereonet import Refiner, refined_level  # noqa: E402
+from stereonet_ros.samples import motorcycle  # noqa: E402
 from stereonet_ros.training.loss import stereo_pyramid_loss  # noqa: E402
 from stereonet_ros.training.train import TrainConfig, normalize  # noqa: E402
 
@@ -85,10 +83,9 @@ def main() -> int:
                 errors.append(float((refine(refiner, batch, zero_guide)[valid] - truth[valid]).abs().mean()))
         return float(np.mean(errors))
 
-    torch.manual_seed(5)
-    refiner = Refiner(config)
-    torch.nn.init.zeros_(refiner.net.segment_2_conv_0.weight)  # starts as plain upsampling
-    torch.nn.init.zeros_(refiner.net.segment_2_conv_0.bias)
+    refiner = Refiner(config)  # the fresh one with_refiner_count drew: last layer at zero, plain upsampling
+    refiner.load_state_dict({key.removeprefix('refiners.0.'): value for key, value in state.items()
+                             if key.startswith('refiners.0.')})
     optimizer = torch.optim.AdamW(refiner.parameters(), lr=arguments.lr, weight_decay=1e-4)
     started = time.time()
     for step in range(arguments.steps + 1):
@@ -112,15 +109,11 @@ def main() -> int:
         optimizer.step()
     refiner.eval()
     state.update({f'refiners.0.{key}': value.detach().clone() for key, value in refiner.state_dict().items()})
-    motorcycle = _motorcycle_frames()[0]
-    for zero_guide in (False, True):
-        weights = surgery.without_image_guidance(config, state) if zero_guide else state
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')  # the placeholder-provenance warning of an edited checkpoint
-            predictor = Predictor(dataclasses.replace(candidate, config=config, state_dict=weights))
-        metrics = disparity_metrics(predictor.predict(motorcycle.left, motorcycle.right), motorcycle.disparity)
-        print(f'Motorcycle, the network\'s own coarse output: EPE {metrics.epe:.3f}'
-              + (' with zero guide' if zero_guide else ' as trained'), flush=True)
+    pair = motorcycle()
+    scores = refinement_scores(dataclasses.replace(candidate, config=config, state_dict=state), pair.left,
+                               pair.right, pair.disparity)
+    print(f'Motorcycle, the network\'s own coarse output: EPE {scores.output.epe:.3f} as trained, '
+          f'{scores.without_guide.epe:.3f} with zero guide (soft argmin {scores.levels[0].epe:.3f})', flush=True)
     return 0
 
 
