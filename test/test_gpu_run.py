@@ -72,12 +72,29 @@ def test_the_rehearsal_runs_every_step_on_the_cpu_without_ros_rosbags_or_pytest(
         assert device['ours-graph-fp32'] == {'status': 'skipped', 'reason': 'CUDA graphs need CUDA'}
         assert summary['forward']['sizes'][size]['host']['ours-eager-fp32']['status'] == 'ok'
 
+    # Where the time goes: the eager pass's operators (here the CPU's; on CUDA also the kernels), by input shape.
+    profile = summary['forward']['profile']
+    assert profile['status'] == 'ok' and profile['size'] == '96x64' and 'kernels' not in profile
+    names = [row['name'] for row in profile['operators']]
+    assert any('conv' in name for name in names), names
+    assert all(row['input_shapes'].startswith('[') for row in profile['operators'])
+    shares = [row['share'] for row in profile['operators']]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0 + 1e-6
+    assert '**Profile: ours-eager-' in (out / 'summary.md').read_text()
+
     node = summary['node_processing']['variants']['fp32-eager']
     assert node['status'] == 'ok' and node['pairs'] == 2 and node['valid_fraction'] > 0
     assert node['total_ms_median'] >= node['model_ms_median'] > 0
 
     training = summary['training']
     assert training['steps'] >= 1 and training['batch_size'] in (1, 2) and training['generator']['samples_per_s'] > 0
+    # Both layouts measured at every candidate batch; the burst trains in the one it chose, profiled.
+    assert sorted((rate['layout'], rate['batch_size']) for rate in training['gpu']) == [
+        ('channels_last', 1), ('channels_last', 2), ('contiguous', 1), ('contiguous', 2)]
+    assert training['layout'] in ('contiguous', 'channels_last')
+    step_profile = training['step_profile']
+    assert step_profile['status'] == 'ok' and step_profile['layout'] == training['layout']
+    assert any('backward' in row['name'].lower() or 'conv' in row['name'] for row in step_profile['operators'])
     trained = load_checkpoint(out / 'model.safetensors')
     assert trained.provenance['steps'] == training['steps']
     # From the latest best of the recipe (the candidate kept beside the default), not the default itself.
@@ -164,3 +181,23 @@ def test_the_burst_takes_the_largest_batch_the_generator_keeps_fed() -> None:
     assert choose_batch(1000.0, rates)[0] == 16  # the device is the limit at every batch: the largest
     batch, why = choose_batch(50.0, rates)
     assert batch == 4 and why.startswith('the device outruns the generator (50.0 samples/s) even at batch 4')
+
+
+def test_the_burst_trains_in_the_layout_that_feeds_the_most_samples() -> None:
+    from stereonet_ros.visit.burst import choose_layout
+
+    rates = [{'layout': 'contiguous', 'batch_size': 4, 'samples_per_s': 100.0},
+             {'layout': 'contiguous', 'batch_size': 8, 'samples_per_s': 150.0},
+             {'layout': 'channels_last', 'batch_size': 4, 'samples_per_s': 120.0},
+             {'layout': 'channels_last', 'batch_size': 8, 'samples_per_s': 210.0},
+             {'layout': 'channels_last', 'batch_size': 16, 'out_of_memory': True}]
+    assert choose_layout(500.0, rates)[:2] == ('channels_last', 8)
+    # The generator caps both at 150 samples/s: the channels-last batch 8 (210) outruns it, its batch 4 gives
+    # 120 < 150 from contiguous batch 8. Exactly at the cap (150 <= 150) contiguous batch 8 counts as fed.
+    assert choose_layout(150.0, rates)[:2] == ('contiguous', 8)
+    # A tie keeps the first layout (the default's).
+    tie = [{'layout': 'contiguous', 'batch_size': 4, 'samples_per_s': 90.0},
+           {'layout': 'channels_last', 'batch_size': 4, 'samples_per_s': 90.0}]
+    assert choose_layout(50.0, tie)[0] == 'contiguous'
+    with pytest.raises(RuntimeError, match='no batch size could be measured'):
+        choose_layout(50.0, [{'layout': 'contiguous', 'batch_size': 4, 'out_of_memory': True}])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 import torch.nn.functional as F
 
 from stereonet_ros.config import ConfigError, load
@@ -21,7 +22,7 @@ from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig
 from stereonet_ros.training.loss import stereo_pyramid_loss
 from stereonet_ros.precision import autocast_dtype_for
 from stereonet_ros.training.train import (StepBatches, TrainConfig, _export, initial_weights, learning_rate,
-                                         normalize, train)
+                                         normalize, train, uses_channels_last)
 
 TINY = [
     'model.max_disparity=64', 'data.max_disparity=64', 'data.height=64', 'data.width=128',
@@ -219,12 +220,26 @@ def test_resuming_with_another_config_is_refused(tmp_path: Path) -> None:
         train(other, tmp_path, progress=False)
 
 
+def test_a_run_begun_before_a_field_existed_resumes_while_the_field_is_at_its_default(tmp_path: Path) -> None:
+    config = load(TrainConfig, overrides=[*TINY, 'steps=2', 'checkpoint_every=1'])
+    assert train(config, tmp_path, stop_after=1, progress=False) == 1
+    saved = tmp_path / 'config.yaml'
+    older = yaml.safe_load(saved.read_text())
+    del older['memory_format'], older['data']['extra_photos']  # as written before these fields existed
+    saved.write_text(yaml.safe_dump(older, sort_keys=False))
+    other = load(TrainConfig, overrides=[*TINY, 'steps=2', 'checkpoint_every=1', 'memory_format=contiguous'])
+    with pytest.raises(ConfigError, match=r"another config \(differs in \['memory_format'\]\)"):
+        train(other, tmp_path, progress=False)
+    assert train(config, tmp_path, progress=False) == 2
+
+
 @pytest.mark.parametrize('overrides, message', [
     (['lr=-1'], r'lr=-1\.0: must be > 0'),
     (['batch_size=0'], r'batch_size=0: must be >= 1'),
     (['steps=many'], r"steps='many': must be an integer"),
     (['model.max_disp=3'], r"unknown key\(s\) \['model\.max_disp'\]"),
     (['optimizer=sgd'], r"optimizer='sgd': must be one of \['rmsprop', 'adamw'\]"),
+    (['memory_format=nhwc'], r"memory_format='nhwc': must be one of \['auto', 'channels_last', 'contiguous'\]"),
     (['model.in_channels=3'], r'model.in_channels=3 but data.channels=1'),
     (['data.height=-5'], r'data: SyntheticConfig.height=-5'),
     (['lr'], r"override 'lr': expected key=value"),
@@ -290,6 +305,22 @@ def test_torchrun_ddp_on_cpu_trains_with_two_processes(tmp_path: Path) -> None:
     ('fp16', 'cpu', True, None), ('fp32', 'cpu', True, None)])
 def test_autocast_precision_per_device(precision: str, device: str, native: bool, expected: torch.dtype | None) -> None:
     assert autocast_dtype_for(precision, device, native) == expected
+
+
+@pytest.mark.parametrize(('memory_format', 'device', 'expected'), [
+    ('auto', 'cpu', True), ('auto', 'cuda', False),  # oneDNN's fast layout; NCHW on a GPU until a burst measures
+    ('channels_last', 'cpu', True), ('channels_last', 'cuda', True),
+    ('contiguous', 'cpu', False), ('contiguous', 'cuda', False)])
+def test_memory_format_per_device(memory_format: str, device: str, expected: bool) -> None:
+    config = load(TrainConfig, overrides=[f'memory_format={memory_format}'])
+    assert uses_channels_last(config, torch.device(device)) is expected
+
+
+def test_a_contiguous_run_on_the_cpu_trains_and_records_its_layout(tmp_path: Path) -> None:
+    config = load(TrainConfig, overrides=[*TINY, 'steps=2', 'memory_format=contiguous'])
+    assert train(config, tmp_path, progress=False) == 2
+    checkpoint = load_checkpoint(tmp_path / 'model_latest.safetensors')
+    assert checkpoint.provenance['steps'] == 2 and checkpoint.provenance['train_config']['memory_format'] == 'contiguous'
 
 
 def test_bf16_autocast_keeps_the_disparity_in_float32() -> None:

@@ -18,7 +18,8 @@ What the run writes in its output folder:
 Multi-GPU: ``torchrun --nproc_per_node N -m stereonet_ros.training.train ...`` (DDP; the batch size
 is per process). On the CPU: channels-last, all cores, glibc allocator tuned, and ``precision=bf16``
 autocast where the CPU computes bfloat16 natively (AVX512-BF16 or AMX; otherwise float32). On a GPU:
-``precision=bf16`` autocast by default. The soft argmin and the disparity sums stay float32 either way.
+``precision=bf16`` autocast by default, cuDNN autotuning (the crop never changes) and the layout of
+``memory_format``. The soft argmin and the disparity sums stay float32 either way.
 """
 from __future__ import annotations
 
@@ -111,6 +112,10 @@ class TrainConfig:
     device: str = 'auto'
     precision: Literal['fp32', 'bf16', 'fp16'] = 'bf16'
     """Autocast precision: bf16 on a GPU, and on a CPU with native bfloat16 (else fp32); fp16 on a GPU only."""
+    memory_format: Literal['auto', 'channels_last', 'contiguous'] = 'auto'
+    """Layout of the weights and the images: 'auto' is channels-last on the CPU (oneDNN runs it several times
+    faster) and contiguous (NCHW) on a GPU, until a visit's burst measures both there (it trains with the
+    faster; ``stereonet_ros.visit.burst``)."""
     init_checkpoint: str = ''
     """Start from these weights (ours or a seed .ckpt) instead of random ones; ignored on resume. When
     its model config differs from ``model`` only in ``refiner_disparity_unit``, the weights are
@@ -159,6 +164,13 @@ class TrainConfig:
 
 
 # --- pieces ----------------------------------------------------------------------------------------
+
+def uses_channels_last(config: TrainConfig, device: torch.device) -> bool:
+    """Whether training on ``device`` keeps weights and images channels-last (``config.memory_format``)."""
+    if config.memory_format == 'auto':
+        return device.type == 'cpu'
+    return config.memory_format == 'channels_last'
+
 
 def learning_rate(config: TrainConfig, step: int) -> float:
     """The rate for optimizer step ``step`` (0-based): linear warm-up, then the schedule.
@@ -324,7 +336,8 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
     config_path = output_dir / 'config.yaml'
     resolved = to_dict(config)
     if state_path.exists() and config_path.exists():
-        previous = yaml.safe_load(config_path.read_text())
+        # A run begun before a field existed ran with that field's default: it resumes when the field still is.
+        previous = _with_missing_keys(yaml.safe_load(config_path.read_text()), to_dict(TrainConfig()))
         if previous != resolved:
             changed = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
             raise ConfigError(f'{output_dir} holds a run with another config (differs in {changed}); '
@@ -352,8 +365,12 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
             if distributed.is_main:
                 print(f'{PROGRAM}: init_checkpoint edited: {"; ".join(surgery)}', file=sys.stderr)
     model = model.to(device)
-    if device.type == 'cpu':
+    channels_last = uses_channels_last(config, device)
+    if channels_last:
         to_channels_last(model)
+    if device.type == 'cuda':
+        # The crop size never changes: let cuDNN time its algorithms once per layer shape and keep the fastest.
+        torch.backends.cudnn.benchmark = True
     frozen = frozen_parts(model, config.train_parts)
     for module in frozen:
         module.requires_grad_(False)
@@ -441,7 +458,7 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
                 group['lr'] = rate
             left = normalize(batch['left'].to(device, non_blocking=True))
             right = normalize(batch['right'].to(device, non_blocking=True))
-            if device.type == 'cpu':
+            if channels_last:
                 left = left.contiguous(memory_format=torch.channels_last)
                 right = right.contiguous(memory_format=torch.channels_last)
             gt_left, gt_right = batch['disp_left'].to(device), batch['disp_right'].to(device)
@@ -517,6 +534,17 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
     return step
+
+
+def _with_missing_keys(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` (a run's ``config.yaml``) with the keys it lacks taken from ``defaults``, nested dicts too."""
+    merged = dict(saved)
+    for key, default in defaults.items():
+        if key not in merged:
+            merged[key] = default
+        elif isinstance(default, dict) and isinstance(merged[key], dict):
+            merged[key] = _with_missing_keys(merged[key], default)
+    return merged
 
 
 def _trim_log(log_path: Path, step: int, default_columns: list[str]) -> list[str]:

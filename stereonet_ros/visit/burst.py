@@ -10,6 +10,10 @@ and its prefetched batches) and the device's (GPU's) training rate ``R(B)`` (sam
 crops, bf16 autocast) for each candidate ``B``. The burst takes the largest ``B`` whose ``R(B) <= G``, the
 largest batch the generator still keeps fed; when even the smallest outruns the generator, the smallest
 (the GPU waits whatever the batch, and the recipe's batch of 4 gives the most steps).
+
+The layout: ``R(B)`` is measured in both memory formats (:data:`LAYOUTS`, ``TrainConfig.memory_format``), and
+the burst trains in the one whose chosen batch feeds the most samples/s. Then one step at that batch and layout
+is profiled (:mod:`stereonet_ros.visit.profile`): the operators and kernels that take its time.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import csv
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,19 +68,24 @@ def generator_rate(data: Any, workers: int, batch_size: int, seconds: float, see
             'timed_s': round(elapsed, 2), 'startup_s': round(warm - started, 2)}
 
 
-def gpu_step_rate(config: Any, weights: dict[str, torch.Tensor], device: torch.device, batch_size: int,
-                  steps: int) -> dict[str, Any]:
-    """Samples/s of full training steps (left+right forward, loss, backward, clipping, AdamW) at
-    ``batch_size`` on random crops already on the device, after two warm-up steps."""
+def training_step(config: Any, weights: dict[str, torch.Tensor], device: torch.device,
+                  batch_size: int) -> Callable[[], None]:
+    """One full training step as ``train`` takes it (left+right forward under autocast, loss, backward,
+    clipping, AdamW) at ``batch_size``, on random crops already on the device, in ``config.memory_format``'s
+    layout and with cuDNN autotuning on CUDA, as ``train`` sets them."""
     from stereonet_ros.model.stereonet import StereoNet, to_channels_last
     from stereonet_ros.precision import autocast_dtype_for, cpu_has_native_bf16
     from stereonet_ros.training.loss import stereo_pyramid_loss
+    from stereonet_ros.training.train import uses_channels_last
 
     model = StereoNet(config.model)
     model.load_state_dict(weights)
     model = model.to(device).train()
-    if device.type == 'cpu':
+    channels_last = uses_channels_last(config, device)
+    if channels_last:
         to_channels_last(model)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     dtype = autocast_dtype_for(config.precision, device.type, device.type == 'cpu' and cpu_has_native_bf16())
     generator = torch.Generator().manual_seed(0)
@@ -83,7 +93,7 @@ def gpu_step_rate(config: Any, weights: dict[str, torch.Tensor], device: torch.d
     left, right = (torch.rand(shape, generator=generator).to(device) * 2 - 1 for _ in range(2))
     truth = [(torch.rand((batch_size, 1, *shape[2:]), generator=generator) * 0.8 * config.model.max_disparity)
              .to(device) for _ in range(2)]
-    if device.type == 'cpu':
+    if channels_last:
         left, right = (t.contiguous(memory_format=torch.channels_last) for t in (left, right))
 
     def step() -> None:
@@ -96,6 +106,13 @@ def gpu_step_rate(config: Any, weights: dict[str, torch.Tensor], device: torch.d
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
+    return step
+
+
+def gpu_step_rate(config: Any, weights: dict[str, torch.Tensor], device: torch.device, batch_size: int,
+                  steps: int) -> dict[str, Any]:
+    """Samples/s of :func:`training_step` at ``batch_size`` after two warm-up steps."""
+    step = training_step(config, weights, device, batch_size)
 
     def synchronize() -> None:
         if device.type == 'cuda':
@@ -109,7 +126,7 @@ def gpu_step_rate(config: Any, weights: dict[str, torch.Tensor], device: torch.d
         step()
     synchronize()
     seconds = (time.monotonic() - start) / steps
-    return {'batch_size': batch_size, 'step_ms': round(seconds * 1000.0, 2),
+    return {'batch_size': batch_size, 'layout': config.memory_format, 'step_ms': round(seconds * 1000.0, 2),
             'samples_per_s': round(batch_size / seconds, 2)}
 
 
@@ -124,6 +141,27 @@ def choose_batch(generator_samples_per_s: float, rates: list[dict[str, Any]]) ->
     return smallest['batch_size'], (f'the device outruns the generator ({generator_samples_per_s:.1f} samples/s) even '
                                     f'at batch {smallest["batch_size"]} ({smallest["samples_per_s"]:.1f} samples/s): '
                                     'the smallest batch gives the most steps')
+
+
+LAYOUTS = ('contiguous', 'channels_last')
+"""The layouts the calibration measures (``TrainConfig.memory_format``), the default's first: it keeps a tie."""
+
+
+def choose_layout(generator_samples_per_s: float, rates: list[dict[str, Any]]) -> tuple[str, int, str]:
+    """The layout whose chosen batch (:func:`choose_batch`) trains the most samples/s with this generator
+    (the device's rate, capped at the generator's), that batch, and why."""
+    best: tuple[float, str, int, str] | None = None
+    for layout in LAYOUTS:
+        measured = [rate for rate in rates if rate.get('layout') == layout and 'samples_per_s' in rate]
+        if not measured:
+            continue
+        batch, why = choose_batch(generator_samples_per_s, measured)
+        fed = min(generator_samples_per_s, next(r for r in measured if r['batch_size'] == batch)['samples_per_s'])
+        if best is None or fed > best[0]:
+            best = (fed, layout, batch, why)
+    if best is None:
+        raise RuntimeError(f'no batch size could be measured: {rates}')
+    return best[1], best[2], f'{best[1]}, {best[3]}'
 
 
 def log_summary(log_path: Path) -> dict[str, Any]:
@@ -145,6 +183,7 @@ def burst(work: Path, device_name: str, plan: dict[str, Any], time_limit_s: floa
     from stereonet_ros.inference import resolve_device
     from stereonet_ros.model.checkpoint import load_checkpoint
     from stereonet_ros.training.train import TrainConfig, initial_weights, train
+    from stereonet_ros.visit.profile import profile_calls
 
     began = time.monotonic()
     device = resolve_device(device_name)
@@ -166,30 +205,41 @@ def burst(work: Path, device_name: str, plan: dict[str, Any], time_limit_s: floa
     initial = load_checkpoint(start_checkpoint())
     weights, _ = initial_weights(initial.config, initial.state_dict, base)
     rates: list[dict[str, Any]] = []
-    for batch_size in plan['batch_candidates']:
-        if time.monotonic() - began > float(plan['calibration_limit_s']):
-            break
-        try:
-            rates.append(gpu_step_rate(base, weights, device, int(batch_size), int(plan['calibration_steps'])))
-        except torch.OutOfMemoryError:
-            rates.append({'batch_size': batch_size, 'out_of_memory': True})
-            break
-        finally:
-            if device.type == 'cuda':
-                torch.cuda.empty_cache()
-        record({**result, 'gpu': rates})
-    measured = [rate for rate in rates if 'samples_per_s' in rate]
-    if not measured:
-        raise RuntimeError(f'no batch size could be measured: {rates}')
-    batch_size, why = choose_batch(generator['samples_per_s'], measured)
-    result.update(gpu=rates, batch_size=batch_size, batch_reason=why)
+    for layout in LAYOUTS:
+        for batch_size in plan['batch_candidates']:
+            if time.monotonic() - began > float(plan['calibration_limit_s']):
+                break
+            try:
+                rates.append(gpu_step_rate(dataclasses.replace(base, memory_format=layout), weights, device,
+                                           int(batch_size), int(plan['calibration_steps'])))
+            except torch.OutOfMemoryError:
+                rates.append({'batch_size': batch_size, 'layout': layout, 'out_of_memory': True})
+                break
+            finally:
+                if device.type == 'cuda':
+                    torch.cuda.empty_cache()
+            record({**result, 'gpu': rates})
+    layout, batch_size, why = choose_layout(generator['samples_per_s'], rates)
+    base = dataclasses.replace(base, memory_format=layout)
+    result.update(gpu=rates, batch_size=batch_size, layout=layout, batch_reason=why)
+    record(result)
+    try:  # why a step takes what it takes, at the batch and layout the burst trains with
+        result['step_profile'] = {'status': 'ok', 'batch_size': batch_size, 'layout': layout,
+                                  **profile_calls(training_step(base, weights, device, batch_size), device.type,
+                                                  passes=int(plan['profile_steps']))}
+    except Exception as err:  # noqa: BLE001 - a profiler failure must not cost the burst
+        result['step_profile'] = {'status': 'failed', 'reason': f'{type(err).__name__}: {str(err)[:300]}'}
+    finally:
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
     record(result)
     remaining = time_limit_s - (time.monotonic() - began)
     if remaining < float(plan['min_train_s']):
         raise RuntimeError(f'calibration left {remaining:.0f} s of {time_limit_s:.0f} s: no time to train')
     # The schedule fits the burst: the steps the measured rates allow in the time left (90 %), so that the
     # cosine reaches lr_min as the time runs out instead of stopping at the peak rate; warm-up a tenth of it.
-    chosen_rate = next(rate for rate in measured if rate['batch_size'] == batch_size)['samples_per_s']
+    chosen_rate = next(rate for rate in rates if rate.get('layout') == layout and rate['batch_size'] == batch_size
+                       and 'samples_per_s' in rate)['samples_per_s']
     expected = max(int(0.9 * remaining * min(generator['samples_per_s'], chosen_rate) / batch_size), 2)
     config = dataclasses.replace(base, batch_size=batch_size, steps=expected,
                                  warmup_steps=min(base.warmup_steps, max(expected // 10, 1)))

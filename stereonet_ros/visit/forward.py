@@ -189,3 +189,20 @@ def benchmark(device: str, sizes: list[tuple[int, int]], warmup: int, repeats: i
                     table[name]['vs_seed'] = round(table[name]['median_ms'] / seed['median_ms'], 4)
                 record(results)
     return results
+
+
+def profile_forward(device: str, width: int, height: int, passes: int) -> dict[str, Any]:
+    """Operator (and on CUDA kernel) tables of our eager device pass at ``width`` x ``height``
+    (:func:`~stereonet_ros.visit.profile.profile_calls`): bf16 where it runs natively, else fp32. Eager, not
+    the captured graph: a replay is one opaque launch to the profiler, and its kernels are the eager ones."""
+    from stereonet_ros.visit.profile import profile_calls
+
+    left, right = scene(width, height)
+    variants = dict(_variants(device, left, right, 'device'))
+    precision = 'bf16' if _applicable('ours-eager-bf16', device) is None else 'fp32'
+    try:
+        call = variants[f'ours-eager-{precision}']()
+        return {'status': 'ok', 'size': f'{width}x{height}', 'variant': f'ours-eager-{precision}',
+                **profile_calls(call, device, passes=passes)}
+    finally:
+        _release()

@@ -65,6 +65,25 @@ def _cuda_tests(step: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _profile(title: str, profile: dict[str, Any] | None) -> list[str]:
+    """The operator and kernel tables of :mod:`stereonet_ros.visit.profile`, per pass."""
+    if not profile:
+        return []
+    if profile.get('status') != 'ok':
+        return ['', f'{title}: {profile.get("status")}: {profile.get("reason", "")}']
+    lines = ['', f'{title} ({profile.get("passes")} profiled passes; ms per pass; share of the table\'s total, '
+             f'{_number(profile.get("operators_total_ms"), 3)} ms of operators'
+             + (f', {_number(profile.get("kernels_total_ms"), 3)} ms of kernels)' if 'kernels' in profile else ')'),
+             '', *_table(['operator', 'input shapes', 'calls', 'ms', 'share'],
+                         [[row['name'], row.get('input_shapes', ''), _number(row['calls_per_pass']),
+                           _number(row['ms_per_pass'], 3), _number(row['share'], 3)] for row in profile['operators']])]
+    if 'kernels' in profile:
+        lines += ['', *_table(['kernel', 'calls', 'ms', 'share'],
+                              [[row['name'], _number(row['calls_per_pass']), _number(row['ms_per_pass'], 3),
+                                _number(row['share'], 3)] for row in profile['kernels']])]
+    return lines
+
+
 def _forward(step: dict[str, Any]) -> list[str]:
     lines = [f'{step.get("warmup")} warm-up calls, then {step.get("repeats")} timed ones. `device`: images on the '
              'device to disparity on the device; `host`: uint8 host arrays to the float32 host answer '
@@ -81,6 +100,9 @@ def _forward(step: dict[str, Any]) -> list[str]:
                              _number(variant.get('vs_seed'), 3), str(variant['calls'])])
             lines += ['', f'**{size}, {measure}**', '',
                       *_table(['variant', 'median ms', 'p99 ms', 'fps', 'peak MiB', 'vs seed', 'calls'], rows)]
+    profile = step.get('profile')
+    if profile:
+        lines += _profile(f'**Profile: {profile.get("variant", "?")} at {profile.get("size", "?")}**', profile)
     return lines
 
 
@@ -111,12 +133,16 @@ def _training(step: dict[str, Any]) -> list[str]:
                      f'(start {generator["startup_s"]} s, timed {generator["timed_s"]} s).')
     rates = step.get('gpu', [])
     if rates:
-        lines += ['', *_table(['batch', 'step ms', 'training samples/s on the device'],
-                              [[str(r['batch_size']), _number(r.get('step_ms')),
+        lines += ['', *_table(['layout', 'batch', 'step ms', 'training samples/s on the device'],
+                              [[str(r.get('layout', '-')), str(r['batch_size']), _number(r.get('step_ms')),
                                 'out of memory' if r.get('out_of_memory') else _number(r.get('samples_per_s'))]
                                for r in rates]), '']
     if 'batch_size' in step:
-        lines.append(f'Batch {step["batch_size"]}: {step.get("batch_reason")}.')
+        lines.append(f'Batch {step["batch_size"]}, {step.get("layout", "-")}: {step.get("batch_reason")}.')
+    profile = step.get('step_profile')
+    if profile:
+        lines += _profile(f'**Profile: one training step, batch {profile.get("batch_size")}, '
+                          f'{profile.get("layout")}**', profile) + ['']
     if 'steps' in step:
         log = step.get('log', {})
         lines.append(f'{step["steps"]} steps, {step["samples"]} samples in {step["train_s"]} s: '

@@ -72,21 +72,22 @@ def plan(rehearse: bool) -> dict[str, Any]:
     if rehearse:
         return {
             'check_crop': [96, 160],
-            'forward_sizes': [[96, 64], [64, 48]], 'forward_warmup': 1, 'forward_repeats': 2,
+            'forward_sizes': [[96, 64], [64, 48]], 'forward_warmup': 1, 'forward_repeats': 2, 'profile_passes': 1,
             'node_size': [96, 64], 'node_warmup': 1, 'node_repeats': 2,
             'train': {'data': {'height': 64, 'width': 256, 'disparity_range': (8.0, 48.0), 'n_layers': (2, 4)},
                       'workers': 1, 'calibration_batch': 2, 'generator_seconds': 0.5, 'batch_candidates': [1, 2],
-                      'calibration_steps': 1, 'calibration_limit_s': 15, 'checkpoint_every': 1000, 'log_every': 1,
-                      'max_s': 20, 'margin_s': 3, 'min_train_s': 2},
+                      'calibration_steps': 1, 'calibration_limit_s': 15, 'profile_steps': 1,
+                      'checkpoint_every': 1000, 'log_every': 1, 'max_s': 20, 'margin_s': 3, 'min_train_s': 2},
             'evaluation': {'sets': ['motorcycle', 'synthetic'], 'synthetic_samples': 1, 'sgbm_tuning_samples': 1},
         }
     return {
         'check_crop': None,
-        'forward_sizes': [[960, 544], [640, 480]], 'forward_warmup': 10, 'forward_repeats': 50,
+        'forward_sizes': [[960, 544], [640, 480]], 'forward_warmup': 10, 'forward_repeats': 50, 'profile_passes': 5,
         'node_size': [960, 540], 'node_warmup': 5, 'node_repeats': 30,
         'train': {'data': {}, 'workers': 'cores', 'calibration_batch': 16, 'generator_seconds': 8.0,
-                  'batch_candidates': [4, 8, 16, 32, 64], 'calibration_steps': 5, 'calibration_limit_s': 45,
-                  'checkpoint_every': 500, 'log_every': 10, 'max_s': None, 'margin_s': 15, 'min_train_s': 20},
+                  'batch_candidates': [4, 8, 16, 32, 64], 'calibration_steps': 5, 'calibration_limit_s': 70,
+                  'profile_steps': 2, 'checkpoint_every': 500, 'log_every': 10, 'max_s': None, 'margin_s': 15,
+                  'min_train_s': 20},
         'evaluation': {'sets': ['motorcycle', 'synthetic'], 'synthetic_samples': 32, 'sgbm_tuning_samples': 12},
     }
 

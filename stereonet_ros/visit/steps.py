@@ -138,7 +138,7 @@ def cuda_tests(ctx: Context) -> dict[str, Any]:
 # --- (b) forward benchmark ----------------------------------------------------------------------------
 
 def forward(ctx: Context) -> dict[str, Any]:
-    from stereonet_ros.visit.forward import benchmark
+    from stereonet_ros.visit.forward import benchmark, profile_forward
 
     sizes = [tuple(size) for size in ctx.plan['forward_sizes']]
     results = benchmark(ctx.device, sizes, int(ctx.plan['forward_warmup']), int(ctx.plan['forward_repeats']),
@@ -146,6 +146,14 @@ def forward(ctx: Context) -> dict[str, Any]:
     statuses = [variant['status'] for size in results['sizes'].values() for table in size.values()
                 for variant in table.values()]
     results['status'] = 'failed' if 'failed' in statuses else 'ok' if 'ok' in statuses else 'skipped'
+    if time.monotonic() < ctx.deadline:
+        try:  # where the time goes, after the timings it must not cost
+            width, height = sizes[0]
+            results['profile'] = profile_forward(ctx.device, width, height, int(ctx.plan['profile_passes']))
+        except Exception as err:  # noqa: BLE001 - a profiler failure must not lose the timings
+            results['profile'] = {'status': 'failed', 'reason': f'{type(err).__name__}: {str(err)[:300]}'}
+    else:
+        results['profile'] = {'status': 'skipped', 'reason': 'out of time'}
     return results
 
 
