@@ -648,3 +648,21 @@ def test_extra_photos_widen_the_choice_and_change_only_photo_layers() -> None:
                           generate_sample(dataclasses.replace(procedural, extra_photos=True), seed=5, index=2).left)
     with pytest.raises(SyntheticConfigError, match=r'SyntheticConfig\.extra_photos=1: must be a bool'):
         SyntheticConfig(extra_photos=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize('size', [2, 3, 7])
+def test_texel_indices_mirror_as_opencv_border_reflect_101_on_every_path(size: int) -> None:
+    """Each of _reflect_index's paths (nothing to mirror, one reflection, whole periods) against OpenCV's own
+    BORDER_REFLECT_101, at the boundaries between them: 0, size - 1, size, -size + 1, -size, the period - 1 and
+    the period, and far beyond."""
+    import cv2
+
+    from stereonet_ros.data.synthetic import _reflect_index
+
+    period = 2 * size - 2
+    cases = [np.arange(size), np.array([0, size - 1, size]), np.array([-size + 1, 0, period - 1]),
+             np.array([-size, size - 1]), np.array([0, period]), np.arange(-5 * period - 3, 5 * period + 4)]
+    for index in cases:
+        expected = [cv2.borderInterpolate(int(i), size, cv2.BORDER_REFLECT_101) for i in index]
+        np.testing.assert_array_equal(_reflect_index(index.astype(np.int64), size), expected)
+    assert _reflect_index(np.array([], np.int64), size).size == 0
