@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,7 +32,7 @@ from stereonet_ros.model.checkpoint import load_checkpoint  # noqa: E402
 from stereonet_ros.model.stereonet import Refiner, refined_level  # noqa: E402
 from stereonet_ros.samples import motorcycle  # noqa: E402
 from stereonet_ros.training.loss import stereo_pyramid_loss  # noqa: E402
-from stereonet_ros.training.train import TrainConfig, normalize  # noqa: E402
+from stereonet_ros.training.train import TrainConfig, normalize, oracle_coarse  # noqa: E402
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # left, right, oracle coarse, truth
 CANDIDATE = ROOT / 'stereonet_ros/checkpoints/stereonet_v3_candidate.safetensors'
@@ -48,7 +47,7 @@ def cached_batches(crops: int) -> list[Batch]:
         truth = torch.stack([item['disp_left'] for item in items])
         batches.append((normalize(torch.stack([item['left'] for item in items])),
                         normalize(torch.stack([item['right'] for item in items])),
-                        F.avg_pool2d(torch.nan_to_num(truth), 8), truth))
+                        oracle_coarse(truth, 8), truth))
     return batches
 
 

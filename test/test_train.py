@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import os
 import signal
 import subprocess
@@ -18,11 +19,11 @@ import torch.nn.functional as F
 from stereonet_ros.config import ConfigError, load
 from stereonet_ros.data.synthetic import SyntheticConfig, SyntheticStereoDataset
 from stereonet_ros.model.checkpoint import load_checkpoint, save_checkpoint
-from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig
+from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig, refined_level
 from stereonet_ros.training.loss import stereo_pyramid_loss
 from stereonet_ros.precision import autocast_dtype_for
 from stereonet_ros.training.train import (StepBatches, TrainConfig, _export, initial_weights, learning_rate,
-                                         normalize, train, uses_channels_last)
+                                         normalize, oracle_coarse, train, uses_channels_last)
 
 TINY = [
     'model.max_disparity=64', 'data.max_disparity=64', 'data.height=64', 'data.width=128',
@@ -422,3 +423,49 @@ def test_training_only_the_refiners_leaves_extractor_cost_filter_and_their_stati
                and key.endswith('.weight'))
     with pytest.raises(ConfigError, match='train_parts'):
         load(TrainConfig, overrides=[*TINY, 'train_parts=backbone'])
+
+
+def test_the_oracle_coarse_input_is_the_truth_averaged_over_the_cost_volume_cells() -> None:
+    truth = torch.arange(2 * 16 * 20, dtype=torch.float32).reshape(2, 1, 16, 20)
+    coarse = oracle_coarse(truth, 8)
+    assert coarse.shape == (2, 1, 2, 2)  # 20 / 8 = 2.5: the last, partial cell is left out, as the cost volume does
+    assert coarse[1, 0, 1, 0] == truth[1, 0, 8:16, 0:8].mean()
+    block = truth[0, 0, :8, :8].clone()
+    truth[0, 0, 0, 0], truth[0, 0, 0, 1] = float('nan'), float('inf')  # unusable truth counts as 0
+    block[0, 0] = block[0, 1] = 0.0
+    assert torch.isclose(oracle_coarse(truth, 8)[0, 0, 0, 0], block.mean())
+
+
+def test_a_given_coarse_input_is_refined_as_the_network_refines_its_own_and_skips_the_backbone() -> None:
+    config = load(TrainConfig, overrides=[*TINY, 'model.k_refinement_layers=2']).model
+    torch.manual_seed(0)
+    model = StereoNet(config).eval()
+    left, right = torch.randn(1, 1, 32, 64), torch.randn(1, 1, 32, 64)
+    coarse_left, coarse_right = torch.rand(1, 1, 4, 8) * 20, torch.rand(1, 1, 4, 8) * 20
+    calls: list[str] = []
+    model.feature_extractor.register_forward_hook(lambda *_: calls.append('features'))
+    model.cost_volumizer.register_forward_hook(lambda *_: calls.append('cost'))
+    with torch.no_grad():
+        output = model(left, right, with_right=True, coarse=(coarse_left, coarse_right))
+        expected = [coarse_left]
+        for refiner, size in zip(model.refiners, model.refinement_sizes(32, 64), strict=True):
+            expected.append(refined_level(refiner, left, right, expected[-1], size, 'left', config.align_corners))
+        mirrored = refined_level(model.refiners[0], right, left, coarse_right, model.refinement_sizes(32, 64)[0],
+                                 'right', config.align_corners)
+    assert calls == [] and output.cost is None
+    assert len(output.pyramid) == 3 and all(torch.equal(a, b) for a, b in zip(output.pyramid, expected, strict=True))
+    assert output.right_pyramid[0] is coarse_right and torch.equal(output.right_pyramid[1], mirrored)
+
+
+def test_training_on_the_oracle_coarse_input_moves_the_refiners_only(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="coarse_input='oracle' trains the refiners alone"):
+        load(TrainConfig, overrides=[*TINY, 'coarse_input=oracle'])
+    config = load(TrainConfig, overrides=[*TINY, 'steps=2', 'train_parts=refiners', 'coarse_input=oracle'])
+    torch.manual_seed(config.seed)
+    initial = StereoNet(config.model).state_dict()
+    assert train(config, tmp_path, progress=False) == 2
+    after = load_checkpoint(tmp_path / 'model_latest.safetensors').state_dict
+    assert all(torch.equal(initial[key], after[key]) for key in initial if not key.startswith('refiners.'))
+    assert any(not torch.equal(initial[key], after[key]) for key in initial if key.startswith('refiners.'))
+    rows = list(csv.DictReader((tmp_path / 'log.csv').open()))
+    assert len(rows) == 2 and all(math.isfinite(float(row['loss'])) for row in rows)

@@ -360,20 +360,35 @@ class StereoNet(nn.Module):
                                         side=side, border=config.cost_volume_border)
         cost = self.cost_volumizer(volume)  # (B, D, h, w)
         candidates: torch.Tensor = self.candidates  # type: ignore[assignment]
-        pyramid = [soft_argmin(cost, candidates)]
+        return self._refined(reference, target, soft_argmin(cost, candidates), side), cost
+
+    def _refined(self, reference: torch.Tensor, target: torch.Tensor, coarse: torch.Tensor,
+                 side: Side) -> list[torch.Tensor]:
+        """``[coarse, refiner 1's level, ...]``: the hierarchical refinement of a coarse disparity."""
+        pyramid = [coarse]
         sizes = self.refinement_sizes(reference.shape[2], reference.shape[3])
         for refiner, size in zip(self.refiners, sizes, strict=True):
-            pyramid.append(refined_level(refiner, reference, target, pyramid[-1], size, side, config.align_corners))
-        return pyramid, cost
+            pyramid.append(refined_level(refiner, reference, target, pyramid[-1], size, side,
+                                         self.config.align_corners))
+        return pyramid
 
     def forward(self, left: torch.Tensor, right: torch.Tensor, *, with_right: bool = False,
-                with_pyramid: bool = False) -> Any:
+                with_pyramid: bool = False, coarse: tuple[torch.Tensor, torch.Tensor] | None = None) -> Any:
         """Left disparity ``(B, 1, H, W)``; a :class:`StereoOutput` when ``with_pyramid`` or ``with_right``.
 
         ``with_right`` also computes the right-view disparity pyramid (reference = right image),
         reusing the features of both views, as left+right training needs.
+
+        ``coarse``: (left, right) disparities ``(B, 1, H / 2^K, W / 2^K)``, input pixels, refined in place of
+        the network's own soft-argmin output, which is then not computed (no features, no cost: ``cost`` is
+        None), and the answer is always a :class:`StereoOutput`. For training the refiners on an oracle coarse
+        input (``TrainConfig.coarse_input``).
         """
         self._check_inputs(left, right)
+        if coarse is not None:
+            pyramid = self._refined(left, right, coarse[0], 'left')
+            right_pyramid = self._refined(right, left, coarse[1], 'right') if with_right else None
+            return StereoOutput(disparity=pyramid[-1], pyramid=pyramid, right_pyramid=right_pyramid)
         # One pass of the shared extractor over both views (a batch of 2B) instead of two.
         features = self.feature_extractor(torch.cat((left, right), dim=0))
         left_features, right_features = features.chunk(2, dim=0)

@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 
 from stereonet_ros.config import ConfigError, load, to_dict
@@ -131,6 +132,12 @@ class TrainConfig:
     """What the optimizer updates. 'refiners' freezes the feature extractor and the cost filter (their
     BatchNorm statistics too) and trains only the refiners, against a coarse disparity that stays put:
     the stage that teaches refiners re-initialized on a trained network to use the image."""
+    coarse_input: Literal['network', 'oracle'] = 'network'
+    """What the refiners refine while training: the network's own soft-argmin output, or (with
+    ``train_parts=refiners``) an oracle, the ground truth averaged over the cost volume's cells
+    (:func:`oracle_coarse`): every error left is then at a depth edge, where only the image can place it.
+    No feature or cost pass is made, and the loss counts the refined levels only. Validation and the
+    Motorcycle scores still run the whole network on its own coarse output."""
     score_real_pair: bool = True
     """Also score the Middlebury Motorcycle pair (scikit-image) at each validation."""
 
@@ -154,6 +161,8 @@ class TrainConfig:
                               f'{self.data.max_disparity}: the loss mask and the network must agree')
         if self.validation_seed == self.seed:
             raise ConfigError('validation_seed must differ from seed (held-out data)')
+        if self.coarse_input == 'oracle' and self.train_parts != 'refiners':
+            raise ConfigError("coarse_input='oracle' trains the refiners alone: set train_parts=refiners")
 
     def contract(self) -> InputContract:
         channels = self.model.in_channels
@@ -206,6 +215,12 @@ class StepBatches(torch.utils.data.Sampler[list[int]]):
 
     def __len__(self) -> int:
         return max(0, self.last_step - self.first_step)
+
+
+def oracle_coarse(truth: torch.Tensor, factor: int) -> torch.Tensor:
+    """What a perfect cost volume would give: ``(B, 1, H, W)`` ground truth averaged over ``factor`` x
+    ``factor`` cells -> ``(B, 1, H / factor, W / factor)``, pixels (non-finite values count as 0)."""
+    return F.avg_pool2d(torch.nan_to_num(truth, nan=0.0, posinf=0.0, neginf=0.0), factor)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -466,10 +481,14 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
                 valid_left = valid_right = None  # finite and < max_disparity: the loss's own mask
             else:
                 valid_left, valid_right = batch['valid_left'].to(device), batch['valid_right'].to(device)
+            oracle = config.coarse_input == 'oracle'
+            coarse = ((oracle_coarse(gt_left, config.model.downsampling_factor),
+                       oracle_coarse(gt_right, config.model.downsampling_factor)) if oracle else None)
             with torch.autocast(device_type=device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
-                output = runner(left, right, with_right=True)
-            loss = stereo_pyramid_loss([p.float() for p in output.pyramid],
-                                       [p.float() for p in output.right_pyramid], gt_left, gt_right,
+                output = runner(left, right, with_right=True, coarse=coarse)
+            first = 1 if oracle else 0  # an oracle level is the truth itself: no loss to learn from
+            loss = stereo_pyramid_loss([p.float() for p in output.pyramid[first:]],
+                                       [p.float() for p in output.right_pyramid[first:]], gt_left, gt_right,
                                        valid_left, valid_right, float(config.model.max_disparity),
                                        alpha=config.loss_alpha, c=config.loss_c)
             if not torch.isfinite(loss):
