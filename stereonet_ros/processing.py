@@ -114,7 +114,9 @@ class StereoOutputs:
         confidence: ``(H, W)`` float32 in [0, 1].
         disparity_color: ``(H, W, 3)`` uint8 RGB (turbo from min to max disparity, invalid black).
         timings: seconds per stage: ``model`` (preprocess + network + resize back), ``post`` (validity,
-            depth, cloud, colour).
+            depth, cloud, colour), and within ``post``: ``post_colours`` (fetching the cloud's colours),
+            then :func:`postprocess`'s own ``post_validity``, ``post_depth``, ``post_cloud`` (reprojection
+            and the PointCloud2 buffer) and ``post_colour_map`` (the stages computed).
     """
 
     disparity: npt.NDArray[np.float32]
@@ -256,8 +258,10 @@ class StereoProcessor:
         colours = rgb
         if callable(colours):  # asked for only now, and only when the cloud takes colour
             colours = colours() if outputs.points and config.use_color else None
+        colours_done = time.perf_counter()
         result = postprocess(shift, confidence, max_shift, camera, config, outputs, colours)
-        result.timings = {'model': model_done - start, 'post': time.perf_counter() - model_done}
+        result.timings.update(model=model_done - start, post=time.perf_counter() - model_done,
+                              post_colours=colours_done - model_done)
         result.network_scale = answer.scale
         return result
 
@@ -277,12 +281,20 @@ def postprocess(shift: npt.NDArray[np.float32], confidence: npt.NDArray[np.float
         camera: the pair's camera model (its size must equal ``shift``'s).
         config: the node's parameters (``min_disparity``, ``min_confidence``, ``use_color``,
             ``avoid_point_cloud_padding`` are used).
-        outputs: which outputs to compute (``timings`` is left empty).
+        outputs: which outputs to compute (``timings`` gets the ``post_*`` stages computed).
         rgb: ``(H, W, 3)`` uint8 left colours for the cloud, or ``None`` (no rgb field).
 
     Raises:
         StereoInputError: ``rgb`` is not the size of ``shift``.
     """
+    clock = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(stage: str) -> None:  # seconds since the last lap, under post_<stage>
+        nonlocal clock
+        now = time.perf_counter()
+        timings[f'post_{stage}'], clock = now - clock, now
+
     height, width = shift.shape
     disparity = camera.shift_to_disparity(shift)  # (H, W) float32, DisparityImage convention
     columns = np.arange(width, dtype=np.float32)[np.newaxis, :]  # (1, W)
@@ -311,25 +323,28 @@ def postprocess(shift: npt.NDArray[np.float32], confidence: npt.NDArray[np.float
         # float32's, taken at the largest disparity (where it is coarsest).
         delta_d=float(np.spacing(np.float32(max(abs(max_disparity), 1.0)))),
         valid_window=window,
-        confidence=confidence if outputs.confidence else None)
+        confidence=confidence if outputs.confidence else None, timings=timings)
     masked = None
     if outputs.depth or outputs.points or outputs.disparity_color:
         masked = np.where(valid, disparity, np.float32(np.nan))  # (H, W), NaN invalid
-    if masked is not None and (outputs.depth or outputs.points):
-        if outputs.depth:
-            result.depth = disparity_to_depth(masked, camera.focal, camera.baseline, config.min_disparity)
-        if outputs.points:
-            points = reproject_to_3d(masked, camera, config.min_disparity)  # (H, W, 3)
-            colours = rgb if config.use_color else None
-            if colours is not None and colours.shape[:2] != (height, width):
-                raise StereoInputError(f'colour image is {colours.shape[1]}x{colours.shape[0]}, '
-                                       f'the pair {width}x{height}')
-            result.cloud = pointcloud2_buffer(points, colours, config.avoid_point_cloud_padding)
+    lap('validity')
+    if masked is not None and outputs.depth:
+        result.depth = disparity_to_depth(masked, camera.focal, camera.baseline, config.min_disparity)
+        lap('depth')
+    if masked is not None and outputs.points:
+        points = reproject_to_3d(masked, camera, config.min_disparity)  # (H, W, 3)
+        colours = rgb if config.use_color else None
+        if colours is not None and colours.shape[:2] != (height, width):
+            raise StereoInputError(f'colour image is {colours.shape[1]}x{colours.shape[0]}, '
+                                   f'the pair {width}x{height}')
+        result.cloud = pointcloud2_buffer(points, colours, config.avoid_point_cloud_padding)
+        lap('cloud')
     if masked is not None and outputs.disparity_color:
         # From the smallest disparity the node can publish: a negative floor (stereo_image_proc's range)
         # would spend the colour map on values that are never valid here (d <= 0 has no depth).
         floor = max(config.min_disparity, 0.0)
         result.disparity_color = colorize_disparity(masked, vmin=floor, vmax=max(max_disparity, floor))
+        lap('colour_map')
     return result
 
 

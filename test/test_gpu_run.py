@@ -85,6 +85,8 @@ def test_the_rehearsal_runs_every_step_on_the_cpu_without_ros_rosbags_or_pytest(
     node = summary['node_processing']['variants']['fp32-eager']
     assert node['status'] == 'ok' and node['pairs'] == 2 and node['valid_fraction'] > 0
     assert node['total_ms_median'] >= node['model_ms_median'] > 0
+    assert node['post_cloud_ms_median'] > 0 and node['post_colour_map_ms_median'] > 0  # post, stage by stage
+    assert 'Post, by stage' in (out / 'summary.md').read_text()
 
     training = summary['training']
     assert training['steps'] >= 1 and training['batch_size'] in (1, 2) and training['generator']['samples_per_s'] > 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,23 @@ def test_only_the_selected_outputs_are_computed(processor: StereoProcessor, pair
                                                                                 disparity_color=False))
     assert out.depth is None and out.cloud is None and out.confidence is None and out.disparity_color is None
     assert not OutputSelection(False, False, False, False, False).any
+    # Timed are the stages that ran, and they are parts of post
+    assert set(out.timings) == {'model', 'post', 'post_colours', 'post_validity'}
+
+
+def test_post_is_timed_by_stage_and_the_stages_are_parts_of_it(processor: StereoProcessor, pair: Any) -> None:
+    left, right, rgb = pair
+    fetched: list[float] = []
+
+    def colours() -> np.ndarray:
+        fetched.append(time.perf_counter())
+        time.sleep(0.02)  # a slow colour fetch is counted under post_colours, not under a postprocess stage
+        return rgb
+    out = processor.process(left, right, CAMERA, NodeConfig(), OutputSelection(), rgb=colours)
+    stages = ('post_colours', 'post_validity', 'post_depth', 'post_cloud', 'post_colour_map')
+    assert set(out.timings) == {'model', 'post', *stages} and len(fetched) == 1
+    assert out.timings['post_colours'] >= 0.02 and all(out.timings[stage] >= 0.0 for stage in stages)
+    assert sum(out.timings[stage] for stage in stages) <= out.timings['post']
 
 
 def test_cloud_layout_follows_use_color_and_avoid_point_cloud_padding(processor: StereoProcessor, pair: Any) -> None:

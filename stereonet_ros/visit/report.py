@@ -119,6 +119,15 @@ def _node(step: dict[str, Any]) -> list[str]:
                      _number(variant['total_ms_p99']), _number(variant['fps'], 1),
                      ', '.join(f'{w}x{h}' for h, w in variant.get('captured_sizes', [])) or 'none'])
     lines += _table(['variant', 'decode', 'model', 'post', 'total', 'total p99', 'fps', 'captured'], rows)
+    parts = [(name, variant) for name, variant in step.get('variants', {}).items()
+             if variant.get('status') == 'ok' and 'post_validity_ms_median' in variant]
+    if parts:
+        stages = ('post_colours', 'post_validity', 'post_depth', 'post_cloud', 'post_colour_map')
+        lines += ['', 'Post, by stage (medians, ms): the colours fetched for the cloud, validity (and the mask), '
+                  'depth, cloud (reprojection and PointCloud2 buffer), colour map.', '',
+                  *_table(['variant', *(stage.removeprefix('post_') for stage in stages)],
+                          [[name, *(_number(variant.get(f'{stage}_ms_median')) for stage in stages)]
+                           for name, variant in parts])]
     if step.get('device_warnings'):
         lines += ['', 'Device warnings: ' + '; '.join(step['device_warnings'])]
     return lines

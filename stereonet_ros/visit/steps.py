@@ -167,6 +167,10 @@ def _camera_info(width: int, height: int, right: bool) -> Any:
                               0.0, 0.0, 1.0, 0.0])
 
 
+POST_STAGES = ('post_colours', 'post_validity', 'post_depth', 'post_cloud', 'post_colour_map')
+"""The parts of ``post`` (:class:`~stereonet_ros.processing.StereoOutputs`' timings), reported each."""
+
+
 def node_processing(ctx: Context) -> dict[str, Any]:
     """What the node's worker does per pair, with its own functions: decode (two colour messages),
     :class:`~stereonet_ros.processing.DeviceGuard` around :meth:`StereoProcessor.process` (inference, then
@@ -206,7 +210,8 @@ def node_processing(ctx: Context) -> dict[str, Any]:
             warnings.simplefilter('ignore')
             processor = StereoProcessor(Predictor(checkpoint, device=ctx.device, precision=precision,  # type: ignore[arg-type]
                                                   cuda_graphs=graphs))
-        stages: dict[str, list[float]] = {'decode': [], 'model': [], 'post': [], 'total': []}
+        stages: dict[str, list[float]] = {'decode': [], 'model': [], 'post': [], 'total': [],
+                                          **{name: [] for name in POST_STAGES}}
         for index in range(int(ctx.plan['node_warmup']) + int(ctx.plan['node_repeats'])):
             start = time.perf_counter()
             left_array, right_array, _ = decode_pair(left_msg, right_msg, want_rgb=False)
@@ -216,7 +221,8 @@ def node_processing(ctx: Context) -> dict[str, Any]:
             done = time.perf_counter()
             if index >= int(ctx.plan['node_warmup']):
                 for stage, seconds in (('decode', decoded - start), ('model', out.timings['model']),
-                                       ('post', out.timings['post']), ('total', done - start)):
+                                       ('post', out.timings['post']), ('total', done - start),
+                                       *((name, out.timings.get(name, 0.0)) for name in POST_STAGES)):
                     stages[stage].append(seconds * 1000.0)
         assert out.cloud is not None and out.depth is not None and out.disparity_color is not None
         entry: dict[str, Any] = {'status': 'ok', 'pairs': len(stages['total']),
