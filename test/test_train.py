@@ -469,3 +469,24 @@ def test_training_on_the_oracle_coarse_input_moves_the_refiners_only(tmp_path: P
     assert any(not torch.equal(initial[key], after[key]) for key in initial if key.startswith('refiners.'))
     rows = list(csv.DictReader((tmp_path / 'log.csv').open()))
     assert len(rows) == 2 and all(math.isfinite(float(row['loss'])) for row in rows)
+
+
+def test_an_oracle_stage_logs_its_refiners_epe_and_guide_rise_on_the_oracle_input(tmp_path: Path) -> None:
+    import stereonet_ros.training.train as training
+
+    config = load(TrainConfig, overrides=[*TINY, 'steps=2', 'validate_every=2', 'validation_samples=2',
+                                          'train_parts=refiners', 'coarse_input=oracle'])
+    torch.manual_seed(0)
+    model = StereoNet(config.model).eval()
+    dataset = SyntheticStereoDataset(config.data.without_rig_augmentation(), length=2, seed=config.validation_seed)
+    scores = training.oracle_scores(model, config, dataset, torch.device('cpu'))
+    # A refiner with a zero last layer adds nothing: the output is the oracle upsampled, with or without guide
+    for refiner in model.refiners:
+        torch.nn.init.zeros_(refiner.net[-1].weight)
+        torch.nn.init.zeros_(refiner.net[-1].bias)
+    untouched = training.oracle_scores(model, config, dataset, torch.device('cpu'))
+    assert untouched['oracle_guide_rise'] == 0.0 and untouched['oracle_epe'] > 0
+    assert math.isfinite(scores['oracle_epe']) and scores['oracle_guide_rise'] != 0.0  # a random refiner sees the image
+    assert train(config, tmp_path, progress=False) == 2
+    rows = list(csv.DictReader((tmp_path / 'log.csv').open()))
+    assert list(rows[0])[-2:] == ['oracle_epe', 'oracle_guide_rise'] and rows[-1]['oracle_epe'] != ''

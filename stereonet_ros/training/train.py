@@ -319,14 +319,47 @@ def validate(model: StereoNet, config: TrainConfig, device: torch.device) -> dic
         for level, metrics in enumerate(refinement.levels[:-1]):
             results[f'real_epe_level{level}'] = metrics.epe
         results['guide_rise'] = refinement.guide_rise_epe
+    if config.coarse_input == 'oracle':
+        results.update(oracle_scores(model, config, dataset, device))
     return results
+
+
+def oracle_scores(model: StereoNet, config: TrainConfig, dataset: SyntheticStereoDataset,
+                  device: torch.device) -> dict[str, float]:
+    """What the refiners do on the input they train on: EPE of the refined output from :func:`oracle_coarse`
+    on ``dataset``'s left views (``oracle_epe``), and how much it rises with every guide image zeroed
+    (``oracle_guide_rise``, :func:`~stereonet_ros.model.surgery.without_image_guidance`): the stage's own
+    reading of whether the refiners use the image, free of the coarse stage's errors."""
+    from stereonet_ros.model.surgery import without_image_guidance
+
+    weights = {key: value.detach().float().cpu() for key, value in model.state_dict().items()}
+    networks = []
+    for state in (weights, without_image_guidance(config.model, weights)):
+        network = StereoNet(config.model)
+        network.load_state_dict(state)
+        networks.append(network.to(device).eval())
+    error_sums, counted = [0.0, 0.0], 0
+    with torch.no_grad():
+        for index in range(len(dataset)):
+            item = dataset[index]
+            left, right = (normalize(item[key][None].to(device)) for key in ('left', 'right'))
+            truth, valid = item['disp_left'][None].to(device), item['valid_left'][None].to(device)
+            valid = valid & torch.isfinite(truth) & (truth < config.model.max_disparity)
+            coarse = oracle_coarse(truth, config.model.downsampling_factor)
+            counted += int(valid.sum())
+            for which, network in enumerate(networks):
+                refined = network(left, right, coarse=(coarse, coarse)).disparity  # the right one is not refined
+                error_sums[which] += float((refined - truth)[valid].abs().sum())
+    trained, ablated = (total / max(counted, 1) for total in error_sums)
+    return {'oracle_epe': trained, 'oracle_guide_rise': ablated - trained}
 
 
 def log_fields(config: TrainConfig) -> list[str]:
     """log.csv's columns: per-step figures, then the validation scores of :func:`validate`."""
     levels = [f'real_epe_level{level}' for level in range(config.model.k_refinement_layers)]
+    oracle = ['oracle_epe', 'oracle_guide_rise'] if config.coarse_input == 'oracle' else []
     return ['step', 'wall_s', 'samples_per_s', 'loss', 'lr', 'val_epe', 'val_bad3', 'real_epe', 'real_bad2',
-            'real_bad3', *levels, 'guide_rise']
+            'real_bad3', *levels, 'guide_rise', *oracle]
 
 
 # --- the loop ----------------------------------------------------------------------------------------
