@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from stereonet_ros.model.checkpoint import load_checkpoint
 from stereonet_ros.visit import run as visit_run
@@ -108,11 +109,16 @@ def test_the_rehearsal_runs_every_step_on_the_cpu_without_ros_rosbags_or_pytest(
 
     checkpoints = summary['evaluation']['checkpoints']
     assert set(checkpoints) == {'trained', 'start'}
+    for entry in checkpoints.values():  # promote's first check, per checkpoint
+        guide = entry['guide']
+        assert guide['needed'] == 0.2 and guide['epe'] == guide['levels_epe'][-1] > 0
+        assert abs(guide['rise'] - (guide['without_guide_epe'] - guide['epe'])) < 2e-4
     for entry in checkpoints.values():
         for spec in ('motorcycle', 'synthetic'):
             ours = entry['results']['sets'][spec]['methods']['stereonet']
             assert all(ours[view] is not None for view in ('dense', 'answered', 'matched'))
     report = (out / 'summary.md').read_text()
+    assert 'Guide ablation on Motorcycle' in report
     assert report.startswith('# REHEARSAL on the CPU') and '## (d) Training burst: ok' in report
     assert report in completed.stdout  # printed last, for the device call's output tail
 
@@ -203,3 +209,30 @@ def test_the_burst_trains_in_the_layout_that_feeds_the_most_samples() -> None:
     assert choose_layout(50.0, tie)[0] == 'contiguous'
     with pytest.raises(RuntimeError, match='no batch size could be measured'):
         choose_layout(50.0, [{'layout': 'contiguous', 'batch_size': 4, 'out_of_memory': True}])
+
+
+@pytest.mark.timeout(300)
+def test_the_burst_can_run_another_recipe_such_as_the_oracle_refiner_stage(tmp_path: Path) -> None:
+    """--train-override reaches the burst: calibration, profile and training all run the refiner stage (no
+    backbone gradients: the frozen parts stay as they were)."""
+    from stereonet_ros.visit.burst import burst, start_checkpoint
+
+    plan = dict(visit_run.plan(rehearse=True)['train'], workers=0, batch_candidates=[1],
+                overrides=['train_parts=refiners', 'coarse_input=oracle', 'reinitialize_refiners=true',
+                           'model.k_refinement_layers=1', 'model.refiner_disparity_unit=128'])
+    result = burst(tmp_path, 'cpu', plan, time_limit_s=60, record=lambda partial: None)
+    assert result['recipe'].startswith('TrainConfig defaults with train_parts=refiners coarse_input=oracle')
+    assert result['step_profile']['status'] == 'ok' and result['steps'] >= 1
+    trained = load_checkpoint(tmp_path / 'train' / 'model_latest.safetensors')
+    assert trained.config.k_refinement_layers == 1 and trained.provenance['train_config']['coarse_input'] == 'oracle'
+    start = load_checkpoint(start_checkpoint()).state_dict
+    assert all(torch.equal(start[key], value) for key, value in trained.state_dict.items()
+               if key.startswith(('feature_extractor.', 'cost_volumizer.')))
+
+
+def test_a_bad_train_override_is_refused_in_one_line_before_anything_runs(tmp_path: Path) -> None:
+    completed = gpu_run(['--rehearse', '--out', str(tmp_path / 'visit'), '--train-override', 'coarse_input=psychic'],
+                        tmp_path)
+    assert completed.returncode == 2 and not (tmp_path / 'visit').exists()
+    assert completed.stderr.startswith("gpu_run: --train-override: coarse_input='psychic': must be one of")
+    assert completed.stderr.count('\n') == 1 and 'Traceback' not in completed.stderr

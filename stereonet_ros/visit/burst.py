@@ -72,11 +72,12 @@ def training_step(config: Any, weights: dict[str, torch.Tensor], device: torch.d
                   batch_size: int) -> Callable[[], None]:
     """One full training step as ``train`` takes it (left+right forward under autocast, loss, backward,
     clipping, AdamW) at ``batch_size``, on random crops already on the device, in ``config.memory_format``'s
-    layout and with cuDNN autotuning on CUDA, as ``train`` sets them."""
+    layout and with cuDNN autotuning on CUDA, the parts ``config.train_parts`` freezes frozen and the coarse
+    input of ``config.coarse_input``, as ``train`` sets them."""
     from stereonet_ros.model.stereonet import StereoNet, to_channels_last
     from stereonet_ros.precision import autocast_dtype_for, cpu_has_native_bf16
     from stereonet_ros.training.loss import stereo_pyramid_loss
-    from stereonet_ros.training.train import uses_channels_last
+    from stereonet_ros.training.train import frozen_parts, oracle_coarse, uses_channels_last
 
     model = StereoNet(config.model)
     model.load_state_dict(weights)
@@ -86,7 +87,10 @@ def training_step(config: Any, weights: dict[str, torch.Tensor], device: torch.d
         to_channels_last(model)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    for module in frozen_parts(model, config.train_parts):
+        module.requires_grad_(False)
+        module.eval()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     dtype = autocast_dtype_for(config.precision, device.type, device.type == 'cpu' and cpu_has_native_bf16())
     generator = torch.Generator().manual_seed(0)
     shape = (batch_size, config.model.in_channels, config.data.height, config.data.width)
@@ -96,15 +100,20 @@ def training_step(config: Any, weights: dict[str, torch.Tensor], device: torch.d
     if channels_last:
         left, right = (t.contiguous(memory_format=torch.channels_last) for t in (left, right))
 
+    oracle = config.coarse_input == 'oracle'
+    coarse = tuple(oracle_coarse(t, config.model.downsampling_factor) for t in truth) if oracle else None
+    first = 1 if oracle else 0
+
     def step() -> None:
         with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            output = model(left, right, with_right=True)
-        loss = stereo_pyramid_loss([p.float() for p in output.pyramid], [p.float() for p in output.right_pyramid],
+            output = model(left, right, with_right=True, coarse=coarse)
+        loss = stereo_pyramid_loss([p.float() for p in output.pyramid[first:]],
+                                   [p.float() for p in output.right_pyramid[first:]],
                                    truth[0], truth[1], None, None, float(config.model.max_disparity),
                                    alpha=config.loss_alpha, c=config.loss_c)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
         optimizer.step()
     return step
 
@@ -182,21 +191,24 @@ def burst(work: Path, device_name: str, plan: dict[str, Any], time_limit_s: floa
     was measured and where the checkpoint and log are (``work/train``)."""
     from stereonet_ros.inference import resolve_device
     from stereonet_ros.model.checkpoint import load_checkpoint
+    from stereonet_ros.config import load
     from stereonet_ros.training.train import TrainConfig, initial_weights, train
     from stereonet_ros.visit.profile import profile_calls
 
     began = time.monotonic()
     device = resolve_device(device_name)
-    recipe = TrainConfig()
-    overrides: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value
-                                 for key, value in plan.get('data', {}).items()}
-    data = dataclasses.replace(recipe.data, **overrides)  # (JSON made the pairs lists)
+    overrides = list(plan.get('overrides', []))
+    recipe = load(TrainConfig, overrides=overrides)
+    sizes: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value
+                             for key, value in plan.get('data', {}).items()}
+    data = dataclasses.replace(recipe.data, **sizes)  # (JSON made the pairs lists)
     workers = int(plan['workers'])
     base = dataclasses.replace(recipe, data=data, device=str(device), precision='bf16', workers=workers,
                                init_checkpoint=str(start_checkpoint()), validate_every=10**9,
                                checkpoint_every=int(plan['checkpoint_every']), log_every=int(plan['log_every']),
                                score_real_pair=False)
-    result: dict[str, Any] = {'recipe': f'TrainConfig defaults, from {start_checkpoint().name}',
+    described = f'TrainConfig defaults with {" ".join(overrides)}' if overrides else 'TrainConfig defaults'
+    result: dict[str, Any] = {'recipe': f'{described}, from {start_checkpoint().name}',
                               'device': str(device), 'crop': f'{data.width}x{data.height}'}
     generator = generator_rate(data, workers, int(plan['calibration_batch']), float(plan['generator_seconds']),
                                seed=recipe.seed + 7919)

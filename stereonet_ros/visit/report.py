@@ -169,6 +169,13 @@ def _evaluation(step: dict[str, Any]) -> list[str]:
             lines += ['', f'**{label}**: {entry.get("status")}: {entry.get("reason", "")}']
             continue
         lines += ['', f'**{label}** ({entry.get("path")})', '', entry['table']]
+        guide = entry.get('guide')
+        if guide:
+            at = f' (network at scale {guide["scale"]:g})' if guide.get('scale', 1.0) != 1.0 else ''
+            lines += ['', f'Guide ablation on Motorcycle{at}: EPE {guide["epe"]:.3f} px as is, {guide["without_guide_epe"]:.3f} '
+                      f'with every guide image zeroed (rise {guide["rise"]:+.3f} px; promote needs {guide["needed"]}); '
+                      'by level, soft argmin to output: ' + ', '.join(f'{epe:.3f}' for epe in guide['levels_epe'])
+                      + ' px.']
     return lines
 
 

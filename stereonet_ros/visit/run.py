@@ -78,7 +78,8 @@ def plan(rehearse: bool) -> dict[str, Any]:
                       'workers': 1, 'calibration_batch': 2, 'generator_seconds': 0.5, 'batch_candidates': [1, 2],
                       'calibration_steps': 1, 'calibration_limit_s': 15, 'profile_steps': 1,
                       'checkpoint_every': 1000, 'log_every': 1, 'max_s': 20, 'margin_s': 3, 'min_train_s': 2},
-            'evaluation': {'sets': ['motorcycle', 'synthetic'], 'synthetic_samples': 1, 'sgbm_tuning_samples': 1},
+            'evaluation': {'sets': ['motorcycle', 'synthetic'], 'synthetic_samples': 1, 'sgbm_tuning_samples': 1,
+                           'guide_scale': 0.25},
         }
     return {
         'check_crop': None,
@@ -88,7 +89,8 @@ def plan(rehearse: bool) -> dict[str, Any]:
                   'batch_candidates': [4, 8, 16, 32, 64], 'calibration_steps': 5, 'calibration_limit_s': 70,
                   'profile_steps': 2, 'checkpoint_every': 500, 'log_every': 10, 'max_s': None, 'margin_s': 15,
                   'min_train_s': 20},
-        'evaluation': {'sets': ['motorcycle', 'synthetic'], 'synthetic_samples': 32, 'sgbm_tuning_samples': 12},
+        'evaluation': {'sets': ['motorcycle', 'synthetic'], 'synthetic_samples': 32, 'sgbm_tuning_samples': 12,
+                       'guide_scale': 1.0},
     }
 
 
@@ -218,12 +220,33 @@ def _write_summary(out: Path, summary: dict[str, Any]) -> None:
     (out / 'summary.md').write_text(render(summary))
 
 
-def visit(out: Path, budget_s: float, rehearse: bool, echo: Any = print) -> dict[str, Any]:
-    """Run every step into ``out``; returns the summary (also written there).
+def check_train_overrides(overrides: Sequence[str]) -> None:
+    """Refuse, before anything runs, ``--train-override`` values that ``TrainConfig`` would refuse.
 
     Raises:
-        VisitError: ``out`` cannot be used, or there is no CUDA device and this is not a rehearsal.
+        VisitError: status 2, naming the bad value.
     """
+    from stereonet_ros.config import ConfigError, load
+    from stereonet_ros.training.train import TrainConfig
+
+    try:
+        load(TrainConfig, overrides=list(overrides))
+    except ConfigError as err:
+        raise VisitError(f'--train-override: {err}', status=2) from None
+
+
+def visit(out: Path, budget_s: float, rehearse: bool, echo: Any = print,
+          train_overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Run every step into ``out``; returns the summary (also written there).
+
+    ``train_overrides``: ``TrainConfig`` KEY=VALUE applied to the burst's recipe (default: the defaults),
+    e.g. the refiner stage ``train_parts=refiners coarse_input=oracle``.
+
+    Raises:
+        VisitError: ``out`` cannot be used, an override is refused, or there is no CUDA device and this
+            is not a rehearsal.
+    """
+    check_train_overrides(train_overrides)
     started = time.monotonic()
     started_utc = datetime.datetime.now(datetime.UTC)
     _check_output_dir(out)
@@ -236,6 +259,7 @@ def visit(out: Path, budget_s: float, rehearse: bool, echo: Any = print) -> dict
     else:
         raise VisitError('no CUDA device here (torch.cuda.is_available() is False); on a CPU, run --rehearse')
     steps_plan = plan(rehearse)
+    steps_plan['train']['overrides'] = list(train_overrides)
     summary: dict[str, Any] = {'visit': {'started_utc': started_utc.isoformat(timespec='seconds'),
                                          **_environment(device, rehearse, budget_s), 'plan': steps_plan}}
     log_path = out / 'visit.log'
@@ -279,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f'seconds for the whole visit (default {DEFAULT_BUDGET_S:g}; '
                              f'{REHEARSAL_BUDGET_S:g} with --rehearse)')
     parser.add_argument('--rehearse', action='store_true', help='the same steps on the CPU, tiny sizes')
+    parser.add_argument('--train-override', action='append', default=[], metavar='KEY=VALUE',
+                        help="the burst's TrainConfig (repeatable; default: the recipe's defaults)")
     arguments = parser.parse_args(argv)
     budget = arguments.budget_s
     if budget is None:
@@ -287,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f'{PROGRAM}: --budget-s {budget:g}: must be at least 30', file=sys.stderr)
         return 2
     try:
-        summary = visit(arguments.out, budget, arguments.rehearse)
+        summary = visit(arguments.out, budget, arguments.rehearse, train_overrides=arguments.train_override)
     except VisitError as err:
         print(f'{PROGRAM}: {err}', file=sys.stderr)
         return err.status

@@ -257,6 +257,22 @@ def training(ctx: Context) -> dict[str, Any]:
 
 # --- (e) evaluation -----------------------------------------------------------------------------------
 
+def _guide_ablation(path: str | None, device: str, scale: float) -> dict[str, Any]:
+    """Motorcycle EPE as is and with every refiner's guide image zeroed (what ``promote`` checks first),
+    and per pyramid level, the network run at ``scale`` (1 on a GPU; the rehearsal's is smaller)."""
+    from stereonet_ros.evaluation.refinement import GUIDE_ABLATION_MIN_RISE_PX, refinement_scores
+    from stereonet_ros.inference import DEFAULT_CHECKPOINT
+    from stereonet_ros.model.checkpoint import load_checkpoint
+    from stereonet_ros.samples import motorcycle
+
+    pair = motorcycle()
+    scores = refinement_scores(load_checkpoint(path or DEFAULT_CHECKPOINT), pair.left, pair.right, pair.disparity,
+                               device=device, scale=scale)
+    return {'scale': scale, 'epe': round(scores.output.epe, 4), 'without_guide_epe': round(scores.without_guide.epe, 4),
+            'rise': round(scores.guide_rise_epe, 4), 'needed': GUIDE_ABLATION_MIN_RISE_PX,
+            'levels_epe': [round(level.epe, 4) for level in scores.levels]}
+
+
 def evaluation(ctx: Context) -> dict[str, Any]:
     """The trained checkpoint (if the burst left one) and the one it started from (``start_checkpoint``),
     on Motorcycle and held-out synthetic, in the three views, SGBM in the same run."""
@@ -281,7 +297,8 @@ def evaluation(ctx: Context) -> dict[str, Any]:
         scores.pop('provenance', None)  # long; the checkpoint files carry it
         shown = "model.safetensors, the burst's" if label == 'trained' else start_checkpoint().name
         result['checkpoints'][label] = {'status': 'ok', 'path': shown,
-                                        'table': format_table(scores), 'results': scores}
+                                        'table': format_table(scores), 'results': scores,
+                                        'guide': _guide_ablation(path, ctx.device, float(plan['guide_scale']))}
         ctx.save(result)
     result['status'] = 'ok'
     return result
