@@ -46,7 +46,7 @@ STEP_NAMES = tuple(STEPS)
 DEFAULT_BUDGET_S = 540.0
 """The device call's 600 s limit less a minute for start-up, the summary and the copy back."""
 REHEARSAL_BUDGET_S = 150.0
-SHARES = {'cuda_tests': 0.15, 'forward': 0.2, 'node_processing': 0.06, 'evaluation': 0.12}
+SHARES = {'cuda_tests': 0.15, 'forward': 0.2, 'node_processing': 0.06, 'evaluation': 0.15}
 """Each step's limit as a fraction of the budget; training takes what the others leave."""
 SUMMARY_SHARE = 0.02
 OUTPUT_FILES = ('summary.json', 'summary.md', 'model.safetensors', 'log.csv', 'visit.log')
