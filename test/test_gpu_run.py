@@ -236,3 +236,21 @@ def test_a_bad_train_override_is_refused_in_one_line_before_anything_runs(tmp_pa
     assert completed.returncode == 2 and not (tmp_path / 'visit').exists()
     assert completed.stderr.startswith("gpu_run: --train-override: coarse_input='psychic': must be one of")
     assert completed.stderr.count('\n') == 1 and 'Traceback' not in completed.stderr
+
+
+@pytest.mark.timeout(300)
+def test_only_the_steps_asked_for_run_and_the_others_are_reported_as_not_asked_for(tmp_path: Path) -> None:
+    out = tmp_path / 'visit'
+    completed = gpu_run(['--rehearse', '--out', str(out), '--only', 'node_processing'], tmp_path)
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['node_processing']['status'] == 'ok'
+    for name in STEPS:
+        if name != 'node_processing':
+            assert summary[name] == {'status': 'skipped', 'reason': 'not asked for (--only)'}
+    assert {path.name for path in out.iterdir()} == {'summary.json', 'summary.md', 'visit.log'}
+    # With the steps after it left out, a step may use the whole budget but the summary's share.
+    assert visit_run.step_limit('training', 540.0, 540.0, None, ['training']) == pytest.approx(540.0 * 0.98)
+    bad = gpu_run(['--rehearse', '--out', str(tmp_path / 'other'), '--only', 'training,lunch'], tmp_path)
+    assert bad.returncode == 2 and bad.stderr == ("gpu_run: --only 'training,lunch': name steps of cuda_tests, "
+                                                  'forward, node_processing, training, evaluation\n')

@@ -94,10 +94,11 @@ def plan(rehearse: bool) -> dict[str, Any]:
     }
 
 
-def step_limit(name: str, budget_s: float, remaining_s: float, train_max_s: float | None) -> float:
+def step_limit(name: str, budget_s: float, remaining_s: float, train_max_s: float | None,
+               selected: Sequence[str] = STEP_NAMES) -> float:
     """Seconds step ``name`` may take: its share, or for training what is left after the later steps'
-    shares; never more than leaves the later steps theirs and the summary its own."""
-    later = STEP_NAMES[STEP_NAMES.index(name) + 1:]
+    shares; never more than leaves the later ``selected`` steps theirs and the summary its own."""
+    later = [step for step in STEP_NAMES[STEP_NAMES.index(name) + 1:] if step in selected]
     reserved = sum(SHARES.get(step, 0.0) for step in later) * budget_s + SUMMARY_SHARE * budget_s
     available = remaining_s - reserved
     if name == 'training':
@@ -236,11 +237,12 @@ def check_train_overrides(overrides: Sequence[str]) -> None:
 
 
 def visit(out: Path, budget_s: float, rehearse: bool, echo: Any = print,
-          train_overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Run every step into ``out``; returns the summary (also written there).
+          train_overrides: Sequence[str] = (), only: Sequence[str] = STEP_NAMES) -> dict[str, Any]:
+    """Run every step (or those in ``only``) into ``out``; returns the summary (also written there).
 
     ``train_overrides``: ``TrainConfig`` KEY=VALUE applied to the burst's recipe (default: the defaults),
-    e.g. the refiner stage ``train_parts=refiners coarse_input=oracle``.
+    e.g. the refiner stage ``train_parts=refiners coarse_input=oracle``. ``only``: a second call of a visit
+    that needs the burst and its evaluation alone skips the rest (reported as skipped, not asked for).
 
     Raises:
         VisitError: ``out`` cannot be used, an override is refused, or there is no CUDA device and this
@@ -269,8 +271,11 @@ def visit(out: Path, budget_s: float, rehearse: bool, echo: Any = print,
     work = Path(tempfile.mkdtemp(prefix='gpu_run_'))
     try:
         for index, name in enumerate(STEP_NAMES, 1):
+            if name not in only:
+                summary[name] = {'status': 'skipped', 'reason': 'not asked for (--only)'}
+                continue
             remaining = budget_s - (time.monotonic() - started)
-            limit = step_limit(name, budget_s, remaining, steps_plan['train']['max_s'])
+            limit = step_limit(name, budget_s, remaining, steps_plan['train']['max_s'], only)
             if limit < smallest:
                 summary[name] = {'status': 'skipped', 'reason': f'out of budget ({limit:.0f} s left for it)'}
                 echo(f'{PROGRAM}: [{index}/{len(STEP_NAMES)}] {name}: skipped, out of budget')
@@ -305,7 +310,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--rehearse', action='store_true', help='the same steps on the CPU, tiny sizes')
     parser.add_argument('--train-override', action='append', default=[], metavar='KEY=VALUE',
                         help="the burst's TrainConfig (repeatable; default: the recipe's defaults)")
+    parser.add_argument('--only', default=','.join(STEP_NAMES), metavar='STEP,...',
+                        help=f'run these steps only (of {",".join(STEP_NAMES)}; default all)')
     arguments = parser.parse_args(argv)
+    only = [name.strip() for name in arguments.only.split(',') if name.strip()]
+    unknown = [name for name in only if name not in STEP_NAMES]
+    if unknown or not only:
+        print(f'{PROGRAM}: --only {arguments.only!r}: name steps of {", ".join(STEP_NAMES)}', file=sys.stderr)
+        return 2
     budget = arguments.budget_s
     if budget is None:
         budget = REHEARSAL_BUDGET_S if arguments.rehearse else DEFAULT_BUDGET_S
@@ -313,7 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f'{PROGRAM}: --budget-s {budget:g}: must be at least 30', file=sys.stderr)
         return 2
     try:
-        summary = visit(arguments.out, budget, arguments.rehearse, train_overrides=arguments.train_override)
+        summary = visit(arguments.out, budget, arguments.rehearse, train_overrides=arguments.train_override,
+                        only=only)
     except VisitError as err:
         print(f'{PROGRAM}: {err}', file=sys.stderr)
         return err.status
