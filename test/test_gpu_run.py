@@ -230,6 +230,20 @@ def test_the_burst_can_run_another_recipe_such_as_the_oracle_refiner_stage(tmp_p
                if key.startswith(('feature_extractor.', 'cost_volumizer.')))
 
 
+def test_an_init_checkpoint_override_is_where_the_burst_and_the_evaluation_start(tmp_path: Path) -> None:
+    from stereonet_ros.inference import DEFAULT_CHECKPOINT
+    from stereonet_ros.visit.burst import start_checkpoint
+
+    assert start_checkpoint(['lr=1e-4', f'init_checkpoint={DEFAULT_CHECKPOINT}']) == DEFAULT_CHECKPOINT
+    assert start_checkpoint(['init_checkpoint=']) == start_checkpoint()  # empty: the usual start
+    relative = os.path.relpath(DEFAULT_CHECKPOINT)
+    assert visit_run.check_train_overrides(['lr=1e-4', f'init_checkpoint={relative}']) == [
+        'lr=1e-4', f'init_checkpoint={DEFAULT_CHECKPOINT.resolve()}']
+    with pytest.raises(visit_run.VisitError, match='init_checkpoint=nowhere.safetensors: no such file') as refused:
+        visit_run.check_train_overrides(['init_checkpoint=nowhere.safetensors'])
+    assert refused.value.status == 2
+
+
 def test_a_bad_train_override_is_refused_in_one_line_before_anything_runs(tmp_path: Path) -> None:
     completed = gpu_run(['--rehearse', '--out', str(tmp_path / 'visit'), '--train-override', 'coarse_input=psychic'],
                         tmp_path)

@@ -34,10 +34,15 @@ latest best of the current recipe, kept beside the default while promote refuses
 burst starts from the bundled default."""
 
 
-def start_checkpoint() -> Path:
-    """Where the burst starts: :data:`CONTINUE_FROM` if present, else the bundled default."""
+def start_checkpoint(overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    """Where the burst starts: an ``init_checkpoint=`` among the ``--train-override`` values (a run carried to the
+    GPU machine, e.g. a refiner stage to continue), else :data:`CONTINUE_FROM` if present, else the bundled
+    default."""
     from stereonet_ros.inference import DEFAULT_CHECKPOINT
 
+    given = [item.split('=', 1)[1] for item in overrides if item.startswith('init_checkpoint=')]
+    if given and given[-1]:
+        return Path(given[-1])
     candidate = DEFAULT_CHECKPOINT.parent / CONTINUE_FROM
     return candidate if candidate.is_file() else DEFAULT_CHECKPOINT
 
@@ -199,22 +204,23 @@ def burst(work: Path, device_name: str, plan: dict[str, Any], time_limit_s: floa
     device = resolve_device(device_name)
     overrides = list(plan.get('overrides', []))
     recipe = load(TrainConfig, overrides=overrides)
+    start = start_checkpoint(overrides)
     sizes: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value
                              for key, value in plan.get('data', {}).items()}
     data = dataclasses.replace(recipe.data, **sizes)  # (JSON made the pairs lists)
     workers = int(plan['workers'])
     base = dataclasses.replace(recipe, data=data, device=str(device), precision='bf16', workers=workers,
-                               init_checkpoint=str(start_checkpoint()), validate_every=10**9,
+                               init_checkpoint=str(start), validate_every=10**9,
                                checkpoint_every=int(plan['checkpoint_every']), log_every=int(plan['log_every']),
                                score_real_pair=False)
     described = f'TrainConfig defaults with {" ".join(overrides)}' if overrides else 'TrainConfig defaults'
-    result: dict[str, Any] = {'recipe': f'{described}, from {start_checkpoint().name}',
+    result: dict[str, Any] = {'recipe': f'{described}, from {start.name}',
                               'device': str(device), 'crop': f'{data.width}x{data.height}'}
     generator = generator_rate(data, workers, int(plan['calibration_batch']), float(plan['generator_seconds']),
                                seed=recipe.seed + 7919)
     result['generator'] = generator
     record(result)
-    initial = load_checkpoint(start_checkpoint())
+    initial = load_checkpoint(start)
     weights, _ = initial_weights(initial.config, initial.state_dict, base)
     rates: list[dict[str, Any]] = []
     for layout in LAYOUTS:

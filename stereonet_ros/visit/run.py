@@ -221,8 +221,9 @@ def _write_summary(out: Path, summary: dict[str, Any]) -> None:
     (out / 'summary.md').write_text(render(summary))
 
 
-def check_train_overrides(overrides: Sequence[str]) -> None:
-    """Refuse, before anything runs, ``--train-override`` values that ``TrainConfig`` would refuse.
+def check_train_overrides(overrides: Sequence[str]) -> list[str]:
+    """Refuse, before anything runs, ``--train-override`` values that ``TrainConfig`` would refuse; returns
+    them with an ``init_checkpoint`` made absolute (the steps run in the repository root).
 
     Raises:
         VisitError: status 2, naming the bad value.
@@ -231,9 +232,14 @@ def check_train_overrides(overrides: Sequence[str]) -> None:
     from stereonet_ros.training.train import TrainConfig
 
     try:
-        load(TrainConfig, overrides=list(overrides))
+        config = load(TrainConfig, overrides=list(overrides))
     except ConfigError as err:
         raise VisitError(f'--train-override: {err}', status=2) from None
+    if config.init_checkpoint and not Path(config.init_checkpoint).is_file():
+        raise VisitError(f'--train-override: init_checkpoint={config.init_checkpoint}: no such file (carry it to '
+                         'the GPU machine with the run)', status=2)
+    return [f'init_checkpoint={Path(item.split("=", 1)[1]).resolve()}' if item.startswith('init_checkpoint=')
+            and item.split('=', 1)[1] else item for item in overrides]
 
 
 def visit(out: Path, budget_s: float, rehearse: bool, echo: Any = print,
@@ -248,7 +254,7 @@ def visit(out: Path, budget_s: float, rehearse: bool, echo: Any = print,
         VisitError: ``out`` cannot be used, an override is refused, or there is no CUDA device and this
             is not a rehearsal.
     """
-    check_train_overrides(train_overrides)
+    train_overrides = check_train_overrides(train_overrides)
     started = time.monotonic()
     started_utc = datetime.datetime.now(datetime.UTC)
     _check_output_dir(out)

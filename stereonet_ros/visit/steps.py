@@ -282,7 +282,8 @@ def evaluation(ctx: Context) -> dict[str, Any]:
     trained = ctx.work / 'train' / 'model_latest.safetensors'
     from stereonet_ros.visit.burst import start_checkpoint
 
-    candidates: list[tuple[str, str | None]] = [('start', str(start_checkpoint()))]
+    start = start_checkpoint(ctx.plan['train'].get('overrides', []))
+    candidates: list[tuple[str, str | None]] = [('start', str(start))]
     if trained.exists():
         candidates.insert(0, ('trained', str(trained)))
     result: dict[str, Any] = {'status': 'partial', 'sets': list(plan['sets']), 'checkpoints': {}}
@@ -295,7 +296,7 @@ def evaluation(ctx: Context) -> dict[str, Any]:
         scores = evaluate(path, plan['sets'], device=ctx.device, synthetic_samples=int(plan['synthetic_samples']),
                           sgbm_tuning_samples=int(plan['sgbm_tuning_samples']), log=print)
         scores.pop('provenance', None)  # long; the checkpoint files carry it
-        shown = "model.safetensors, the burst's" if label == 'trained' else start_checkpoint().name
+        shown = "model.safetensors, the burst's" if label == 'trained' else start.name
         result['checkpoints'][label] = {'status': 'ok', 'path': shown,
                                         'table': format_table(scores), 'results': scores,
                                         'guide': _guide_ablation(path, ctx.device, float(plan['guide_scale']))}
