@@ -23,7 +23,7 @@ from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig, refined_le
 from stereonet_ros.training.loss import stereo_pyramid_loss
 from stereonet_ros.precision import autocast_dtype_for
 from stereonet_ros.training.train import (StepBatches, TrainConfig, _export, initial_weights, learning_rate,
-                                         normalize, oracle_coarse, train, uses_channels_last)
+                                         normalize, oracle_coarse, oracle_step, train, uses_channels_last)
 
 TINY = [
     'model.max_disparity=64', 'data.max_disparity=64', 'data.height=64', 'data.width=128',
@@ -490,3 +490,34 @@ def test_an_oracle_stage_logs_its_refiners_epe_and_guide_rise_on_the_oracle_inpu
     assert train(config, tmp_path, progress=False) == 2
     rows = list(csv.DictReader((tmp_path / 'log.csv').open()))
     assert list(rows[0])[-2:] == ['oracle_epe', 'oracle_guide_rise'] and rows[-1]['oracle_epe'] != ''
+
+
+def test_a_mixed_coarse_input_draws_the_oracle_on_a_share_of_steps_the_same_way_on_every_run() -> None:
+    config = load(TrainConfig, overrides=[*TINY, 'train_parts=refiners', 'coarse_input=mixed', 'oracle_fraction=0.25'])
+    draws = [oracle_step(config, step) for step in range(2000)]
+    assert draws == [oracle_step(config, step) for step in range(2000)]  # a resume draws the same
+    assert 0.22 < sum(draws) / len(draws) < 0.28
+    for fraction, expected in (('0', False), ('1', True)):  # the bounds are exact: never, always
+        bound = load(TrainConfig, overrides=[*TINY, 'train_parts=refiners', 'coarse_input=mixed',
+                                             f'oracle_fraction={fraction}'])
+        assert {oracle_step(bound, step) for step in range(200)} == {expected}
+    plain = load(TrainConfig, overrides=[*TINY])
+    assert not any(oracle_step(plain, step) for step in range(50))
+    with pytest.raises(ConfigError, match="coarse_input='mixed' trains the refiners alone"):
+        load(TrainConfig, overrides=[*TINY, 'coarse_input=mixed'])
+    with pytest.raises(ConfigError, match=r'oracle_fraction=1\.5: must be in \[0, 1\]'):
+        load(TrainConfig, overrides=[*TINY, 'train_parts=refiners', 'coarse_input=mixed', 'oracle_fraction=1.5'])
+
+
+def test_a_mixed_stage_trains_the_refiners_alone_and_logs_the_oracle_scores(tmp_path: Path) -> None:
+    config = load(TrainConfig, overrides=[*TINY, 'steps=4', 'validate_every=4', 'validation_samples=1',
+                                          'train_parts=refiners', 'coarse_input=mixed'])
+    draws = {oracle_step(config, step) for step in range(4)}
+    assert draws == {True, False}  # this seed's four steps take both inputs
+    torch.manual_seed(config.seed)
+    initial = StereoNet(config.model).state_dict()
+    assert train(config, tmp_path, progress=False) == 4
+    after = load_checkpoint(tmp_path / 'model_latest.safetensors').state_dict
+    assert all(torch.equal(initial[key], after[key]) for key in initial if not key.startswith('refiners.'))
+    rows = list(csv.DictReader((tmp_path / 'log.csv').open()))
+    assert rows[-1]['oracle_guide_rise'] != '' and all(math.isfinite(float(row['loss'])) for row in rows)

@@ -132,12 +132,15 @@ class TrainConfig:
     """What the optimizer updates. 'refiners' freezes the feature extractor and the cost filter (their
     BatchNorm statistics too) and trains only the refiners, against a coarse disparity that stays put:
     the stage that teaches refiners re-initialized on a trained network to use the image."""
-    coarse_input: Literal['network', 'oracle'] = 'network'
+    coarse_input: Literal['network', 'oracle', 'mixed'] = 'network'
     """What the refiners refine while training: the network's own soft-argmin output, or (with
     ``train_parts=refiners``) an oracle, the ground truth averaged over the cost volume's cells
     (:func:`oracle_coarse`): every error left is then at a depth edge, where only the image can place it.
     No feature or cost pass is made, and the loss counts the refined levels only. Validation and the
-    Motorcycle scores still run the whole network on its own coarse output."""
+    Motorcycle scores still run the whole network on its own coarse output. 'mixed': each step draws
+    one or the other (:func:`oracle_step`), the oracle with probability ``oracle_fraction``."""
+    oracle_fraction: float = 0.5
+    """With ``coarse_input=mixed``: the share of steps whose coarse input is the oracle."""
     score_real_pair: bool = True
     """Also score the Middlebury Motorcycle pair (scikit-image) at each validation."""
 
@@ -161,8 +164,10 @@ class TrainConfig:
                               f'{self.data.max_disparity}: the loss mask and the network must agree')
         if self.validation_seed == self.seed:
             raise ConfigError('validation_seed must differ from seed (held-out data)')
-        if self.coarse_input == 'oracle' and self.train_parts != 'refiners':
-            raise ConfigError("coarse_input='oracle' trains the refiners alone: set train_parts=refiners")
+        if self.coarse_input != 'network' and self.train_parts != 'refiners':
+            raise ConfigError(f"coarse_input={self.coarse_input!r} trains the refiners alone: set train_parts=refiners")
+        if not 0.0 <= self.oracle_fraction <= 1.0:
+            raise ConfigError(f'oracle_fraction={self.oracle_fraction!r}: must be in [0, 1]')
 
     def contract(self) -> InputContract:
         channels = self.model.in_channels
@@ -215,6 +220,14 @@ class StepBatches(torch.utils.data.Sampler[list[int]]):
 
     def __len__(self) -> int:
         return max(0, self.last_step - self.first_step)
+
+
+def oracle_step(config: TrainConfig, step: int) -> bool:
+    """Whether optimizer step ``step`` refines the oracle coarse input (``config.coarse_input``): a function
+    of the seed and the step alone, so that a resumed run draws what a straight one would."""
+    if config.coarse_input != 'mixed':
+        return config.coarse_input == 'oracle'
+    return bool(np.random.default_rng([config.seed, step, 0x0AC1E]).random() < config.oracle_fraction)
 
 
 def oracle_coarse(truth: torch.Tensor, factor: int) -> torch.Tensor:
@@ -319,7 +332,7 @@ def validate(model: StereoNet, config: TrainConfig, device: torch.device) -> dic
         for level, metrics in enumerate(refinement.levels[:-1]):
             results[f'real_epe_level{level}'] = metrics.epe
         results['guide_rise'] = refinement.guide_rise_epe
-    if config.coarse_input == 'oracle':
+    if config.coarse_input != 'network':
         results.update(oracle_scores(model, config, dataset, device))
     return results
 
@@ -357,7 +370,7 @@ def oracle_scores(model: StereoNet, config: TrainConfig, dataset: SyntheticStere
 def log_fields(config: TrainConfig) -> list[str]:
     """log.csv's columns: per-step figures, then the validation scores of :func:`validate`."""
     levels = [f'real_epe_level{level}' for level in range(config.model.k_refinement_layers)]
-    oracle = ['oracle_epe', 'oracle_guide_rise'] if config.coarse_input == 'oracle' else []
+    oracle = ['oracle_epe', 'oracle_guide_rise'] if config.coarse_input != 'network' else []
     return ['step', 'wall_s', 'samples_per_s', 'loss', 'lr', 'val_epe', 'val_bad3', 'real_epe', 'real_bad2',
             'real_bad3', *levels, 'guide_rise', *oracle]
 
@@ -514,7 +527,7 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
                 valid_left = valid_right = None  # finite and < max_disparity: the loss's own mask
             else:
                 valid_left, valid_right = batch['valid_left'].to(device), batch['valid_right'].to(device)
-            oracle = config.coarse_input == 'oracle'
+            oracle = oracle_step(config, step)
             coarse = ((oracle_coarse(gt_left, config.model.downsampling_factor),
                        oracle_coarse(gt_right, config.model.downsampling_factor)) if oracle else None)
             with torch.autocast(device_type=device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
