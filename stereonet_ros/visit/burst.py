@@ -78,7 +78,8 @@ def training_step(config: Any, weights: dict[str, torch.Tensor], device: torch.d
     """One full training step as ``train`` takes it (left+right forward under autocast, loss, backward,
     clipping, AdamW) at ``batch_size``, on random crops already on the device, in ``config.memory_format``'s
     layout and with cuDNN autotuning on CUDA, the parts ``config.train_parts`` freezes frozen and the coarse
-    input of ``config.coarse_input``, as ``train`` sets them."""
+    input of ``config.coarse_input``, as ``train`` sets them ('mixed' is timed on the network's input: its
+    slower steps)."""
     from stereonet_ros.model.stereonet import StereoNet, to_channels_last
     from stereonet_ros.precision import autocast_dtype_for, cpu_has_native_bf16
     from stereonet_ros.training.loss import stereo_pyramid_loss
