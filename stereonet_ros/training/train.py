@@ -236,6 +236,17 @@ def oracle_coarse(truth: torch.Tensor, factor: int) -> torch.Tensor:
     return F.avg_pool2d(torch.nan_to_num(truth, nan=0.0, posinf=0.0, neginf=0.0), factor)
 
 
+def training_loss(config: TrainConfig, output: Any, gt_left: torch.Tensor, gt_right: torch.Tensor,
+                  valid_left: torch.Tensor | None, valid_right: torch.Tensor | None, oracle: bool) -> torch.Tensor:
+    """The loss of one training forward (``with_right=True``): every pyramid level of both views, but for
+    an oracle coarse input its level 0, which is the truth itself and has nothing to learn from."""
+    first = 1 if oracle else 0
+    return stereo_pyramid_loss([p.float() for p in output.pyramid[first:]],
+                               [p.float() for p in output.right_pyramid[first:]], gt_left, gt_right,
+                               valid_left, valid_right, float(config.model.max_disparity),
+                               alpha=config.loss_alpha, c=config.loss_c)
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """0..255 images -> the training normalization (see :data:`TRAIN_MEAN`)."""
     return (images - TRAIN_MEAN) / TRAIN_STD
@@ -532,11 +543,7 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
                        oracle_coarse(gt_right, config.model.downsampling_factor)) if oracle else None)
             with torch.autocast(device_type=device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
                 output = runner(left, right, with_right=True, coarse=coarse)
-            first = 1 if oracle else 0  # an oracle level is the truth itself: no loss to learn from
-            loss = stereo_pyramid_loss([p.float() for p in output.pyramid[first:]],
-                                       [p.float() for p in output.right_pyramid[first:]], gt_left, gt_right,
-                                       valid_left, valid_right, float(config.model.max_disparity),
-                                       alpha=config.loss_alpha, c=config.loss_c)
+            loss = training_loss(config, output, gt_left, gt_right, valid_left, valid_right, oracle)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f'loss is {loss.item()} at step {step}; last good state is in {state_path}')
             optimizer.zero_grad(set_to_none=True)

@@ -82,8 +82,7 @@ def training_step(config: Any, weights: dict[str, torch.Tensor], device: torch.d
     slower steps)."""
     from stereonet_ros.model.stereonet import StereoNet, to_channels_last
     from stereonet_ros.precision import autocast_dtype_for, cpu_has_native_bf16
-    from stereonet_ros.training.loss import stereo_pyramid_loss
-    from stereonet_ros.training.train import frozen_parts, oracle_coarse, uses_channels_last
+    from stereonet_ros.training.train import frozen_parts, oracle_coarse, training_loss, uses_channels_last
 
     model = StereoNet(config.model)
     model.load_state_dict(weights)
@@ -108,15 +107,11 @@ def training_step(config: Any, weights: dict[str, torch.Tensor], device: torch.d
 
     oracle = config.coarse_input == 'oracle'
     coarse = tuple(oracle_coarse(t, config.model.downsampling_factor) for t in truth) if oracle else None
-    first = 1 if oracle else 0
 
     def step() -> None:
         with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             output = model(left, right, with_right=True, coarse=coarse)
-        loss = stereo_pyramid_loss([p.float() for p in output.pyramid[first:]],
-                                   [p.float() for p in output.right_pyramid[first:]],
-                                   truth[0], truth[1], None, None, float(config.model.max_disparity),
-                                   alpha=config.loss_alpha, c=config.loss_c)
+        loss = training_loss(config, output, truth[0], truth[1], None, None, oracle)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)

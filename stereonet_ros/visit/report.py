@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from stereonet_ros.visit.steps import POST_STAGES
+
 STEP_TITLES = {
     'cuda_tests': '(a) CUDA correctness',
     'forward': '(b) Forward, batch 1',
@@ -122,11 +124,10 @@ def _node(step: dict[str, Any]) -> list[str]:
     parts = [(name, variant) for name, variant in step.get('variants', {}).items()
              if variant.get('status') == 'ok' and 'post_validity_ms_median' in variant]
     if parts:
-        stages = ('post_colours', 'post_validity', 'post_depth', 'post_cloud', 'post_colour_map')
         lines += ['', 'Post, by stage (medians, ms): the colours fetched for the cloud, validity (and the mask), '
                   'depth, cloud (reprojection and PointCloud2 buffer), colour map.', '',
-                  *_table(['variant', *(stage.removeprefix('post_') for stage in stages)],
-                          [[name, *(_number(variant.get(f'{stage}_ms_median')) for stage in stages)]
+                  *_table(['variant', *(stage.removeprefix('post_') for stage in POST_STAGES)],
+                          [[name, *(_number(variant.get(f'{stage}_ms_median')) for stage in POST_STAGES)]
                            for name, variant in parts])]
     if step.get('device_warnings'):
         lines += ['', 'Device warnings: ' + '; '.join(step['device_warnings'])]
