@@ -321,7 +321,8 @@ def test_a_contiguous_run_on_the_cpu_trains_and_records_its_layout(tmp_path: Pat
     config = load(TrainConfig, overrides=[*TINY, 'steps=2', 'memory_format=contiguous'])
     assert train(config, tmp_path, progress=False) == 2
     checkpoint = load_checkpoint(tmp_path / 'model_latest.safetensors')
-    assert checkpoint.provenance['steps'] == 2 and checkpoint.provenance['train_config']['memory_format'] == 'contiguous'
+    assert checkpoint.provenance['steps'] == 2
+    assert checkpoint.provenance['train_config']['memory_format'] == 'contiguous'
 
 
 def test_bf16_autocast_keeps_the_disparity_in_float32() -> None:
@@ -374,6 +375,24 @@ def test_validation_uses_the_clean_generator_while_training_draws_rig_augmentati
     assert config.data.eraser_probability > 0  # training itself is augmented
     training.validate(StereoNet(config.model).eval(), config, torch.device('cpu'))
     assert seen == [config.data.without_rig_augmentation()]
+
+
+def test_validation_logs_the_synthetic_guide_rise_on_the_networks_own_coarse_output(tmp_path: Path) -> None:
+    import stereonet_ros.training.train as training
+
+    config = load(TrainConfig, overrides=[*TINY, 'steps=1', 'validate_every=1', 'validation_samples=2'])
+    torch.manual_seed(0)
+    model = StereoNet(config.model).eval()
+    seeing = training.validate(model, config, torch.device('cpu'))
+    assert math.isfinite(seeing['val_guide_rise']) and seeing['val_guide_rise'] != 0.0  # random refiners see the image
+    for refiner in model.refiners:  # a zero last layer: each refiner only resizes, the image cannot matter
+        torch.nn.init.zeros_(refiner.net[-1].weight)
+        torch.nn.init.zeros_(refiner.net[-1].bias)
+    blind = training.validate(model, config, torch.device('cpu'))
+    assert blind['val_guide_rise'] == 0.0 and blind['val_epe'] > 0
+    assert train(config, tmp_path, progress=False) == 1
+    rows = list(csv.DictReader((tmp_path / 'log.csv').open()))
+    assert list(rows[0])[-1] == 'val_guide_rise' and math.isfinite(float(rows[-1]['val_guide_rise']))
 
 
 def test_a_resume_from_an_older_state_drops_the_log_rows_after_it(tmp_path: Path) -> None:
@@ -489,7 +508,7 @@ def test_an_oracle_stage_logs_its_refiners_epe_and_guide_rise_on_the_oracle_inpu
     assert math.isfinite(scores['oracle_epe']) and scores['oracle_guide_rise'] != 0.0  # a random refiner sees the image
     assert train(config, tmp_path, progress=False) == 2
     rows = list(csv.DictReader((tmp_path / 'log.csv').open()))
-    assert list(rows[0])[-2:] == ['oracle_epe', 'oracle_guide_rise'] and rows[-1]['oracle_epe'] != ''
+    assert list(rows[0])[-3:-1] == ['oracle_epe', 'oracle_guide_rise'] and rows[-1]['oracle_epe'] != ''
 
 
 def test_a_mixed_coarse_input_draws_the_oracle_on_a_share_of_steps_the_same_way_on_every_run() -> None:

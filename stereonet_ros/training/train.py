@@ -310,12 +310,22 @@ def validate(model: StereoNet, config: TrainConfig, device: torch.device) -> dic
     """EPE / bad-3 on the held-out synthetic stream, and on the real Motorcycle pair when asked.
 
     Runs the weights through :class:`~stereonet_ros.inference.Predictor`, i.e. exactly the
-    preprocessing, padding and folded network that users get.
+    preprocessing, padding and folded network that users get. ``val_guide_rise`` is the synthetic
+    EPE's rise with every guide image zeroed, on the network's own coarse output: beside the real
+    pair's ``guide_rise`` it tells a refiner that ignores the image everywhere from one that uses it
+    on synthetic scenes but not on a real one (a gap between the generator and real cameras).
     """
+    import dataclasses
+
     from stereonet_ros.evaluation.metrics import MetricAccumulator
     from stereonet_ros.inference import Predictor
+    from stereonet_ros.model.surgery import without_image_guidance
 
-    predictor = Predictor(_export(model, config, step=0), device=str(device))
+    exported = _export(model, config, step=0)
+    predictor = Predictor(exported, device=str(device))
+    ablated = Predictor(dataclasses.replace(exported, state_dict=without_image_guidance(exported.config,
+                                                                                        exported.state_dict)),
+                        device=str(device))
 
     def image(tensor: torch.Tensor) -> np.ndarray:  # (C, H, W) 0..255 -> (H, W[, 3]) float32
         return tensor[0].numpy() if tensor.shape[0] == 1 else tensor.permute(1, 2, 0).numpy()
@@ -324,13 +334,16 @@ def validate(model: StereoNet, config: TrainConfig, device: torch.device) -> dic
     # Validated on the clean generator (no rig augmentation): comparable across recipes and runs.
     dataset = SyntheticStereoDataset(config.data.without_rig_augmentation(), length=config.validation_samples,
                                      seed=config.validation_seed)
-    accumulator = MetricAccumulator()
+    accumulator, ablated_accumulator = MetricAccumulator(), MetricAccumulator()
     for index in range(len(dataset)):
         item = dataset[index]
-        prediction = predictor.predict(image(item['left']), image(item['right']))
-        accumulator.add(prediction, item['disp_left'][0].numpy(), item['valid_left'][0].numpy())
+        left, right = image(item['left']), image(item['right'])
+        truth, valid = item['disp_left'][0].numpy(), item['valid_left'][0].numpy()
+        accumulator.add(predictor.predict(left, right), truth, valid)
+        ablated_accumulator.add(ablated.predict(left, right), truth, valid)
     overall = accumulator.total()
     results['val_epe'], results['val_bad3'] = overall.epe, overall.bad3
+    results['val_guide_rise'] = ablated_accumulator.total().epe - overall.epe
     if config.score_real_pair:
         from stereonet_ros.evaluation.refinement import refinement_scores
         from stereonet_ros.samples import motorcycle
@@ -383,7 +396,7 @@ def log_fields(config: TrainConfig) -> list[str]:
     levels = [f'real_epe_level{level}' for level in range(config.model.k_refinement_layers)]
     oracle = ['oracle_epe', 'oracle_guide_rise'] if config.coarse_input != 'network' else []
     return ['step', 'wall_s', 'samples_per_s', 'loss', 'lr', 'val_epe', 'val_bad3', 'real_epe', 'real_bad2',
-            'real_bad3', *levels, 'guide_rise', *oracle]
+            'real_bad3', *levels, 'guide_rise', *oracle, 'val_guide_rise']
 
 
 # --- the loop ----------------------------------------------------------------------------------------
