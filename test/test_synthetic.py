@@ -553,6 +553,8 @@ def test_default_config_is_valid_and_frozen() -> None:
         ({'eraser_texture_probability': True}, r'SyntheticConfig\.eraser_texture_probability=True'),
         ({'contrast_range': (-0.5, 1.0)}, r'SyntheticConfig\.contrast_range=\(-0\.5, 1\.0\)'),
         ({'brightness_range': (-300.0, 0.0)}, r'SyntheticConfig\.brightness_range=\(-300\.0, 0\.0\)'),
+        ({'palette_probability': 1.5}, r'SyntheticConfig\.palette_probability=1\.5: must be a number in \[0'),
+        ({'palette_spread': -1.0}, r'SyntheticConfig\.palette_spread=-1\.0: must be a number in \[0\.0, 128\.0\]'),
     ],
 )
 def test_config_rejects_a_bad_value_naming_key_and_value(changes: dict[str, object], match: str) -> None:
@@ -597,6 +599,50 @@ def test_supersampling_changes_the_images_and_keeps_every_label() -> None:
         assert not np.array_equal(a.left, b.left)
     with pytest.raises(SyntheticConfigError, match='supersample'):
         dataclasses.replace(smooth, supersample=0)
+
+
+# ------------------------------------------------------------------------------------------ palette
+
+
+def test_a_palette_moves_each_textures_mean_level_to_the_drawn_one_and_keeps_its_pattern() -> None:
+    rng = np.random.default_rng(0)
+    for flat in (False, True):
+        for seed in range(12):  # every texture kind turns up, photos and procedural ones
+            texture = synthetic._draw_texture(np.random.default_rng(seed), SMALL, flat)
+            palette = synthetic._Palette(level=100.0, spread=0.0, rng=rng)
+            moved = palette.recolour(texture)
+            if texture.kind == 'photo':  # contrast * image + brightness over the whole photo
+                assert moved.contrast == texture.contrast and moved.image is texture.image
+                assert moved.contrast * float(moved.image.mean()) + moved.brightness == pytest.approx(100.0, abs=1e-4)
+            else:
+                assert float(np.mean(moved.low + moved.high)) / 2 == pytest.approx(100.0, abs=1e-4)
+                np.testing.assert_allclose(moved.high - moved.low, texture.high - texture.low, atol=1e-4)
+    # A draw past the clipping bounds lands exactly on them: 16 and 239 grey levels.
+    gradient = synthetic._Texture('gradient', np.array([0.0], np.float32), np.array([40.0], np.float32))
+    for level, bound in ((250.0, 239.0), (0.0, 16.0), (239.0, 239.0)):
+        moved = synthetic._Palette(level=level, spread=0.0, rng=rng).recolour(gradient)
+        assert float(moved.low[0] + moved.high[0]) / 2 == bound
+
+
+def test_a_palette_changes_only_the_colours_and_dims_the_steps_at_depth_edges() -> None:
+    steps = {}
+    for config in (SMALL, RIGGED):
+        on = dataclasses.replace(config, palette_probability=1.0)
+        for index in range(6):
+            a, b = generate_sample(config, seed=3, index=index), generate_sample(on, seed=3, index=index)
+            for name in ('disp_left', 'disp_right', 'occluded_left', 'valid_left', 'layer_left', 'rig'):
+                assert np.array_equal(getattr(a, name), getattr(b, name)) if name != 'rig' else a.rig == b.rig, name
+            assert not np.array_equal(a.left, b.left)
+    for palette in (0.0, 1.0):
+        config = dataclasses.replace(EXACT, shading_strength=0.0, palette_probability=palette, palette_spread=10.0)
+        jumps = []
+        for index in range(12):
+            sample = generate_sample(config, seed=5, index=index)
+            image, layer = sample.left[:, :, 0], sample.layer_left
+            across = layer[:, 1:] != layer[:, :-1]  # horizontal neighbours on two layers: a depth edge
+            jumps.append(np.abs(image[:, 1:] - image[:, :-1])[across])
+        steps[palette] = float(np.median(np.concatenate(jumps)))
+    assert steps[1.0] < 0.7 * steps[0.0], steps
 
 
 # ------------------------------------------------------------------------------------------ photo sources
