@@ -10,6 +10,12 @@ network's own coarse output: EPE of the soft argmin carried to full size, of the
 output with every guide image zeroed. A refiner that uses the image on synthetic edges but not on real
 ones points at the generator, not at the refiner.
 
+Then the same with a better coarse input than the network's: the ground truth averaged over 8x8
+cells (what a perfect cost volume gives; the refiner-stage's oracle) and over 16x16 cells (edges up
+to twice as far off), cells with no known truth taking the network's value; the pair is cropped to a
+multiple of 16 and run through the network itself. A refiner that uses the image on the real pair with
+these inputs but not with the network's own is held back by the coarse stage, not by the images.
+
 Then the images alone: the median image gradient (Sobel, grey levels per pixel) on depth edges (jumps of
 more than 2 px, widened by 1 px) against the 90th percentile of the gradient elsewhere, on Motorcycle,
 the generator's clean scenes and the same scenes with ``data.palette_probability=1`` (every layer's
@@ -28,6 +34,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import numpy.typing as npt
+import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,12 +46,15 @@ from stereonet_ros.evaluation.evaluate import HELD_OUT_SEED  # noqa: E402
 from stereonet_ros.image_codec import bt601_luma  # noqa: E402
 from stereonet_ros.inference import Predictor  # noqa: E402
 from stereonet_ros.model.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
+from stereonet_ros.model.stereonet import StereoNet  # noqa: E402
 from stereonet_ros.model.surgery import truncated_after, without_image_guidance  # noqa: E402
 from stereonet_ros.samples import motorcycle  # noqa: E402
+from stereonet_ros.training.train import normalize, oracle_coarse  # noqa: E402
 
 F32 = npt.NDArray[np.float32]
 Pair = tuple[str, F32, F32, F32]  # name, left, right (H, W) gray 0..255, left ground truth (non-finite = none)
 NEAR_EDGE_PX = 4
+ORACLE_CELLS = (8, 16)
 
 
 def held_out_config(max_disparity: float) -> SyntheticConfig:
@@ -106,6 +117,52 @@ def split_rise(checkpoint: Checkpoint, synthetic_samples: int) -> list[str]:
     return rows
 
 
+def coarse_inputs(network: StereoNet, left: torch.Tensor, right: torch.Tensor,
+                  truth: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The network's own coarse output and the oracles of :data:`ORACLE_CELLS`, all on its 1/8 grid."""
+    own = network(left, right, with_pyramid=True).pyramid[0]
+    inputs = {"network's own": own}
+    for cells in ORACLE_CELLS:
+        ratio = cells // network.config.downsampling_factor
+        oracle = oracle_coarse(truth, cells, F.avg_pool2d(own, ratio) if ratio > 1 else own)
+        inputs[f'truth over {cells}x{cells} cells'] = F.interpolate(oracle, scale_factor=ratio, mode='nearest')
+    return inputs
+
+
+def oracle_rise(checkpoint: Checkpoint, synthetic_samples: int) -> list[str]:
+    """Table rows: per set and coarse input, EPE of the output and its rise with zero guides, overall,
+    near depth edges and elsewhere."""
+    networks = []
+    for state in (checkpoint.state_dict, without_image_guidance(checkpoint.config, checkpoint.state_dict)):
+        network = StereoNet(checkpoint.config)
+        network.load_state_dict(state)
+        networks.append(network.eval())
+    sums: dict[tuple[str, str, str], npt.NDArray[np.float64]] = {}
+    for name, left, right, truth in pairs(synthetic_samples, held_out_config(checkpoint.config.max_disparity)):
+        height, width = (size // max(ORACLE_CELLS) * max(ORACLE_CELLS) for size in truth.shape)
+        left, right, truth = left[:height, :width], right[:height, :width], truth[:height, :width]
+        scored = np.isfinite(truth) & (truth < checkpoint.config.max_disparity)
+        near = depth_edges(truth, 1.0, NEAR_EDGE_PX)
+        images = [normalize(torch.from_numpy(np.ascontiguousarray(image))[None, None]) for image in (left, right)]
+        with torch.no_grad():
+            inputs = coarse_inputs(networks[0], *images, torch.from_numpy(truth)[None, None])
+            for coarse_name, coarse in inputs.items():
+                errors = [np.abs(network(*images, coarse=(coarse, coarse)).disparity[0, 0].numpy() - truth)
+                          for network in networks]
+                for region, mask in (('all', scored), ('near edges', scored & near), ('elsewhere', scored & ~near)):
+                    row = np.array([mask.sum(), *(float(error[mask].sum()) for error in errors)], np.float64)
+                    sums[(name, coarse_name, region)] = sums.get((name, coarse_name, region), 0) + row
+    rows = []
+    for (name, coarse_name, region), (count, trained, ablated) in sums.items():
+        if region == 'all':
+            cells = [f'{trained / count:.3f} / {(ablated - trained) / count:+.3f}']
+            for part in ('near edges', 'elsewhere'):
+                part_count, part_trained, part_ablated = sums[(name, coarse_name, part)]
+                cells.append(f'{part_trained / part_count:.3f} / {(part_ablated - part_trained) / part_count:+.3f}')
+            rows.append(f'| {name} | {coarse_name} | ' + ' | '.join(cells) + ' |')
+    return rows
+
+
 def edge_saliency(left: F32, truth: F32) -> tuple[float, float]:
     """(median gradient on depth edges, 90th percentile elsewhere), grey levels per pixel."""
     gx = cv2.Sobel(left, cv2.CV_32F, 1, 0, ksize=3) / 8
@@ -146,7 +203,10 @@ def main() -> int:
         lines += [f'**{path}**', '',
                   '| set | region | share of pixels | EPE soft argmin | EPE output | EPE zero guides | rise | '
                   'rise x share |', '| --- | --- | --- | --- | --- | --- | --- | --- |',
-                  *split_rise(load_checkpoint(path), arguments.synthetic_samples), '']
+                  *split_rise(load_checkpoint(path), arguments.synthetic_samples), '',
+                  'Given a coarse input (EPE of the output / its rise with zero guides, px):', '',
+                  '| set | coarse input | all pixels | near edges | elsewhere |', '| --- | --- | --- | --- | --- |',
+                  *oracle_rise(load_checkpoint(path), arguments.synthetic_samples), '']
     lines += ['Depth-edge saliency (mean over pairs):', '',
               '| images | pairs | median gradient on depth edges | 90th percentile elsewhere | ratio |',
               '| --- | --- | --- | --- | --- |', *saliency_rows(arguments.synthetic_samples, arguments.palette_spread)]

@@ -449,10 +449,14 @@ def test_the_oracle_coarse_input_is_the_truth_averaged_over_the_cost_volume_cell
     coarse = oracle_coarse(truth, 8)
     assert coarse.shape == (2, 1, 2, 2)  # 20 / 8 = 2.5: the last, partial cell is left out, as the cost volume does
     assert coarse[1, 0, 1, 0] == truth[1, 0, 8:16, 0:8].mean()
+    assert torch.equal(coarse, torch.nn.functional.avg_pool2d(truth, 8))  # all known: exactly the plain mean
     block = truth[0, 0, :8, :8].clone()
-    truth[0, 0, 0, 0], truth[0, 0, 0, 1] = float('nan'), float('inf')  # unusable truth counts as 0
-    block[0, 0] = block[0, 1] = 0.0
-    assert torch.isclose(oracle_coarse(truth, 8)[0, 0, 0, 0], block.mean())
+    truth[0, 0, 0, 0], truth[0, 0, 0, 1] = float('nan'), float('inf')  # unknown truth is left out of its cell
+    assert torch.isclose(oracle_coarse(truth, 8)[0, 0, 0, 0], block.flatten()[2:].mean())
+    truth[1, 0, :8, 8:16] = float('inf')  # a cell with no known value at all: the fallback's, else 0
+    fallback = torch.full((2, 1, 2, 2), 7.5)
+    assert oracle_coarse(truth, 8)[1, 0, 0, 1] == 0.0 and oracle_coarse(truth, 8, fallback)[1, 0, 0, 1] == 7.5
+    assert oracle_coarse(truth, 8, fallback)[1, 0, 1, 1] == truth[1, 0, 8:16, 8:16].mean()  # known cells keep theirs
 
 
 def test_a_given_coarse_input_is_refined_as_the_network_refines_its_own_and_skips_the_backbone() -> None:

@@ -230,10 +230,19 @@ def oracle_step(config: TrainConfig, step: int) -> bool:
     return bool(np.random.default_rng([config.seed, step, 0x0AC1E]).random() < config.oracle_fraction)
 
 
-def oracle_coarse(truth: torch.Tensor, factor: int) -> torch.Tensor:
+def oracle_coarse(truth: torch.Tensor, factor: int, fallback: torch.Tensor | None = None) -> torch.Tensor:
     """What a perfect cost volume would give: ``(B, 1, H, W)`` ground truth averaged over ``factor`` x
-    ``factor`` cells -> ``(B, 1, H / factor, W / factor)``, pixels (non-finite values count as 0)."""
-    return F.avg_pool2d(torch.nan_to_num(truth, nan=0.0, posinf=0.0, neginf=0.0), factor)
+    ``factor`` cells -> ``(B, 1, H / factor, W / factor)``, pixels.
+
+    Only a cell's finite values are averaged (a real pair's unknown pixels, Middlebury's ``inf``, say
+    nothing); a cell with none takes ``fallback``'s value (same shape as the result; default 0). With
+    every value finite (the generator's) this is exactly ``avg_pool2d``.
+    """
+    known = torch.isfinite(truth)
+    total = F.avg_pool2d(torch.where(known, truth, torch.zeros_like(truth)), factor)
+    share = F.avg_pool2d(known.to(truth.dtype), factor)  # 1.0 exactly where the whole cell is known
+    mean = total / share.clamp_min(torch.finfo(truth.dtype).tiny)
+    return torch.where(share > 0, mean, fallback if fallback is not None else torch.zeros_like(mean))
 
 
 def training_loss(config: TrainConfig, output: Any, gt_left: torch.Tensor, gt_right: torch.Tensor,
