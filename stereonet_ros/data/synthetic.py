@@ -155,9 +155,10 @@ class SyntheticConfig:
     # Per sample: every layer's mean level is drawn near one scene level (normal, std ``palette_spread``
     # grey levels) instead of independently, so a depth edge is often no brighter a step than the texture
     # on either side, as in real scenes. On Middlebury Motorcycle the median image gradient on depth edges
-    # is 0.57x the 90th percentile of the gradient elsewhere; on the generator's scenes it is 1.17x, so a
-    # refiner can learn "strong edge = depth edge" and find that false on a real camera. 0 = off, and the
-    # scene, its labels and every other draw are the same with it on (a separate random stream).
+    # is 0.57x the 90th percentile of the gradient elsewhere; on the generator's scenes it is 1.20x, 0.74x
+    # with this on (benchmarks/refiner_image_use.py), so a refiner can learn "strong edge = depth edge"
+    # and find that false on a real camera. 0 = off, and the scene, its labels and every other draw are
+    # the same with it on (a separate random stream).
     palette_probability: float = 0.0
     palette_spread: float = 15.0  # grey levels
     photometric: bool = True  # master switch; False = views differ by geometry only (exact GT tests)
