@@ -200,13 +200,14 @@ def main() -> int:
     arguments = parser.parse_args()
     lines = [f'`benchmarks/refiner_image_use.py {" ".join(sys.argv[1:])}`', '']
     for path in arguments.checkpoints:
+        checkpoint = load_checkpoint(path)
         lines += [f'**{path}**', '',
                   '| set | region | share of pixels | EPE soft argmin | EPE output | EPE zero guides | rise | '
                   'rise x share |', '| --- | --- | --- | --- | --- | --- | --- | --- |',
-                  *split_rise(load_checkpoint(path), arguments.synthetic_samples), '',
+                  *split_rise(checkpoint, arguments.synthetic_samples), '',
                   'Given a coarse input (EPE of the output / its rise with zero guides, px):', '',
                   '| set | coarse input | all pixels | near edges | elsewhere |', '| --- | --- | --- | --- | --- |',
-                  *oracle_rise(load_checkpoint(path), arguments.synthetic_samples), '']
+                  *oracle_rise(checkpoint, arguments.synthetic_samples), '']
     lines += ['Depth-edge saliency (mean over pairs):', '',
               '| images | pairs | median gradient on depth edges | 90th percentile elsewhere | ratio |',
               '| --- | --- | --- | --- | --- |', *saliency_rows(arguments.synthetic_samples, arguments.palette_spread)]
