@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,10 +43,10 @@ from benchmarks._report import publish  # noqa: E402
 from stereonet_ros.data.synthetic import SyntheticConfig, generate_sample  # noqa: E402
 from stereonet_ros.evaluation.evaluate import HELD_OUT_SEED  # noqa: E402
 from stereonet_ros.image_codec import bt601_luma  # noqa: E402
+from stereonet_ros.evaluation.refinement import at_level, guide_ablated, quiet_predictor  # noqa: E402
 from stereonet_ros.inference import Predictor  # noqa: E402
 from stereonet_ros.model.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
 from stereonet_ros.model.stereonet import StereoNet  # noqa: E402
-from stereonet_ros.model.surgery import truncated_after, without_image_guidance  # noqa: E402
 from stereonet_ros.samples import motorcycle  # noqa: E402
 from stereonet_ros.training.train import normalize, oracle_coarse  # noqa: E402
 
@@ -84,13 +83,8 @@ def depth_edges(truth: F32, jump: float, widen: int) -> npt.NDArray[np.bool_]:
 
 def variants(checkpoint: Checkpoint) -> dict[str, Predictor]:
     """The output, the soft argmin carried to full size and the output with zero guides, as predictors."""
-    config, state = checkpoint.config, checkpoint.state_dict
-    weights = {'soft argmin': truncated_after(config, state, 0), 'output': dict(state),
-               'zero guides': without_image_guidance(config, state)}
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # the preliminary / placeholder notes are not news here
-        return {name: Predictor(dataclasses.replace(checkpoint, state_dict=edited), device='cpu')
-                for name, edited in weights.items()}
+    edited = {'soft argmin': at_level(checkpoint, 0), 'output': checkpoint, 'zero guides': guide_ablated(checkpoint)}
+    return {name: quiet_predictor(variant, 'cpu') for name, variant in edited.items()}
 
 
 def split_rise(checkpoint: Checkpoint, synthetic_samples: int) -> list[str]:
@@ -133,9 +127,9 @@ def oracle_rise(checkpoint: Checkpoint, synthetic_samples: int) -> list[str]:
     """Table rows: per set and coarse input, EPE of the output and its rise with zero guides, overall,
     near depth edges and elsewhere."""
     networks = []
-    for state in (checkpoint.state_dict, without_image_guidance(checkpoint.config, checkpoint.state_dict)):
-        network = StereoNet(checkpoint.config)
-        network.load_state_dict(state)
+    for variant in (checkpoint, guide_ablated(checkpoint)):
+        network = StereoNet(variant.config)
+        network.load_state_dict(variant.state_dict)
         networks.append(network.eval())
     sums: dict[tuple[str, str, str], npt.NDArray[np.float64]] = {}
     for name, left, right, truth in pairs(synthetic_samples, held_out_config(checkpoint.config.max_disparity)):

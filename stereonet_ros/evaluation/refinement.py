@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +22,9 @@ import numpy.typing as npt
 from stereonet_ros.evaluation.metrics import DisparityMetrics, disparity_metrics
 from stereonet_ros.model.checkpoint import Checkpoint
 from stereonet_ros.model.surgery import truncated_after, without_image_guidance
+
+if TYPE_CHECKING:  # the inference module loads torch
+    from stereonet_ros.inference import Predictor
 
 GUIDE_ABLATION_MIN_RISE_PX = 0.2
 """Issue 9: with zero guide images, Motorcycle EPE must rise by at least this, or the refiners are
@@ -72,21 +75,33 @@ def refinement_scores(checkpoint: Checkpoint, left: npt.ArrayLike, right: npt.Ar
         device: where to run.
         scale: the inference scale to run at (``Predictor.predict``'s ``scale``).
     """
-    config, state = checkpoint.config, checkpoint.state_dict
-    variants = [truncated_after(config, state, level) for level in range(config.k_refinement_layers)]
-    variants.append(dict(state))
-    variants.append(without_image_guidance(config, state))
-    scores = [disparity_metrics(_predict(dataclasses.replace(checkpoint, state_dict=weights), left, right,
-                                         device, scale), gt)
-              for weights in variants]
+    variants = [at_level(checkpoint, level) for level in range(checkpoint.config.k_refinement_layers)]
+    variants += [checkpoint, guide_ablated(checkpoint)]
+    scores = [disparity_metrics(_predict(variant, left, right, device, scale), gt) for variant in variants]
     return RefinementScores(levels=scores[:-1], without_guide=scores[-1])
+
+
+def at_level(checkpoint: Checkpoint, level: int) -> Checkpoint:
+    """``checkpoint`` whose output is pyramid level ``level`` (0 = soft argmin) carried to full size."""
+    return dataclasses.replace(checkpoint, state_dict=truncated_after(checkpoint.config, checkpoint.state_dict, level))
+
+
+def guide_ablated(checkpoint: Checkpoint) -> Checkpoint:
+    """``checkpoint`` with every refiner's guide image zeroed (the guide ablation)."""
+    return dataclasses.replace(checkpoint, state_dict=without_image_guidance(checkpoint.config, checkpoint.state_dict))
+
+
+def quiet_predictor(checkpoint: Checkpoint, device: str) -> Predictor:
+    """A :class:`~stereonet_ros.inference.Predictor` for an edited checkpoint, without the preliminary /
+    placeholder warnings (not news when examining variants of one)."""
+    from stereonet_ros.inference import Predictor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        return Predictor(checkpoint, device=device)
 
 
 def _predict(checkpoint: Checkpoint, left: npt.ArrayLike, right: npt.ArrayLike, device: str,
              scale: float) -> npt.NDArray[np.float32]:
-    from stereonet_ros.inference import Predictor
-
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # the preliminary / placeholder notes are not news here
-        predictor = Predictor(checkpoint, device=device)
+    predictor = quiet_predictor(checkpoint, device)
     return predictor.predict(left, right, scale=scale) if scale != 1.0 else predictor.predict(left, right)

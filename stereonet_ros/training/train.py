@@ -324,17 +324,13 @@ def validate(model: StereoNet, config: TrainConfig, device: torch.device) -> dic
     pair's ``guide_rise`` it tells a refiner that ignores the image everywhere from one that uses it
     on synthetic scenes but not on a real one (a gap between the generator and real cameras).
     """
-    import dataclasses
-
     from stereonet_ros.evaluation.metrics import MetricAccumulator
+    from stereonet_ros.evaluation.refinement import guide_ablated
     from stereonet_ros.inference import Predictor
-    from stereonet_ros.model.surgery import without_image_guidance
 
     exported = _export(model, config, step=0)
     predictor = Predictor(exported, device=str(device))
-    ablated = Predictor(dataclasses.replace(exported, state_dict=without_image_guidance(exported.config,
-                                                                                        exported.state_dict)),
-                        device=str(device))
+    ablated = Predictor(guide_ablated(exported), device=str(device))
 
     def image(tensor: torch.Tensor) -> np.ndarray:  # (C, H, W) 0..255 -> (H, W[, 3]) float32
         return tensor[0].numpy() if tensor.shape[0] == 1 else tensor.permute(1, 2, 0).numpy()
