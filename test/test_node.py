@@ -504,6 +504,18 @@ def compressed_node(tmp_path_factory: pytest.TempPathFactory,
     assert handle.process.returncode == 0 and 'Traceback' not in handle.text(), handle.text()
 
 
+def watch_diagnostics(client: Client, node_name: str) -> dict[str, str]:
+    """The /diagnostics values of the node ``node_name`` (fully qualified), kept current as the client spins."""
+    seen: dict[str, str] = {}
+
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name.startswith(node_name):
+                seen.update({value.key: value.value for value in status.values})
+    client.node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
+    return seen
+
+
 @dataclass
 class CompressedLink:
     """The test client's publishers to the compressed node and the disparities it answered, by stamp."""
@@ -533,13 +545,7 @@ def compressed(client: Client, compressed_node: NodeProcess) -> CompressedLink:
     link = CompressedLink(client, compressed_node, publishers, {})
     client.node.create_subscription(DisparityImage, f'{COMPRESSED_NS}/disparity',
                                     lambda msg: link.answers.__setitem__(stamp_of(msg), msg), qos)
-    seen: dict[str, str] = {}
-
-    def on_diagnostics(msg: DiagnosticArray) -> None:
-        for status in msg.status:
-            if status.name.startswith(f'{COMPRESSED_NS}/stereonet_node'):
-                seen.update({value.key: value.value for value in status.values})
-    client.node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
+    seen = watch_diagnostics(client, f'{COMPRESSED_NS}/stereonet_node')
     ready = client.spin_until(lambda: all(p.get_subscription_count() > 0 for p in publishers)
                               and seen.get('outputs subscribed') == 'disparity'
                               or compressed_node.process.poll() is not None)
@@ -670,7 +676,12 @@ def test_remapped_images_with_camera_infos_beside_them_are_answered(client: Clie
         answers: dict[int, DisparityImage] = {}
         client.node.create_subscription(DisparityImage, '/remapped/disparity',
                                         lambda msg: answers.__setitem__(stamp_of(msg), msg), qos)
-        assert client.spin_until(lambda: all(p.get_subscription_count() > 0 for p in publishers)), node.text()
+        seen = watch_diagnostics(client, '/remapped_stereonet')
+        # The node skips a pair nobody listens to, so wait until its disparity publisher has matched this
+        # subscription too, not only until its inputs match ours: under load the two discoveries finish
+        # in either order, and a pair sent in between was skipped and never answered (a 60 s timeout).
+        assert client.spin_until(lambda: all(p.get_subscription_count() > 0 for p in publishers)
+                                 and 'disparity' in seen.get('outputs subscribed', '').split(', ')), (seen, node.text())
         left, right = pair
         stamp = client.stamp()
         for publisher, msg in zip(publishers, client.good_set(stamp, left, right), strict=True):
