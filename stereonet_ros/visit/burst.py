@@ -29,9 +29,11 @@ import torch
 
 
 CONTINUE_FROM = 'stereonet_v3_candidate.safetensors'
-"""The checkpoint in ``stereonet_ros/checkpoints/`` that training continues from when it is there: the
-latest best of the current recipe, kept beside the default while promote refuses it. Without it the
-burst starts from the bundled default."""
+"""The checkpoint in ``stereonet_ros/checkpoints/`` that a burst without ``init_checkpoint`` continues from
+when it is there: the latest best of ``TrainConfig``'s own recipe (three refiners, disparity in 32 px
+units), which the bundled default no longer has (since 2026-11-30 it is the single image-guided refiner
+of the staged recipe: continue it with ``init_checkpoint=`` and that recipe's model overrides, as the
+README's visit command does). Without it the burst starts from the bundled default."""
 
 
 def start_checkpoint(overrides: list[str] | tuple[str, ...] = ()) -> Path:
