@@ -1,0 +1,134 @@
+"""Where does ``inference_scale``'s gain come from: the coarse stage or the refiners?
+
+    .venv/bin/python benchmarks/scale_split.py [CHECKPOINT ...] [--scales 1 1.5 2 2.5] [--out FILE.md]
+
+On Middlebury Motorcycle (quarter scale, cropped to a multiple of 16 px), each checkpoint (default: the
+bundled one) runs its coarse stage (features, cost volume, soft argmin) on the pair enlarged by ``s``
+(bilinear, as the node enlarges) and its refiners on the pair enlarged by ``r``, for every ``s`` and
+``r`` of ``--scales``: the coarse disparity is converted to the refiners' pixels and handed to them as
+``StereoNet.forward``'s ``coarse`` input (resized to their grid as any coarse level is). The output is
+brought back to the input size (area) and pixels, and scored against the ground truth, with the soft
+argmin alone (carried to full size bilinearly) beside it. ``s = r`` is the network at that scale.
+
+Then EPE per ground-truth disparity band, soft argmin and output, at the smallest and the largest
+scale: whether the gain is at small disparities (few candidates of the 1/2^K grid) or elsewhere.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._report import publish  # noqa: E402
+from stereonet_ros.image_codec import bt601_luma  # noqa: E402
+from stereonet_ros.model.checkpoint import load_checkpoint  # noqa: E402
+from stereonet_ros.model.stereonet import StereoNet  # noqa: E402
+from stereonet_ros.samples import motorcycle  # noqa: E402
+from stereonet_ros.training.train import normalize  # noqa: E402
+
+F32 = npt.NDArray[np.float32]
+DEFAULT_CHECKPOINT = ROOT / 'stereonet_ros' / 'checkpoints' / 'stereonet_default.safetensors'
+BANDS = ((0.0, 15.0), (15.0, 25.0), (25.0, 35.0), (35.0, 45.0), (45.0, 80.0))
+"""Ground-truth disparity bands, px (Motorcycle at quarter scale spans 7.2-59.9 px)."""
+CROP = 16
+
+
+def enlarged(image: F32, scale: float) -> torch.Tensor:
+    """``image`` (H, W) resized by ``scale`` to a multiple of 8 px, normalized, ``(1, 1, h, w)``."""
+    height, width = (int(round(size * scale / 8)) * 8 for size in image.shape)
+    resized = image if (height, width) == image.shape else cv2.resize(image, (width, height),
+                                                                       interpolation=cv2.INTER_LINEAR)
+    return normalize(torch.from_numpy(np.ascontiguousarray(resized))[None, None])
+
+
+def at_input_size(disparity: torch.Tensor, size: tuple[int, int], network_width: int) -> F32:
+    """A disparity ``(1, 1, h, w)`` of a network that ran ``network_width`` px wide (its levels are all in
+    the pixels of the network's input) -> ``(H, W)`` in input pixels."""
+    ratio = size[1] / network_width
+    if disparity.shape[2] >= size[0]:  # an enlarged pair's output: averaged down, as the node shrinks
+        resized = F.interpolate(disparity, size=size, mode='area')
+    else:  # a coarse level: carried up as the network carries it
+        resized = F.interpolate(disparity, size=size, mode='bilinear', align_corners=False)
+    return (resized[0, 0] * ratio).numpy()
+
+
+def errors(disparity: F32, truth: F32, known: npt.NDArray[np.bool_]) -> tuple[float, float]:
+    error = np.abs(disparity - truth)[known]
+    return float(error.mean()), float(100.0 * (error > 3.0).mean())
+
+
+def split(path: Path, scales: list[float]) -> list[str]:
+    checkpoint = load_checkpoint(path)
+    network = StereoNet(checkpoint.config)
+    network.load_state_dict(checkpoint.state_dict)
+    network.eval()
+    sample = motorcycle()
+    height, width = (size // CROP * CROP for size in sample.disparity.shape)
+    left, right = (bt601_luma(image.astype(np.float32))[:height, :width] for image in (sample.left, sample.right))
+    truth = sample.disparity[:height, :width]
+    known = np.isfinite(truth) & (truth > 0)
+    pairs = {scale: (enlarged(left, scale), enlarged(right, scale)) for scale in scales}
+    with torch.no_grad():
+        coarse = {scale: network(*pair, with_pyramid=True).pyramid[0] for scale, pair in pairs.items()}
+        soft_argmin = {scale: at_input_size(level, (height, width), pairs[scale][0].shape[3])
+                       for scale, level in coarse.items()}
+        outputs = {}
+        for coarse_scale in scales:
+            for refiner_scale in scales:
+                left_r, right_r = pairs[refiner_scale]
+                handed = coarse[coarse_scale] * (left_r.shape[3] / pairs[coarse_scale][0].shape[3])
+                refined = network(left_r, right_r, coarse=(handed, handed)).disparity
+                outputs[coarse_scale, refiner_scale] = at_input_size(refined, (height, width), left_r.shape[3])
+    rows = [f'**{path}** ({checkpoint.config.k_refinement_layers} refiner(s)); Motorcycle {width}x{height}, '
+            'EPE px / bad-3 % (bold: the whole network at one scale)', '', '| coarse stage at | soft argmin | ' +
+            ' | '.join(f'refiners at {scale:g}' for scale in scales) + ' |', '| --- ' * (len(scales) + 2) + '|']
+    for coarse_scale in scales:
+        cells = [f'{coarse_scale:g}', '%.3f / %.1f' % errors(soft_argmin[coarse_scale], truth, known)]
+        for refiner_scale in scales:
+            epe, bad3 = errors(outputs[coarse_scale, refiner_scale], truth, known)
+            cell = f'{epe:.3f} / {bad3:.1f}'
+            cells.append(f'**{cell}**' if coarse_scale == refiner_scale else cell)
+        rows.append('| ' + ' | '.join(cells) + ' |')
+    low, high = min(scales), max(scales)
+    rows += ['', f'EPE px per ground-truth band, the network at scale {low:g} and at {high:g}:', '',
+             f'| truth px | share of pixels | soft argmin at {low:g} | at {high:g} | output at {low:g} | at {high:g} |',
+             '| --- | --- | --- | --- | --- | --- |']
+    for lowest, highest in BANDS:
+        band = known & (truth >= lowest) & (truth < highest)
+        if not band.any():
+            continue
+        cells = [f'{lowest:g}-{highest:g}', f'{100.0 * band.sum() / known.sum():.0f} %']
+        for disparity in (soft_argmin[low], soft_argmin[high], outputs[low, low], outputs[high, high]):
+            cells.append(f'{errors(disparity, truth, band)[0]:.2f}')
+        rows.append('| ' + ' | '.join(cells) + ' |')
+    return rows + ['']
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('checkpoints', nargs='*', type=Path, default=[DEFAULT_CHECKPOINT])
+    parser.add_argument('--scales', nargs='+', type=float, default=[1.0, 1.5, 2.0, 2.5])
+    parser.add_argument('--threads', type=int, default=torch.get_num_threads())
+    parser.add_argument('--out', type=Path)
+    arguments = parser.parse_args()
+    if any(not 0.25 <= scale <= 4.0 for scale in arguments.scales):
+        parser.error('--scales: each must be in 0.25..4')
+    torch.set_num_threads(arguments.threads)
+    lines = [f'`benchmarks/scale_split.py {" ".join(sys.argv[1:])}` (torch {torch.__version__}, float32)', '']
+    for path in arguments.checkpoints:
+        lines += split(path, sorted(set(arguments.scales)))
+    publish('\n'.join(lines), arguments.out)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
