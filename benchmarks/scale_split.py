@@ -10,8 +10,9 @@ bundled one) runs its coarse stage (features, cost volume, soft argmin) on the p
 brought back to the input size (area) and pixels, and scored against the ground truth, with the soft
 argmin alone (carried to full size bilinearly) beside it. ``s = r`` is the network at that scale.
 
-Then EPE per ground-truth disparity band, soft argmin and output, at the smallest and the largest
-scale: whether the gain is at small disparities (few candidates of the 1/2^K grid) or elsewhere.
+Then EPE per ground-truth disparity band, and per coarse cell (2^K x 2^K input pixels) by the spread
+of the truth within it, soft argmin and output, at the smallest and the largest scale: whether the
+gain is at small disparities, at cells that mix depths, or on plain surfaces.
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ F32 = npt.NDArray[np.float32]
 DEFAULT_CHECKPOINT = ROOT / 'stereonet_ros' / 'checkpoints' / 'stereonet_default.safetensors'
 BANDS = ((0.0, 15.0), (15.0, 25.0), (25.0, 35.0), (35.0, 45.0), (45.0, 80.0))
 """Ground-truth disparity bands, px (Motorcycle at quarter scale spans 7.2-59.9 px)."""
+SPREADS = ((0.0, 2.0), (2.0, 8.0), (8.0, np.inf))
+"""Spread of the truth within a coarse cell, px: a surface, a slanted or gently curved one, a depth edge."""
 CROP = 16
 
 
@@ -99,18 +102,45 @@ def split(path: Path, scales: list[float]) -> list[str]:
             cells.append(f'**{cell}**' if coarse_scale == refiner_scale else cell)
         rows.append('| ' + ' | '.join(cells) + ' |')
     low, high = min(scales), max(scales)
+    compared = (soft_argmin[low], soft_argmin[high], outputs[low, low], outputs[high, high])
+    header = f'share of pixels | share of the error at {low:g} | soft argmin at {low:g} | at {high:g} | ' \
+             f'output at {low:g} | at {high:g} |'
+    cell = checkpoint.config.downsampling_factor
+    spread = cell_spread(truth, known, cell)
+    regions = [(f'{lowest:g}-{highest:g}', known & (truth >= lowest) & (truth < highest)) for lowest, highest in BANDS]
     rows += ['', f'EPE px per ground-truth band, the network at scale {low:g} and at {high:g}:', '',
-             f'| truth px | share of pixels | soft argmin at {low:g} | at {high:g} | output at {low:g} | at {high:g} |',
-             '| --- | --- | --- | --- | --- | --- |']
-    for lowest, highest in BANDS:
-        band = known & (truth >= lowest) & (truth < highest)
-        if not band.any():
-            continue
-        cells = [f'{lowest:g}-{highest:g}', f'{100.0 * band.sum() / known.sum():.0f} %']
-        for disparity in (soft_argmin[low], soft_argmin[high], outputs[low, low], outputs[high, high]):
-            cells.append(f'{errors(disparity, truth, band)[0]:.2f}')
-        rows.append('| ' + ' | '.join(cells) + ' |')
+             f'| truth px | {header}', '| --- ' * 7 + '|', *region_rows(regions, compared, truth, known), '',
+             f'The same per {cell}x{cell} cell of the input (one cell of the coarse grid at scale 1), by the spread '
+             '(largest - smallest) of its known truth:', '',
+             f'| truth spread in the cell, px | {header}', '| --- ' * 7 + '|',
+             *region_rows([(f'{lowest:g}-{highest:g}', known & (spread >= lowest) & (spread < highest))
+                           for lowest, highest in SPREADS], compared, truth, known)]
     return rows + ['']
+
+
+def cell_spread(truth: F32, known: npt.NDArray[np.bool_], cell: int) -> F32:
+    """Per pixel: the largest minus the smallest known truth of its ``cell`` x ``cell`` cell (0 if none known)."""
+    height, width = truth.shape
+    cells = np.where(known, truth, np.nan).reshape(height // cell, cell, width // cell, cell)
+    empty = ~known.reshape(height // cell, cell, width // cell, cell).any(axis=(1, 3))
+    filled = np.where(empty[:, None, :, None], 0.0, cells)  # no all-NaN cell reaches nanmax
+    spread = np.nanmax(filled, axis=(1, 3)) - np.nanmin(filled, axis=(1, 3))
+    return np.repeat(np.repeat(spread, cell, axis=0), cell, axis=1).astype(np.float32)
+
+
+def region_rows(regions: list[tuple[str, npt.NDArray[np.bool_]]], compared: tuple[F32, ...], truth: F32,
+                known: npt.NDArray[np.bool_]) -> list[str]:
+    """Rows of: share of pixels, share of the first map's error, then each map's EPE within each region."""
+    first_error = np.abs(compared[0] - truth)[known].sum()
+    rows = []
+    for name, region in regions:
+        if not region.any():
+            continue
+        share_of_error = np.abs(compared[0] - truth)[region].sum() / first_error
+        cells = [name, f'{100.0 * region.sum() / known.sum():.0f} %', f'{100.0 * share_of_error:.0f} %']
+        cells += [f'{errors(disparity, truth, region)[0]:.2f}' for disparity in compared]
+        rows.append('| ' + ' | '.join(cells) + ' |')
+    return rows
 
 
 def main() -> int:
