@@ -1,0 +1,112 @@
+"""Where the dense-view gap to SGBM lies on Motorcycle: occlusions, depth edges, or plain surfaces?
+
+    .venv/bin/python benchmarks/sgbm_gap.py [CHECKPOINT] [--scales 1 2] [--out FILE.md]
+
+The dense view of ``stereonet-evaluate`` (ours as the node computes it, ``StereoProcessor.infer`` at
+each ``inference_scale``; SGBM with stereo_image_proc's parameters, its holes filled the KITTI devkit
+way; the same ``numDisparities``), split into three regions of the scored pixels (finite ground truth
+below the checkpoint's ``max_disparity``):
+
+- **occluded or out of view**: no match in the right image by the ground truth (a nearer pixel
+  further right lands within ``OCCLUSION_TOLERANCE_PX`` left of its match, or the match lies left of
+  the image): no matcher can see these, and SGBM leaves them as holes;
+- **visible, near a depth edge**: within ``NEAR_EDGE_PX`` of a ground-truth jump of more than 1 px;
+- **visible, elsewhere**: plain and slanted surfaces.
+
+Per region: share of the pixels, EPE and bad-3 of each method, and the region's part of the EPE gap
+(share x EPE difference; the parts add up to the whole gap).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._report import publish  # noqa: E402
+from benchmarks.refiner_image_use import depth_edges  # noqa: E402
+from stereonet_ros.evaluation.evaluate import (  # noqa: E402
+    REFERENCE, STEREO_IMAGE_PROC_SGBM, covering_range, load_set, sgbm_disparity)
+from stereonet_ros.evaluation.views import fill_holes  # noqa: E402
+from stereonet_ros.inference import Predictor, PreliminaryCheckpointWarning  # noqa: E402
+from stereonet_ros.processing import StereoProcessor  # noqa: E402
+
+F32 = npt.NDArray[np.float32]
+Mask = npt.NDArray[np.bool_]
+OCCLUSION_TOLERANCE_PX = 0.5
+NEAR_EDGE_PX = 4
+
+
+def occluded(truth: F32) -> Mask:
+    """Left pixels with no match in the right image by ``truth`` (non-finite = unknown, occludes nothing).
+
+    A left pixel at ``x`` with disparity ``d`` lands at ``x - d`` in the right image. A pixel further right
+    that lands at or left of that spot, by more than the tolerance, is nearer and hides it; so a pixel is
+    occluded when the smallest landing spot of the pixels to its right is below its own, or its own lies
+    left of the image.
+    """
+    columns = np.arange(truth.shape[1], dtype=np.float64)
+    known = np.isfinite(truth)
+    landing = np.where(known, columns - np.where(known, truth, 0.0), np.inf)
+    smallest_to_the_right = np.minimum.accumulate(landing[:, ::-1], axis=1)[:, ::-1]
+    hidden = np.zeros(truth.shape, np.bool_)
+    hidden[:, :-1] = smallest_to_the_right[:, 1:] < landing[:, :-1] - OCCLUSION_TOLERANCE_PX
+    return known & (hidden | (landing < -0.5))
+
+
+def gap_rows(ours: F32, sgbm: F32, truth: F32, scored: Mask) -> list[str]:
+    regions = {'occluded or out of view': scored & occluded(truth)}
+    visible = scored & ~regions['occluded or out of view']
+    near = depth_edges(truth, 1.0, NEAR_EDGE_PX)
+    regions[f'visible, within {NEAR_EDGE_PX} px of a depth edge'] = visible & near
+    regions['visible, elsewhere'] = visible & ~near
+    regions['all scored'] = scored
+    ours_error, sgbm_error = np.abs(ours - truth), np.abs(sgbm - truth)
+    rows = []
+    for name, region in regions.items():
+        share = region.sum() / scored.sum()
+        ours_epe, sgbm_epe = float(ours_error[region].mean()), float(sgbm_error[region].mean())
+        ours_bad3, sgbm_bad3 = (100.0 * float((error[region] > 3).mean()) for error in (ours_error, sgbm_error))
+        rows.append(f'| {name} | {100.0 * share:.1f} % | {ours_epe:.2f} / {ours_bad3:.1f} '
+                    f'| {sgbm_epe:.2f} / {sgbm_bad3:.1f} | {share * (ours_epe - sgbm_epe):+.3f} |')
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('checkpoint', nargs='?', help='default: the bundled one')
+    parser.add_argument('--scales', nargs='+', type=float, default=[1.0, 2.0], help='inference_scale values')
+    parser.add_argument('--threads', type=int, default=torch.get_num_threads())
+    parser.add_argument('--out', type=Path)
+    arguments = parser.parse_args()
+    torch.set_num_threads(arguments.threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', PreliminaryCheckpointWarning)
+        predictor = Predictor.from_checkpoint(arguments.checkpoint, device='cpu')
+    processor = StereoProcessor(predictor)
+    max_disparity = float(predictor.contract.max_disparity)
+    frame, = load_set('motorcycle', 0, max_disparity, predictor.contract.channels)
+    truth = frame.disparity
+    scored = np.isfinite(truth) & (truth < max_disparity)
+    sgbm = fill_holes(sgbm_disparity(frame.left, frame.right, STEREO_IMAGE_PROC_SGBM, covering_range([frame])))
+    lines = [f'`benchmarks/sgbm_gap.py {" ".join(sys.argv[1:])}` (torch {torch.__version__}); Motorcycle '
+             f'{truth.shape[1]}x{truth.shape[0]}, dense view, {REFERENCE} holes filled', '']
+    for scale in arguments.scales:
+        ours, _, _ = processor.infer(frame.left, frame.right, scale)
+        lines += [f'**{arguments.checkpoint or "bundled default"}, `inference_scale` {scale:g}** '
+                  '(EPE px / bad-3 %; part of the gap = share x EPE difference, px)', '',
+                  f'| region | share of pixels | ours | {REFERENCE} | part of the EPE gap |',
+                  '| --- | --- | --- | --- | --- |', *gap_rows(ours, sgbm, truth, scored), '']
+    publish('\n'.join(lines), arguments.out)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
