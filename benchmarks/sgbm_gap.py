@@ -11,10 +11,11 @@ below the checkpoint's ``max_disparity``):
   further right lands within ``OCCLUSION_TOLERANCE_PX`` left of its match, or the match lies left of
   the image): no matcher can see these, and SGBM leaves them as holes;
 - **visible, near a depth edge**: within ``NEAR_EDGE_PX`` of a ground-truth jump of more than 1 px;
-- **visible, elsewhere**: plain and slanted surfaces.
+- **visible, elsewhere**: plain and slanted surfaces; also split into quartiles of texture (the left
+  image's mean Sobel gradient over 15x15 px, stereo_image_proc's SGBM block).
 
 Per region: share of the pixels, EPE and bad-3 of each method, and the region's part of the EPE gap
-(share x EPE difference; the parts add up to the whole gap).
+(share x EPE difference; the three regions' parts add up to the whole gap, the quartiles' to the third's).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -33,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._report import publish  # noqa: E402
 from benchmarks.refiner_image_use import depth_edges  # noqa: E402
 from stereonet_ros.evaluation.evaluate import (  # noqa: E402
-    REFERENCE, STEREO_IMAGE_PROC_SGBM, covering_range, load_set, sgbm_disparity)
+    REFERENCE, STEREO_IMAGE_PROC_SGBM, covering_range, load_set, sgbm_disparity, to_gray_u8)
 from stereonet_ros.evaluation.views import fill_holes  # noqa: E402
 from stereonet_ros.inference import Predictor, PreliminaryCheckpointWarning  # noqa: E402
 from stereonet_ros.processing import StereoProcessor  # noqa: E402
@@ -42,6 +44,7 @@ F32 = npt.NDArray[np.float32]
 Mask = npt.NDArray[np.bool_]
 OCCLUSION_TOLERANCE_PX = 0.5
 NEAR_EDGE_PX = 4
+TEXTURE_WINDOW_PX = 15
 
 
 def occluded(truth: F32) -> Mask:
@@ -61,13 +64,29 @@ def occluded(truth: F32) -> Mask:
     return known & (hidden | (landing < -0.5))
 
 
-def gap_rows(ours: F32, sgbm: F32, truth: F32, scored: Mask) -> list[str]:
+def regions_of(truth: F32, scored: Mask, gray: F32) -> dict[str, Mask]:
+    """The three regions, the last also split into quartiles of :func:`texture` (it is where SGBM is best)."""
     regions = {'occluded or out of view': scored & occluded(truth)}
     visible = scored & ~regions['occluded or out of view']
     near = depth_edges(truth, 1.0, NEAR_EDGE_PX)
     regions[f'visible, within {NEAR_EDGE_PX} px of a depth edge'] = visible & near
-    regions['visible, elsewhere'] = visible & ~near
+    elsewhere = regions['visible, elsewhere'] = visible & ~near
+    strength = texture(gray)
+    bounds = [-np.inf, *np.percentile(strength[elsewhere], (25, 50, 75)), np.inf]
+    for quartile in range(4):
+        regions[f'... texture quartile {quartile + 1} of {4}'] = \
+            elsewhere & (strength >= bounds[quartile]) & (strength < bounds[quartile + 1])
     regions['all scored'] = scored
+    return regions
+
+
+def texture(gray: F32) -> F32:
+    """Mean Sobel gradient magnitude over a ``TEXTURE_WINDOW_PX`` window (stereo_image_proc's SGBM block)."""
+    magnitude = np.hypot(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
+    return cv2.blur(magnitude, (TEXTURE_WINDOW_PX, TEXTURE_WINDOW_PX))
+
+
+def gap_rows(ours: F32, sgbm: F32, truth: F32, scored: Mask, regions: dict[str, Mask]) -> list[str]:
     ours_error, sgbm_error = np.abs(ours - truth), np.abs(sgbm - truth)
     rows = []
     for name, region in regions.items():
@@ -95,6 +114,7 @@ def main() -> int:
     frame, = load_set('motorcycle', 0, max_disparity, predictor.contract.channels)
     truth = frame.disparity
     scored = np.isfinite(truth) & (truth < max_disparity)
+    regions = regions_of(truth, scored, to_gray_u8(frame.left).astype(np.float32))
     sgbm = fill_holes(sgbm_disparity(frame.left, frame.right, STEREO_IMAGE_PROC_SGBM, covering_range([frame])))
     lines = [f'`benchmarks/sgbm_gap.py {" ".join(sys.argv[1:])}` (torch {torch.__version__}); Motorcycle '
              f'{truth.shape[1]}x{truth.shape[0]}, dense view, {REFERENCE} holes filled', '']
@@ -103,7 +123,7 @@ def main() -> int:
         lines += [f'**{arguments.checkpoint or "bundled default"}, `inference_scale` {scale:g}** '
                   '(EPE px / bad-3 %; part of the gap = share x EPE difference, px)', '',
                   f'| region | share of pixels | ours | {REFERENCE} | part of the EPE gap |',
-                  '| --- | --- | --- | --- | --- |', *gap_rows(ours, sgbm, truth, scored), '']
+                  '| --- | --- | --- | --- | --- |', *gap_rows(ours, sgbm, truth, scored, regions), '']
     publish('\n'.join(lines), arguments.out)
     return 0
 
