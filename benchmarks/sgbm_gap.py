@@ -7,9 +7,11 @@ each ``inference_scale``; SGBM with stereo_image_proc's parameters, its holes fi
 way; the same ``numDisparities``), split into three regions of the scored pixels (finite ground truth
 below the checkpoint's ``max_disparity``):
 
-- **occluded or out of view**: no match in the right image by the ground truth (a nearer pixel
-  further right lands within ``OCCLUSION_TOLERANCE_PX`` left of its match, or the match lies left of
-  the image): no matcher can see these, and SGBM leaves them as holes;
+- **occluded or out of view**: no match in the right image by the ground truth (a pixel further right
+  lands more than ``OCCLUSION_TOLERANCE_PX`` left of its match, so a nearer surface hides it, or the
+  match lies left of the image): no matcher can see these, and SGBM leaves them as holes. Approximate:
+  against the exact masks of six synthetic pairs (``generate_sample(SyntheticConfig(photometric=False),
+  900, 0..5)``) it found 90-97 % of the occluded pixels, and 69-94 % of what it marked was occluded;
 - **visible, near a depth edge**: within ``NEAR_EDGE_PX`` of a ground-truth jump of more than 1 px;
 - **visible, elsewhere**: plain and slanted surfaces; also split into quartiles of texture (the left
   image's mean Sobel gradient over 15x15 px, stereo_image_proc's SGBM block).
