@@ -32,7 +32,6 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._report import publish  # noqa: E402
 from stereonet_ros.image_codec import bt601_luma  # noqa: E402
 from stereonet_ros.model.checkpoint import load_checkpoint  # noqa: E402
-from stereonet_ros.model.stereonet import StereoNet  # noqa: E402
 from stereonet_ros.samples import motorcycle  # noqa: E402
 from stereonet_ros.training.train import normalize  # noqa: E402
 
@@ -71,9 +70,7 @@ def errors(disparity: F32, truth: F32, known: npt.NDArray[np.bool_]) -> tuple[fl
 
 def split(path: Path, scales: list[float]) -> list[str]:
     checkpoint = load_checkpoint(path)
-    network = StereoNet(checkpoint.config)
-    network.load_state_dict(checkpoint.state_dict)
-    network.eval()
+    network = checkpoint.build_model()
     sample = motorcycle()
     height, width = (size // CROP * CROP for size in sample.disparity.shape)
     left, right = (bt601_luma(image.astype(np.float32))[:height, :width] for image in (sample.left, sample.right))

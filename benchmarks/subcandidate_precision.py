@@ -100,9 +100,7 @@ def main() -> int:
                'elsewhere |', '| --- | --- | --- | --- | --- | --- |']
     for path in arguments.checkpoints:
         checkpoint = load_checkpoint(path)
-        network = StereoNet(checkpoint.config)
-        network.load_state_dict(checkpoint.state_dict)
-        network.eval()
+        network = checkpoint.build_model()
         period = checkpoint.config.downsampling_factor
         disparities = [float(d) for d in np.arange(2 * period, 4 * period, arguments.step)]
         results = measure(network, pictures, disparities, arguments.magnification)
