@@ -8,7 +8,8 @@ bundled one) runs its coarse stage (features, cost volume, soft argmin) on the p
 ``r`` of ``--scales``: the coarse disparity is converted to the refiners' pixels and handed to them as
 ``StereoNet.forward``'s ``coarse`` input (resized to their grid as any coarse level is). The output is
 brought back to the input size (area) and pixels, and scored against the ground truth, with the soft
-argmin alone (carried to full size bilinearly) beside it. ``s = r`` is the network at that scale.
+argmin alone (carried to full size bilinearly, as the network carries a level) beside it. ``s = r`` is
+the network at that scale.
 
 Then EPE per ground-truth disparity band, and per coarse cell (2^K x 2^K input pixels) by the spread
 of the truth within it, soft argmin and output, at the smallest and the largest scale: whether the
@@ -52,14 +53,14 @@ def enlarged(image: F32, scale: float) -> torch.Tensor:
     return normalize(torch.from_numpy(np.ascontiguousarray(resized))[None, None])
 
 
-def at_input_size(disparity: torch.Tensor, size: tuple[int, int], network_width: int) -> F32:
+def at_input_size(disparity: torch.Tensor, size: tuple[int, int], network_width: int, align_corners: bool) -> F32:
     """A disparity ``(1, 1, h, w)`` of a network that ran ``network_width`` px wide (its levels are all in
     the pixels of the network's input) -> ``(H, W)`` in input pixels."""
     ratio = size[1] / network_width
     if disparity.shape[2] >= size[0]:  # an enlarged pair's output: averaged down, as the node shrinks
         resized = F.interpolate(disparity, size=size, mode='area')
-    else:  # a coarse level: carried up as the network carries it
-        resized = F.interpolate(disparity, size=size, mode='bilinear', align_corners=False)
+    else:  # a coarse level: carried up as the network carries it (its config's align_corners)
+        resized = F.interpolate(disparity, size=size, mode='bilinear', align_corners=align_corners)
     return (resized[0, 0] * ratio).numpy()
 
 
@@ -79,7 +80,8 @@ def split(path: Path, scales: list[float]) -> list[str]:
     pairs = {scale: (enlarged(left, scale), enlarged(right, scale)) for scale in scales}
     with torch.no_grad():
         coarse = {scale: network(*pair, with_pyramid=True).pyramid[0] for scale, pair in pairs.items()}
-        soft_argmin = {scale: at_input_size(level, (height, width), pairs[scale][0].shape[3])
+        corners = checkpoint.config.align_corners
+        soft_argmin = {scale: at_input_size(level, (height, width), pairs[scale][0].shape[3], corners)
                        for scale, level in coarse.items()}
         outputs = {}
         for coarse_scale in scales:
@@ -87,7 +89,7 @@ def split(path: Path, scales: list[float]) -> list[str]:
                 left_r, right_r = pairs[refiner_scale]
                 handed = coarse[coarse_scale] * (left_r.shape[3] / pairs[coarse_scale][0].shape[3])
                 refined = network(left_r, right_r, coarse=(handed, handed)).disparity
-                outputs[coarse_scale, refiner_scale] = at_input_size(refined, (height, width), left_r.shape[3])
+                outputs[coarse_scale, refiner_scale] = at_input_size(refined, (height, width), left_r.shape[3], corners)
     rows = [f'**{path}** ({checkpoint.config.k_refinement_layers} refiner(s)); Motorcycle {width}x{height}, '
             'EPE px / bad-3 % (bold: the whole network at one scale)', '', '| coarse stage at | soft argmin | ' +
             ' | '.join(f'refiners at {scale:g}' for scale in scales) + ' |', '| --- ' * (len(scales) + 2) + '|']
