@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import publish  # noqa: E402
+from stereonet_ros.evaluation.metrics import disparity_metrics  # noqa: E402
 from stereonet_ros.image_codec import bt601_luma  # noqa: E402
 from stereonet_ros.model.checkpoint import load_checkpoint  # noqa: E402
 from stereonet_ros.samples import motorcycle  # noqa: E402
@@ -65,8 +66,9 @@ def at_input_size(disparity: torch.Tensor, size: tuple[int, int], network_width:
 
 
 def errors(disparity: F32, truth: F32, known: npt.NDArray[np.bool_]) -> tuple[float, float]:
-    error = np.abs(disparity - truth)[known]
-    return float(error.mean()), float(100.0 * (error > 3.0).mean())
+    """EPE px and bad-3 % of ``disparity`` where ``known``, by the evaluation's own rules."""
+    metrics = disparity_metrics(disparity, truth, known)
+    return metrics.epe, metrics.bad3
 
 
 def split(path: Path, scales: list[float]) -> list[str]:
@@ -130,12 +132,12 @@ def cell_spread(truth: F32, known: npt.NDArray[np.bool_], cell: int) -> F32:
 def region_rows(regions: list[tuple[str, npt.NDArray[np.bool_]]], compared: tuple[F32, ...], truth: F32,
                 known: npt.NDArray[np.bool_]) -> list[str]:
     """Rows of: share of pixels, share of the first map's error, then each map's EPE within each region."""
-    first_error = np.abs(compared[0] - truth)[known].sum()
     rows = []
     for name, region in regions:
         if not region.any():
             continue
-        share_of_error = np.abs(compared[0] - truth)[region].sum() / first_error
+        share_of_error = errors(compared[0], truth, region)[0] * region.sum() / \
+            (errors(compared[0], truth, known)[0] * known.sum())
         cells = [name, f'{100.0 * region.sum() / known.sum():.0f} %', f'{100.0 * share_of_error:.0f} %']
         cells += [f'{errors(disparity, truth, region)[0]:.2f}' for disparity in compared]
         rows.append('| ' + ' | '.join(cells) + ' |')

@@ -38,6 +38,7 @@ from benchmarks._report import publish  # noqa: E402
 from benchmarks.refiner_image_use import depth_edges  # noqa: E402
 from stereonet_ros.evaluation.evaluate import (  # noqa: E402
     REFERENCE, STEREO_IMAGE_PROC_SGBM, covering_range, load_set, sgbm_disparity, to_gray_u8)
+from stereonet_ros.evaluation.metrics import disparity_metrics  # noqa: E402
 from stereonet_ros.evaluation.views import fill_holes  # noqa: E402
 from stereonet_ros.inference import Predictor, PreliminaryCheckpointWarning  # noqa: E402
 from stereonet_ros.processing import StereoProcessor  # noqa: E402
@@ -76,7 +77,7 @@ def regions_of(truth: F32, scored: Mask, gray: F32) -> dict[str, Mask]:
     strength = texture(gray)
     bounds = [-np.inf, *np.percentile(strength[elsewhere], (25, 50, 75)), np.inf]
     for quartile in range(4):
-        regions[f'... texture quartile {quartile + 1} of {4}'] = \
+        regions[f'... texture quartile {quartile + 1} of 4'] = \
             elsewhere & (strength >= bounds[quartile]) & (strength < bounds[quartile + 1])
     regions['all scored'] = scored
     return regions
@@ -89,14 +90,12 @@ def texture(gray: F32) -> F32:
 
 
 def gap_rows(ours: F32, sgbm: F32, truth: F32, scored: Mask, regions: dict[str, Mask]) -> list[str]:
-    ours_error, sgbm_error = np.abs(ours - truth), np.abs(sgbm - truth)
     rows = []
     for name, region in regions.items():
         share = region.sum() / scored.sum()
-        ours_epe, sgbm_epe = float(ours_error[region].mean()), float(sgbm_error[region].mean())
-        ours_bad3, sgbm_bad3 = (100.0 * float((error[region] > 3).mean()) for error in (ours_error, sgbm_error))
-        rows.append(f'| {name} | {100.0 * share:.1f} % | {ours_epe:.2f} / {ours_bad3:.1f} '
-                    f'| {sgbm_epe:.2f} / {sgbm_bad3:.1f} | {share * (ours_epe - sgbm_epe):+.3f} |')
+        mine, theirs = (disparity_metrics(method, truth, region) for method in (ours, sgbm))
+        rows.append(f'| {name} | {100.0 * share:.1f} % | {mine.epe:.2f} / {mine.bad3:.1f} '
+                    f'| {theirs.epe:.2f} / {theirs.bad3:.1f} | {share * (mine.epe - theirs.epe):+.3f} |')
     return rows
 
 
