@@ -132,12 +132,12 @@ def cell_spread(truth: F32, known: npt.NDArray[np.bool_], cell: int) -> F32:
 def region_rows(regions: list[tuple[str, npt.NDArray[np.bool_]]], compared: tuple[F32, ...], truth: F32,
                 known: npt.NDArray[np.bool_]) -> list[str]:
     """Rows of: share of pixels, share of the first map's error, then each map's EPE within each region."""
+    total_error = errors(compared[0], truth, known)[0] * known.sum()  # the first map's summed error
     rows = []
     for name, region in regions:
         if not region.any():
             continue
-        share_of_error = errors(compared[0], truth, region)[0] * region.sum() / \
-            (errors(compared[0], truth, known)[0] * known.sum())
+        share_of_error = errors(compared[0], truth, region)[0] * region.sum() / total_error
         cells = [name, f'{100.0 * region.sum() / known.sum():.0f} %', f'{100.0 * share_of_error:.0f} %']
         cells += [f'{errors(disparity, truth, region)[0]:.2f}' for disparity in compared]
         rows.append('| ' + ' | '.join(cells) + ' |')
