@@ -23,7 +23,8 @@ from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig, refined_le
 from stereonet_ros.training.loss import stereo_pyramid_loss
 from stereonet_ros.precision import autocast_dtype_for
 from stereonet_ros.training.train import (StepBatches, TrainConfig, _export, initial_weights, learning_rate,
-                                         normalize, oracle_coarse, oracle_step, train, uses_channels_last)
+                                         normalize, oracle_coarse, oracle_step, train, update_average,
+                                         uses_channels_last)
 
 TINY = [
     'model.max_disparity=64', 'data.max_disparity=64', 'data.height=64', 'data.width=128',
@@ -213,6 +214,58 @@ def test_resume_after_an_interruption_gives_the_same_steps_as_a_straight_run(tmp
     assert (tmp_path / 'straight' / 'config.yaml').read_text().startswith('model:')
 
 
+def test_the_moving_average_moves_by_one_minus_decay_and_copies_the_batch_count() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    average = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    before = {key: value.clone() for key, value in average.state_dict().items()}
+    model[1].num_batches_tracked.fill_(7)
+    model[1].running_mean.fill_(4.0)
+    update_average(average, model, 0.75)
+    for key, value in average.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.75 * before[key] + 0.25 * model.state_dict()[key], rtol=0, atol=1e-7)
+    assert int(average[1].num_batches_tracked) == 7 and float(average[1].running_mean[0]) == 0.25 * 4.0
+    update_average(average, model, 0.0)  # decay 0: the weights themselves
+    for key, value in average.state_dict().items():
+        assert torch.equal(value, model.state_dict()[key]), key
+
+
+def test_the_moving_average_follows_every_step_never_feeds_back_is_scored_and_resumes_exactly(tmp_path: Path) -> None:
+    torch.set_num_threads(1)  # the same thread count in every run, for bitwise-equal reductions
+    plain = load(TrainConfig, overrides=[*TINY, 'steps=3', 'checkpoint_every=1'])
+    averaged = load(TrainConfig, overrides=[*TINY, 'steps=3', 'checkpoint_every=1', 'ema_decay=0.75'])
+    try:
+        weights = []
+        for _ in range(3):  # the weights after each step, without an average
+            train(plain, tmp_path / 'plain', stop_after=1, progress=False)
+            weights.append(_state(tmp_path / 'plain')['model'])
+        assert train(averaged, tmp_path / 'straight', progress=False) == 3
+        assert train(averaged, tmp_path / 'resumed', stop_after=2, progress=False) == 2
+        assert train(averaged, tmp_path / 'resumed', progress=False) == 3
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(plain.seed)
+    expected = StereoNet(plain.model).state_dict()  # the run's initial weights
+    for after_step in weights:
+        expected = {key: 0.75 * value + 0.25 * after_step[key] if value.is_floating_point() else after_step[key]
+                    for key, value in expected.items()}
+    straight, resumed = _state(tmp_path / 'straight'), _state(tmp_path / 'resumed')
+    for key, value in weights[-1].items():  # type: ignore[attr-defined]
+        assert torch.equal(straight['model'][key], value), key  # type: ignore[index]
+    for key, value in expected.items():
+        torch.testing.assert_close(straight['ema'][key].float(), value.float(), rtol=0, atol=1e-6)  # type: ignore[index]
+        assert torch.equal(resumed['ema'][key], straight['ema'][key]), key  # type: ignore[index]
+    exported = load_checkpoint(tmp_path / 'straight' / 'model_ema.safetensors')
+    assert 'moving average' in exported.provenance['weights'] and '0.75' in exported.provenance['weights']
+    for key, value in exported.state_dict.items():
+        assert torch.equal(value, straight['ema'][key].contiguous()), key  # type: ignore[index]
+    last = list(csv.DictReader((tmp_path / 'straight' / 'log.csv').open()))[-1]
+    best = load_checkpoint(tmp_path / 'straight' / 'model_ema_best.safetensors')
+    assert float(last['ema_val_epe']) == round(best.provenance['validation']['val_epe'], 4)
+    assert math.isfinite(float(last['val_epe'])) and 'weights' not in load_checkpoint(
+        tmp_path / 'straight' / 'model_latest.safetensors').provenance
+
+
 def test_resuming_with_another_config_is_refused(tmp_path: Path) -> None:
     config = load(TrainConfig, overrides=[*TINY, 'steps=1'])
     train(config, tmp_path, progress=False)
@@ -244,6 +297,8 @@ def test_a_run_begun_before_a_field_existed_resumes_while_the_field_is_at_its_de
     (['model.in_channels=3'], r'model.in_channels=3 but data.channels=1'),
     (['data.height=-5'], r'data: SyntheticConfig.height=-5'),
     (['lr'], r"override 'lr': expected key=value"),
+    (['ema_decay=1'], r'ema_decay=1\.0: must be in \[0, 1\)'),
+    (['ema_decay=-0.001'], r'ema_decay=-0\.001: must be in \[0, 1\)'),
 ])
 def test_bad_config_values_are_refused_naming_them(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

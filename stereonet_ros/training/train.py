@@ -14,6 +14,8 @@ What the run writes in its output folder:
 - ``model_latest.safetensors`` (and ``model_best.safetensors`` by validation EPE): our checkpoint
   format with the training config, steps and data in its provenance.
 - ``log.csv``: one row per logged step (and TensorBoard events when ``tensorboard`` is installed).
+- With ``ema_decay`` > 0, ``model_ema.safetensors`` and ``model_ema_best.safetensors``: the same for the
+  weights' moving average, scored beside the weights at each validation (``ema_*`` columns).
 
 Multi-GPU: ``torchrun --nproc_per_node N -m stereonet_ros.training.train ...`` (DDP; the batch size
 is per process). On the CPU: channels-last, all cores, glibc allocator tuned, and ``precision=bf16``
@@ -23,6 +25,7 @@ autocast where the CPU computes bfloat16 natively (AVX512-BF16 or AMX; otherwise
 """
 from __future__ import annotations
 
+import copy
 import csv
 import functools
 import json
@@ -52,6 +55,7 @@ from stereonet_ros.training.loss import stereo_pyramid_loss
 
 PROGRAM = 'stereonet-train'
 STATE_FILE = 'state.pt'
+EMA_PREFIX = 'ema_'  # log.csv columns of the weights' moving average (TrainConfig.ema_decay)
 
 # Inputs are normalized to about [-1, 1] in 0..255 units: gray (x - 127.5) / 127.5, both views.
 TRAIN_MEAN = 127.5
@@ -143,12 +147,21 @@ class TrainConfig:
     """With ``coarse_input=mixed``: the share of steps whose coarse input is the oracle."""
     score_real_pair: bool = True
     """Also score the Middlebury Motorcycle pair (scikit-image) at each validation."""
+    ema_decay: float = 0.0
+    """Also keep an exponential moving average of the weights and BatchNorm statistics, moved after every
+    step by ``(1 - ema_decay)`` of its distance to the weights (:func:`update_average`; 0 = off, 0.998
+    averages over about 500 steps). It never feeds back into training: each validation scores it beside
+    the weights (log columns ``ema_*``) and it is written as ``model_ema.safetensors`` (and
+    ``model_ema_best.safetensors`` by its synthetic EPE). Small-batch training wanders between
+    validations; the average is what to compare and promote when it scores better."""
 
     def __post_init__(self) -> None:
         positive = ('steps', 'batch_size', 'validation_samples', 'validate_every', 'checkpoint_every', 'log_every')
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f'{name}={getattr(self, name)!r}: must be >= 1')
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f'ema_decay={self.ema_decay!r}: must be in [0, 1)')
         for name in ('lr', 'loss_c', 'lr_decay_gamma'):
             if not getattr(self, name) > 0:
                 raise ConfigError(f'{name}={getattr(self, name)!r}: must be > 0')
@@ -254,6 +267,18 @@ def training_loss(config: TrainConfig, output: Any, gt_left: torch.Tensor, gt_ri
                                [p.float() for p in output.right_pyramid[first:]], gt_left, gt_right,
                                valid_left, valid_right, float(config.model.max_disparity),
                                alpha=config.loss_alpha, c=config.loss_c)
+
+
+@torch.no_grad()
+def update_average(average: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """Move every floating-point weight and buffer of ``average`` by ``(1 - decay)`` of its distance to
+    ``model``'s (``decay`` 0: a copy); integer buffers (BatchNorm's batch count) are copied."""
+    current = model.state_dict()
+    for name, value in average.state_dict().items():  # tensors that share the modules' storage
+        if value.is_floating_point():
+            value.lerp_(current[name].to(value.dtype), 1.0 - decay)
+        else:
+            value.copy_(current[name])
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -400,8 +425,10 @@ def log_fields(config: TrainConfig) -> list[str]:
     """log.csv's columns: per-step figures, then the validation scores of :func:`validate`."""
     levels = [f'real_epe_level{level}' for level in range(config.model.k_refinement_layers)]
     oracle = ['oracle_epe', 'oracle_guide_rise'] if config.coarse_input != 'network' else []
-    return ['step', 'wall_s', 'samples_per_s', 'loss', 'lr', 'val_epe', 'val_bad3', 'real_epe', 'real_bad2',
-            'real_bad3', *levels, 'guide_rise', *oracle, 'val_guide_rise']
+    scores = ['val_epe', 'val_bad3', 'real_epe', 'real_bad2', 'real_bad3', *levels, 'guide_rise', *oracle,
+              'val_guide_rise']
+    averaged = [f'{EMA_PREFIX}{name}' for name in scores] if config.ema_decay > 0 else []
+    return ['step', 'wall_s', 'samples_per_s', 'loss', 'lr', *scores, *averaged]
 
 
 # --- the loop ----------------------------------------------------------------------------------------
@@ -458,6 +485,7 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
     channels_last = uses_channels_last(config, device)
     if channels_last:
         to_channels_last(model)
+    average = copy.deepcopy(model).requires_grad_(False).eval() if config.ema_decay > 0 else None
     if device.type == 'cuda':
         # The crop size never changes: let cuDNN time its algorithms once per layer shape and keep the fastest.
         torch.backends.cudnn.benchmark = True
@@ -472,12 +500,15 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
         optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
 
     step = 0
-    best_epe = math.inf
+    best_epe = best_ema_epe = math.inf
     wall_before = 0.0  # training seconds of earlier sessions of this run, so log.csv's wall_s keeps counting
     if state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=True)
         model.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
+        if average is not None:  # a state without one (saved with ema_decay 0) restarts it from the weights
+            average.load_state_dict(state.get('ema', model.state_dict()))
+        best_ema_epe = float(state.get('best_ema_epe', math.inf))
         step = int(state['step'])
         best_epe = float(state.get('best_epe', math.inf))
         wall_before = float(state.get('wall_s', 0.0))
@@ -513,10 +544,14 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
     def save_state() -> None:
         if not distributed.is_main:
             return
+        averaged = {} if average is None else {'ema': average.state_dict(), 'best_ema_epe': best_ema_epe}
         _atomic_torch_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
                             'best_epe': best_epe, 'wall_s': wall_before + time.time() - started,
-                            'init_lineage': json.dumps(lineage)}, state_path)
+                            'init_lineage': json.dumps(lineage), **averaged}, state_path)
         _atomic_checkpoint(_export(model, config, step, lineage=lineage), output_dir / 'model_latest.safetensors')
+        if average is not None:
+            _atomic_checkpoint(_export(average, config, step, lineage=lineage, averaged=True),
+                               output_dir / 'model_ema.safetensors')
 
     stop: list[str] = []
 
@@ -571,6 +606,8 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
                 torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            if average is not None:
+                update_average(average, model, config.ema_decay)
             step += 1
             losses.append(float(loss.detach()))
             window_samples += config.batch_size * distributed.world
@@ -592,6 +629,13 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
                     best_epe = scores['val_epe']
                     _atomic_checkpoint(_export(model, config, step, scores, lineage),
                                        output_dir / 'model_best.safetensors')
+                if average is not None:
+                    averaged_scores = validate(average, config, device)
+                    row.update({f'{EMA_PREFIX}{key}': round(value, 4) for key, value in averaged_scores.items()})
+                    if averaged_scores['val_epe'] < best_ema_epe:
+                        best_ema_epe = averaged_scores['val_epe']
+                        _atomic_checkpoint(_export(average, config, step, averaged_scores, lineage, averaged=True),
+                                           output_dir / 'model_ema_best.safetensors')
                 if bar is not None:
                     bar.write(f'step {step}: ' + ', '.join(f'{k} {v:.3f}' for k, v in scores.items()))
             if row and writer and log_file:
@@ -725,7 +769,7 @@ def init_lineage(path: str, provenance: dict[str, Any]) -> dict[str, Any]:
 
 
 def _export(model: StereoNet, config: TrainConfig, step: int, scores: dict[str, float] | None = None,
-            lineage: dict[str, Any] | None = None) -> Checkpoint:
+            lineage: dict[str, Any] | None = None, averaged: bool = False) -> Checkpoint:
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     samples = step * config.batch_size * int(os.environ.get('WORLD_SIZE', '1'))
     provenance: dict[str, Any] = {
@@ -743,6 +787,8 @@ def _export(model: StereoNet, config: TrainConfig, step: int, scores: dict[str, 
     }
     if lineage:
         provenance['initialized_from'] = lineage
+    if averaged:
+        provenance['weights'] = f'exponential moving average of the trained weights, decay {config.ema_decay:g}'
     if scores:
         provenance['validation'] = scores
     return Checkpoint(config=config.model, contract=config.contract(), state_dict=state, provenance=provenance)
