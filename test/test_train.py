@@ -475,8 +475,12 @@ def test_a_time_limit_returns_cleanly_with_the_state_and_the_log_of_the_step_rea
     assert train(config, tmp_path / 'run', progress=False, stop_after=1) == reached + 1  # and it resumes there
 
 
-def test_training_only_the_refiners_leaves_extractor_cost_filter_and_their_statistics_as_they_were(
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize('parts, frozen_prefixes', [
+    ('refiners', ('feature_extractor.', 'cost_volumizer.')),
+    ('backbone', ('refiners.',)),
+])
+def test_training_some_parts_leaves_the_others_and_their_statistics_as_they_were(
+        tmp_path: Path, parts: str, frozen_prefixes: tuple[str, ...]) -> None:
     start = load(TrainConfig, overrides=[*TINY, 'steps=1'])
     torch.manual_seed(3)
     initial = StereoNet(start.model)
@@ -486,17 +490,18 @@ def test_training_only_the_refiners_leaves_extractor_cost_filter_and_their_stati
             module.running_var.uniform_(0.5, 1.5)
     init_path = tmp_path / 'init.safetensors'
     save_checkpoint(init_path, _export(initial, start, step=0))
-    config = load(TrainConfig, overrides=[*TINY, 'steps=2', 'train_parts=refiners', f'init_checkpoint={init_path}'])
+    config = load(TrainConfig, overrides=[*TINY, 'steps=2', f'train_parts={parts}', f'init_checkpoint={init_path}'])
     assert train(config, tmp_path / 'run', progress=False) == 2
     before = load_checkpoint(init_path).state_dict
     after = load_checkpoint(tmp_path / 'run' / 'model_latest.safetensors').state_dict
-    backbone = [key for key in before if not key.startswith('refiners.')]
-    assert any('running_mean' in key for key in backbone)
-    assert all(torch.equal(before[key], after[key]) for key in backbone)
-    assert any(not torch.equal(before[key], after[key]) for key in before if key.startswith('refiners.')
-               and key.endswith('.weight'))
+    frozen = [key for key in before if key.startswith(frozen_prefixes)]
+    trained = [key for key in before if key not in frozen]
+    assert any('running_mean' in key for key in frozen) and any('running_mean' in key for key in trained)
+    assert all(torch.equal(before[key], after[key]) for key in frozen)
+    assert any(not torch.equal(before[key], after[key]) for key in trained if key.endswith('.weight'))
+    assert any(not torch.equal(before[key], after[key]) for key in trained if 'running_mean' in key)
     with pytest.raises(ConfigError, match='train_parts'):
-        load(TrainConfig, overrides=[*TINY, 'train_parts=backbone'])
+        load(TrainConfig, overrides=[*TINY, 'train_parts=head'])
 
 
 def test_the_oracle_coarse_input_is_the_truth_averaged_over_the_cost_volume_cells() -> None:

@@ -132,10 +132,13 @@ class TrainConfig:
     """With init_checkpoint: re-initialize every refiner the same way (a zero last layer), keeping the
     feature extractor and cost filter. For refiners that learned to lean on the disparity alone. Then
     ``model.k_refinement_layers`` may differ from the checkpoint's (e.g. 1: the paper's single refinement)."""
-    train_parts: Literal['all', 'refiners'] = 'all'
+    train_parts: Literal['all', 'refiners', 'backbone'] = 'all'
     """What the optimizer updates. 'refiners' freezes the feature extractor and the cost filter (their
     BatchNorm statistics too) and trains only the refiners, against a coarse disparity that stays put:
-    the stage that teaches refiners re-initialized on a trained network to use the image."""
+    the stage that teaches refiners re-initialized on a trained network to use the image. 'backbone' is
+    the converse: the refiners (and their statistics) stay as they are and the feature extractor and cost
+    filter train through them, so that a refiner that uses the image keeps doing so while the coarse
+    stage improves (whole-network training from the default wears its guide rise down)."""
     coarse_input: Literal['network', 'oracle', 'mixed'] = 'network'
     """What the refiners refine while training: the network's own soft-argmin output, or (with
     ``train_parts=refiners``) an oracle, the ground truth averaged over the cost volume's cells
@@ -753,7 +756,9 @@ def frozen_parts(model: StereoNet, train_parts: str) -> list[torch.nn.Module]:
         return []
     if train_parts == 'refiners':
         return [model.feature_extractor, model.cost_volumizer]
-    raise ConfigError(f'train_parts={train_parts!r}: must be one of all, refiners')
+    if train_parts == 'backbone':
+        return [model.refiners]
+    raise ConfigError(f'train_parts={train_parts!r}: must be one of all, refiners, backbone')
 
 
 def init_lineage(path: str, provenance: dict[str, Any]) -> dict[str, Any]:
