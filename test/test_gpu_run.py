@@ -138,7 +138,7 @@ def test_training_takes_what_the_other_steps_leave_and_every_limit_fits_the_budg
     budget = 540.0
     limits = {name: visit_run.step_limit(name, budget, budget, None) for name in STEPS}
     assert limits['cuda_tests'] == pytest.approx(0.15 * budget) and limits['forward'] == pytest.approx(0.2 * budget)
-    assert limits['training'] == pytest.approx(budget * (1 - 0.15 - 0.02))  # all of it when nothing ran before
+    assert limits['training'] == pytest.approx(budget * (1 - 0.2 - 0.02))  # all of it when nothing ran before
     # After the first three steps used their whole shares, the limits add up to the budget less the summary's.
     used = sum(visit_run.SHARES[name] * budget for name in ('cuda_tests', 'forward', 'node_processing'))
     left = budget - used
@@ -268,3 +268,23 @@ def test_only_the_steps_asked_for_run_and_the_others_are_reported_as_not_asked_f
     bad = gpu_run(['--rehearse', '--out', str(tmp_path / 'other'), '--only', 'training,lunch'], tmp_path)
     assert bad.returncode == 2 and bad.stderr == ("gpu_run: --only 'training,lunch': name steps of cuda_tests, "
                                                   'forward, node_processing, training, evaluation\n')
+
+
+@pytest.mark.timeout(300)
+def test_a_burst_that_keeps_a_moving_average_brings_it_back_and_scores_it_first(tmp_path: Path) -> None:
+    out = tmp_path / 'visit'
+    completed = gpu_run(['--rehearse', '--out', str(out), '--only', 'training,evaluation',
+                         '--train-override', 'ema_decay=0.5'], tmp_path)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert {path.name for path in out.iterdir()} == {'summary.json', 'summary.md', 'model.safetensors',
+                                                     'model_ema.safetensors', 'log.csv', 'visit.log'}
+    summary = json.loads((out / 'summary.json').read_text())
+    average, weights = load_checkpoint(out / 'model_ema.safetensors'), load_checkpoint(out / 'model.safetensors')
+    assert 'moving average' in average.provenance['weights'] and 'weights' not in weights.provenance
+    assert average.provenance['steps'] == weights.provenance['steps'] == summary['training']['steps']
+    assert any(not torch.equal(value, weights.state_dict[key]) for key, value in average.state_dict.items())
+    checkpoints = summary['evaluation']['checkpoints']
+    assert list(checkpoints) == ['trained_average', 'start', 'trained']
+    assert checkpoints['trained_average']['status'] == 'ok'
+    assert checkpoints['trained_average']['path'] == "model_ema.safetensors, the burst's moving average"
+    assert 'model.safetensors, model_ema.safetensors, log.csv.' in (out / 'summary.md').read_text()

@@ -210,7 +210,9 @@ def burst(work: Path, device_name: str, plan: dict[str, Any], time_limit_s: floa
     base = dataclasses.replace(recipe, data=data, device=str(device), precision='bf16', workers=workers,
                                init_checkpoint=str(start), validate_every=10**9,
                                checkpoint_every=int(plan['checkpoint_every']), log_every=int(plan['log_every']),
-                               score_real_pair=False)
+                               # The run's last step validates (twice with a moving average); the evaluation
+                               # step scores the result properly, so the rehearsal keeps this one small.
+                               validation_samples=int(plan['validation_samples']), score_real_pair=False)
     described = f'TrainConfig defaults with {" ".join(overrides)}' if overrides else 'TrainConfig defaults'
     result: dict[str, Any] = {'recipe': f'{described}, from {start.name}',
                               'device': str(device), 'crop': f'{data.width}x{data.height}'}
@@ -272,4 +274,7 @@ def burst(work: Path, device_name: str, plan: dict[str, Any], time_limit_s: floa
                   of_bound=round(achieved / limit, 3) if limit > 0 and math.isfinite(limit) else None,
                   log=log_summary(run_dir / 'log.csv'),
                   checkpoint=str(run_dir / 'model_latest.safetensors'), log_csv=str(run_dir / 'log.csv'))
+    average = run_dir / 'model_ema.safetensors'
+    if config.ema_decay > 0 and average.exists():  # --train-override ema_decay=...: the weights' moving average
+        result['ema_checkpoint'] = str(average)
     return result

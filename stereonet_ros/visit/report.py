@@ -155,11 +155,13 @@ def _training(step: dict[str, Any]) -> list[str]:
                           f'{profile.get("layout")}**', profile) + ['']
     if 'steps' in step:
         log = step.get('log', {})
+        names = ('checkpoint_file', 'ema_checkpoint_file', 'log_csv_file')
+        files = ', '.join(step[key] for key in names if key in step)
         lines.append(f'{step["steps"]} steps, {step["samples"]} samples in {step["train_s"]} s: '
                      f'{step["samples_per_s"]} samples/s overall, {log.get("samples_per_s_logged", "-")} in the '
                      f'logged windows; bound by the {step.get("bound_by")} ({step.get("of_bound")} of its rate). '
                      f'Loss {_number(log.get("first_loss"), 4)} -> {_number(log.get("last_loss"), 4)}. Files: '
-                     f'{step.get("checkpoint_file", "-")}, {step.get("log_csv_file", "-")}.')
+                     f'{files or "-"}.')
     return lines
 
 
