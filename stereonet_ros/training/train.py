@@ -509,11 +509,11 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
         state = torch.load(state_path, map_location=device, weights_only=True)
         model.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
-        if average is not None:  # a state without one (saved with ema_decay 0) restarts it from the weights
+        if average is not None:  # a state.pt without one (its config.yaml lost, so unchecked) restarts it
             average.load_state_dict(state.get('ema', model.state_dict()))
-        best_ema_epe = float(state.get('best_ema_epe', math.inf))
         step = int(state['step'])
         best_epe = float(state.get('best_epe', math.inf))
+        best_ema_epe = float(state.get('best_ema_epe', math.inf))
         wall_before = float(state.get('wall_s', 0.0))
         lineage = json.loads(state.get('init_lineage', 'null'))
         if distributed.is_main:

@@ -275,6 +275,6 @@ def burst(work: Path, device_name: str, plan: dict[str, Any], time_limit_s: floa
                   log=log_summary(run_dir / 'log.csv'),
                   checkpoint=str(run_dir / 'model_latest.safetensors'), log_csv=str(run_dir / 'log.csv'))
     average = run_dir / 'model_ema.safetensors'
-    if config.ema_decay > 0 and average.exists():  # --train-override ema_decay=...: the weights' moving average
+    if average.exists():  # written only with --train-override ema_decay=...: the weights' moving average
         result['ema_checkpoint'] = str(average)
     return result
