@@ -704,7 +704,8 @@ def test_eval_bag_scores_a_jpeg_motorcycle_bag_within_jpeg_s_loss_of_the_raw_one
     bad-3 16.73 -> 16.71 %, disparity 0.041 px apart on average. The bounds, 0.05 px and 0.5 points, are over ten
     times those changes (quality 75 still stays inside them: EPE 2.529 px), while an image one pixel off moves EPE
     by 0.34 px and bad-3 by 1.7 points. The default promoted on 2026-11-30 (its refiner uses the image) moves
-    less in EPE and a little more in bad-3: 2.272 -> 2.270 px, 14.20 -> 14.12 % (quality 75: 2.280 px, 13.79 %).
+    less in EPE and a little more in bad-3: 2.272 -> 2.270 px, 14.20 -> 14.12 % (quality 75: 2.280 px, 13.79 %);
+    the one promoted on 2026-12-01: 2.250 -> 2.247 px, 14.03 -> 13.93 % (quality 75: 2.254 px, 13.56 %).
     Colour order is not what this checks (the gray network reads luma: swapped R and B moved EPE by 0.04 px); the
     PNG test above and test_image_compression.py pin it exactly.
     """
