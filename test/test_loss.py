@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stereonet_ros.training.loss import LossError, robust_loss, stereo_pyramid_loss
+from stereonet_ros.model.stereonet import soft_argmin
+from stereonet_ros.training.loss import LossError, cost_distribution_loss, robust_loss, stereo_pyramid_loss
 
 X = torch.linspace(-10.0, 10.0, 201, dtype=torch.float64)
 
@@ -236,3 +237,105 @@ def test_pyramid_loss_errors(kwargs: dict[str, object], message: str) -> None:
     arguments.update(kwargs)
     with pytest.raises(LossError, match=message):
         stereo_pyramid_loss(**arguments)  # type: ignore[arg-type]
+
+
+# --- the cost distribution loss ---------------------------------------------------------------------------
+
+CANDIDATES = torch.arange(24, dtype=torch.float32) * 8  # the default's grid: 24 candidates 8 px apart
+
+
+def _gaussian_cost(centre: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """A cost whose softmax(-cost) is the Gaussian of ``sigma`` spacings at ``centre`` ``(B, 1, h, w)``."""
+    return 0.5 * ((CANDIDATES.view(1, -1, 1, 1) - centre) / (sigma * 8.0)) ** 2
+
+
+def _entropy(cost: torch.Tensor) -> torch.Tensor:
+    probabilities = torch.softmax(-cost, dim=1)
+    return -torch.special.xlogy(probabilities, probabilities).sum(dim=1)
+
+
+def test_the_unimodal_target_has_no_pull_towards_the_candidates_at_one_spacing_and_does_at_half() -> None:
+    """What the loss asks of the soft argmin: at sigma 1 the target's mean is the truth (so a cost that meets
+    the target is not pixel-locked); a narrow target (sigma 0.5) would itself pull by 0.02 of a spacing."""
+    truth = torch.linspace(40.0, 140.0, 401).view(1, 1, 1, -1)  # sub-candidate positions, away from the ends
+    for sigma, low, high in ((1.0, 0.0, 1e-4), (0.5, 0.01, 0.05)):
+        error = (soft_argmin(_gaussian_cost(truth, sigma), CANDIDATES) - truth).abs().max().item() / 8
+        assert low <= error < high, (sigma, error)
+
+
+def test_the_loss_is_least_when_the_cost_is_the_target_read_where_the_resize_puts_each_cell() -> None:
+    """A slanted plane, d = 60 + 0.2 x (a 9x9 neighbourhood spans 1.6 px): the cross-entropy equals the target's
+    entropy (its minimum) for the Gaussian at the truth of input column i (W-1)/(w-1), the align_corners=True
+    resize's place for cell i, and is higher for the cell centres 8 i + 3.5 that an area resize would use."""
+    height, width, cells_h, cells_w = 64, 128, 8, 16
+    x = torch.arange(width, dtype=torch.float32).view(1, 1, 1, -1).expand(1, 1, height, width)
+    gt = 60.0 + 0.2 * x
+    columns = torch.arange(cells_w, dtype=torch.float32) * (width - 1) / (cells_w - 1)
+    registered = (60.0 + 0.2 * columns).view(1, 1, 1, -1).expand(1, 1, cells_h, cells_w)
+    centred = (60.0 + 0.2 * (torch.arange(cells_w) * 8 + 3.5)).view(1, 1, 1, -1).expand(1, 1, cells_h, cells_w)
+    best = cost_distribution_loss(_gaussian_cost(registered), gt, None, CANDIDATES, 192.0)
+    assert best.item() == pytest.approx(_entropy(_gaussian_cost(registered)).mean().item(), abs=1e-5)
+    assert cost_distribution_loss(_gaussian_cost(centred), gt, None, CANDIDATES, 192.0).item() > best.item() + 1e-3
+
+
+def test_cells_near_a_depth_step_unknown_truth_or_the_range_s_end_do_not_count() -> None:
+    height, width = 64, 128
+    gt = torch.full((1, 1, height, width), 50.0)
+    gt[..., 64:] = 90.0  # a depth step at column 64
+    gt[..., :16, :] = float('nan')  # unknown truth in the top rows
+    gt[..., 48:, :16] = 192.0  # at max_disparity: not usable
+    cost = torch.zeros(1, 24, 8, 16, requires_grad=True)
+    loss = cost_distribution_loss(cost, gt, None, CANDIDATES, 192.0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert cost.grad is not None and torch.isfinite(cost.grad).all()
+    touched = cost.grad.abs().sum(dim=1)[0] > 0  # (8, 16) cells that count
+    rows = torch.arange(8).view(-1, 1) * (height - 1) / 7
+    columns = torch.arange(16).view(1, -1) * (width - 1) / 15
+    near_step = (columns - 63.5).abs() < 6  # within 4 px of the step, plus the bilinear read's pixel
+    assert not touched[near_step.expand(8, 16)].any()
+    assert not touched[(rows < 21).expand(8, 16)].any()  # the NaN rows and the 4 px below them
+    assert not touched[((rows > 43) & (columns < 21))].any()
+    assert touched.sum() > 20  # and the plain cells elsewhere do
+
+
+def _counted_cells(gt: torch.Tensor, cells: tuple[int, int], max_spread: float) -> int:
+    cost = torch.zeros(1, 24, *cells, requires_grad=True)
+    cost_distribution_loss(cost, gt, None, CANDIDATES, 192.0, max_spread=max_spread).backward()
+    assert cost.grad is not None
+    return int((cost.grad.abs().sum(dim=1) > 0).sum())
+
+
+def test_a_neighbourhood_spanning_exactly_max_spread_counts_and_a_hair_less_allowed_does_not() -> None:
+    """A ramp d = 50 + x / 4: every full 9x9 neighbourhood spans exactly 2 px (float32 holds it exactly);
+    at the image's left and right edges the neighbourhood is cut and spans less."""
+    gt = (50.0 + torch.arange(32, dtype=torch.float32) / 4).view(1, 1, 1, -1).expand(1, 1, 32, 32)
+    assert _counted_cells(gt, (4, 4), max_spread=2.0) == 16
+    # Cell columns 0, 10.3, 20.7, 31: only the two at the edges read neighbourhoods cut short.
+    assert _counted_cells(gt, (4, 4), max_spread=2.0 - 1e-3) == 8
+
+
+def test_no_counted_cell_gives_zero_with_a_graph() -> None:
+    cost = torch.zeros(1, 24, 4, 4, requires_grad=True)
+    loss = cost_distribution_loss(cost, torch.full((1, 1, 32, 32), float('nan')), None, CANDIDATES, 192.0)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert cost.grad is not None and (cost.grad == 0).all()
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'cost': torch.zeros(1, 24, 4)}, r'cost must be \(B, D, h, w\)'),
+    ({'candidates': torch.arange(23.0)}, r'candidates must be \(24,\) with at least 2 values'),
+    ({'gt': torch.zeros(2, 1, 32, 32)}, 'gt has batch size 2, expected 1'),
+    ({'valid': torch.ones(1, 1, 32, 31, dtype=torch.bool)}, 'valid has shape'),
+    ({'sigma': 0.0}, 'sigma must be finite and > 0, got 0.0'),
+    ({'max_spread': float('nan')}, 'max_spread must be finite and >= 0'),
+    ({'max_disparity': -1.0}, r'max_disparity must be > 0, got -1\.0'),
+])
+def test_cost_distribution_loss_errors(kwargs: dict[str, object], message: str) -> None:
+    arguments: dict[str, object] = {'cost': torch.zeros(1, 24, 4, 4), 'gt': torch.zeros(1, 1, 32, 32),
+                                    'valid': None, 'candidates': CANDIDATES, 'max_disparity': 192.0}
+    arguments.update(kwargs)
+    with pytest.raises(LossError, match=message):
+        cost_distribution_loss(**arguments)  # type: ignore[arg-type]
+

@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from stereonet_ros.config import ConfigError, load
 from stereonet_ros.data.synthetic import SyntheticConfig, SyntheticStereoDataset
 from stereonet_ros.model.checkpoint import load_checkpoint, save_checkpoint
-from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig, refined_level
-from stereonet_ros.training.loss import stereo_pyramid_loss
+from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig, disparity_candidates, refined_level
+from stereonet_ros.training.loss import cost_distribution_loss, stereo_pyramid_loss
 from stereonet_ros.precision import autocast_dtype_for
 from stereonet_ros.training.train import (StepBatches, TrainConfig, _export, initial_weights, learning_rate,
-                                         normalize, oracle_coarse, oracle_step, train, update_average,
-                                         uses_channels_last)
+                                         normalize, oracle_coarse, oracle_step, train, training_loss,
+                                         update_average, uses_channels_last)
 
 TINY = [
     'model.max_disparity=64', 'data.max_disparity=64', 'data.height=64', 'data.width=128',
@@ -181,6 +181,26 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss() -> None:
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+def test_the_cost_term_adds_its_weight_times_both_views_mean_and_not_on_an_oracle_step() -> None:
+    torch.manual_seed(0)
+    plain = load(TrainConfig, overrides=[*TINY])
+    weighted = load(TrainConfig, overrides=[*TINY, 'loss_cost_weight=0.5'])
+    model = StereoNet(plain.model).train()
+    data = SyntheticStereoDataset(plain.data, length=2, seed=0)
+    batch = torch.utils.data.default_collate([data[0], data[1]])
+    output = model(normalize(batch['left']), normalize(batch['right']), with_right=True)
+    gt_left, gt_right = batch['disp_left'], batch['disp_right']
+    assert output.cost is not None and output.right_cost is not None
+    terms = [cost_distribution_loss(cost, gt, None, disparity_candidates(plain.model), 64.0)
+             for cost, gt in ((output.cost, gt_left), (output.right_cost, gt_right))]
+    assert all(term.item() > 0 for term in terms) and terms[0].item() != terms[1].item()
+    base = training_loss(plain, output, gt_left, gt_right, None, None, oracle=False)
+    total = training_loss(weighted, output, gt_left, gt_right, None, None, oracle=False)
+    assert total.item() == pytest.approx(base.item() + 0.5 * (terms[0].item() + terms[1].item()) / 2, rel=1e-6)
+    assert training_loss(weighted, output, gt_left, gt_right, None, None, oracle=True).item() == pytest.approx(
+        training_loss(plain, output, gt_left, gt_right, None, None, oracle=True).item(), rel=1e-6)
+
+
 def _state(folder: Path) -> dict[str, object]:
     state: dict[str, object] = torch.load(folder / 'state.pt', weights_only=True)
     return state
@@ -299,6 +319,8 @@ def test_a_run_begun_before_a_field_existed_resumes_while_the_field_is_at_its_de
     (['lr'], r"override 'lr': expected key=value"),
     (['ema_decay=1'], r'ema_decay=1\.0: must be in \[0, 1\)'),
     (['ema_decay=-0.001'], r'ema_decay=-0\.001: must be in \[0, 1\)'),
+    (['loss_cost_weight=-0.1'], r'loss_cost_weight=-0\.1: must be >= 0'),
+    (['loss_cost_sigma=0'], r'loss_cost_sigma=0\.0: must be > 0'),
 ])
 def test_bad_config_values_are_refused_naming_them(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -321,6 +321,8 @@ class StereoOutput:
     """Right-view pyramid (reference = right image), when requested."""
     cost: torch.Tensor | None = None
     """``(B, D, h, w)`` filtered left cost (lower = better), the soft-argmin's input."""
+    right_cost: torch.Tensor | None = None
+    """The same for the right view, when ``right_pyramid`` was computed."""
 
 
 class StereoNet(nn.Module):
@@ -395,10 +397,11 @@ class StereoNet(nn.Module):
         pyramid, cost = self._pyramid(left, right, left_features, right_features, 'left')
         if not (with_right or with_pyramid):
             return pyramid[-1]
-        right_pyramid = None
+        right_pyramid = right_cost = None
         if with_right:
-            right_pyramid, _ = self._pyramid(right, left, right_features, left_features, 'right')
-        return StereoOutput(disparity=pyramid[-1], pyramid=pyramid, right_pyramid=right_pyramid, cost=cost)
+            right_pyramid, right_cost = self._pyramid(right, left, right_features, left_features, 'right')
+        return StereoOutput(disparity=pyramid[-1], pyramid=pyramid, right_pyramid=right_pyramid, cost=cost,
+                            right_cost=right_cost)
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ['LossError', 'robust_loss', 'stereo_pyramid_loss']
+__all__ = ['LossError', 'cost_distribution_loss', 'robust_loss', 'stereo_pyramid_loss']
 
 
 class LossError(ValueError):
@@ -201,3 +201,76 @@ def stereo_pyramid_loss(pyramid_left: Sequence[torch.Tensor], pyramid_right: Seq
         raise LossError(f'gt_right has shape {tuple(gt_right.shape)}, expected {tuple(gt_left.shape)}')
     loss_right = _side_loss(pyramid_right, gt_right, valid_right, max_disparity, alpha, c, 'right')
     return (loss_left + loss_right) / 2
+
+
+def cost_distribution_loss(cost: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None,
+                           candidates: torch.Tensor, max_disparity: float, sigma: float = 1.0,
+                           max_spread: float = 2.0) -> torch.Tensor:
+    """Cross-entropy of the cost volume's softmax against a unimodal target at the true disparity.
+
+    The soft argmin (paper eq. 2) is supervised only through its mean, and a trained network's mean is
+    pulled towards the candidates (docs/depth_quality.md, pixel locking). This asks for the shape too, as
+    AcfNet's unimodal cost supervision does (Zhang et al., "Adaptive Unimodal Cost Volume Filtering for
+    Deep Stereo Matching", AAAI 2020): per coarse cell, ``-sum_k p_k log softmax(-cost)_k`` with ``p`` a
+    Gaussian of width ``sigma`` candidate spacings centred on the truth. At ``sigma`` = 1 the target's own
+    mean is the truth to 1e-4 of a spacing away from the range's ends, so the target has no pull of its
+    own; at 0.5 it pulls by 0.02 of a spacing (both tested).
+
+    Cell ``(i, j)`` of the ``(h, w)`` volume stands where the network's ``align_corners=True`` resize puts
+    it, input pixel ``(i (H-1)/(h-1), j (W-1)/(w-1))``; its truth is read there (bilinearly). Only cells
+    whose 9x9 input-pixel neighbourhood is all valid and spans at most ``max_spread`` pixels of
+    disparity count: across a depth edge a cell's answer is not one disparity, and that is the refiner's
+    business.
+
+    Args:
+        cost: ``(B, D, h, w)`` filtered cost (lower = better), the soft argmin's input.
+        gt: ``(B, 1, H, W)`` ground truth, input pixels; NaN/inf where unknown.
+        valid: ``(B, 1, H, W)`` bool mask of ground truth to use, or ``None``.
+        candidates: ``(D,)`` disparity of each cost slice, input pixels, evenly spaced.
+        max_disparity: exclusive bound of usable ground truth (the loss mask of :func:`stereo_pyramid_loss`).
+        sigma: the target's standard deviation, in candidate spacings (> 0).
+        max_spread: the largest disparity range, pixels, of a counted cell's neighbourhood (>= 0).
+
+    Returns:
+        A scalar: the mean over counted cells (0, with a graph, when none counts).
+    """
+    if cost.ndim != 4:
+        raise LossError(f'cost must be (B, D, h, w), got shape {tuple(cost.shape)}')
+    _check_map(gt, 'gt', cost.shape[0])
+    if candidates.ndim != 1 or candidates.numel() != cost.shape[1] or candidates.numel() < 2:
+        raise LossError(f'candidates must be ({cost.shape[1]},) with at least 2 values, '
+                        f'got shape {tuple(candidates.shape)}')
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise LossError(f'sigma must be finite and > 0, got {sigma}')
+    if not (math.isfinite(max_spread) and max_spread >= 0):
+        raise LossError(f'max_spread must be finite and >= 0, got {max_spread}')
+    if not max_disparity > 0:
+        raise LossError(f'max_disparity must be > 0, got {max_disparity}')
+    height, width = cost.shape[-2:]
+    with torch.no_grad():
+        mask = torch.isfinite(gt) & (gt < max_disparity)
+        if valid is not None:
+            if valid.shape != gt.shape:
+                raise LossError(f'valid has shape {tuple(valid.shape)}, expected {tuple(gt.shape)}')
+            mask = mask & valid.to(torch.bool)
+        truth = torch.where(mask, gt, torch.zeros_like(gt)).float()
+        # Neighbourhood range and validity by 9x9 max pools (a min pool is a max pool of the negation).
+        high = F.max_pool2d(torch.where(mask, truth, torch.full_like(truth, -math.inf)), 9, 1, 4)
+        low = -F.max_pool2d(torch.where(mask, -truth, torch.full_like(truth, -math.inf)), 9, 1, 4)
+        whole = -F.max_pool2d(-mask.float(), 9, 1, 4)  # 1 where every pixel of the neighbourhood counts
+        counted = (whole == 1) & (high - low <= max_spread)
+
+        def at_cells(values: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(values, size=(height, width), mode='bilinear', align_corners=True)
+
+        # A cell counts when its four neighbouring input pixels (the bilinear read) all count.
+        cell_counted = at_cells(counted.float()) > 1 - 1e-6
+        centre = at_cells(torch.where(counted, truth, torch.zeros_like(truth)))
+        grid = candidates.to(device=cost.device, dtype=torch.float32).view(1, -1, 1, 1)
+        spacing = float(candidates[1] - candidates[0])
+        target = torch.softmax(-0.5 * ((grid - centre) / (sigma * spacing)) ** 2, dim=1)  # (B, D, h, w)
+        weight = cell_counted.to(torch.float32)
+    log_probabilities = F.log_softmax(-cost.float(), dim=1)
+    per_cell = -(target * log_probabilities).sum(dim=1, keepdim=True)  # (B, 1, h, w)
+    return (per_cell * weight).sum() / weight.sum().clamp(min=1)
+

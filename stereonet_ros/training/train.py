@@ -49,9 +49,9 @@ import yaml
 from stereonet_ros.config import ConfigError, load, to_dict
 from stereonet_ros.data.synthetic import SyntheticConfig, SyntheticStereoDataset, worker_init_fn
 from stereonet_ros.model.checkpoint import Checkpoint, InputContract, save_checkpoint
-from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig, to_channels_last
+from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig, disparity_candidates, to_channels_last
 from stereonet_ros.precision import autocast_dtype_for, cpu_has_native_bf16
-from stereonet_ros.training.loss import stereo_pyramid_loss
+from stereonet_ros.training.loss import cost_distribution_loss, stereo_pyramid_loss
 
 PROGRAM = 'stereonet-train'
 STATE_FILE = 'state.pt'
@@ -100,6 +100,12 @@ class TrainConfig:
     """Barron robust loss shape (StereoNet: 1)."""
     loss_c: float = 2.0
     """Barron robust loss scale, pixels (the seed: 2)."""
+    loss_cost_weight: float = 0.0
+    """Weight of :func:`~stereonet_ros.training.loss.cost_distribution_loss` added to the pyramid loss (0 =
+    off, the paper's loss alone): the cost volume's softmax is also asked to be one peak at the truth, on
+    cells away from depth edges, so that the soft argmin is not pulled towards the candidates."""
+    loss_cost_sigma: float = 1.0
+    """That target's width, in candidate spacings."""
     supervise_occluded: bool = True
     """Also supervise occluded pixels (their ground truth is exact in synthetic data)."""
     seed: int = 0
@@ -165,10 +171,11 @@ class TrainConfig:
                 raise ConfigError(f'{name}={getattr(self, name)!r}: must be >= 1')
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f'ema_decay={self.ema_decay!r}: must be in [0, 1)')
-        for name in ('lr', 'loss_c', 'lr_decay_gamma'):
+        for name in ('lr', 'loss_c', 'lr_decay_gamma', 'loss_cost_sigma'):
             if not getattr(self, name) > 0:
                 raise ConfigError(f'{name}={getattr(self, name)!r}: must be > 0')
-        for name in ('weight_decay', 'warmup_steps', 'grad_clip', 'workers', 'threads', 'seed', 'lr_decay_every'):
+        for name in ('weight_decay', 'warmup_steps', 'grad_clip', 'workers', 'threads', 'seed', 'lr_decay_every',
+                     'loss_cost_weight'):
             if getattr(self, name) < 0:
                 raise ConfigError(f'{name}={getattr(self, name)!r}: must be >= 0')
         if not 0 <= self.lr_min <= self.lr:
@@ -264,12 +271,21 @@ def oracle_coarse(truth: torch.Tensor, factor: int, fallback: torch.Tensor | Non
 def training_loss(config: TrainConfig, output: Any, gt_left: torch.Tensor, gt_right: torch.Tensor,
                   valid_left: torch.Tensor | None, valid_right: torch.Tensor | None, oracle: bool) -> torch.Tensor:
     """The loss of one training forward (``with_right=True``): every pyramid level of both views, but for
-    an oracle coarse input its level 0, which is the truth itself and has nothing to learn from."""
+    an oracle coarse input its level 0, which is the truth itself and has nothing to learn from; with
+    ``loss_cost_weight`` > 0 and the network's own coarse stage, plus that weight times the mean over
+    both views of :func:`cost_distribution_loss`."""
     first = 1 if oracle else 0
-    return stereo_pyramid_loss([p.float() for p in output.pyramid[first:]],
+    max_disparity = float(config.model.max_disparity)
+    loss = stereo_pyramid_loss([p.float() for p in output.pyramid[first:]],
                                [p.float() for p in output.right_pyramid[first:]], gt_left, gt_right,
-                               valid_left, valid_right, float(config.model.max_disparity),
-                               alpha=config.loss_alpha, c=config.loss_c)
+                               valid_left, valid_right, max_disparity, alpha=config.loss_alpha, c=config.loss_c)
+    if config.loss_cost_weight == 0 or oracle:
+        return loss
+    candidates = disparity_candidates(config.model)
+    cost_terms = [cost_distribution_loss(cost, gt, valid, candidates, max_disparity, config.loss_cost_sigma)
+                  for cost, gt, valid in ((output.cost, gt_left, valid_left),
+                                          (output.right_cost, gt_right, valid_right))]
+    return loss + config.loss_cost_weight * (cost_terms[0] + cost_terms[1]) / 2
 
 
 @torch.no_grad()
