@@ -338,4 +338,3 @@ def test_cost_distribution_loss_errors(kwargs: dict[str, object], message: str) 
     arguments.update(kwargs)
     with pytest.raises(LossError, match=message):
         cost_distribution_loss(**arguments)  # type: ignore[arg-type]
-

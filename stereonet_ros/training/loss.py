@@ -273,4 +273,3 @@ def cost_distribution_loss(cost: torch.Tensor, gt: torch.Tensor, valid: torch.Te
     log_probabilities = F.log_softmax(-cost.float(), dim=1)
     per_cell = -(target * log_probabilities).sum(dim=1, keepdim=True)  # (B, 1, h, w)
     return (per_cell * weight).sum() / weight.sum().clamp(min=1)
-
