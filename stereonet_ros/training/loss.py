@@ -127,6 +127,16 @@ def _check_map(tensor: torch.Tensor, name: str, batch: int | None = None) -> Non
         raise LossError(f'{name} has batch size {tensor.shape[0]}, expected {batch}')
 
 
+def _usable(gt: torch.Tensor, valid: torch.Tensor | None, max_disparity: float, valid_name: str) -> torch.Tensor:
+    """Where ground truth is used (detached): finite, ``< max_disparity`` and, if given, ``valid``."""
+    mask = torch.isfinite(gt) & (gt < max_disparity)
+    if valid is not None:
+        if valid.shape != gt.shape:
+            raise LossError(f'{valid_name} has shape {tuple(valid.shape)}, expected {tuple(gt.shape)}')
+        mask = mask & valid.to(torch.bool)
+    return mask.detach()
+
+
 def _side_loss(pyramid: Sequence[torch.Tensor], gt: torch.Tensor, valid: torch.Tensor | None, max_disparity: float,
                alpha: float | torch.Tensor, c: float | torch.Tensor, side: str) -> torch.Tensor:
     """Mean over levels of the mean robust loss over valid pixels, for one view."""
@@ -134,12 +144,7 @@ def _side_loss(pyramid: Sequence[torch.Tensor], gt: torch.Tensor, valid: torch.T
         raise LossError(f'pyramid_{side} is empty')
     _check_map(gt, f'gt_{side}')
     batch, _, height, width = gt.shape
-    mask = torch.isfinite(gt) & (gt < max_disparity)
-    if valid is not None:
-        if valid.shape != gt.shape:
-            raise LossError(f'valid_{side} has shape {tuple(valid.shape)}, expected {tuple(gt.shape)}')
-        mask = mask & valid.to(torch.bool)
-    mask = mask.detach()
+    mask = _usable(gt, valid, max_disparity, f'valid_{side}')
     # NaN/inf ground truth must not enter the graph at all: rho's backward at a NaN residual is NaN, and
     # multiplying by a zero mask afterwards would still give NaN gradients.
     gt_safe = torch.where(mask, gt, torch.zeros_like(gt))
@@ -248,11 +253,7 @@ def cost_distribution_loss(cost: torch.Tensor, gt: torch.Tensor, valid: torch.Te
         raise LossError(f'max_disparity must be > 0, got {max_disparity}')
     height, width = cost.shape[-2:]
     with torch.no_grad():
-        mask = torch.isfinite(gt) & (gt < max_disparity)
-        if valid is not None:
-            if valid.shape != gt.shape:
-                raise LossError(f'valid has shape {tuple(valid.shape)}, expected {tuple(gt.shape)}')
-            mask = mask & valid.to(torch.bool)
+        mask = _usable(gt, valid, max_disparity, 'valid')
         truth = torch.where(mask, gt, torch.zeros_like(gt)).float()
         # Neighbourhood range and validity by 9x9 max pools (a min pool is a max pool of the negation).
         high = F.max_pool2d(torch.where(mask, truth, torch.full_like(truth, -math.inf)), 9, 1, 4)
