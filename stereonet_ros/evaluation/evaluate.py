@@ -1,6 +1,6 @@
 """stereonet-evaluate: score a checkpoint on stereo sets, beside OpenCV SGBM measured in the same run.
 
-    stereonet-evaluate [--checkpoint PATH] [--sets synthetic,motorcycle,middlebury2014:ROOT,...]
+    stereonet-evaluate [--checkpoint PATH] [--sets synthetic,motorcycle,aloe,middlebury2014:ROOT,...]
                        [--synthetic-samples 32] [--device auto] [--precision fp32] [--inference-scale 1.0]
                        [--no-sgbm] [--out results.json]
 
@@ -10,6 +10,9 @@ Sets:
   ``stereonet-train``), 256x512, disparities up to the model's range.
 - ``motorcycle``: the real Middlebury 2014 Motorcycle pair at quarter scale that ships with
   scikit-image (``inf`` = no ground truth).
+- ``aloe``: the real Middlebury 2006 Aloe pair at half size (641x555), from OpenCV's sample data
+  (Debian's ``opencv-doc``; ``python -m stereonet_ros.opencv_data`` fetches it); never used to choose
+  a checkpoint, so the held-out real pair.
 - ``sceneflow:ROOT``, ``kitti2012:ROOT``, ``kitti2015:ROOT``, ``middlebury2014:ROOT``,
   ``keystone:ROOT``, ``folder:ROOT``: the public formats of :mod:`stereonet_ros.data.datasets`.
 
@@ -181,6 +184,18 @@ def _motorcycle_frames() -> list[Frame]:
                   disparity=sample.disparity)]
 
 
+def _aloe_frames() -> list[Frame]:
+    from stereonet_ros.opencv_data import OpenCvDataError
+    from stereonet_ros.samples import aloe
+
+    try:
+        sample = aloe()
+    except OpenCvDataError as err:
+        raise EvaluationError(f'aloe: {err}') from err
+    return [Frame(name=sample.name, left=sample.left.astype(np.float32), right=sample.right.astype(np.float32),
+                  disparity=sample.disparity)]
+
+
 def _hwc(tensor: Any) -> F32:
     """(C, H, W) tensor -> (H, W, C) float32 array."""
     return np.ascontiguousarray(tensor.permute(1, 2, 0).numpy(), dtype=np.float32)
@@ -206,8 +221,8 @@ def _dataset_frames(kind: str, root: str) -> Iterator[Frame]:
                     disparity=item['disp_left'][0].numpy().astype(np.float32))
 
 
-KNOWN_SETS = ('synthetic', 'motorcycle', 'sceneflow:ROOT', 'kitti2012:ROOT', 'kitti2015:ROOT', 'middlebury2014:ROOT',
-              'keystone:ROOT', 'folder:ROOT')
+KNOWN_SETS = ('synthetic', 'motorcycle', 'aloe', 'sceneflow:ROOT', 'kitti2012:ROOT', 'kitti2015:ROOT',
+              'middlebury2014:ROOT', 'keystone:ROOT', 'folder:ROOT')
 
 
 def load_set(spec: str, synthetic_samples: int, max_disparity: float, channels: int) -> list[Frame]:
@@ -216,6 +231,8 @@ def load_set(spec: str, synthetic_samples: int, max_disparity: float, channels: 
         return _synthetic_frames(synthetic_samples, HELD_OUT_SEED, max_disparity, channels)
     if kind == 'motorcycle' and not root:
         return _motorcycle_frames()
+    if kind == 'aloe' and not root:
+        return _aloe_frames()
     if kind in ('sceneflow', 'kitti2012', 'kitti2015', 'middlebury2014', 'keystone', 'folder') and root:
         frames = list(_dataset_frames(kind, root))
         if not frames:
