@@ -13,8 +13,9 @@ from stereonet_ros.config import load
 from stereonet_ros.inference import DEFAULT_CHECKPOINT, PreliminaryCheckpointWarning, Predictor
 from stereonet_ros.model.checkpoint import load_checkpoint, save_checkpoint
 from stereonet_ros.model.surgery import without_image_guidance
-from stereonet_ros.training.promote import (Check, PromotionRefused, goal_report, main, motorcycle_dense_beats_sgbm,
-                                            promote, remeasure)
+from stereonet_ros import opencv_data
+from stereonet_ros.training.promote import (Check, PromotionRefused, goal_report, main, measured_sets,
+                                            motorcycle_dense_beats_sgbm, promote, remeasure)
 from stereonet_ros.training.train import TrainConfig, train
 
 
@@ -56,6 +57,33 @@ def test_the_summary_quotes_all_three_views_and_the_synthetic_epe_decides_nothin
     assert ('answered 1.79 px / 9.9 % at 1.000, matched 1.95 px / 12.2 % at 0.854; SGBM stereo_image_proc '
             'dense 1.80 px / 10.0 %, answered = matched 1.20 px / 6.4 % at 0.854') in summary
     assert summary.endswith('SGBM tuned dense 1.70 px / 9.5 %; held-out synthetic dense EPE 6.26 px')
+
+
+def test_the_held_out_real_pair_is_quoted_and_decides_nothing() -> None:
+    results = _results(1.79, 9.9)
+    results['sets']['aloe'] = {'methods': {'stereonet': {'dense': _view(3.74, 22.2), 'answered': _view(3.74, 22.2),
+                                                         'matched': _view(1.67, 8.8, 0.694)},
+                                           'sgbm-stereo_image_proc': {'dense': _view(2.24, 13.1),
+                                                                      'answered': _view(1.03, 4.3, 0.694),
+                                                                      'matched': _view(1.03, 4.3, 0.694)}}}
+    verdict, summary = goal_report(results)
+    assert verdict is True  # behind SGBM on Aloe, ahead on Motorcycle: the goal is Motorcycle's
+    assert summary.endswith('held-out synthetic dense EPE 6.00 px; held-out real Aloe ours dense 3.74 px / 22.2 %, '
+                            'answered 3.74 px / 22.2 % at 1.000, matched 1.67 px / 8.8 % at 0.694; SGBM '
+                            'stereo_image_proc dense 2.24 px / 13.1 %, answered = matched 1.03 px / 4.3 % at 0.694')
+
+
+def test_promote_measures_aloe_only_where_the_machine_has_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        opencv_data.find()
+        assert measured_sets() == ['synthetic', 'motorcycle', 'aloe']
+    except opencv_data.OpenCvDataError:
+        pass  # the branch below runs either way
+    monkeypatch.setenv('STEREONET_ROS_DATA_DIR', str(tmp_path))
+    monkeypatch.setattr(opencv_data, 'SYSTEM_FOLDER', tmp_path / 'not-installed')
+    assert measured_sets() == ['synthetic', 'motorcycle']
+    assert 'warning: the held-out real pair is not measured: OpenCV sample data' in capsys.readouterr().err
 
 
 def test_every_goal_check_must_pass() -> None:
