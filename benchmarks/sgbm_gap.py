@@ -1,6 +1,6 @@
-"""Where the dense-view gap to SGBM lies on Motorcycle: occlusions, depth edges, or plain surfaces?
+"""Where the dense-view gap to SGBM lies on a real pair: occlusions, depth edges, or plain surfaces?
 
-    .venv/bin/python benchmarks/sgbm_gap.py [CHECKPOINT] [--scales 1 2] [--out FILE.md]
+    .venv/bin/python benchmarks/sgbm_gap.py [CHECKPOINT] [--set motorcycle|aloe] [--scales 1 2] [--out FILE.md]
 
 The dense view of ``stereonet-evaluate`` (ours as the node computes it, ``StereoProcessor.infer`` at
 each ``inference_scale``; SGBM with stereo_image_proc's parameters, its holes filled the KITTI devkit
@@ -102,6 +102,8 @@ def gap_rows(ours: F32, sgbm: F32, truth: F32, scored: Mask, regions: dict[str, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('checkpoint', nargs='?', help='default: the bundled one')
+    parser.add_argument('--set', choices=('motorcycle', 'aloe'), default='motorcycle',
+                        help="the real pair (stereonet-evaluate's sets of that name)")
     parser.add_argument('--scales', nargs='+', type=float, default=[1.0, 2.0], help='inference_scale values')
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--out', type=Path)
@@ -112,12 +114,12 @@ def main() -> int:
         predictor = Predictor.from_checkpoint(arguments.checkpoint, device='cpu')
     processor = StereoProcessor(predictor)
     max_disparity = float(predictor.contract.max_disparity)
-    frame, = load_set('motorcycle', 0, max_disparity, predictor.contract.channels)
+    frame, = load_set(arguments.set, 0, max_disparity, predictor.contract.channels)
     truth = frame.disparity
     scored = np.isfinite(truth) & (truth < max_disparity)
     regions = regions_of(truth, scored, to_gray_u8(frame.left).astype(np.float32))
     sgbm = fill_holes(sgbm_disparity(frame.left, frame.right, STEREO_IMAGE_PROC_SGBM, covering_range([frame])))
-    lines = [f'`benchmarks/sgbm_gap.py {" ".join(sys.argv[1:])}` (torch {torch.__version__}); Motorcycle '
+    lines = [f'`benchmarks/sgbm_gap.py {" ".join(sys.argv[1:])}` (torch {torch.__version__}); {frame.name} '
              f'{truth.shape[1]}x{truth.shape[0]}, dense view, {REFERENCE} holes filled', '']
     for scale in arguments.scales:
         ours, _, _ = processor.infer(frame.left, frame.right, scale)
