@@ -1,11 +1,12 @@
 """Where do the refiners use the image, and how salient are depth edges in the images they see?
 
-    .venv/bin/python benchmarks/refiner_image_use.py CHECKPOINT [CHECKPOINT ...] [--synthetic-samples 8]
-                                                   [--palette-spread 15] [--out FILE.md]
+    .venv/bin/python benchmarks/refiner_image_use.py CHECKPOINT [CHECKPOINT ...] [--real motorcycle|aloe]
+                                                   [--synthetic-samples 8] [--palette-spread 15] [--out FILE.md]
 
 The promote check (``guide_rise``) is one number for the whole Motorcycle pair. This splits it by
 distance to a depth edge (a ground-truth jump of more than 1 px between neighbours, widened by 4 px),
-on Motorcycle and on held-out synthetic pairs (the clean generator, the evaluation's seed), each with the
+on a real pair (Motorcycle, or the held-out Aloe with ``--real aloe``) and on held-out synthetic pairs
+(the clean generator, the evaluation's seed), each with the
 network's own coarse output: EPE of the soft argmin carried to full size, of the output, and of the
 output with every guide image zeroed. A refiner that uses the image on synthetic edges but not on real
 ones points at the generator, not at the refiner.
@@ -47,7 +48,7 @@ from stereonet_ros.evaluation.refinement import at_level, guide_ablated, quiet_p
 from stereonet_ros.inference import Predictor  # noqa: E402
 from stereonet_ros.model.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
 from stereonet_ros.model.stereonet import StereoNet  # noqa: E402
-from stereonet_ros.samples import motorcycle  # noqa: E402
+from stereonet_ros.samples import PAIRS  # noqa: E402
 from stereonet_ros.training.train import normalize, oracle_coarse  # noqa: E402
 
 F32 = npt.NDArray[np.float32]
@@ -62,10 +63,10 @@ def held_out_config(max_disparity: float) -> SyntheticConfig:
                            disparity_range=(24.0, min(180.0, 0.95 * max_disparity))).without_rig_augmentation()
 
 
-def pairs(synthetic_samples: int, config: SyntheticConfig) -> Iterator[Pair]:
-    sample = motorcycle()  # RGB; the gray network sees its BT.601 luma, and so does the gradient here
+def pairs(synthetic_samples: int, config: SyntheticConfig, real: str = 'motorcycle') -> Iterator[Pair]:
+    sample = PAIRS[real]()  # RGB; the gray network sees its BT.601 luma, and so does the gradient here
     left, right = (bt601_luma(image.astype(np.float32)) for image in (sample.left, sample.right))
-    yield 'motorcycle', left, right, sample.disparity
+    yield real, left, right, sample.disparity
     for index in range(synthetic_samples):
         synthetic = generate_sample(config, HELD_OUT_SEED, index)
         yield 'synthetic', synthetic.left[:, :, 0], synthetic.right[:, :, 0], synthetic.disp_left
@@ -87,12 +88,12 @@ def variants(checkpoint: Checkpoint) -> dict[str, Predictor]:
     return {name: quiet_predictor(variant, 'cpu') for name, variant in edited.items()}
 
 
-def split_rise(checkpoint: Checkpoint, synthetic_samples: int) -> list[str]:
+def split_rise(checkpoint: Checkpoint, synthetic_samples: int, real: str) -> list[str]:
     """Table rows: per set and region, pixels, EPE of each variant and the rise with zero guides."""
     predictors = variants(checkpoint)
     names = list(predictors)
     sums: dict[tuple[str, str], npt.NDArray[np.float64]] = {}
-    for name, left, right, truth in pairs(synthetic_samples, held_out_config(checkpoint.config.max_disparity)):
+    for name, left, right, truth in pairs(synthetic_samples, held_out_config(checkpoint.config.max_disparity), real):
         scored = np.isfinite(truth) & (truth < checkpoint.config.max_disparity)
         near = depth_edges(truth, 1.0, NEAR_EDGE_PX)
         errors = [np.abs(predictor.predict(left, right) - truth) for predictor in predictors.values()]
@@ -100,7 +101,7 @@ def split_rise(checkpoint: Checkpoint, synthetic_samples: int) -> list[str]:
             row = np.array([mask.sum(), *(float(error[mask].sum()) for error in errors)], np.float64)
             sums[(name, region)] = sums.get((name, region), 0) + row
     rows = []
-    for name in ('motorcycle', 'synthetic'):
+    for name in (real, 'synthetic'):
         total = sum(sums[(name, region)][0] for region in ('near edges', 'elsewhere'))
         for region in ('near edges', 'elsewhere'):
             count, *error_sums = sums[(name, region)]
@@ -123,7 +124,7 @@ def coarse_inputs(network: StereoNet, left: torch.Tensor, right: torch.Tensor,
     return inputs
 
 
-def oracle_rise(checkpoint: Checkpoint, synthetic_samples: int) -> list[str]:
+def oracle_rise(checkpoint: Checkpoint, synthetic_samples: int, real: str) -> list[str]:
     """Table rows: per set and coarse input, EPE of the output and its rise with zero guides, overall,
     near depth edges and elsewhere."""
     networks = []
@@ -132,7 +133,7 @@ def oracle_rise(checkpoint: Checkpoint, synthetic_samples: int) -> list[str]:
         network.load_state_dict(variant.state_dict)
         networks.append(network.eval())
     sums: dict[tuple[str, str, str], npt.NDArray[np.float64]] = {}
-    for name, left, right, truth in pairs(synthetic_samples, held_out_config(checkpoint.config.max_disparity)):
+    for name, left, right, truth in pairs(synthetic_samples, held_out_config(checkpoint.config.max_disparity), real):
         height, width = (size // max(ORACLE_CELLS) * max(ORACLE_CELLS) for size in truth.shape)
         left, right, truth = left[:height, :width], right[:height, :width], truth[:height, :width]
         scored = np.isfinite(truth) & (truth < checkpoint.config.max_disparity)
@@ -167,10 +168,10 @@ def edge_saliency(left: F32, truth: F32) -> tuple[float, float]:
     return float(np.median(magnitude[edges & known])), float(np.percentile(magnitude[~edges & known], 90))
 
 
-def saliency_rows(synthetic_samples: int, palette_spread: float) -> list[str]:
+def saliency_rows(synthetic_samples: int, palette_spread: float, real: str) -> list[str]:
     clean = held_out_config(192.0)
     sources = {
-        'Motorcycle (real)': [edge_saliency(left, truth) for _, left, _, truth in pairs(0, clean)],
+        f'{real} (real)': [edge_saliency(left, truth) for _, left, _, truth in pairs(0, clean, real)],
         'generator, clean': [edge_saliency(left, truth) for _, left, _, truth in
                              list(pairs(synthetic_samples, clean))[1:]],
         f'generator, palette on every scene (spread {palette_spread:g})': [
@@ -188,6 +189,7 @@ def saliency_rows(synthetic_samples: int, palette_spread: float) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('checkpoints', nargs='+')
+    parser.add_argument('--real', choices=('motorcycle', 'aloe'), default='motorcycle', help='the real pair')
     parser.add_argument('--synthetic-samples', type=int, default=8)
     parser.add_argument('--palette-spread', type=float, default=15.0)
     parser.add_argument('--out', type=Path)
@@ -198,13 +200,14 @@ def main() -> int:
         lines += [f'**{path}**', '',
                   '| set | region | share of pixels | EPE soft argmin | EPE output | EPE zero guides | rise | '
                   'rise x share |', '| --- | --- | --- | --- | --- | --- | --- | --- |',
-                  *split_rise(checkpoint, arguments.synthetic_samples), '',
+                  *split_rise(checkpoint, arguments.synthetic_samples, arguments.real), '',
                   'Given a coarse input (EPE of the output / its rise with zero guides, px):', '',
                   '| set | coarse input | all pixels | near edges | elsewhere |', '| --- | --- | --- | --- | --- |',
-                  *oracle_rise(checkpoint, arguments.synthetic_samples), '']
+                  *oracle_rise(checkpoint, arguments.synthetic_samples, arguments.real), '']
     lines += ['Depth-edge saliency (mean over pairs):', '',
               '| images | pairs | median gradient on depth edges | 90th percentile elsewhere | ratio |',
-              '| --- | --- | --- | --- | --- |', *saliency_rows(arguments.synthetic_samples, arguments.palette_spread)]
+              '| --- | --- | --- | --- | --- |', *saliency_rows(arguments.synthetic_samples, arguments.palette_spread,
+                                                                   arguments.real)]
     publish('\n'.join(lines), arguments.out)
     return 0
 
