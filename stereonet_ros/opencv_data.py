@@ -33,7 +33,7 @@ MEMBER_FOLDER: Final = 'usr/share/doc/opencv-doc/examples/data'
 SYSTEM_FOLDER: Final = Path('/') / MEMBER_FOLDER
 
 ALOE_FILES: Final[Mapping[str, str]] = {
-    # opencv-doc 4.6.0+dfsg-12 (Debian 12); the files have not changed across OpenCV 4.x.
+    # As opencv-doc 4.6.0+dfsg-12 (Debian 12) ships them; another version's files are refused if they differ.
     'aloeL.jpg': 'cce5736808efe80d9f04b118dbb978c344d4345672b332718c3e039a3eeb8eee',
     'aloeR.jpg': '9b23100df31a846bc6e6a6545563b2b4120b948c9835c7d36cde00af77f4503e',
     'aloeGT.png': '39ce4f3cb48d797d1091c5152f93361d8104298c337f8a1c134d87dda3442c04',
