@@ -288,3 +288,24 @@ def test_a_burst_that_keeps_a_moving_average_brings_it_back_and_scores_it_first(
     assert checkpoints['trained_average']['status'] == 'ok'
     assert checkpoints['trained_average']['path'] == "model_ema.safetensors, the burst's moving average"
     assert 'model.safetensors, model_ema.safetensors, log.csv.' in (out / 'summary.md').read_text()
+
+
+def test_the_visit_scores_the_held_out_pair_only_where_its_files_came_along(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from stereonet_ros import opencv_data
+
+    try:
+        found = opencv_data.find()  # this machine's copy, if scripts/setup could fetch it
+    except opencv_data.OpenCvDataError:
+        found = None
+    monkeypatch.setattr(opencv_data, 'SYSTEM_FOLDER', tmp_path / 'not-installed')
+    monkeypatch.setenv('STEREONET_ROS_DATA_DIR', str(tmp_path / 'nothing'))
+    assert visit_run.plan(rehearse=False)['evaluation']['sets'] == ['motorcycle', 'synthetic']
+    if found is None:
+        pytest.skip('Aloe not on this machine: the carried case needs its files')
+    carried = tmp_path / 'carried'  # what `run(carry=[...])` brings: the three files, nothing else
+    (carried / 'opencv-samples').mkdir(parents=True)
+    for name, path in found.items():
+        (carried / 'opencv-samples' / name).write_bytes(path.read_bytes())
+    monkeypatch.setenv('STEREONET_ROS_DATA_DIR', str(carried))
+    assert visit_run.plan(rehearse=False)['evaluation']['sets'] == ['motorcycle', 'synthetic', 'aloe']

@@ -12,7 +12,8 @@ Steps, in this order, each in a process of its own with its own time limit (:mod
 (c) ``node_processing``: the node's decode, inference and post-processing per pair at 960x540;
 (d) ``training``: a burst of the current recipe from its latest best (``burst.start_checkpoint``) (:mod:`stereonet_ros.visit.burst`),
     with whatever time (a)-(c) left but the evaluation's share;
-(e) ``evaluation``: that checkpoint and its start on Motorcycle and held-out synthetic, three views;
+(e) ``evaluation``: that checkpoint and its start on Motorcycle and held-out synthetic, three views (and on
+    the held-out real pair, Aloe, where its files came along: ``held_out_real_pair``);
 
 then DIR gets ``summary.json`` (one key per step, each with a ``status``), ``summary.md``,
 ``model.safetensors`` and ``log.csv`` (the burst's; ``model_ema.safetensors`` too, its moving average, when
@@ -92,9 +93,21 @@ def plan(rehearse: bool) -> dict[str, Any]:
                   'batch_candidates': [4, 8, 16, 32, 64], 'calibration_steps': 5, 'calibration_limit_s': 70,
                   'profile_steps': 2, 'checkpoint_every': 500, 'log_every': 10, 'max_s': None, 'margin_s': 15,
                   'min_train_s': 20, 'validation_samples': 16},
-        'evaluation': {'sets': ['motorcycle', 'synthetic'], 'synthetic_samples': 32, 'sgbm_tuning_samples': 12,
-                       'guide_scale': 1.0},
+        'evaluation': {'sets': ['motorcycle', 'synthetic', *held_out_real_pair()], 'synthetic_samples': 32,
+                       'sgbm_tuning_samples': 12, 'guide_scale': 1.0},
     }
+
+
+def held_out_real_pair() -> list[str]:
+    """``['aloe']`` where the visit has its files (the GPU machine has no package registry: carry them, and
+    point ``STEREONET_ROS_DATA_DIR`` there), else nothing."""
+    from stereonet_ros.opencv_data import OpenCvDataError, find
+
+    try:
+        find()
+    except OpenCvDataError:
+        return []
+    return ['aloe']
 
 
 def step_limit(name: str, budget_s: float, remaining_s: float, train_max_s: float | None,
