@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from stereonet_ros.model.checkpoint import load_checkpoint
 from stereonet_ros.model.stereonet import (ModelConfigError, StereoNet, StereoNetConfig, StereoOutput,
@@ -153,6 +154,22 @@ def test_any_size_in_gives_the_same_size_out(height: int, width: int) -> None:
     assert [tuple(level.shape[-2:]) for level in output.pyramid[1:]] == model.refinement_sizes(height, width)
     assert output.right_pyramid is None
     assert bool((output.disparity >= 0).all())  # the final ReLU
+
+
+@pytest.mark.parametrize('height, width', [(37, 51), (64, 96)])
+def test_a_network_without_refiners_answers_at_the_input_size(height: int, width: int) -> None:
+    """k_refinement_layers=0 (a valid config: the seed's range is 0..6) once answered at 1/8 of the input
+    size, so a Predictor cropped that map to the image's size and returned a 1/8-size disparity: its output
+    is its soft argmin carried to the input size, as every level is carried up (bilinear, align_corners)."""
+    torch.manual_seed(0)
+    model = StereoNet(StereoNetConfig(max_disparity=64, k_refinement_layers=0, disparity_grid='exact')).eval()
+    left, right = torch.randn(2, 1, 1, height, width)
+    with torch.no_grad():
+        output = model(left, right, with_pyramid=True)
+        plain = model(left, right)
+    assert len(output.pyramid) == 1 and output.pyramid[0].shape == (1, 1, -(-height // 8), -(-width // 8))
+    carried = F.interpolate(output.pyramid[0], size=(height, width), mode='bilinear', align_corners=True)
+    assert torch.equal(output.disparity, carried) and torch.equal(plain, carried)
 
 
 def test_training_outputs_carry_both_pyramids_and_gradients() -> None:

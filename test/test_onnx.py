@@ -251,6 +251,31 @@ def test_a_network_with_the_photometric_cue_exports_and_gives_pytorchs_disparity
     assert np.abs(expected - without_cue).max() > 0.5  # the cue changed the answer
 
 
+def test_the_default_without_its_refiner_answers_its_carried_soft_argmin_in_pytorch_and_onnx(tmp_path: Path) -> None:
+    """A checkpoint with no refiners (``with_refiner_count(..., 0)``) runs through the Predictor and the ONNX
+    export at the input size, and answers what the default truncated at level 0 answers: its soft argmin
+    carried up by one bilinear resize (before the fix the Predictor returned a 1/8-size map)."""
+    import dataclasses
+
+    from stereonet_ros.evaluation.refinement import at_level
+    from stereonet_ros.model.checkpoint import save_checkpoint
+    from stereonet_ros.model.surgery import with_refiner_count
+
+    default = load_checkpoint(DEFAULT_CHECKPOINT)
+    config, state = with_refiner_count(default.config, default.state_dict, 0)
+    source = tmp_path / 'coarse.safetensors'
+    save_checkpoint(source, dataclasses.replace(default, config=config, state_dict=state))
+    left, right = _odd_crop()
+    coarse = _quiet(lambda: Predictor.from_checkpoint(source, device='cpu')).predict(left, right)
+    truncated = _quiet(lambda: Predictor(at_level(default, 0), device='cpu')).predict(left, right)
+    assert coarse.shape == left.shape[:2]
+    assert np.abs(coarse - truncated).max() <= 1e-4
+    out = tmp_path / 'coarse.onnx'
+    _quiet(lambda: onnx_export.export_onnx(load_checkpoint(source), out, source=source))
+    exported = _quiet(lambda: Predictor.from_checkpoint(out, device='cpu')).predict(left, right)
+    assert np.abs(exported - coarse).max() <= TOLERANCE_PX
+
+
 def test_without_the_onnx_package_a_model_runs_and_external_data_is_never_followed(default_onnx: Path,
                                                                                    tmp_path: Path) -> None:
     """A robot with ONNX Runtime alone: the model runs as with ``onnx`` installed, and one whose weights lie in an

@@ -281,6 +281,14 @@ class Refiner(nn.Module):
         return residual
 
 
+def carried_to(level: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """A disparity level (input pixels) resized to ``size`` the way every level is carried up: bilinear,
+    with the network's ``align_corners``; a level already at ``size`` is returned as it is."""
+    if tuple(level.shape[-2:]) == tuple(size):
+        return level
+    return F.interpolate(level, size=size, mode='bilinear', align_corners=align_corners)
+
+
 def refined_level(refiner: Refiner, reference: torch.Tensor, target: torch.Tensor, disparity: torch.Tensor,
                   size: tuple[int, int], side: Side, align_corners: bool,
                   dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -314,7 +322,8 @@ class StereoOutput:
     """
 
     disparity: torch.Tensor
-    """``(B, 1, H, W)`` left-view disparity (the last level of ``pyramid``)."""
+    """``(B, 1, H, W)`` left-view disparity: the last level of ``pyramid`` carried to the input size (with
+    refiners it is already there; without, it is the soft argmin resized)."""
     pyramid: list[torch.Tensor]
     """Left-view pyramid."""
     right_pyramid: list[torch.Tensor] | None = None
@@ -329,7 +338,8 @@ class StereoNet(nn.Module):
     """StereoNet. ``forward(left, right)`` -> ``(B, 1, H, W)`` left disparity in input pixels.
 
     Inputs are normalized images ``(B, C, H, W)`` (see the checkpoint's input contract), equal
-    shapes, ``H, W >= 2^K``. The state_dict keys equal the seed implementation's.
+    shapes, ``H, W >= 2^K``. The state_dict keys equal the seed implementation's. Without refiners
+    (``k_refinement_layers=0``) the answer is the soft argmin carried to the input size.
     """
 
     def __init__(self, config: StereoNetConfig | None = None) -> None:
@@ -387,20 +397,23 @@ class StereoNet(nn.Module):
         input (``TrainConfig.coarse_input``).
         """
         self._check_inputs(left, right)
+        size = (left.shape[2], left.shape[3])
         if coarse is not None:
             pyramid = self._refined(left, right, coarse[0], 'left')
             right_pyramid = self._refined(right, left, coarse[1], 'right') if with_right else None
-            return StereoOutput(disparity=pyramid[-1], pyramid=pyramid, right_pyramid=right_pyramid)
+            return StereoOutput(disparity=carried_to(pyramid[-1], size, self.config.align_corners), pyramid=pyramid,
+                                right_pyramid=right_pyramid)
         # One pass of the shared extractor over both views (a batch of 2B) instead of two.
         features = self.feature_extractor(torch.cat((left, right), dim=0))
         left_features, right_features = features.chunk(2, dim=0)
         pyramid, cost = self._pyramid(left, right, left_features, right_features, 'left')
+        disparity = carried_to(pyramid[-1], size, self.config.align_corners)
         if not (with_right or with_pyramid):
-            return pyramid[-1]
+            return disparity
         right_pyramid = right_cost = None
         if with_right:
             right_pyramid, right_cost = self._pyramid(right, left, right_features, left_features, 'right')
-        return StereoOutput(disparity=pyramid[-1], pyramid=pyramid, right_pyramid=right_pyramid, cost=cost,
+        return StereoOutput(disparity=disparity, pyramid=pyramid, right_pyramid=right_pyramid, cost=cost,
                             right_cost=right_cost)
 
 
