@@ -1,8 +1,10 @@
 """Where does ``inference_scale``'s gain come from: the coarse stage or the refiners?
 
-    .venv/bin/python benchmarks/scale_split.py [CHECKPOINT ...] [--scales 1 1.5 2 2.5] [--out FILE.md]
+    .venv/bin/python benchmarks/scale_split.py [CHECKPOINT ...] [--set motorcycle|aloe] [--scales 1 1.5 2 2.5]
+                                              [--out FILE.md]
 
-On Middlebury Motorcycle (quarter scale, cropped to a multiple of 16 px), each checkpoint (default: the
+On a real pair (Middlebury Motorcycle at quarter scale, or the held-out Aloe at half size with ``--set aloe``;
+cropped to a multiple of 16 px), each checkpoint (default: the
 bundled one) runs its coarse stage (features, cost volume, soft argmin) on the pair enlarged by ``s``
 (bilinear, as the node enlarges) and its refiners on the pair enlarged by ``r``, for every ``s`` and
 ``r`` of ``--scales``: the coarse disparity is converted to the refiners' pixels and handed to them as
@@ -34,13 +36,13 @@ from benchmarks._report import publish  # noqa: E402
 from stereonet_ros.evaluation.metrics import disparity_metrics  # noqa: E402
 from stereonet_ros.image_codec import bt601_luma  # noqa: E402
 from stereonet_ros.model.checkpoint import load_checkpoint  # noqa: E402
-from stereonet_ros.samples import motorcycle  # noqa: E402
+from stereonet_ros.samples import PAIRS  # noqa: E402
 from stereonet_ros.training.train import normalize  # noqa: E402
 
 F32 = npt.NDArray[np.float32]
 DEFAULT_CHECKPOINT = ROOT / 'stereonet_ros' / 'checkpoints' / 'stereonet_default.safetensors'
-BANDS = ((0.0, 15.0), (15.0, 25.0), (25.0, 35.0), (35.0, 45.0), (45.0, 80.0))
-"""Ground-truth disparity bands, px (Motorcycle at quarter scale spans 7.2-59.9 px)."""
+BANDS = ((0.0, 15.0), (15.0, 25.0), (25.0, 35.0), (35.0, 45.0), (45.0, np.inf))
+"""Ground-truth disparity bands, px (Motorcycle at quarter scale spans 7.2-59.9 px, Aloe at half size 21.5-105.5)."""
 SPREADS = ((0.0, 2.0), (2.0, 8.0), (8.0, np.inf))
 """Spread of the truth within a coarse cell, px: a surface, a slanted or gently curved one, a depth edge."""
 CROP = 16
@@ -71,10 +73,10 @@ def errors(disparity: F32, truth: F32, known: npt.NDArray[np.bool_]) -> tuple[fl
     return metrics.epe, metrics.bad3
 
 
-def split(path: Path, scales: list[float]) -> list[str]:
+def split(path: Path, scales: list[float], pair: str) -> list[str]:
     checkpoint = load_checkpoint(path)
     network = checkpoint.build_model()
-    sample = motorcycle()
+    sample = PAIRS[pair]()
     height, width = (size // CROP * CROP for size in sample.disparity.shape)
     left, right = (bt601_luma(image.astype(np.float32))[:height, :width] for image in (sample.left, sample.right))
     truth = sample.disparity[:height, :width]
@@ -92,7 +94,7 @@ def split(path: Path, scales: list[float]) -> list[str]:
                 handed = coarse[coarse_scale] * (left_r.shape[3] / pairs[coarse_scale][0].shape[3])
                 refined = network(left_r, right_r, coarse=(handed, handed)).disparity
                 outputs[coarse_scale, refiner_scale] = at_input_size(refined, (height, width), left_r.shape[3], corners)
-    rows = [f'**{path}** ({checkpoint.config.k_refinement_layers} refiner(s)); Motorcycle {width}x{height}, '
+    rows = [f'**{path}** ({checkpoint.config.k_refinement_layers} refiner(s)); {sample.name} {width}x{height}, '
             'EPE px / bad-3 % (bold: the whole network at one scale)', '', '| coarse stage at | soft argmin | ' +
             ' | '.join(f'refiners at {scale:g}' for scale in scales) + ' |', '| --- ' * (len(scales) + 2) + '|']
     for coarse_scale in scales:
@@ -147,6 +149,7 @@ def region_rows(regions: list[tuple[str, npt.NDArray[np.bool_]]], compared: tupl
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('checkpoints', nargs='*', type=Path, default=[DEFAULT_CHECKPOINT])
+    parser.add_argument('--set', choices=('motorcycle', 'aloe'), default='motorcycle', help='the real pair')
     parser.add_argument('--scales', nargs='+', type=float, default=[1.0, 1.5, 2.0, 2.5])
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--out', type=Path)
@@ -156,7 +159,7 @@ def main() -> int:
     torch.set_num_threads(arguments.threads)
     lines = [f'`benchmarks/scale_split.py {" ".join(sys.argv[1:])}` (torch {torch.__version__}, float32)', '']
     for path in arguments.checkpoints:
-        lines += split(path, sorted(set(arguments.scales)))
+        lines += split(path, sorted(set(arguments.scales)), arguments.set)
     publish('\n'.join(lines), arguments.out)
     return 0
 

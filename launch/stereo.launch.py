@@ -9,8 +9,8 @@ Arguments (``ros2 launch stereonet_ros stereo.launch.py --show-args``):
 - ``params_file``: parameters (default: the installed ``config/stereonet.yaml``). For QoS overrides
   (e.g. reliable subscriptions for large images between processes) copy it and uncomment its
   ``qos_overrides`` section.
-- ``checkpoint``, ``backend``, ``device``, ``precision``, ``inference_scale``, ``approximate_sync``, ``queue_size``,
-  ``use_color``, ``avoid_point_cloud_padding``, ``min_disparity``, ``image_transport``, ``use_sim_time``
+- ``checkpoint``, ``backend``, ``device``, ``precision``, ``inference_scale``, ``refine``, ``approximate_sync``,
+  ``queue_size``, ``use_color``, ``avoid_point_cloud_padding``, ``min_disparity``, ``image_transport``, ``use_sim_time``
   (stereo_image_proc's launch arguments where they share a name): when given, they override the params
   file; left empty (the default) the params file's value holds. The node checks the values
   (``inference_scale`` in [0.1, 2.5], ``image_transport`` raw or compressed) and refuses to start with a
@@ -34,9 +34,10 @@ from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = 'stereonet_ros'
 EXECUTABLE = 'stereonet_node'
-OVERRIDABLE = ('checkpoint', 'backend', 'device', 'precision', 'inference_scale', 'approximate_sync', 'queue_size', 'use_color',
-               'avoid_point_cloud_padding', 'min_disparity', 'image_transport', 'use_sim_time')
-BOOLEAN = ('approximate_sync', 'use_color', 'avoid_point_cloud_padding', 'use_sim_time')
+OVERRIDABLE = ('checkpoint', 'backend', 'device', 'precision', 'inference_scale', 'refine', 'approximate_sync',
+               'queue_size', 'use_color', 'avoid_point_cloud_padding', 'min_disparity', 'image_transport',
+               'use_sim_time')
+BOOLEAN = ('refine', 'approximate_sync', 'use_color', 'avoid_point_cloud_padding', 'use_sim_time')
 DOUBLE = ('inference_scale', 'min_disparity')
 INTEGER = ('queue_size',)
 CHOICES = {'image_transport': ('raw', 'compressed'), 'backend': ('auto', 'pytorch', 'onnxruntime')}
@@ -149,6 +150,10 @@ def generate_launch_description():
         DeclareLaunchArgument('inference_scale', default_value='',
                               description="Network on the pair resized by this, 0.1..2.5 (above 1: finer, "
                               "slower); '' = the params file's (1.0)"),
+        DeclareLaunchArgument('refine', default_value='',
+                              description="true or false: false skips the refiner (the soft argmin carried up, "
+                              "about a quarter of the time; with inference_scale 2, better on real pairs than "
+                              "the whole network at 1); '' = the params file's (true)"),
         DeclareLaunchArgument('approximate_sync', default_value='',
                               description="true or false; '' = the params file's (false)"),
         DeclareLaunchArgument('queue_size', default_value='',

@@ -8,6 +8,8 @@ the CLIs get a predictor.
   ``backend='auto'`` runs it in ONNX Runtime when the inference runs on the CPU in float32, because
   there ONNX Runtime takes 0.57-0.69x PyTorch's time (``benchmarks/backends.py``) and needs no PyTorch
   at all; on a GPU, or in bf16/fp16, PyTorch (CUDA graphs, autocast).
+- Without its refiners (``refine=False``, :func:`~stereonet_ros.inference.without_refiners`) a checkpoint
+  runs in PyTorch: the export keeps them.
 
 Deciding "on the CPU" must not import PyTorch where it would not be used: ``device='cpu'`` is the CPU;
 ``device='auto'`` is the CPU when no NVIDIA device node exists (a CUDA device needs the driver's
@@ -84,16 +86,23 @@ def runs_on_cpu(device: str) -> bool:
 
 
 def chosen_backend(path: str | os.PathLike[str] | None, device: str, precision: Precision,
-                   backend: Backend = 'auto') -> Literal['pytorch', 'onnxruntime']:
-    """Which backend :func:`open_predictor` runs ``path`` with (module doc).
+                   backend: Backend = 'auto', refine: bool = True) -> Literal['pytorch', 'onnxruntime']:
+    """Which backend :func:`open_predictor` runs ``path`` with (module doc); without its refiners
+    (``refine=False``) a checkpoint runs in PyTorch (an ONNX export keeps them).
 
     Raises:
         InputError: a backend that cannot run this file (a checkpoint in ONNX Runtime, an ``.onnx`` in
-            PyTorch), or an unknown backend.
+            PyTorch), an unknown backend, or ``refine=False`` with an ``.onnx`` file or backend onnxruntime.
     """
     if backend not in BACKENDS:
         raise InputError(f'backend {backend!r}: must be one of {list(BACKENDS)}')
     is_onnx = path is not None and Path(path).suffix.lower() == '.onnx'
+    if not refine:
+        if is_onnx or backend == 'onnxruntime':
+            raise InputError(f'refine false runs a checkpoint without its refiners in PyTorch; '
+                             f'{path if is_onnx else "backend onnxruntime"} keeps them: use a checkpoint and '
+                             'backend auto or pytorch')
+        return 'pytorch'
     if is_onnx:
         if backend == 'pytorch':
             raise InputError(f'backend pytorch cannot run the ONNX model {path}: use backend auto or onnxruntime')
@@ -115,7 +124,7 @@ def chosen_backend(path: str | os.PathLike[str] | None, device: str, precision: 
 
 
 def open_predictor(path: str | os.PathLike[str] | None = None, device: str = 'auto', precision: Precision = 'fp32',
-                   *, backend: Backend = 'auto', threads: int = 0) -> Predictor | OnnxPredictor:
+                   *, backend: Backend = 'auto', threads: int = 0, refine: bool = True) -> Predictor | OnnxPredictor:
     """Open ``path`` (``None`` = the bundled default) for inference with the backend
     :func:`chosen_backend` picks.
 
@@ -124,11 +133,11 @@ def open_predictor(path: str | os.PathLike[str] | None = None, device: str = 'au
 
     Raises:
         CheckpointError: the file cannot be used (message says why).
-        InputError: bad device, precision, backend or threads.
+        InputError: bad device, precision, backend or threads, or ``refine=False`` with an ONNX model.
     """
     if threads < 0:
         raise InputError(f'threads {threads}: must be >= 0')
-    if chosen_backend(path, device, precision, backend) == 'onnxruntime':
+    if chosen_backend(path, device, precision, backend, refine) == 'onnxruntime':
         from stereonet_ros.onnx_backend import OnnxPredictor
 
         return OnnxPredictor(DEFAULT_ONNX if path is None else path, device=device, precision=precision,
@@ -139,4 +148,4 @@ def open_predictor(path: str | os.PathLike[str] | None = None, device: str = 'au
         import torch
 
         torch.set_num_threads(threads)
-    return Predictor.from_checkpoint(path, device=device, precision=precision)
+    return Predictor.from_checkpoint(path, device=device, precision=precision, refine=refine)

@@ -48,6 +48,7 @@ is the one the NumPy steps give (tested). On CUDA:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import warnings
 from collections import OrderedDict
@@ -102,6 +103,20 @@ def placeholder_checkpoint() -> Checkpoint:
     return Checkpoint(config=PLACEHOLDER_CONFIG, contract=PLACEHOLDER_CONTRACT, state_dict=model.state_dict(),
                       provenance={'placeholder': True, 'trained': False,
                                   'note': 'UNTRAINED placeholder (random weights, seed 0); not depth'})
+
+
+def without_refiners(checkpoint: Checkpoint) -> Checkpoint:
+    """``checkpoint`` with no refiners: its answer is its soft argmin carried to the input size.
+
+    On a real camera the refiner is most of the time (three quarters at 640x480 on a CPU) and the coarse
+    stage most of the accuracy: the coarse stage alone on the pair enlarged twice (``inference_scale`` 2)
+    costs about what the whole network does at 1 and scores far better (README, accuracy against time).
+    """
+    from stereonet_ros.model.surgery import with_refiner_count
+
+    config, state = with_refiner_count(checkpoint.config, checkpoint.state_dict, 0)
+    provenance = {**checkpoint.provenance, 'refiners_removed': checkpoint.config.k_refinement_layers}
+    return dataclasses.replace(checkpoint, config=config, state_dict=state, provenance=provenance)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -271,18 +286,25 @@ class Predictor(CheckpointFacts):
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str] | None = None, device: str = 'auto',
-                        precision: Precision = 'fp32', *, cuda_graphs: bool = True) -> Predictor | OnnxPredictor:
+                        precision: Precision = 'fp32', *, cuda_graphs: bool = True,
+                        refine: bool = True) -> Predictor | OnnxPredictor:
         """Load ``path`` (ours or a seed ``.ckpt``); ``None`` = the bundled default checkpoint. A path ending in
         ``.onnx`` (``stereonet-export``) runs in ONNX Runtime instead: an
         :class:`~stereonet_ros.onnx_backend.OnnxPredictor`, with the same ``infer``.
+
+        ``refine=False`` drops the refiners (:func:`without_refiners`): the answer is the cost volume's soft
+        argmin carried to the input size, for about a quarter of the time at a given size.
 
         While no trained default is bundled, ``None`` gives the untrained placeholder and warns.
 
         Raises:
             CheckpointError: the file cannot be used (message says why).
-            InputError: bad device or precision.
+            InputError: bad device or precision, or ``refine=False`` with an ``.onnx`` file.
         """
         if path is not None and Path(path).suffix.lower() == '.onnx':
+            if not refine:
+                raise InputError(f'{path}: an ONNX export keeps its refiners; to run without them, pass the '
+                                 'checkpoint it was exported from')
             from stereonet_ros.onnx_backend import OnnxPredictor
 
             return OnnxPredictor(path, device=device, precision=precision)
@@ -291,6 +313,8 @@ class Predictor(CheckpointFacts):
             checkpoint = load_checkpoint(DEFAULT_CHECKPOINT) if bundled else placeholder_checkpoint()
         else:
             checkpoint = load_checkpoint(path)
+        if not refine:
+            checkpoint = without_refiners(checkpoint)
         return cls(checkpoint, device=device, precision=precision, cuda_graphs=cuda_graphs)
 
     @property

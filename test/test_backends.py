@@ -70,6 +70,20 @@ def test_a_backend_that_cannot_run_the_file_is_refused(path: str | None, backend
         chosen_backend(path, 'cpu', 'fp32', backend)  # type: ignore[arg-type]
 
 
+@pytest.mark.usefixtures('no_gpu')
+def test_without_refiners_a_checkpoint_runs_in_pytorch_and_an_export_is_refused(tmp_path: Path) -> None:
+    """The export keeps its refiners: refine=False takes the checkpoint, even the bundled default's on a CPU in
+    fp32 (where 'auto' would take ONNX Runtime), and says why it cannot take an .onnx or backend onnxruntime."""
+    assert chosen_backend(None, 'cpu', 'fp32', 'auto', refine=False) == 'pytorch'
+    assert chosen_backend(None, 'cpu', 'fp32', 'pytorch', refine=False) == 'pytorch'
+    for path, backend in (('model.onnx', 'auto'), (None, 'onnxruntime')):
+        with pytest.raises(InputError, match='^refine false runs a checkpoint without its refiners in PyTorch'):
+            chosen_backend(path, 'cpu', 'fp32', backend, refine=False)  # type: ignore[arg-type]
+    predictor = backends.open_predictor(None, device='cpu', refine=False)
+    assert predictor.config.k_refinement_layers == 0 and not list(predictor.model.refiners)
+    assert backends.open_predictor(None, device='cpu').config.k_refinement_layers == 1  # the default keeps its own
+
+
 def test_a_stale_default_export_falls_back_to_pytorch_or_is_refused(monkeypatch: pytest.MonkeyPatch,
                                                                      no_gpu: None) -> None:
     monkeypatch.setattr(backends, 'default_onnx_is_current', lambda *args: False)

@@ -45,7 +45,7 @@ def test_the_launch_file_declares_the_documented_arguments(tree: ast.Module) -> 
     declared = {ast.literal_eval(call.args[0]): call for call in calls(tree, 'DeclareLaunchArgument')}
     assert set(declared) == {'namespace', 'left_namespace', 'right_namespace', 'params_file', 'checkpoint', 'backend',
                              'device',
-                             'precision', 'inference_scale', 'approximate_sync', 'queue_size', 'use_color',
+                             'precision', 'inference_scale', 'refine', 'approximate_sync', 'queue_size', 'use_color',
                              'avoid_point_cloud_padding', 'min_disparity', 'image_transport', 'reliable_inputs',
                              'use_sim_time', 'log_level'}
     defaults = {name: keyword(call, 'default_value') for name, call in declared.items()}

@@ -41,7 +41,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 
 from stereonet_ros.image_codec import array_to_image_fields, bt601_luma, to_model_input  # noqa: E402
 from stereonet_ros.image_compression import compress  # noqa: E402
-from stereonet_ros.inference import Predictor, placeholder_checkpoint  # noqa: E402
+from stereonet_ros.inference import Predictor, placeholder_checkpoint, without_refiners  # noqa: E402
 from stereonet_ros.model.checkpoint import Checkpoint, InputContract, save_checkpoint  # noqa: E402
 from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig  # noqa: E402
 
@@ -758,6 +758,21 @@ def test_run_time_parameter_changes_are_applied_or_refused_with_a_reason(client:
     valid = values >= 0.0
     assert valid.any()
     np.testing.assert_allclose(values[valid], expected[valid], atol=2e-3)
+
+    # refine false: the same checkpoint without its refiner (its soft argmin carried up), in PyTorch; an
+    # ONNX backend, which keeps the refiners, is then refused with the reason and the node goes on.
+    result = client.set_parameter('refine', False)
+    assert result.successful, result.reason
+    disparity = client.send_good(left, right, topics=('disparity',))['disparity']
+    values = as_float_image(disparity.image)
+    unrefined = model_shift(Predictor(without_refiners(checkpoint), device='cpu'), left, right) - (CX_LEFT - CX_RIGHT)
+    valid = values >= 0.0
+    assert valid.any() and np.abs(unrefined - expected)[valid].max() > 0.01  # the refiner did change the answer
+    np.testing.assert_allclose(values[valid], unrefined[valid], atol=2e-3)
+    assert client.spin_until(lambda: client.diagnostics.get('refiners') == '0'), client.diagnostics
+    result = client.set_parameter('backend', 'onnxruntime')
+    assert not result.successful and 'refine false' in result.reason, result.reason
+    assert client.set_parameter('refine', True).successful
 
 
 def test_a_model_switch_that_outlasts_its_time_limit_is_refused_and_the_caller_goes_on() -> None:

@@ -276,6 +276,17 @@ def test_the_default_without_its_refiner_answers_its_carried_soft_argmin_in_pyto
     assert np.abs(exported - coarse).max() <= TOLERANCE_PX
 
 
+def test_export_without_the_refiner_runs_in_onnx_runtime_as_refine_false_runs_in_pytorch(tmp_path: Path) -> None:
+    out = tmp_path / 'coarse.onnx'
+    result = run_installed('stereonet-export', '--out', out, '--confidence', '--no-refine')
+    assert result.returncode == 0, result.stderr
+    exported = OnnxPredictor(out, device='cpu')
+    assert exported.config.k_refinement_layers == 0 and exported.checkpoint.provenance['refiners_removed'] == 1
+    left, right = _odd_crop()
+    unrefined = _quiet(lambda: Predictor.from_checkpoint(None, device='cpu', refine=False))
+    assert np.abs(exported.predict(left, right) - unrefined.predict(left, right)).max() <= TOLERANCE_PX
+
+
 def test_without_the_onnx_package_a_model_runs_and_external_data_is_never_followed(default_onnx: Path,
                                                                                    tmp_path: Path) -> None:
     """A robot with ONNX Runtime alone: the model runs as with ``onnx`` installed, and one whose weights lie in an

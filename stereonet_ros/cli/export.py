@@ -1,13 +1,15 @@
 """stereonet-export: a checkpoint -> an ONNX model for ONNX Runtime or TensorRT.
 
-    stereonet-export [CHECKPOINT] --out MODEL.onnx [--confidence] [--fp16] [--height H --width W]
+    stereonet-export [CHECKPOINT] --out MODEL.onnx [--confidence] [--fp16] [--no-refine] [--height H --width W]
 
 CHECKPOINT is a stereonet_ros ``.safetensors``, a seed Lightning ``.ckpt`` (default: the bundled
 checkpoint). The model takes the normalized, padded pair (``left``, ``right``: float32 ``(1, C, H, W)``)
 and gives ``disparity`` (and with ``--confidence`` ``confidence``); its input contract and provenance are
 JSON in the file's metadata (see ``stereonet_ros.model.onnx_export``). Before writing, the export is run
 with ONNX Runtime against PyTorch on the Motorcycle pair; more than 0.01 px apart (fp16: 0.25 px) and
-nothing is written. Errors exit non-zero with one line.
+nothing is written. ``--no-refine`` exports the network without its refiners (the soft argmin carried to
+the input size, as the node's ``refine`` false): an ``.onnx`` the node runs in ONNX Runtime at about a
+quarter of the time. Errors exit non-zero with one line.
 """
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='add the confidence output (matching confidence in [0, 1], as the node publishes)')
     parser.add_argument('--fp16', action='store_true',
                         help='float16 convolutions for GPUs (soft argmin and disparity stay float32)')
+    parser.add_argument('--no-refine', action='store_true',
+                        help="without the refiners: the soft argmin carried to the input size (the node's refine "
+                        'false, in ONNX Runtime)')
     parser.add_argument('--height', type=int, metavar='H',
                         help='fix the input height (after padding: a multiple of the pad multiple); default dynamic')
     parser.add_argument('--width', type=int, metavar='W', help='fix the input width, with --height')
@@ -45,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not arguments.out.parent.is_dir():
         fail(PROGRAM, f'--out {arguments.out}: folder {arguments.out.parent} does not exist', status=2)
     # Imported here so that --help and usage errors answer without loading torch.
-    from stereonet_ros.inference import DEFAULT_CHECKPOINT
+    from stereonet_ros.inference import DEFAULT_CHECKPOINT, without_refiners
     from stereonet_ros.model.checkpoint import CheckpointError, load_checkpoint
     from stereonet_ros.model.onnx_export import ExportError, export_onnx
 
@@ -57,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(PROGRAM, f'exporting needs the onnx and onnxruntime packages (requirements.txt): {err}')
     try:
         checkpoint = load_checkpoint(source)
+        if arguments.no_refine:
+            checkpoint = without_refiners(checkpoint)
         document = export_onnx(checkpoint, arguments.out, source=source, height=arguments.height,
                                width=arguments.width, with_confidence=arguments.confidence, fp16=arguments.fp16)
     except (CheckpointError, ExportError) as err:

@@ -2,7 +2,7 @@
 
     stereonet-infer LEFT RIGHT --out OUT.(npy|pfm) [--color OUT.png] [--gt GT.(pfm|npy)]
                     [--checkpoint PATH] [--backend auto] [--device auto] [--precision fp32]
-                    [--inference-scale 1.0]
+                    [--inference-scale 1.0] [--no-refine]
 
 Writes the left-view disparity, float32 pixels of the input (at the input size whatever
 ``--inference-scale``), as ``.npy`` or ``.pfm``; with
@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--inference-scale', type=float, default=1.0, metavar='S',
                         help='run the network on the pair resized by S, in [0.1, 2.5] (above 1: finer, about S^2 '
                         'the time); the disparity comes back at the input size, in input pixels (default 1)')
+    parser.add_argument('--no-refine', action='store_true',
+                        help='skip the refiner: the soft argmin carried to the input size, about a quarter of the '
+                        "time (a checkpoint, in PyTorch; the node's refine false)")
     parser.add_argument('--max-pixels', type=int, default=None, metavar='N',
                         help='most pixels the network runs on (after --inference-scale): a larger pair runs at the '
                         'largest smaller scale that fits, with a warning (default 4000000: about 3 GiB on a CPU)')
@@ -85,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always', UntrainedPlaceholderWarning)
             predictor = open_predictor(arguments.checkpoint, device=arguments.device,
-                                       precision=arguments.precision, backend=arguments.backend)
+                                       precision=arguments.precision, backend=arguments.backend,
+                                       refine=not arguments.no_refine)
         for warning in caught:
             print(f'{PROGRAM}: warning: {warning.message}', file=sys.stderr)
         answer = predictor.infer(left, right, scale=scale, max_pixels=max_pixels)

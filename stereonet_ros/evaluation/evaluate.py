@@ -2,7 +2,7 @@
 
     stereonet-evaluate [--checkpoint PATH] [--sets synthetic,motorcycle,aloe,middlebury2014:ROOT,...]
                        [--synthetic-samples 32] [--device auto] [--precision fp32] [--inference-scale 1.0]
-                       [--no-sgbm] [--out results.json]
+                       [--no-refine] [--no-sgbm] [--out results.json]
 
 Sets:
 
@@ -344,11 +344,12 @@ def score_set(frames: Sequence[Frame], ours: Callable[[Frame], tuple[F32, F32 | 
 def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto', synthetic_samples: int = 32,
              with_sgbm: bool = True, log: Callable[[str], None] = print,
              precision: Precision = 'fp32', inference_scale: float = 1.0,
-             sgbm_tuning_samples: int = 12) -> dict[str, Any]:
+             sgbm_tuning_samples: int = 12, refine: bool = True) -> dict[str, Any]:
     """Score the checkpoint (and SGBM) on every set in the three views. Returns the JSON-ready results.
 
     ``sgbm_tuning_samples``: pairs of the synthetic tuning stream the tuned SGBM is chosen on
-    (:func:`tune_sgbm`; fewer only to rehearse a run quickly).
+    (:func:`tune_sgbm`; fewer only to rehearse a run quickly). ``refine=False``: ours without its refiners
+    (:func:`~stereonet_ros.inference.without_refiners`).
 
     Ours runs through :meth:`StereoProcessor.infer` at ``inference_scale`` (the node's path), with its
     confidence for the matched view. Ground truth is scored below the checkpoint's ``max_disparity``
@@ -365,7 +366,7 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
     check_inference_scale(inference_scale)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UntrainedPlaceholderWarning)
-        predictor = Predictor.from_checkpoint(checkpoint, device=device, precision=precision)
+        predictor = Predictor.from_checkpoint(checkpoint, device=device, precision=precision, refine=refine)
     processor = StereoProcessor(predictor)
     max_disparity = float(predictor.contract.max_disparity)
     tuned: SgbmParams | None = None
@@ -380,6 +381,7 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
         'device': str(predictor.device),
         'precision': predictor.precision,
         'inference_scale': inference_scale,
+        'refine': refine,
         'max_disparity': max_disparity,
         'views': {'dense': 'holes filled (KITTI devkit, row-wise min of the nearest valid neighbours), every '
                            'valid-ground-truth pixel scored',
@@ -423,7 +425,9 @@ def format_table(results: dict[str, Any]) -> str:
     lines = ['| set | method | dense EPE px | dense bad-3 % | answered EPE px | answered bad-3 % | answered density '
              '| matched EPE px | matched bad-3 % | matched density | s/frame |',
              '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
-    ours_label = f'{OURS} ({results.get("precision", "fp32")}, scale {results.get("inference_scale", 1.0):g})'
+    unrefined = '' if results.get('refine', True) else ', no refiner'
+    scale = results.get('inference_scale', 1.0)
+    ours_label = f'{OURS} ({results.get("precision", "fp32")}, scale {scale:g}{unrefined})'
     for spec, entry in results['sets'].items():
         for method, m in entry['methods'].items():
             cells = []
@@ -450,6 +454,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--inference-scale', type=float, default=1.0,
                         help=f'run the network on images resized by this factor, in [{MIN_INFERENCE_SCALE:g}, '
                              f'{MAX_INFERENCE_SCALE:g}] as the node; disparities come back in input pixels')
+    parser.add_argument('--no-refine', action='store_true',
+                        help="ours without its refiners: the soft argmin carried to the input size (the node's "
+                        'refine false)')
     parser.add_argument('--no-sgbm', action='store_true', help='skip the SGBM baselines')
     parser.add_argument('--out', type=Path, help='also write the results as JSON here')
     arguments = parser.parse_args(argv)
@@ -468,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sets = [spec.strip() for spec in arguments.sets.split(',') if spec.strip()]
     try:
         results = evaluate(arguments.checkpoint, sets, device=arguments.device, precision=arguments.precision,
-                           inference_scale=arguments.inference_scale,
+                           inference_scale=arguments.inference_scale, refine=not arguments.no_refine,
                            synthetic_samples=arguments.synthetic_samples, with_sgbm=not arguments.no_sgbm,
                            log=lambda text: print(f'{PROGRAM}: {text}', file=sys.stderr))
     except (EvaluationError, CheckpointError, InputError) as err:

@@ -320,7 +320,8 @@ class StereoNetNode(Node):
             try:
                 predictor = open_predictor(config.checkpoint or None, device=config.device,
                                            precision=config.precision, backend=config.backend,
-                                           threads=node_inference_threads(config.inference_threads))
+                                           threads=node_inference_threads(config.inference_threads),
+                                           refine=config.refine)
             except (CheckpointError, InputError):
                 raise
             except Exception as err:  # noqa: BLE001 - e.g. device memory: no file check foresees it, the node must live
@@ -344,8 +345,8 @@ class StereoNetNode(Node):
         source = self._config.checkpoint or 'bundled default'
         placeholder = ' (UNTRAINED PLACEHOLDER)' if predictor.is_placeholder else ''
         return (f'checkpoint {source}{placeholder}, {predictor.contract.color} input, max disparity '
-                f'{predictor.contract.max_disparity:g} px, device {predictor.device}, {predictor.precision}, '
-                f'{_backend_name(predictor)}')
+                f'{predictor.contract.max_disparity:g} px, {predictor.config.k_refinement_layers} refiner(s), '
+                f'device {predictor.device}, {predictor.precision}, {_backend_name(predictor)}')
 
     @staticmethod
     def _make_synchronizer(config: NodeConfig) -> StereoSynchronizer[Any]:
@@ -582,6 +583,7 @@ class StereoNetNode(Node):
             'device errors retried': str(self._device_guard.retries),
             'captured input sizes': ', '.join(f'{w}x{h}' for h, w in predictor.captured_sizes) or 'none',
             'precision': predictor.precision,
+            'refiners': str(predictor.config.k_refinement_layers),
             'checkpoint': config.checkpoint or 'bundled default',
             'checkpoint provenance': repr(predictor.checkpoint.provenance),
             'placeholder': str(predictor.is_placeholder).lower(),
