@@ -180,6 +180,32 @@ def test_precision_reaches_the_predictor_and_a_refused_one_exits_with_one_line(
     assert not _report_files(tmp_path / 'refused')
 
 
+def test_no_refine_reaches_the_predictor_and_is_refused_with_a_running_node(
+        dataset: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        placeholder_checkpoint_path: Path) -> None:
+    pair = dataset['pairs'][1]
+    write_stereo_bag(tmp_path / 'bag', [pair], gt='disparity')
+    common = ['--device', 'cpu', '--checkpoint', str(placeholder_checkpoint_path), '--gt-topic', GT_TOPIC,
+              '--no-progress']
+    code, _, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(tmp_path / 'report'),
+                                             '--no-refine', *common], capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / 'report' / 'metrics.json').read_text())
+    assert metrics['refine'] is False
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        unrefined = Predictor.from_checkpoint(placeholder_checkpoint_path, device='cpu', refine=False)
+    expected = MetricAccumulator().add(unrefined.predict(pair.left, pair.right), pair.gt_shift)
+    assert metrics['epe'] == pytest.approx(expected.epe, rel=1e-5)
+    assert metrics['epe'] != pytest.approx(MetricAccumulator().add(_predictor().predict(pair.left, pair.right),
+                                                                   pair.gt_shift).epe, rel=1e-3)
+    code, stdout, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(tmp_path / 'refused'),
+                                                  '--through-node', '--use-running-node', '--no-refine',
+                                                  '--gt-topic', GT_TOPIC], capsys)
+    assert code == 2 and stdout == '' and '--no-refine' in _error_line(code, err, 'stereonet-eval-bag')
+    assert not _report_files(tmp_path / 'refused')
+
+
 def test_inference_scale_reaches_the_predictor_and_the_output_bag_and_a_bad_one_exits_with_one_line(
         dataset: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
         placeholder_checkpoint_path: Path) -> None:

@@ -99,9 +99,9 @@ def test_rosbags_messages_become_rclpy_messages_field_for_field() -> None:
     assert (info.width, info.height, stamp_to_ns(info.header.stamp)) == (5, 3, 42)
 
 
-@pytest.mark.parametrize('scale', [None, 1.5])
+@pytest.mark.parametrize('scale, refine', [(None, True), (1.5, True), (None, False)])
 def test_scores_through_the_node_equal_the_in_process_scores_when_nothing_drops(
-        tmp_path: Path, checkpoint: Path, scale: float | None) -> None:
+        tmp_path: Path, checkpoint: Path, scale: float | None, refine: bool) -> None:
     bag = _bag(tmp_path / 'bag', 3, doffs=5.0)
     out = tmp_path / 'out'
     arguments = [str(bag), '--out', str(out), '--gt-topic', GT_TOPIC, '--no-progress', '--through-node',
@@ -109,6 +109,8 @@ def test_scores_through_the_node_equal_the_in_process_scores_when_nothing_drops(
                  '--checkpoint', str(checkpoint)]
     if scale is not None:  # passed on to the node it starts, as its inference_scale parameter
         arguments += ['--inference-scale', str(scale)]
+    if not refine:  # passed on as its refine parameter
+        arguments += ['--no-refine']
     assert eval_bag.main(arguments) == 0
     metrics = json.loads((out / 'metrics.json').read_text())
     assert metrics['inference_scale'] == (scale or 1.0)
@@ -120,7 +122,7 @@ def test_scores_through_the_node_equal_the_in_process_scores_when_nothing_drops(
 
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UntrainedPlaceholderWarning)
-        predictor = Predictor.from_checkpoint(checkpoint, device='cpu')
+        predictor = Predictor.from_checkpoint(checkpoint, device='cpu', refine=refine)
     expected = evaluate_bags([bag], ReplayConfig(gt_topic=GT_TOPIC), NodeValiditySource(predictor, scale or 1.0),
                              progress=False)
     assert expected.disparity is not None
@@ -155,7 +157,7 @@ def test_a_png_compressed_bag_is_played_compressed_into_a_compressed_node_and_sc
     raw = _bag(tmp_path / 'raw', 2, doffs=5.0)  # the same pairs, raw: the reference is computed on these
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UntrainedPlaceholderWarning)
-        predictor = Predictor.from_checkpoint(checkpoint, device='cpu')
+        predictor = Predictor.from_checkpoint(checkpoint, device='cpu', refine=refine)
     expected = evaluate_bags([raw], ReplayConfig(gt_topic=GT_TOPIC), NodeValiditySource(predictor), progress=False)
     assert expected.disparity is not None
     for key in ('epe', 'bad1', 'bad3', 'density'):

@@ -3,7 +3,8 @@
     stereonet-eval-bag BAG... --out DIR [--gt-topic TOPIC] [--left-topic T] [--right-topic T]
                        [--left-info-topic T] [--right-info-topic T] [--approximate-sync]
                        [--sync-tolerance S] [--queue-size N] [--checkpoint PATH] [--backend auto] [--device auto]
-                       [--precision fp32] [--inference-scale S] [--write-bag] [--max-frames N] [--no-progress]
+                       [--precision fp32] [--inference-scale S] [--no-refine] [--write-bag] [--max-frames N]
+                       [--no-progress]
                        [--baseline sgbm] [--depth-bins M,M,...]
                        [--through-node [--rate R] [--use-running-node] [--ros-domain-id N]
                                        [--node-timeout S] [--answer-timeout S] [--node-executable PATH]]
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='run the network on each pair resized by S, in [0.1, 2.5], in this process or in the '
                         'node this run starts (its inference_scale parameter); disparities come back at the input '
                         'size, in input pixels (default 1)')
+    parser.add_argument('--no-refine', action='store_true',
+                        help="without the checkpoint's refiners (the soft argmin carried up), in this process or in "
+                        'the node this run starts (its refine parameter, false)')
     parser.add_argument('--write-bag', action='store_true',
                         help='also write DIR/output_bag (mcap): /disparity, /points2, /depth on the input stamps')
     parser.add_argument('--max-frames', type=int, help='stop after this many pairs')
@@ -184,9 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             fail(PROGRAM, '--max-frames is not supported with --through-node (the bag is played whole)', status=2)
         if arguments.use_running_node and (arguments.checkpoint or arguments.backend or arguments.device
                                            or arguments.precision or arguments.inference_scale is not None
-                                           or arguments.node_executable):
-            fail(PROGRAM, '--checkpoint, --backend, --device, --precision, --inference-scale and --node-executable '
-                 'configure a node this run starts; with --use-running-node set them on the running node', status=2)
+                                           or arguments.no_refine or arguments.node_executable):
+            fail(PROGRAM, '--checkpoint, --backend, --device, --precision, --inference-scale, --no-refine and '
+                 '--node-executable configure a node this run starts; with --use-running-node set them on the '
+                 'running node', status=2)
     try:
         config = ReplayConfig(left_topic=arguments.left_topic, right_topic=arguments.right_topic,
                               left_info_topic=arguments.left_info_topic, right_info_topic=arguments.right_info_topic,
@@ -211,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     warnings.simplefilter('always', UntrainedPlaceholderWarning)
                     predictor = open_predictor(arguments.checkpoint, device=device,
                                                precision=arguments.precision or 'fp32',
-                                               backend=arguments.backend or 'auto')
+                                               backend=arguments.backend or 'auto', refine=not arguments.no_refine)
                 for warning in caught:
                     print(f'{PROGRAM}: warning: {warning.message}', file=sys.stderr)
                 provenance = predictor.checkpoint.provenance
@@ -232,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 node_run.annotate(result)
             if not (arguments.through_node and arguments.use_running_node):
                 result.extra['inference_scale'] = scale
+                result.extra['refine'] = not arguments.no_refine
             published_bag = str(arguments.out / OUTPUT_BAG_NAME) if arguments.write_bag else None
             metrics = write_report(result, info, staging.path, output_bag=published_bag)
             staging.publish(extra=(OUTPUT_BAG_NAME,))
@@ -360,7 +366,8 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
     with NodeProcess(node_folder, settings.domain_id or 0, str(checkpoint_path) if checkpoint_path else None,
                      arguments.device or 'auto', executable=arguments.node_executable,
                      extra_parameters={'precision': arguments.precision or 'fp32',
-                                       'backend': arguments.backend or 'auto', 'inference_scale': repr(scale)},
+                                       'backend': arguments.backend or 'auto', 'inference_scale': repr(scale),
+                                       'refine': 'false' if arguments.no_refine else 'true'},
                      image_transport=transport) as node:
         playback = play_through_node(arguments.bags, config, settings, node_failure=node.failure)
     description = (f'stereonet_node over DDS (started by this run, ROS domain {settings.domain_id}, '
