@@ -99,9 +99,10 @@ def chosen_backend(path: str | os.PathLike[str] | None, device: str, precision: 
     is_onnx = path is not None and Path(path).suffix.lower() == '.onnx'
     if not refine:
         if is_onnx or backend == 'onnxruntime':
-            raise InputError(f'refine false runs a checkpoint without its refiners in PyTorch; '
-                             f'{path if is_onnx else "backend onnxruntime"} keeps them: use a checkpoint and '
-                             'backend auto or pytorch')
+            raise InputError(f'refine false runs a checkpoint without its refiners in PyTorch, not '
+                             f'{path if is_onnx else "backend onnxruntime"}: use a checkpoint with backend auto or '
+                             'pytorch, or run an export made without them (stereonet-export --no-refine) with '
+                             'refine true')
         return 'pytorch'
     if is_onnx:
         if backend == 'pytorch':

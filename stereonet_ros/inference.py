@@ -303,8 +303,8 @@ class Predictor(CheckpointFacts):
         """
         if path is not None and Path(path).suffix.lower() == '.onnx':
             if not refine:
-                raise InputError(f'{path}: an ONNX export keeps its refiners; to run without them, pass the '
-                                 'checkpoint it was exported from')
+                raise InputError(f'{path}: an ONNX model runs as it was exported; to run without refiners, pass '
+                                 'the checkpoint, or export it with stereonet-export --no-refine')
             from stereonet_ros.onnx_backend import OnnxPredictor
 
             return OnnxPredictor(path, device=device, precision=precision)

@@ -82,6 +82,10 @@ def test_without_refiners_a_checkpoint_runs_in_pytorch_and_an_export_is_refused(
     predictor = backends.open_predictor(None, device='cpu', refine=False)
     assert predictor.config.k_refinement_layers == 0 and not list(predictor.model.refiners)
     assert backends.open_predictor(None, device='cpu').config.k_refinement_layers == 1  # the default keeps its own
+    from stereonet_ros.inference import Predictor
+
+    with pytest.raises(InputError, match='an ONNX model runs as it was exported; .* stereonet-export --no-refine'):
+        Predictor.from_checkpoint(DEFAULT_ONNX, device='cpu', refine=False)
 
 
 def test_a_stale_default_export_falls_back_to_pytorch_or_is_refused(monkeypatch: pytest.MonkeyPatch,
