@@ -157,7 +157,7 @@ def test_a_png_compressed_bag_is_played_compressed_into_a_compressed_node_and_sc
     raw = _bag(tmp_path / 'raw', 2, doffs=5.0)  # the same pairs, raw: the reference is computed on these
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UntrainedPlaceholderWarning)
-        predictor = Predictor.from_checkpoint(checkpoint, device='cpu', refine=refine)
+        predictor = Predictor.from_checkpoint(checkpoint, device='cpu')
     expected = evaluate_bags([raw], ReplayConfig(gt_topic=GT_TOPIC), NodeValiditySource(predictor), progress=False)
     assert expected.disparity is not None
     for key in ('epe', 'bad1', 'bad3', 'density'):
