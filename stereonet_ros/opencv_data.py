@@ -188,10 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     try:
         paths = fetch(destination=arguments.destination)
-    except OpenCvDataError as err:
-        print(f'stereonet_ros.opencv_data: {err}', file=sys.stderr)
-        return 1
-    except OSError as err:
+    except (OpenCvDataError, OSError) as err:  # OSError: the destination cannot be written
         print(f'stereonet_ros.opencv_data: {err}', file=sys.stderr)
         return 1
     print(f'stereonet_ros.opencv_data: Middlebury 2006 Aloe in {next(iter(paths.values())).parent}')
