@@ -81,6 +81,15 @@ def find(files: Mapping[str, str] = ALOE_FILES, folders: Sequence[Path] | None =
                           f'(downloads Debian\'s {PACKAGE}) or `apt install {PACKAGE}`')
 
 
+def missing(files: Mapping[str, str] = ALOE_FILES) -> str | None:
+    """Why :func:`find` cannot find ``files`` (its error's message), or None when this machine has them."""
+    try:
+        find(files)
+    except OpenCvDataError as err:
+        return str(err)
+    return None
+
+
 def ar_members(archive: bytes) -> Iterator[tuple[str, bytes]]:
     """(name, content) of each member of a Unix ``ar`` archive (the format of a ``.deb``).
 

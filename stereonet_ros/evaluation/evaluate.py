@@ -176,22 +176,15 @@ def _synthetic_frames(count: int, seed: int, max_disparity: float, channels: int
     return frames
 
 
-def _motorcycle_frames() -> list[Frame]:
-    from stereonet_ros.samples import motorcycle
-
-    sample = motorcycle()
-    return [Frame(name=sample.name, left=sample.left.astype(np.float32), right=sample.right.astype(np.float32),
-                  disparity=sample.disparity)]
-
-
-def _aloe_frames() -> list[Frame]:
+def _real_pair_frames(name: str) -> list[Frame]:
+    """``motorcycle`` or ``aloe`` (:data:`stereonet_ros.samples.PAIRS`) as one frame."""
     from stereonet_ros.opencv_data import OpenCvDataError
-    from stereonet_ros.samples import aloe
+    from stereonet_ros.samples import PAIRS
 
     try:
-        sample = aloe()
-    except OpenCvDataError as err:
-        raise EvaluationError(f'aloe: {err}') from err
+        sample = PAIRS[name]()
+    except OpenCvDataError as err:  # Aloe not fetched on this machine
+        raise EvaluationError(f'{name}: {err}') from err
     return [Frame(name=sample.name, left=sample.left.astype(np.float32), right=sample.right.astype(np.float32),
                   disparity=sample.disparity)]
 
@@ -229,10 +222,8 @@ def load_set(spec: str, synthetic_samples: int, max_disparity: float, channels: 
     kind, _, root = spec.partition(':')
     if kind == 'synthetic' and not root:
         return _synthetic_frames(synthetic_samples, HELD_OUT_SEED, max_disparity, channels)
-    if kind == 'motorcycle' and not root:
-        return _motorcycle_frames()
-    if kind == 'aloe' and not root:
-        return _aloe_frames()
+    if kind in ('motorcycle', 'aloe') and not root:
+        return _real_pair_frames(kind)
     if kind in ('sceneflow', 'kitti2012', 'kitti2015', 'middlebury2014', 'keystone', 'folder') and root:
         frames = list(_dataset_frames(kind, root))
         if not frames:

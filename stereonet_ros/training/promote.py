@@ -98,12 +98,11 @@ def _reported(results: dict[str, Any]) -> list[str]:
 
 def measured_sets() -> list[str]:
     """What promote measures: the synthetic set, Motorcycle, and Aloe where this machine has it."""
-    from stereonet_ros.opencv_data import OpenCvDataError, find
+    from stereonet_ros.opencv_data import missing
 
-    try:
-        find()
-    except OpenCvDataError as err:
-        print(f'{PROGRAM}: warning: the held-out real pair is not measured: {err}', file=sys.stderr)
+    reason = missing()
+    if reason is not None:
+        print(f'{PROGRAM}: warning: the held-out real pair is not measured: {reason}', file=sys.stderr)
         return ['synthetic', 'motorcycle']
     return ['synthetic', 'motorcycle', 'aloe']
 

@@ -101,13 +101,9 @@ def plan(rehearse: bool) -> dict[str, Any]:
 def held_out_real_pair() -> list[str]:
     """``['aloe']`` where the visit has its files (the GPU machine has no package registry: carry them, and
     point ``STEREONET_ROS_DATA_DIR`` there), else nothing."""
-    from stereonet_ros.opencv_data import OpenCvDataError, find
+    from stereonet_ros.opencv_data import missing
 
-    try:
-        find()
-    except OpenCvDataError:
-        return []
-    return ['aloe']
+    return [] if missing() else ['aloe']
 
 
 def step_limit(name: str, budget_s: float, remaining_s: float, train_max_s: float | None,
