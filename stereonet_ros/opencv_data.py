@@ -40,6 +40,9 @@ ALOE_FILES: Final[Mapping[str, str]] = {
 }
 
 FETCH_COMMAND: Final = 'python -m stereonet_ros.opencv_data'
+DOWNLOAD_TIMEOUT_S = 600.0
+"""Longest wait for ``apt-get download`` (96 MB): a machine whose registry cannot be reached must not hang
+``scripts/setup``."""
 
 
 class OpenCvDataError(Exception):
@@ -162,12 +165,17 @@ def download(folder: Path) -> bytes:
     """``apt-get download opencv-doc`` into ``folder``; the package's bytes.
 
     Raises:
-        OpenCvDataError: no ``apt-get``, or it failed (its last line of output in the message).
+        OpenCvDataError: no ``apt-get``, it failed (its last line of output in the message), or it took longer
+            than :data:`DOWNLOAD_TIMEOUT_S`.
     """
     apt_get = shutil.which('apt-get')
     if apt_get is None:
         raise OpenCvDataError(f'apt-get not found: install {PACKAGE} with your package manager instead')
-    result = subprocess.run([apt_get, 'download', PACKAGE], cwd=folder, capture_output=True, text=True, check=False)
+    try:
+        result = subprocess.run([apt_get, 'download', PACKAGE], cwd=folder, capture_output=True, text=True,
+                                check=False, timeout=DOWNLOAD_TIMEOUT_S)
+    except subprocess.TimeoutExpired as err:
+        raise OpenCvDataError(f'apt-get download {PACKAGE} gave no answer within {err.timeout:g} s') from err
     debs = sorted(folder.glob(f'{PACKAGE}_*.deb'))
     if result.returncode != 0 or not debs:
         lines = (result.stderr or result.stdout).strip().splitlines()

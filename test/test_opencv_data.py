@@ -134,6 +134,16 @@ def test_fetch_failure_is_one_line_and_main_exits_1(tmp_path, monkeypatch, capsy
     assert error.count('\n') == 1 and 'Unable to locate package opencv-doc' in error
 
 
+def test_a_download_that_hangs_is_given_up_with_one_line(tmp_path, monkeypatch):
+    _fake_apt_get(tmp_path / 'bin', 'exec sleep 30\n')  # exec: the timeout's kill reaches the sleep
+    monkeypatch.setenv('PATH', f'{tmp_path / "bin"}{os.pathsep}{os.environ["PATH"]}')
+    monkeypatch.setenv('STEREONET_ROS_DATA_DIR', str(tmp_path / 'data'))
+    monkeypatch.setattr(opencv_data, 'DOWNLOAD_TIMEOUT_S', 0.5)
+    with pytest.raises(OpenCvDataError, match=r'^apt-get download opencv-doc gave no answer within 0\.5 s$'):
+        fetch(DIGESTS)
+    assert not (tmp_path / 'data').exists()
+
+
 def test_half_size_averages_blocks_and_samples_the_truth():
     left = np.zeros((5, 7, 3), np.uint8)  # odd sizes: the last row and column are dropped
     left[0:2, 0:2, 0] = [[0, 1], [1, 1]]  # mean 0.75 -> 1
