@@ -8,8 +8,9 @@ and gives ``disparity`` (and with ``--confidence`` ``confidence``); its input co
 JSON in the file's metadata (see ``stereonet_ros.model.onnx_export``). Before writing, the export is run
 with ONNX Runtime against PyTorch on the Motorcycle pair; more than 0.01 px apart (fp16: 0.25 px) and
 nothing is written. ``--no-refine`` exports the network without its refiners (the soft argmin carried to
-the input size, as the node's ``refine`` false): an ``.onnx`` the node runs in ONNX Runtime at about a
-quarter of the time. Errors exit non-zero with one line.
+the input size, as the node's ``refine`` false), for ONNX Runtime; on the development CPU its 3-D
+convolutions ran slower there than in PyTorch (README, accuracy against time). Errors exit non-zero with
+one line.
 """
 from __future__ import annotations
 
