@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from stereonet_ros.model.checkpoint import load_checkpoint
 from stereonet_ros.model.stereonet import (ModelConfigError, StereoNet, StereoNetConfig, StereoOutput,
                                            difference_cost_volume, disparity_candidates, fold_batchnorm,
-                                           soft_argmin, to_channels_last)
+                                           guided_to, soft_argmin, to_channels_last)
 
 TAGS = ('96x160', '100x170')
 # The fixture README's recommended tolerances (CPU, float32).
@@ -160,7 +160,7 @@ def test_any_size_in_gives_the_same_size_out(height: int, width: int) -> None:
 def test_a_network_without_refiners_answers_at_the_input_size(height: int, width: int) -> None:
     """k_refinement_layers=0 (a valid config: the seed's range is 0..6) once answered at 1/8 of the input
     size, so a Predictor cropped that map to the image's size and returned a 1/8-size disparity: its output
-    is its soft argmin carried to the input size, as every level is carried up (bilinear, align_corners)."""
+    is its soft argmin carried to the input size, guided by the left image (guided_to, tested below)."""
     torch.manual_seed(0)
     model = StereoNet(StereoNetConfig(max_disparity=64, k_refinement_layers=0, disparity_grid='exact')).eval()
     left, right = torch.randn(2, 1, 1, height, width)
@@ -168,8 +168,60 @@ def test_a_network_without_refiners_answers_at_the_input_size(height: int, width
         output = model(left, right, with_pyramid=True)
         plain = model(left, right)
     assert len(output.pyramid) == 1 and output.pyramid[0].shape == (1, 1, -(-height // 8), -(-width // 8))
-    carried = F.interpolate(output.pyramid[0], size=(height, width), mode='bilinear', align_corners=True)
+    carried = guided_to(output.pyramid[0], left, 8, align_corners=True)
+    assert carried.shape == (1, 1, height, width)
     assert torch.equal(output.disparity, carried) and torch.equal(plain, carried)
+
+
+@pytest.mark.parametrize('align_corners', [True, False])
+@pytest.mark.parametrize('height, width', [(37, 51), (64, 96), (8, 9)])
+def test_guided_to_an_image_without_contrast_is_the_bilinear_resize(height: int, width: int,
+                                                                     align_corners: bool) -> None:
+    """With no floor on the spatial weights and nothing in the image to choose by, each pixel's weights are
+    the bilinear resize's: pins the cell geometry against torch's own resize, fractional sizes included."""
+    torch.manual_seed(0)
+    level = torch.rand(2, 1, -(-height // 8), -(-width // 8)) * 50
+    image = torch.full((2, 1, height, width), 0.3)
+    guided = guided_to(level, image, 8, align_corners, floor=0.0)
+    bilinear = F.interpolate(level, size=(height, width), mode='bilinear', align_corners=align_corners)
+    torch.testing.assert_close(guided, bilinear, atol=1e-4, rtol=0)
+
+
+def test_guided_to_places_a_depth_edge_where_the_image_has_it() -> None:
+    """A near surface (40 px) left of column 27 and a far one (10 px) from it, the image dark and bright on
+    either side; the cost volume's cell over the edge (columns 24-31) holds a blend (25 px). The bilinear
+    resize smears the edge over two cells; with the image the pixels take their own side."""
+    height = width = 64
+    columns = torch.arange(width)
+    truth = torch.where(columns < 27, 40.0, 10.0).expand(height, width)
+    image = torch.where(columns < 27, -0.8, 0.6).expand(1, 1, height, width).contiguous()
+    cells = torch.tensor([40.0, 40.0, 40.0, 25.0, 10.0, 10.0, 10.0, 10.0])
+    level = cells.expand(1, 1, 8, 8).contiguous()
+    guided = guided_to(level, image, 8, align_corners=True)[0, 0]
+    bilinear = F.interpolate(level, size=(height, width), mode='bilinear', align_corners=True)[0, 0]
+    near_edge = slice(16, 40)
+    assert float((guided - truth)[:, near_edge].abs().max()) < 0.5
+    assert float((bilinear - truth)[:, near_edge].abs().max()) > 10.0
+    # Away from the edge both are the surface itself.
+    assert float((guided - truth)[:, :8].abs().max()) < 1e-4 and float((guided - truth)[:, 48:].abs().max()) < 1e-4
+
+
+def test_guided_to_takes_only_the_nine_nearest_cells() -> None:
+    """One cell of 100 px among zeros: a pixel whose nearest cell is two or more cells from it gets exactly 0,
+    however much it looks like that cell (the image is constant), and nothing exceeds the spike."""
+    level = torch.zeros(1, 1, 6, 6)
+    level[0, 0, 2, 2] = 100.0
+    image = torch.zeros(1, 1, 48, 48)
+    guided = guided_to(level, image, 8, align_corners=True)[0, 0]
+    nearest = torch.round(torch.arange(48) * 5 / 47)  # align_corners: pixel x sits at x * (6 - 1) / (48 - 1) cells
+    far = ((nearest - 2).abs() >= 2)
+    assert float(guided[far, :].abs().max()) == 0.0 and float(guided[:, far].abs().max()) == 0.0
+    assert float(guided.max()) <= 100.0 and float(guided[~far][:, ~far].min()) > 0.0
+
+
+def test_guided_to_refuses_a_level_that_is_not_the_images_grid() -> None:
+    with pytest.raises(ValueError, match='cells'):
+        guided_to(torch.zeros(1, 1, 5, 7), torch.zeros(1, 1, 64, 64), 8, align_corners=True)
 
 
 def test_training_outputs_carry_both_pyramids_and_gradients() -> None:

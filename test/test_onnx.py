@@ -253,8 +253,9 @@ def test_a_network_with_the_photometric_cue_exports_and_gives_pytorchs_disparity
 
 def test_the_default_without_its_refiner_answers_its_carried_soft_argmin_in_pytorch_and_onnx(tmp_path: Path) -> None:
     """A checkpoint with no refiners (``with_refiner_count(..., 0)``) runs through the Predictor and the ONNX
-    export at the input size, and answers what the default truncated at level 0 answers: its soft argmin
-    carried up by one bilinear resize (before the fix the Predictor returned a 1/8-size map)."""
+    export at the input size (before the fix the Predictor returned a 1/8-size map), and answers its soft argmin
+    carried up: on most pixels what the default truncated at level 0 answers (the soft argmin resized
+    bilinearly), apart where the image moves a pixel to the other side of a depth edge (``guided_to``)."""
     import dataclasses
 
     from stereonet_ros.evaluation.refinement import at_level
@@ -269,7 +270,8 @@ def test_the_default_without_its_refiner_answers_its_carried_soft_argmin_in_pyto
     coarse = _quiet(lambda: Predictor.from_checkpoint(source, device='cpu')).predict(left, right)
     truncated = _quiet(lambda: Predictor(at_level(default, 0), device='cpu')).predict(left, right)
     assert coarse.shape == left.shape[:2]
-    assert np.abs(coarse - truncated).max() <= 1e-4
+    difference = np.abs(coarse - truncated)
+    assert np.median(difference) <= 0.5 and difference.max() > 1.0  # median 0.17 px on this crop
     out = tmp_path / 'coarse.onnx'
     _quiet(lambda: onnx_export.export_onnx(load_checkpoint(source), out, source=source))
     exported = _quiet(lambda: Predictor.from_checkpoint(out, device='cpu')).predict(left, right)

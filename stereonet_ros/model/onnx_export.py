@@ -39,7 +39,7 @@ from torch import nn
 from stereonet_ros.model.checkpoint import Checkpoint, InputContract
 from stereonet_ros.model.onnx_metadata import (FORMAT, INPUT_NAMES, METADATA_KEY, OPSET,  # noqa: F401
                                                OnnxMetadata, file_sha256, read_metadata)
-from stereonet_ros.model.stereonet import (StereoNet, StereoNetConfig, carried_to, fold_batchnorm,
+from stereonet_ros.model.stereonet import (StereoNet, StereoNetConfig, fold_batchnorm, guided_to,
                                           matching_confidence, refined_level, soft_argmin)
 
 PARITY_TOLERANCE_PX = 0.01
@@ -106,7 +106,8 @@ class ExportGraph(nn.Module):
             size = (height // 2 ** (levels - index), width // 2 ** (levels - index))  # StereoNet.refinement_sizes
             disparity = refined_level(refiner, left, right, disparity, size, 'left', config.align_corners,
                                       dtype=work)  # (1, 1, h_i, w_i), float32
-        disparity = carried_to(disparity, (height, width), config.align_corners)  # no refiners: the soft argmin
+        # No refiners: the soft argmin carried to the input size as StereoNet.forward does.
+        disparity = guided_to(disparity, left, config.downsampling_factor, config.align_corners)
         if not self.with_confidence:
             return disparity
         confidence = F.interpolate(matching_confidence(cost), size=(height, width), mode='bilinear',

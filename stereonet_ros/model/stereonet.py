@@ -281,12 +281,71 @@ class Refiner(nn.Module):
         return residual
 
 
-def carried_to(level: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
-    """A disparity level (input pixels) resized to ``size`` the way every level is carried up: bilinear,
-    with the network's ``align_corners``; a level already at ``size`` is returned as it is."""
-    if tuple(level.shape[-2:]) == tuple(size):
+GUIDE_SHARPNESS = 25.0
+"""Weight of the image in :func:`guided_to`: a neighbour cell whose mean differs from the pixel by ``delta``
+(mean over channels, units of the normalized input: 127.5 grey levels in this project's contract) counts
+``exp(-25 delta)`` as much, e.g. 0.14 for 10 grey levels. Chosen on Motorcycle at ``inference_scale`` 2 and on the
+held-out synthetic set at 1 (12.5-100 tried; docs/depth_quality.md), then checked on Aloe."""
+GUIDE_FLOOR = 0.01
+"""Floor of :func:`guided_to`'s spatial weights (bilinear weights + this): a cell the bilinear resize gives no
+weight, one step further, can still win where the image says the pixel belongs to it."""
+
+
+def _nearest_cells(level: torch.Tensor, dim: int, pixels: int,
+                   align_corners: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Along ``dim`` of ``level``: for each of ``pixels`` output positions, the indices of the cell nearest to it
+    and of its two neighbours (clamped to the grid), and each one's bilinear weight: ``max(0, 1 - |n - c|)`` for
+    a cell at ``n`` and the position at ``c`` in cells, ``c`` as :func:`torch.nn.functional.interpolate` places
+    it (clamped to the grid as it does), so that the weights are exactly the bilinear resize's."""
+    cells = level.shape[dim]
+    # The position of each output pixel in cells, placed by the resize itself: a ramp of cell indices resized.
+    ramp = torch.arange(cells, device=level.device, dtype=torch.float32).view(1, 1, 1, cells)
+    position = F.interpolate(ramp, size=(1, pixels), mode='bilinear', align_corners=align_corners).view(pixels)
+    nearest = torch.round(position)
+    indices, weights = [], []
+    for offset in (-1, 0, 1):
+        cell = nearest + offset
+        indices.append(cell.clamp(0, cells - 1).long())
+        weights.append((1 - (cell - position).abs()).clamp(min=0))  # a clamped duplicate keeps its own weight, 0
+    return indices, weights
+
+
+def guided_to(level: torch.Tensor, image: torch.Tensor, factor: int, align_corners: bool, *,
+              sharpness: float = GUIDE_SHARPNESS, floor: float = GUIDE_FLOOR) -> torch.Tensor:
+    """A coarse disparity level carried to the image's size, each pixel taking a weighted mean of the 3x3 cells
+    nearest to it, weighted by the bilinear resize's weights (+ ``floor``) times how much the cell's mean image
+    looks like the pixel (``exp(-sharpness * mean |image - cell mean|)``): a joint bilateral upsampling on the
+    coarse grid. Where the cells around a pixel hold one surface it is the bilinear resize; across a depth edge
+    a pixel takes the side its colour belongs to instead of a blend of both (a pixel on the aloe's leaf, not
+    halfway to the cloth behind it). The answer is a convex combination of the nine cells: never outside them.
+
+    Args:
+        level: ``(B, 1, h, w)`` disparity on the cost volume's grid, input pixels.
+        image: ``(B, C, H, W)`` the normalized reference image, ``h = ceil(H / factor)``, ``w = ceil(W / factor)``.
+        factor: input pixels per cell (``2^K``): a cell's mean is over its ``factor x factor`` pixels.
+        align_corners: where the cells sit, as the network's bilinear resizes place them.
+
+    With ``floor`` 0 and an image without contrast it is exactly the bilinear resize.
+    """
+    height, width = image.shape[2], image.shape[3]
+    if tuple(level.shape[-2:]) == (height, width):
         return level
-    return F.interpolate(level, size=size, mode='bilinear', align_corners=align_corners)
+    cell_means = F.avg_pool2d(image, factor, stride=factor, ceil_mode=True)
+    if cell_means.shape[-2:] != level.shape[-2:]:
+        raise ValueError(f'guided_to: a {height}x{width} image in cells of {factor} px has '
+                         f'{tuple(cell_means.shape[-2:])} cells, the level {tuple(level.shape[-2:])}')
+    rows, row_weights = _nearest_cells(level, 2, height, align_corners)
+    columns, column_weights = _nearest_cells(level, 3, width, align_corners)
+    candidates, logits = [], []
+    for row, row_weight in zip(rows, row_weights, strict=True):
+        level_rows, mean_rows = level.index_select(2, row), cell_means.index_select(2, row)
+        for column, column_weight in zip(columns, column_weights, strict=True):
+            candidates.append(level_rows.index_select(3, column))
+            difference = (image - mean_rows.index_select(3, column)).abs().mean(dim=1, keepdim=True)
+            spatial = torch.log(row_weight.view(height, 1) * column_weight.view(1, width) + floor)
+            logits.append(spatial - sharpness * difference)
+    weights = torch.softmax(torch.cat(logits, dim=1), dim=1)
+    return (weights * torch.cat(candidates, dim=1)).sum(dim=1, keepdim=True)
 
 
 def refined_level(refiner: Refiner, reference: torch.Tensor, target: torch.Tensor, disparity: torch.Tensor,
@@ -322,8 +381,8 @@ class StereoOutput:
     """
 
     disparity: torch.Tensor
-    """``(B, 1, H, W)`` left-view disparity: the last level of ``pyramid`` carried to the input size (with
-    refiners it is already there; without, it is the soft argmin resized)."""
+    """``(B, 1, H, W)`` left-view disparity: the last level of ``pyramid`` at the input size (with refiners it
+    is already there; without, it is the soft argmin carried there by :func:`guided_to`)."""
     pyramid: list[torch.Tensor]
     """Left-view pyramid."""
     right_pyramid: list[torch.Tensor] | None = None
@@ -339,7 +398,8 @@ class StereoNet(nn.Module):
 
     Inputs are normalized images ``(B, C, H, W)`` (see the checkpoint's input contract), equal
     shapes, ``H, W >= 2^K``. The state_dict keys equal the seed implementation's. Without refiners
-    (``k_refinement_layers=0``) the answer is the soft argmin carried to the input size.
+    (``k_refinement_layers=0``) the answer is the soft argmin carried to the input size by :func:`guided_to`
+    (the image decides which side of a depth edge each pixel takes).
     """
 
     def __init__(self, config: StereoNetConfig | None = None) -> None:
@@ -374,6 +434,11 @@ class StereoNet(nn.Module):
         candidates: torch.Tensor = self.candidates  # type: ignore[assignment]
         return self._refined(reference, target, soft_argmin(cost, candidates), side), cost
 
+    def _at_input_size(self, level: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """The answer from a pyramid's last level: the last refiner's output is at the input size already;
+        without refiners the soft argmin is carried there, guided by the reference image."""
+        return guided_to(level, reference, self.config.downsampling_factor, self.config.align_corners)
+
     def _refined(self, reference: torch.Tensor, target: torch.Tensor, coarse: torch.Tensor,
                  side: Side) -> list[torch.Tensor]:
         """``[coarse, refiner 1's level, ...]``: the hierarchical refinement of a coarse disparity."""
@@ -397,17 +462,16 @@ class StereoNet(nn.Module):
         input (``TrainConfig.coarse_input``).
         """
         self._check_inputs(left, right)
-        size = (left.shape[2], left.shape[3])
         if coarse is not None:
             pyramid = self._refined(left, right, coarse[0], 'left')
             right_pyramid = self._refined(right, left, coarse[1], 'right') if with_right else None
-            return StereoOutput(disparity=carried_to(pyramid[-1], size, self.config.align_corners), pyramid=pyramid,
+            return StereoOutput(disparity=self._at_input_size(pyramid[-1], left), pyramid=pyramid,
                                 right_pyramid=right_pyramid)
         # One pass of the shared extractor over both views (a batch of 2B) instead of two.
         features = self.feature_extractor(torch.cat((left, right), dim=0))
         left_features, right_features = features.chunk(2, dim=0)
         pyramid, cost = self._pyramid(left, right, left_features, right_features, 'left')
-        disparity = carried_to(pyramid[-1], size, self.config.align_corners)
+        disparity = self._at_input_size(pyramid[-1], left)
         if not (with_right or with_pyramid):
             return disparity
         right_pyramid = right_cost = None
