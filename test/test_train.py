@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from stereonet_ros.config import ConfigError, load
 from stereonet_ros.data.synthetic import SyntheticConfig, SyntheticStereoDataset
 from stereonet_ros.model.checkpoint import load_checkpoint, save_checkpoint
-from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig, disparity_candidates, refined_level
+from stereonet_ros.model.stereonet import (StereoNet, StereoNetConfig, StereoOutput, disparity_candidates, guided_to,
+                                           refined_level)
 from stereonet_ros.training.loss import cost_distribution_loss, stereo_pyramid_loss
 from stereonet_ros.precision import autocast_dtype_for
 from stereonet_ros.training.train import (StepBatches, TrainConfig, _export, initial_weights, learning_rate,
@@ -199,6 +200,31 @@ def test_the_cost_term_adds_its_weight_times_both_views_mean_and_not_on_an_oracl
     assert total.item() == pytest.approx(base.item() + 0.5 * (terms[0].item() + terms[1].item()) / 2, rel=1e-6)
     assert training_loss(weighted, output, gt_left, gt_right, None, None, oracle=True).item() == pytest.approx(
         training_loss(plain, output, gt_left, gt_right, None, None, oracle=True).item(), rel=1e-6)
+
+
+def test_the_guided_answer_term_scores_what_a_network_without_refiners_answers() -> None:
+    """A near surface left of column 27 and a far one from it, the image dark and bright on either side, and
+    a coarse level whose cell over the edge holds a blend: resized bilinearly it misses the edge by 30 px over
+    a cell, carried up by guided_to it is the truth (test_model). With ``loss_guided_answer`` that answer is one
+    more level, weighted as the coarse one, so the loss is about half; the right view the same way, guided by
+    the right image."""
+    plain = load(TrainConfig, overrides=[*TINY, 'model.k_refinement_layers=0'])
+    guided = load(TrainConfig, overrides=[*TINY, 'model.k_refinement_layers=0', 'loss_guided_answer=true'])
+    columns = torch.arange(64)
+    truth = torch.where(columns < 27, 40.0, 10.0).expand(1, 1, 64, 64).contiguous()
+    image = torch.where(columns < 27, -0.8, 0.6).expand(1, 1, 64, 64).contiguous()
+    level = torch.tensor([40.0, 40.0, 40.0, 25.0, 10.0, 10.0, 10.0, 10.0]).expand(1, 1, 8, 8).contiguous()
+    answer = guided_to(level, image, 8, align_corners=True)
+    output = StereoOutput(disparity=answer, pyramid=[level], right_pyramid=[level])
+    base = training_loss(plain, output, truth, truth, None, None, oracle=False)
+    total = training_loss(guided, output, truth, truth, None, None, oracle=False, right_image=image)
+    answer_alone = stereo_pyramid_loss([answer], None, truth, None, None, None, 64.0, c=guided.loss_c)
+    assert base.item() > 0.1 and answer_alone.item() < 0.01 * base.item()
+    assert total.item() == pytest.approx((base.item() + answer_alone.item()) / 2, rel=1e-5)
+    with pytest.raises(ConfigError, match='right image'):
+        training_loss(guided, output, truth, truth, None, None, oracle=False)
+    with pytest.raises(ConfigError, match='k_refinement_layers=0'):
+        load(TrainConfig, overrides=[*TINY, 'model.k_refinement_layers=1', 'loss_guided_answer=true'])
 
 
 def _state(folder: Path) -> dict[str, object]:

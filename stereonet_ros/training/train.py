@@ -49,7 +49,7 @@ import yaml
 from stereonet_ros.config import ConfigError, load, to_dict
 from stereonet_ros.data.synthetic import SyntheticConfig, SyntheticStereoDataset, worker_init_fn
 from stereonet_ros.model.checkpoint import Checkpoint, InputContract, save_checkpoint
-from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig, disparity_candidates, to_channels_last
+from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig, disparity_candidates, guided_to, to_channels_last
 from stereonet_ros.precision import autocast_dtype_for, cpu_has_native_bf16
 from stereonet_ros.training.loss import cost_distribution_loss, stereo_pyramid_loss
 
@@ -106,6 +106,11 @@ class TrainConfig:
     cells away from depth edges, so that the soft argmin is not pulled towards the candidates."""
     loss_cost_sigma: float = 1.0
     """That target's width, in candidate spacings."""
+    loss_guided_answer: bool = False
+    """Without refiners (``model.k_refinement_layers=0``): the pyramid loss also scores the answer, the soft
+    argmin carried up by :func:`~stereonet_ros.model.stereonet.guided_to` (one more level, weighted as each),
+    so that the coarse stage learns cells the image-guided carry can use (a cell over a depth edge that holds
+    one side, not a blend). False = the soft argmin alone, resized bilinearly in the loss."""
     supervise_occluded: bool = True
     """Also supervise occluded pixels (their ground truth is exact in synthetic data)."""
     seed: int = 0
@@ -189,6 +194,9 @@ class TrainConfig:
             raise ConfigError('validation_seed must differ from seed (held-out data)')
         if self.coarse_input != 'network' and self.train_parts != 'refiners':
             raise ConfigError(f"coarse_input={self.coarse_input!r} trains the refiners alone: set train_parts=refiners")
+        if self.loss_guided_answer and self.model.k_refinement_layers != 0:
+            raise ConfigError('loss_guided_answer scores the answer of a network without refiners: '
+                              f'set model.k_refinement_layers=0 (not {self.model.k_refinement_layers})')
         if not 0.0 <= self.oracle_fraction <= 1.0:
             raise ConfigError(f'oracle_fraction={self.oracle_fraction!r}: must be in [0, 1]')
 
@@ -269,15 +277,24 @@ def oracle_coarse(truth: torch.Tensor, factor: int, fallback: torch.Tensor | Non
 
 
 def training_loss(config: TrainConfig, output: Any, gt_left: torch.Tensor, gt_right: torch.Tensor,
-                  valid_left: torch.Tensor | None, valid_right: torch.Tensor | None, oracle: bool) -> torch.Tensor:
+                  valid_left: torch.Tensor | None, valid_right: torch.Tensor | None, oracle: bool,
+                  right_image: torch.Tensor | None = None) -> torch.Tensor:
     """The loss of one training forward (``with_right=True``): every pyramid level of both views, but for
     an oracle coarse input its level 0, which is the truth itself and has nothing to learn from; with
-    ``loss_cost_weight`` > 0 and the network's own coarse stage, plus that weight times the mean over
-    both views of :func:`cost_distribution_loss`."""
+    ``loss_guided_answer``, also each view's answer carried up by ``guided_to`` (the right view's guided by
+    ``right_image``, the normalized right image); with ``loss_cost_weight`` > 0 and the network's own coarse
+    stage, plus that weight times the mean over both views of :func:`cost_distribution_loss`."""
     first = 1 if oracle else 0
     max_disparity = float(config.model.max_disparity)
-    loss = stereo_pyramid_loss([p.float() for p in output.pyramid[first:]],
-                               [p.float() for p in output.right_pyramid[first:]], gt_left, gt_right,
+    left_levels = [p.float() for p in output.pyramid[first:]]
+    right_levels = [p.float() for p in output.right_pyramid[first:]]
+    if config.loss_guided_answer:
+        if right_image is None:
+            raise ConfigError('loss_guided_answer needs the right image to carry the right view up')
+        left_levels.append(output.disparity.float())
+        right_levels.append(guided_to(output.right_pyramid[-1], right_image, config.model.downsampling_factor,
+                                      config.model.align_corners).float())
+    loss = stereo_pyramid_loss(left_levels, right_levels, gt_left, gt_right,
                                valid_left, valid_right, max_disparity, alpha=config.loss_alpha, c=config.loss_c)
     if config.loss_cost_weight == 0 or oracle:
         return loss
@@ -615,7 +632,7 @@ def train(config: TrainConfig, output_dir: Path, *, stop_after: int | None = Non
                        oracle_coarse(gt_right, config.model.downsampling_factor)) if oracle else None)
             with torch.autocast(device_type=device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
                 output = runner(left, right, with_right=True, coarse=coarse)
-            loss = training_loss(config, output, gt_left, gt_right, valid_left, valid_right, oracle)
+            loss = training_loss(config, output, gt_left, gt_right, valid_left, valid_right, oracle, right)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f'loss is {loss.item()} at step {step}; last good state is in {state_path}')
             optimizer.zero_grad(set_to_none=True)
