@@ -151,9 +151,9 @@ def generate_launch_description():
                               description="Network on the pair resized by this, 0.1..2.5 (above 1: finer, "
                               "slower); '' = the params file's (1.0)"),
         DeclareLaunchArgument('refine', default_value='',
-                              description="true or false: false skips the refiner (the soft argmin carried up, "
-                              "about a quarter of the time; with inference_scale 2, better on real pairs than "
-                              "the whole network at 1); '' = the params file's (true)"),
+                              description="true or false: false skips the refiner (the soft argmin carried up "
+                              "guided by the image, about a third of the time; with inference_scale 2, better on "
+                              "real pairs than the whole network at 1); '' = the params file's (true)"),
         DeclareLaunchArgument('approximate_sync', default_value='',
                               description="true or false; '' = the params file's (false)"),
         DeclareLaunchArgument('queue_size', default_value='',

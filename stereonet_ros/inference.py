@@ -106,11 +106,12 @@ def placeholder_checkpoint() -> Checkpoint:
 
 
 def without_refiners(checkpoint: Checkpoint) -> Checkpoint:
-    """``checkpoint`` with no refiners: its answer is its soft argmin carried to the input size.
+    """``checkpoint`` with no refiners: its answer is its soft argmin carried to the input size guided by the
+    image (:func:`~stereonet_ros.model.stereonet.guided_to`).
 
-    On a real camera the refiner is most of the time (three quarters at 640x480 on a CPU) and the coarse
-    stage most of the accuracy: the coarse stage alone on the pair enlarged twice (``inference_scale`` 2)
-    costs about what the whole network does at 1 and scores far better (README, accuracy against time).
+    On a real camera the refiner is most of the time (two thirds at 741x500 on a CPU) and the coarse stage
+    most of the accuracy: the coarse stage alone on the pair enlarged twice (``inference_scale`` 2) costs 1.4
+    times what the whole network does at 1 and scores far better (README, accuracy against time).
     """
     from stereonet_ros.model.surgery import with_refiner_count
 
@@ -293,7 +294,7 @@ class Predictor(CheckpointFacts):
         :class:`~stereonet_ros.onnx_backend.OnnxPredictor`, with the same ``infer``.
 
         ``refine=False`` drops the refiners (:func:`without_refiners`): the answer is the cost volume's soft
-        argmin carried to the input size, for about a quarter of the time at a given size.
+        argmin carried to the input size guided by the image, for about a third of the time at a given size.
 
         While no trained default is bundled, ``None`` gives the untrained placeholder and warns.
 

@@ -132,9 +132,10 @@ class NodeConfig:
         1.0, 'Run the network on images resized by this factor: below 1 faster, above 1 finer (about scale^2 '
         'the time); outputs are at the input resolution, in its pixels', MIN_INFERENCE_SCALE, MAX_INFERENCE_SCALE)
     refine: bool = _param(
-        True, "Run the refiner: false answers with the cost volume's soft argmin carried to the input size, in "
-        'PyTorch, for about a quarter of the time at a given size; with inference_scale 2 it costs about what '
-        'the whole network does at 1 and scores better on both real pairs (README, accuracy against time)')
+        True, "Run the refiner: false answers with the cost volume's soft argmin carried to the input size guided "
+        'by the image, in PyTorch, for about a third of the time at a given size; with inference_scale 2 it costs '
+        '1.4 times what the whole network does at 1 and scores better on both real pairs (README, accuracy against '
+        'time)')
     max_pixels: int = _param(
         DEFAULT_MAX_PIXELS, 'Most pixels the network runs on (after inference_scale): a larger pair runs at the '
         'largest smaller scale that fits (a throttled warning says so), or is dropped when even 0.1 does not; '

@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='run the network on the pair resized by S, in [0.1, 2.5] (above 1: finer, about S^2 '
                         'the time); the disparity comes back at the input size, in input pixels (default 1)')
     parser.add_argument('--no-refine', action='store_true',
-                        help='skip the refiner: the soft argmin carried to the input size, about a quarter of the '
-                        "time (a checkpoint, in PyTorch; the node's refine false)")
+                        help='skip the refiner: the soft argmin carried to the input size guided by the image, about '
+                        "a third of the time (a checkpoint, in PyTorch; the node's refine false)")
     parser.add_argument('--max-pixels', type=int, default=None, metavar='N',
                         help='most pixels the network runs on (after --inference-scale): a larger pair runs at the '
                         'largest smaller scale that fits, with a warning (default 4000000: about 3 GiB on a CPU)')
