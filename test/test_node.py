@@ -730,8 +730,10 @@ def test_run_time_parameter_changes_are_applied_or_refused_with_a_reason(client:
     result = client.set_parameter('inference_scale', 2.5001)
     assert not result.successful
     assert client.node_process.process.poll() is None
+    start = len(client.node_process.text())
     result = client.set_parameter('inference_scale', 2.5)
     assert result.successful, result.reason
+    client.wait_for_log('max disparity 192 px, 76.8 px of the input at scale 2.5', start)  # logged as it changes
     disparity = client.send_good(left, right, topics=('disparity',))['disparity']
     assert as_float_image(disparity.image).shape == (HEIGHT, WIDTH)  # the input's size
     assert disparity.max_disparity == pytest.approx(192.0 * WIDTH / round(WIDTH * 2.5) - (CX_LEFT - CX_RIGHT))

@@ -344,9 +344,14 @@ class StereoNetNode(Node):
         predictor = self._processor.predictor
         source = self._config.checkpoint or 'bundled default'
         placeholder = ' (UNTRAINED PLACEHOLDER)' if predictor.is_placeholder else ''
-        return (f'checkpoint {source}{placeholder}, {predictor.contract.color} input, max disparity '
-                f'{predictor.contract.max_disparity:g} px, {predictor.config.k_refinement_layers} refiner(s), '
-                f'device {predictor.device}, {predictor.precision}, {_backend_name(predictor)}')
+        reach = predictor.contract.max_disparity
+        scale = self._config.inference_scale
+        # The network's range is in its own pixels: at inference_scale 2 a camera sees half of it.
+        at_scale = f', {reach / scale:g} px of the input at scale {scale:g}' if scale != 1.0 else ''
+        reach_text = f'{reach:g} px{at_scale}'
+        return (f'checkpoint {source}{placeholder}, {predictor.contract.color} input, max disparity {reach_text}, '
+                f'{predictor.config.k_refinement_layers} refiner(s), device {predictor.device}, {predictor.precision}, '
+                f'{_backend_name(predictor)}')
 
     @staticmethod
     def _make_synchronizer(config: NodeConfig) -> StereoSynchronizer[Any]:
@@ -390,7 +395,8 @@ class StereoNetNode(Node):
         if changed:
             summary = ', '.join(f'{key}={getattr(new, key)!r}' for key in sorted(changed))
             self.get_logger().info(f'parameters changed: {summary}'
-                                   + (f'; now {self._describe_model()}' if changed & MODEL_KEYS else ''))
+                                   + (f'; now {self._describe_model()}'
+                                      if changed & (MODEL_KEYS | {'inference_scale'}) else ''))
         return SetParametersResult(successful=True)
 
     def _subscription_names(self) -> list[str]:
