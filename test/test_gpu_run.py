@@ -71,7 +71,11 @@ def test_the_rehearsal_runs_every_step_on_the_cpu_without_ros_rosbags_or_pytest(
         assert device['seed-eager-fp32']['status'] == 'ok' and device['seed-eager-fp32']['median_ms'] > 0
         assert device['ours-eager-fp32']['vs_seed'] > 0
         assert device['ours-graph-fp32'] == {'status': 'skipped', 'reason': 'CUDA graphs need CUDA'}
-        assert summary['forward']['sizes'][size]['host']['ours-eager-fp32']['status'] == 'ok'
+        host = summary['forward']['sizes'][size]['host']
+        assert host['ours-eager-fp32']['status'] == 'ok'
+        # refine false at inference_scale 2 (the README's setting for better depth) is timed too
+        assert host['ours-eager-norefine-scale2-fp32']['status'] == 'ok'
+        assert host['ours-graph-norefine-scale2-fp32'] == {'status': 'skipped', 'reason': 'CUDA graphs need CUDA'}
 
     # Where the time goes: the eager pass's operators (here the CPU's; on CUDA also the kernels), by input shape.
     profile = summary['forward']['profile']

@@ -103,7 +103,7 @@ def _variants(device: str, left: npt.NDArray[np.uint8], right: npt.NDArray[np.ui
     """(name, setup) in the order they are timed; ``setup()`` builds the variant and returns its call."""
     import torch
 
-    from stereonet_ros.inference import DEFAULT_CHECKPOINT, Predictor
+    from stereonet_ros.inference import DEFAULT_CHECKPOINT, Predictor, without_refiners
     from stereonet_ros.model.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(DEFAULT_CHECKPOINT)
@@ -142,6 +142,16 @@ def _variants(device: str, left: npt.NDArray[np.uint8], right: npt.NDArray[np.ui
                     ours = predictor(precision, mode == 'graph')
                     return lambda: ours.infer(left, right)
                 variants.append((f'ours-{mode}-{precision}', host))
+        # The README's setting for better depth, refine false at inference_scale 2: what it costs on the device.
+        for precision in PRECISIONS:
+            for mode in ('eager', 'graph'):
+                def unrefined(precision: str = precision, mode: str = mode) -> Callable[[], Any]:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter('ignore')
+                        ours = Predictor(without_refiners(checkpoint), device=device,
+                                         precision=precision, cuda_graphs=mode == 'graph')  # type: ignore[arg-type]
+                    return lambda: ours.infer(left, right, scale=2.0)
+                variants.append((f'ours-{mode}-norefine-scale2-{precision}', unrefined))
     return variants
 
 

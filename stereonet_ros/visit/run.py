@@ -8,7 +8,8 @@ Steps, in this order, each in a process of its own with its own time limit (:mod
     CUDA fp32 against CPU fp32 on Motorcycle (<= 0.01 px), bf16 and fp16 against fp32 (reported), graph
     replay against eager, no host synchronization in the pass, uint8 upload against the float path; the
     step runs them itself where pytest is missing or fails, and the first two always, for their figures;
-(b) ``forward``: the forward timing of :mod:`stereonet_ros.visit.forward` at 960x544 and 640x480;
+(b) ``forward``: the forward timing of :mod:`stereonet_ros.visit.forward` at 960x544 and 640x480 (and, last, of
+    ``refine`` false at ``inference_scale`` 2, the README's setting for better depth);
 (c) ``node_processing``: the node's decode, inference and post-processing per pair at 960x540;
 (d) ``training``: a burst of the current recipe from its latest best (``burst.start_checkpoint``) (:mod:`stereonet_ros.visit.burst`),
     with whatever time (a)-(c) left but the evaluation's share;
