@@ -285,7 +285,7 @@ GUIDE_SHARPNESS = 25.0
 """Weight of the image in :func:`guided_to`: a neighbour cell whose mean differs from the pixel by ``delta``
 (mean over channels, units of the normalized input: 127.5 grey levels in this project's contract) counts
 ``exp(-25 delta)`` as much, e.g. 0.14 for 10 grey levels. Chosen on Motorcycle at ``inference_scale`` 2 and on the
-held-out synthetic set at 1 (12.5-100 tried; docs/depth_quality.md), then checked on Aloe."""
+held-out synthetic set at 1 (12.5-100 tried: ``benchmarks/guided_carry.py``, docs/depth_quality.md)."""
 GUIDE_FLOOR = 0.01
 """Floor of :func:`guided_to`'s spatial weights (bilinear weights + this): a cell the bilinear resize gives no
 weight, one step further, can still win where the image says the pixel belongs to it."""
