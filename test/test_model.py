@@ -219,6 +219,18 @@ def test_guided_to_takes_only_the_nine_nearest_cells() -> None:
     assert float(guided.max()) <= 100.0 and float(guided[~far][:, ~far].min()) > 0.0
 
 
+def test_guided_to_answers_a_pixel_unlike_every_cell_near_it() -> None:
+    """A one-pixel highlight far brighter than any cell mean around it: each of its nine weights alone would
+    underflow to 0 in float32 (exp(-25 * 1000)); it still gets a finite answer among its cells."""
+    level = torch.arange(64.0).view(1, 1, 8, 8)
+    image = torch.zeros(1, 1, 64, 64)
+    image[0, 0, 29, 35] = 1000.0
+    guided = guided_to(level, image, 8, align_corners=False)[0, 0]
+    assert bool(torch.isfinite(guided).all())
+    nine = level[0, 0, 2:5, 3:6]  # the highlight's cell (3, 4) and its neighbours
+    assert float(nine.min()) <= float(guided[29, 35]) <= float(nine.max())
+
+
 def test_guided_to_refuses_a_level_that_is_not_the_images_grid() -> None:
     with pytest.raises(ValueError, match='cells'):
         guided_to(torch.zeros(1, 1, 5, 7), torch.zeros(1, 1, 64, 64), 8, align_corners=True)
