@@ -3,13 +3,14 @@ the CLIs get a predictor.
 
 - A path ending in ``.onnx`` runs in ONNX Runtime (:class:`~stereonet_ros.onnx_backend.OnnxPredictor`).
 - A checkpoint (``.safetensors``, a seed ``.ckpt``) runs in PyTorch (:class:`~stereonet_ros.inference.Predictor`).
-- The bundled default (no path) ships both ways: the checkpoint and its export
-  (:data:`DEFAULT_ONNX`, made from exactly that file; its metadata records the checkpoint's SHA-256).
-  ``backend='auto'`` runs it in ONNX Runtime when the inference runs on the CPU in float32, because
-  there ONNX Runtime takes 0.57-0.69x PyTorch's time (``benchmarks/backends.py``) and needs no PyTorch
-  at all; on a GPU, or in bf16/fp16, PyTorch (CUDA graphs, autocast).
+- The bundled default (no path) ships three ways: the checkpoint and two exports of exactly that file
+  (their metadata record the checkpoint's SHA-256), :data:`DEFAULT_ONNX` with its refiners and
+  :data:`DEFAULT_NOREFINE_ONNX` without them (what ``refine=False`` runs). ``backend='auto'`` runs it in ONNX
+  Runtime when the inference runs on the CPU in float32, because there it needs no PyTorch at all (and on
+  the 2026-11-29 EPYC took 0.57-0.69x PyTorch's time; machines differ: ``benchmarks/backends.py``); on a
+  GPU, or in bf16/fp16, PyTorch (CUDA graphs, autocast).
 - Without its refiners (``refine=False``, :func:`~stereonet_ros.inference.without_refiners`) a checkpoint
-  runs in PyTorch: the export keeps them.
+  file runs in PyTorch, and an ``.onnx`` file is refused: it runs as it was exported.
 
 Deciding "on the CPU" must not import PyTorch where it would not be used: ``device='cpu'`` is the CPU;
 ``device='auto'`` is the CPU when no NVIDIA device node exists (a CUDA device needs the driver's
@@ -34,19 +35,36 @@ if TYPE_CHECKING:
 Backend = Literal['auto', 'pytorch', 'onnxruntime']
 BACKENDS: tuple[Backend, ...] = ('auto', 'pytorch', 'onnxruntime')
 
-DEFAULT_ONNX = DEFAULT_CHECKPOINT.with_suffix('.onnx')
+
+
+def export_path(checkpoint: Path, refine: bool = True) -> Path:
+    """Where the export of ``checkpoint`` that ``refine`` runs lies beside it (``promote`` writes both):
+    ``name.onnx`` with its refiners, ``name_norefine.onnx`` without them."""
+    return checkpoint.with_suffix('.onnx') if refine else checkpoint.with_name(f'{checkpoint.stem}_norefine.onnx')
+
+
+DEFAULT_ONNX = export_path(DEFAULT_CHECKPOINT)
 """The bundled default exported by ``stereonet-export --confidence`` (dynamic size, float32)."""
+
+DEFAULT_NOREFINE_ONNX = export_path(DEFAULT_CHECKPOINT, refine=False)
+"""The same without its refiners (``stereonet-export --no-refine --confidence``): the bundled default's
+``refine=False`` in ONNX Runtime."""
 
 NVIDIA_DEVICE_NODES = (Path('/dev/nvidiactl'), Path('/dev/nvhost-ctrl-gpu'))
 """Device files without which no CUDA device is usable: the desktop/server driver's, and Jetson's (L4T)."""
 
 
-def default_onnx_is_current(onnx_path: Path = DEFAULT_ONNX, checkpoint: Path = DEFAULT_CHECKPOINT) -> bool:
-    """Whether ``onnx_path`` exists and was exported from ``checkpoint`` as it is now (SHA-256 recorded
-    in its metadata): a default promoted without a new export must not run the old weights."""
+def default_onnx_is_current(onnx_path: Path | None = None, checkpoint: Path = DEFAULT_CHECKPOINT, *,
+                            refine: bool = True) -> bool:
+    """Whether ``onnx_path`` (default: :func:`export_path` of ``checkpoint`` and ``refine``) exists and was
+    exported from ``checkpoint`` as it is now (SHA-256 recorded in its metadata): a default promoted without new exports
+    must not run the old weights. For ``refine=False`` it must also hold no refiners, so that a refine
+    export put in its place is never run as the network without them."""
+    onnx_path = export_path(checkpoint, refine) if onnx_path is None else onnx_path
     if not (onnx_path.is_file() and checkpoint.is_file()):
         return False
-    return _export_matches(onnx_path, _identity(onnx_path), checkpoint, _identity(checkpoint))
+    recorded_sha256, refiners = _recorded_source(onnx_path, _identity(onnx_path))
+    return recorded_sha256 == _sha256(checkpoint, _identity(checkpoint)) and (refine or refiners == 0)
 
 
 def _identity(path: Path) -> tuple[int, int, int]:
@@ -55,14 +73,20 @@ def _identity(path: Path) -> tuple[int, int, int]:
     return status.st_ino, status.st_size, status.st_mtime_ns
 
 
+# Reading what an export records loads it in ONNX Runtime and hashing reads the checkpoint: about 0.1 s
+# each, paid once per file as it is, not at every model switch of a running node.
 @functools.lru_cache(maxsize=8)
-def _export_matches(onnx_path: Path, _onnx_identity: tuple[int, int, int], checkpoint: Path,
-                    _checkpoint_identity: tuple[int, int, int]) -> bool:
-    # Reading the recorded hash loads the model in ONNX Runtime and hashing reads the checkpoint: about
-    # 0.1 s, paid once per pair of files as they are, not at every model switch of a running node.
-    from stereonet_ros.model.onnx_metadata import file_sha256, read_recorded_source_sha256
+def _recorded_source(onnx_path: Path, _identity: tuple[int, int, int]) -> tuple[str | None, int | None]:
+    from stereonet_ros.model.onnx_metadata import read_recorded_source
 
-    return read_recorded_source_sha256(onnx_path) == file_sha256(checkpoint)
+    return read_recorded_source(onnx_path)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: Path, _identity: tuple[int, int, int]) -> str:
+    from stereonet_ros.model.onnx_metadata import file_sha256
+
+    return file_sha256(path)
 
 
 def cuda_may_exist() -> bool:
@@ -87,24 +111,21 @@ def runs_on_cpu(device: str) -> bool:
 
 def chosen_backend(path: str | os.PathLike[str] | None, device: str, precision: Precision,
                    backend: Backend = 'auto', refine: bool = True) -> Literal['pytorch', 'onnxruntime']:
-    """Which backend :func:`open_predictor` runs ``path`` with (module doc); without its refiners
-    (``refine=False``) a checkpoint runs in PyTorch (an ONNX export keeps them).
+    """Which backend :func:`open_predictor` runs ``path`` with (module doc). Without its refiners
+    (``refine=False``) the bundled default runs its refiner-less export where it would run its export,
+    and a checkpoint file runs in PyTorch.
 
     Raises:
         InputError: a backend that cannot run this file (a checkpoint in ONNX Runtime, an ``.onnx`` in
-            PyTorch), an unknown backend, or ``refine=False`` with an ``.onnx`` file or backend onnxruntime.
+            PyTorch), an unknown backend, ``refine=False`` with an ``.onnx`` file, or backend onnxruntime
+            for the bundled default whose export is missing or stale.
     """
     if backend not in BACKENDS:
         raise InputError(f'backend {backend!r}: must be one of {list(BACKENDS)}')
-    is_onnx = path is not None and Path(path).suffix.lower() == '.onnx'
-    if not refine:
-        if is_onnx or backend == 'onnxruntime':
-            raise InputError(f'refine false runs a checkpoint without its refiners in PyTorch, not '
-                             f'{path if is_onnx else "backend onnxruntime"}: use a checkpoint with backend auto or '
-                             'pytorch, or run an export made without them (stereonet-export --no-refine) with '
-                             'refine true')
-        return 'pytorch'
-    if is_onnx:
+    if path is not None and Path(path).suffix.lower() == '.onnx':
+        if not refine:
+            raise InputError(f'refine false: the ONNX model {path} runs as it was exported; pass its checkpoint, '
+                             'or run an export made without refiners (stereonet-export --no-refine) with refine true')
         if backend == 'pytorch':
             raise InputError(f'backend pytorch cannot run the ONNX model {path}: use backend auto or onnxruntime')
         return 'onnxruntime'
@@ -114,13 +135,14 @@ def chosen_backend(path: str | os.PathLike[str] | None, device: str, precision: 
         if backend == 'onnxruntime':
             raise InputError(f'backend onnxruntime runs .onnx files: export {path} with stereonet-export first')
         return 'pytorch'
+    export = export_path(DEFAULT_CHECKPOINT, refine)
     if backend == 'onnxruntime':
-        if not default_onnx_is_current():
-            raise InputError(f'backend onnxruntime: {DEFAULT_ONNX} is missing or was not exported from the bundled '
-                             'default checkpoint')
+        if not default_onnx_is_current(export, refine=refine):
+            raise InputError(f'backend onnxruntime: {export} is missing or was not exported from the bundled '
+                             f'default checkpoint{"" if refine else " without its refiners"}')
         return 'onnxruntime'
     usable = (precision == 'fp32' and importlib.util.find_spec('onnxruntime') is not None
-              and default_onnx_is_current())
+              and default_onnx_is_current(export, refine=refine))
     return 'onnxruntime' if usable and runs_on_cpu(device) else 'pytorch'
 
 
@@ -134,15 +156,15 @@ def open_predictor(path: str | os.PathLike[str] | None = None, device: str = 'au
 
     Raises:
         CheckpointError: the file cannot be used (message says why).
-        InputError: bad device, precision, backend or threads, or ``refine=False`` with an ONNX model.
+        InputError: bad device, precision, backend or threads, or ``refine=False`` with an ``.onnx`` file.
     """
     if threads < 0:
         raise InputError(f'threads {threads}: must be >= 0')
     if chosen_backend(path, device, precision, backend, refine) == 'onnxruntime':
         from stereonet_ros.onnx_backend import OnnxPredictor
 
-        return OnnxPredictor(DEFAULT_ONNX if path is None else path, device=device, precision=precision,
-                             threads=threads)
+        return OnnxPredictor(export_path(DEFAULT_CHECKPOINT, refine) if path is None else path, device=device,
+                             precision=precision, threads=threads)
     from stereonet_ros.inference import Predictor
 
     if threads:

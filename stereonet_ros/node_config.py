@@ -133,7 +133,8 @@ class NodeConfig:
         'the time); outputs are at the input resolution, in its pixels', MIN_INFERENCE_SCALE, MAX_INFERENCE_SCALE)
     refine: bool = _param(
         True, "Run the refiner: false answers with the cost volume's soft argmin carried to the input size guided "
-        'by the image, in PyTorch, for about a third of the time at a given size; with inference_scale 2 it costs '
+        "by the image (the bundled default's export without refiners where backend runs it in ONNX Runtime, a "
+        'checkpoint file in PyTorch), for about a third of the time at a given size; with inference_scale 2 it costs '
         '1.4 times what the whole network does at 1 and scores better on both real pairs (README, accuracy against '
         'time)')
     max_pixels: int = _param(

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from stereonet_ros import backends
-from stereonet_ros.backends import DEFAULT_ONNX, chosen_backend, default_onnx_is_current, runs_on_cpu
+from stereonet_ros.backends import (DEFAULT_NOREFINE_ONNX, DEFAULT_ONNX, chosen_backend, default_onnx_is_current,
+                                    runs_on_cpu)
 from stereonet_ros.inference import DEFAULT_CHECKPOINT, InputError, resize
 from stereonet_ros.inference_common import bilinear_array, resize_array
 from stereonet_ros.processing import is_device_error
@@ -28,8 +29,11 @@ def no_gpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_the_shipped_onnx_is_the_export_of_the_shipped_default() -> None:
-    """Promote writes both; a default replaced without a new export must fail here (and auto then uses PyTorch)."""
+    """Promote writes all three; a default replaced without new exports must fail here (and auto then uses
+    PyTorch)."""
     assert default_onnx_is_current(), f'run: stereonet-export --out {DEFAULT_ONNX} --confidence'
+    assert default_onnx_is_current(refine=False), \
+        f'run: stereonet-export --out {DEFAULT_NOREFINE_ONNX} --confidence --no-refine'
 
 
 def test_a_changed_checkpoint_makes_the_export_stale(tmp_path: Path) -> None:
@@ -43,6 +47,16 @@ def test_a_changed_checkpoint_makes_the_export_stale(tmp_path: Path) -> None:
     assert not default_onnx_is_current(tmp_path / 'missing.onnx', checkpoint)
     export.write_bytes(b'not onnx')
     assert not default_onnx_is_current(export, checkpoint)
+
+
+def test_an_export_with_refiners_is_not_taken_for_the_one_without(tmp_path: Path) -> None:
+    """Both exports record the same checkpoint; refine false must not run the refine export by mistake."""
+    checkpoint = tmp_path / 'default.safetensors'
+    shutil.copyfile(DEFAULT_CHECKPOINT, checkpoint)
+    shutil.copyfile(DEFAULT_ONNX, tmp_path / 'default_norefine.onnx')
+    assert not default_onnx_is_current(None, checkpoint, refine=False)
+    shutil.copyfile(DEFAULT_NOREFINE_ONNX, tmp_path / 'default_norefine.onnx')
+    assert default_onnx_is_current(None, checkpoint, refine=False)
 
 
 @pytest.mark.usefixtures('no_gpu')
@@ -71,29 +85,52 @@ def test_a_backend_that_cannot_run_the_file_is_refused(path: str | None, backend
 
 
 @pytest.mark.usefixtures('no_gpu')
-def test_without_refiners_a_checkpoint_runs_in_pytorch_and_an_export_is_refused(tmp_path: Path) -> None:
-    """The export keeps its refiners: refine=False takes the checkpoint, even the bundled default's on a CPU in
-    fp32 (where 'auto' would take ONNX Runtime), and says why it cannot take an .onnx or backend onnxruntime."""
-    assert chosen_backend(None, 'cpu', 'fp32', 'auto', refine=False) == 'pytorch'
-    assert chosen_backend(None, 'cpu', 'fp32', 'pytorch', refine=False) == 'pytorch'
-    for path, backend in (('model.onnx', 'auto'), (None, 'onnxruntime')):
-        with pytest.raises(InputError, match='^refine false runs a checkpoint without its refiners in PyTorch'):
-            chosen_backend(path, 'cpu', 'fp32', backend, refine=False)  # type: ignore[arg-type]
-    predictor = backends.open_predictor(None, device='cpu', refine=False)
-    assert predictor.config.k_refinement_layers == 0 and not list(predictor.model.refiners)
-    assert backends.open_predictor(None, device='cpu').config.k_refinement_layers == 1  # the default keeps its own
-    from stereonet_ros.inference import Predictor
+@pytest.mark.parametrize('path, device, precision, backend, expected', [
+    (None, 'cpu', 'fp32', 'auto', 'onnxruntime'),   # the bundled default's export without refiners
+    (None, 'cpu', 'fp32', 'onnxruntime', 'onnxruntime'),
+    (None, 'cpu', 'bf16', 'auto', 'pytorch'),
+    (None, 'cuda', 'fp32', 'auto', 'pytorch'),
+    (None, 'cpu', 'fp32', 'pytorch', 'pytorch'),
+    ('weights.safetensors', 'cpu', 'fp32', 'auto', 'pytorch'),  # a checkpoint file: its refiners dropped in PyTorch
+])
+def test_the_backend_rule_without_refiners(path: str | None, device: str, precision: str, backend: str,
+                                           expected: str) -> None:
+    assert chosen_backend(path, device, precision, backend, refine=False) == expected  # type: ignore[arg-type]
 
+
+@pytest.mark.usefixtures('no_gpu')
+def test_without_refiners_the_default_runs_its_export_without_them_and_a_named_export_is_refused() -> None:
+    """refine false on a CPU runs the bundled default's refiner-less export in ONNX Runtime, with PyTorch's answer;
+    an .onnx file the user names runs as it was exported, so refine false refuses it and says what to do."""
+    from stereonet_ros.inference import Predictor
+    from stereonet_ros.onnx_backend import OnnxPredictor
+    from stereonet_ros.samples import motorcycle
+
+    for backend in ('auto', 'onnxruntime'):
+        with pytest.raises(InputError, match='^refine false: the ONNX model model.onnx runs as it was exported; .*'
+                                             'stereonet-export --no-refine'):
+            chosen_backend('model.onnx', 'cpu', 'fp32', backend, refine=False)  # type: ignore[arg-type]
+    onnx = backends.open_predictor(None, device='cpu', refine=False)
+    assert isinstance(onnx, OnnxPredictor) and onnx.path == DEFAULT_NOREFINE_ONNX
+    assert onnx.config.k_refinement_layers == 0
+    pytorch = backends.open_predictor(None, device='cpu', backend='pytorch', refine=False)
+    assert isinstance(pytorch, Predictor) and not list(pytorch.model.refiners)
+    sample = motorcycle()
+    left, right = sample.left[:200, :300], sample.right[:200, :300]
+    difference = np.abs(onnx.infer(left, right, scale=1.5).disparity - pytorch.infer(left, right, scale=1.5).disparity)
+    assert float(difference.max()) < 0.05
+    assert backends.open_predictor(None, device='cpu').config.k_refinement_layers == 1  # the default keeps its own
     with pytest.raises(InputError, match='an ONNX model runs as it was exported; .* stereonet-export --no-refine'):
         Predictor.from_checkpoint(DEFAULT_ONNX, device='cpu', refine=False)
 
 
+@pytest.mark.parametrize('refine', [True, False])
 def test_a_stale_default_export_falls_back_to_pytorch_or_is_refused(monkeypatch: pytest.MonkeyPatch,
-                                                                     no_gpu: None) -> None:
-    monkeypatch.setattr(backends, 'default_onnx_is_current', lambda *args: False)
-    assert chosen_backend(None, 'cpu', 'fp32', 'auto') == 'pytorch'
+                                                                     no_gpu: None, refine: bool) -> None:
+    monkeypatch.setattr(backends, 'default_onnx_is_current', lambda *args, **kwargs: False)
+    assert chosen_backend(None, 'cpu', 'fp32', 'auto', refine=refine) == 'pytorch'
     with pytest.raises(InputError, match='was not exported from the bundled default'):
-        chosen_backend(None, 'cpu', 'fp32', 'onnxruntime')
+        chosen_backend(None, 'cpu', 'fp32', 'onnxruntime', refine=refine)
 
 
 def test_device_auto_without_nvidia_device_nodes_is_the_cpu_without_importing_pytorch(tmp_path: Path) -> None:

@@ -22,17 +22,19 @@ from stereonet_ros.inference import Predictor  # noqa: E402
 pytestmark = [pytest.mark.timeout(400)]
 
 
+@pytest.mark.parametrize('refine', [True, False])
 def test_the_bundled_default_runs_on_a_cpu_in_onnx_runtime_without_pytorch(
-        tmp_path: Path) -> None:
+        tmp_path: Path, refine: bool) -> None:
     """Issue 13: on a CPU the node's default is ONNX Runtime, and it must start and answer with no PyTorch:
     ``torch`` and ``onnx`` packages that refuse to import come first on the node's path, so any import of
-    either fails."""
-    from stereonet_ros.backends import DEFAULT_ONNX, NVIDIA_DEVICE_NODES, default_onnx_is_current
+    either fails. ``refine`` false runs the default's export without its refiners, the same way."""
+    from stereonet_ros.backends import NVIDIA_DEVICE_NODES, default_onnx_is_current, export_path
     from stereonet_ros.inference import DEFAULT_CHECKPOINT
 
     if any(node.exists() for node in NVIDIA_DEVICE_NODES):
         pytest.skip('an NVIDIA device node exists: device auto may choose CUDA here')
-    assert default_onnx_is_current(), f'{DEFAULT_ONNX} is not the export of {DEFAULT_CHECKPOINT}'
+    assert default_onnx_is_current(refine=refine), f'{export_path(DEFAULT_CHECKPOINT, refine)} is not the export ' \
+        f'of {DEFAULT_CHECKPOINT}'
     blocked = tmp_path / 'blocked'
     for package in ('torch', 'onnx'):  # a robot with ONNX Runtime alone: neither PyTorch nor the onnx package
         (blocked / package).mkdir(parents=True)
@@ -41,7 +43,7 @@ def test_the_bundled_default_runs_on_a_cpu_in_onnx_runtime_without_pytorch(
 
     path = os.pathsep.join(filter(None, [str(blocked), os.environ.get('PYTHONPATH')]))
     params = {'stereonet_node': {'ros__parameters': {
-        'diagnostics_period_seconds': 0.5,  # checkpoint '' and device 'auto': the defaults
+        'diagnostics_period_seconds': 0.5, 'refine': refine,  # checkpoint '' and device 'auto': the defaults
         'qos_overrides': {f'/{topic}': {'subscription': {'reliability': 'reliable', 'depth': 10}}
                           for topic in INPUT_TOPICS}}}}
     handle = start_node(tmp_path, params, env={'PYTHONPATH': path})
@@ -51,8 +53,8 @@ def test_the_bundled_default_runs_on_a_cpu_in_onnx_runtime_without_pytorch(
         left, right = make_pair()
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # the default is marked preliminary
-            expected = model_shift(Predictor.from_checkpoint(DEFAULT_CHECKPOINT, device='cpu'), left, right) \
-                - (CX_LEFT - CX_RIGHT)
+            expected = model_shift(Predictor.from_checkpoint(DEFAULT_CHECKPOINT, device='cpu', refine=refine), left,
+                                   right) - (CX_LEFT - CX_RIGHT)
         outputs = client.send_good(left, right, topics=('disparity',))
         values = as_float_image(outputs['disparity'].image)
         valid = values >= outputs['disparity'].min_disparity
@@ -65,3 +67,4 @@ def test_the_bundled_default_runs_on_a_cpu_in_onnx_runtime_without_pytorch(
     text = handle.text()
     assert handle.process.returncode == 0 and 'Traceback' not in text, text
     assert 'ONNX Runtime (CPUExecutionProvider)' in text  # the start-up line names the backend
+    assert f'{1 if refine else 0} refiner(s)' in text

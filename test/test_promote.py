@@ -115,20 +115,24 @@ def test_promoting_a_briefly_trained_checkpoint_marks_it_preliminary(tmp_path: P
     assert '| motorcycle (1) | sgbm-stereo_image_proc |' in provenance['evaluation_table']
     with pytest.warns(PreliminaryCheckpointWarning, match='1 training steps; Motorcycle ours dense '):
         Predictor.from_checkpoint(destination, device='cpu')
-    # The export the node runs on a CPU is written beside it, from exactly these bytes.
+    # The exports the node runs on a CPU are written beside it, from exactly these bytes: with its refiners,
+    # and without them for refine false.
     from stereonet_ros.backends import default_onnx_is_current
 
-    assert default_onnx_is_current(destination.with_suffix('.onnx'), destination)
+    assert default_onnx_is_current(None, destination)
+    assert default_onnx_is_current(None, destination, refine=False)
+    assert (tmp_path / 'default.onnx').is_file() and (tmp_path / 'default_norefine.onnx').is_file()
     weights = load_checkpoint(destination).state_dict
     save_checkpoint(destination, dataclasses.replace(load_checkpoint(destination), provenance={'trained': True}))
-    assert not default_onnx_is_current(destination.with_suffix('.onnx'), destination)  # stale once replaced
+    assert not default_onnx_is_current(None, destination)  # stale once replaced
+    assert not default_onnx_is_current(None, destination, refine=False)
     # Measured again in place: the figures come back, the weights and their export stay those weights.
     remeasure(destination, synthetic_samples=1)
     again = load_checkpoint(destination)
     assert all(torch.equal(again.state_dict[key], value) for key, value in weights.items())
     assert again.provenance['preliminary'] is True and 'motorcycle' in again.provenance['evaluation']
     assert 'promoted_from' not in again.provenance
-    assert default_onnx_is_current(destination.with_suffix('.onnx'), destination)
+    assert default_onnx_is_current(None, destination) and default_onnx_is_current(None, destination, refine=False)
 
 
 def test_the_shipped_defaults_note_quotes_the_three_views() -> None:

@@ -8,9 +8,9 @@ and gives ``disparity`` (and with ``--confidence`` ``confidence``); its input co
 JSON in the file's metadata (see ``stereonet_ros.model.onnx_export``). Before writing, the export is run
 with ONNX Runtime against PyTorch on the Motorcycle pair; more than 0.01 px apart (fp16: 0.25 px) and
 nothing is written. ``--no-refine`` exports the network without its refiners (the soft argmin carried to
-the input size, as the node's ``refine`` false), for ONNX Runtime; on the development CPU its 3-D
-convolutions ran slower there than in PyTorch (README, accuracy against time). Errors exit non-zero with
-one line.
+the input size, as the node's ``refine`` false), for ONNX Runtime: the bundled default ships one
+(``stereonet_default_norefine.onnx``, what the node's ``refine`` false runs on a CPU). Errors exit non-zero
+with one line.
 """
 from __future__ import annotations
 

@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                         'the time); the disparity comes back at the input size, in input pixels (default 1)')
     parser.add_argument('--no-refine', action='store_true',
                         help='skip the refiner: the soft argmin carried to the input size guided by the image, about '
-                        "a third of the time (a checkpoint, in PyTorch; the node's refine false)")
+                        "a third of the time (the node's refine false; the bundled default on a CPU runs its export "
+                        'without refiners in ONNX Runtime, a checkpoint file runs in PyTorch)')
     parser.add_argument('--max-pixels', type=int, default=None, metavar='N',
                         help='most pixels the network runs on (after --inference-scale): a larger pair runs at the '
                         'largest smaller scale that fits, with a warning (default 4000000: about 3 GiB on a CPU)')

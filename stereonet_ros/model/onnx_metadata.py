@@ -107,14 +107,19 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def read_recorded_source_sha256(path: str | os.PathLike[str]) -> str | None:
-    """The ``source_sha256`` an exported file records, read by ONNX Runtime (no ``onnx`` package needed);
-    None when the file cannot be loaded or records none."""
+def read_recorded_source(path: str | os.PathLike[str]) -> tuple[str | None, int | None]:
+    """The ``source_sha256`` an exported file records and the refiner count of the network it holds (0 for a
+    ``--no-refine`` export), read by ONNX Runtime (no ``onnx`` package needed); None for what the file does not
+    say or when it cannot be loaded."""
     try:
         import onnxruntime
 
         session = onnxruntime.InferenceSession(Path(path).read_bytes(), providers=['CPUExecutionProvider'])
         document = json.loads(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
     except Exception:  # noqa: BLE001 - unreadable, no metadata, not JSON: nothing recorded
-        return None
-    return _sha256_field(document) if isinstance(document, dict) else None
+        return None, None
+    if not isinstance(document, dict):
+        return None, None
+    config = document.get('model_config')
+    refiners = config.get('k_refinement_layers') if isinstance(config, dict) else None
+    return _sha256_field(document), refiners if isinstance(refiners, int) and not isinstance(refiners, bool) else None

@@ -21,7 +21,8 @@ image is refused and nothing is written. The per-level scores and the rise go in
 
 ``--remeasure`` measures a checkpoint again and rewrites its provenance in place (weights untouched,
 no guide-ablation refusal, nothing promoted): for a default whose recorded figures predate the current
-measurement. Either way the ``.onnx`` export the node runs on a CPU is written beside it.
+measurement. Either way the two ``.onnx`` exports the node runs on a CPU (``refine`` true and false) are
+written beside it.
 """
 from __future__ import annotations
 
@@ -190,24 +191,30 @@ def _measure_and_write(source: Path, destination: Path, synthetic_samples: int, 
 
 
 def write_onnx_sibling(destination: Path) -> Path | None:
-    """Export ``destination`` to the ``.onnx`` beside it (with the confidence output, dynamic size), the
-    form the node runs on a CPU (:mod:`stereonet_ros.backends`). Returns its path, or None when the export
-    fails: then no stale export is left beside the new weights (the node would refuse a stale one anyway,
-    by its recorded SHA-256, and use PyTorch)."""
+    """Export ``destination`` to the two ``.onnx`` files beside it (:func:`~stereonet_ros.backends.export_path`;
+    with the confidence output, dynamic size): with its refiners and without them, the forms the node runs on a
+    CPU with ``refine`` true and false (:mod:`stereonet_ros.backends`). Returns the first's path, or None when
+    an export fails: then no stale export is left beside the new weights (the node would refuse a stale one
+    anyway, by its recorded SHA-256, and use PyTorch)."""
+    from stereonet_ros.backends import export_path
+    from stereonet_ros.inference import without_refiners
     from stereonet_ros.model.checkpoint import load_checkpoint
     from stereonet_ros.model.onnx_export import ExportError, export_onnx
 
-    target = destination.with_suffix('.onnx')
+    targets = (export_path(destination), export_path(destination, refine=False))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # a preliminary checkpoint says so when loaded: not news here
-            export_onnx(load_checkpoint(destination), target, source=destination, with_confidence=True)
+            checkpoint = load_checkpoint(destination)
+            export_onnx(checkpoint, targets[0], source=destination, with_confidence=True)
+            export_onnx(without_refiners(checkpoint), targets[1], source=destination, with_confidence=True)
     except (ExportError, ImportError) as err:
-        target.unlink(missing_ok=True)
+        for target in targets:
+            target.unlink(missing_ok=True)
         print(f'{PROGRAM}: warning: no ONNX export beside {destination} ({err}); the node will run it in PyTorch',
               file=sys.stderr)
         return None
-    return target
+    return targets[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
