@@ -137,7 +137,7 @@ def promote(source: Path, destination: Path, synthetic_samples: int, inference_s
 
 def remeasure(path: Path, synthetic_samples: int, inference_scale: float | None = None) -> tuple[bool, str]:
     """Measure the checkpoint at ``path`` again and rewrite its provenance in place (evaluation, refinement,
-    note, preliminary flag), weights untouched, with its ONNX export beside it: for a default whose recorded
+    note, preliminary flag), weights untouched, with its ONNX exports beside it: for a default whose recorded
     figures predate the current measurement (issue 9: the first default's note scored SGBM's holes as
     errors in bad-3 and ignored them in EPE). No guide-ablation refusal: nothing is being promoted.
 
@@ -225,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--inference-scale', type=float, help="the scale to measure at (default: the node's)")
     parser.add_argument('--remeasure', action='store_true',
                         help='measure SOURCE again and rewrite its provenance in place (weights untouched, no '
-                        'guide-ablation refusal), with its ONNX export beside it; --destination is not used')
+                        'guide-ablation refusal), with its ONNX exports beside it; --destination is not used')
     arguments = parser.parse_args(argv)
     from stereonet_ros.model.checkpoint import CheckpointError
     written = arguments.source if arguments.remeasure else arguments.destination
