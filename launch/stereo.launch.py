@@ -9,8 +9,9 @@ Arguments (``ros2 launch stereonet_ros stereo.launch.py --show-args``):
 - ``params_file``: parameters (default: the installed ``config/stereonet.yaml``). For QoS overrides
   (e.g. reliable subscriptions for large images between processes) copy it and uncomment its
   ``qos_overrides`` section.
-- ``checkpoint``, ``backend``, ``device``, ``precision``, ``inference_scale``, ``refine``, ``approximate_sync``,
-  ``queue_size``, ``use_color``, ``avoid_point_cloud_padding``, ``min_disparity``, ``image_transport``, ``use_sim_time``
+- ``checkpoint``, ``backend``, ``device``, ``precision``, ``inference_scale``, ``refine``, ``local_search_px``,
+  ``approximate_sync``, ``queue_size``, ``use_color``, ``avoid_point_cloud_padding``, ``min_disparity``,
+  ``image_transport``, ``use_sim_time``
   (stereo_image_proc's launch arguments where they share a name): when given, they override the params
   file; left empty (the default) the params file's value holds. The node checks the values
   (``inference_scale`` in [0.1, 2.5], ``image_transport`` raw or compressed) and refuses to start with a
@@ -34,12 +35,13 @@ from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = 'stereonet_ros'
 EXECUTABLE = 'stereonet_node'
-OVERRIDABLE = ('checkpoint', 'backend', 'device', 'precision', 'inference_scale', 'refine', 'approximate_sync',
-               'queue_size', 'use_color', 'avoid_point_cloud_padding', 'min_disparity', 'image_transport',
+OVERRIDABLE = ('checkpoint', 'backend', 'device', 'precision', 'inference_scale', 'refine', 'local_search_px',
+               'approximate_sync', 'queue_size', 'use_color', 'avoid_point_cloud_padding', 'min_disparity',
+               'image_transport',
                'use_sim_time')
 BOOLEAN = ('refine', 'approximate_sync', 'use_color', 'avoid_point_cloud_padding', 'use_sim_time')
 DOUBLE = ('inference_scale', 'min_disparity')
-INTEGER = ('queue_size',)
+INTEGER = ('queue_size', 'local_search_px')
 CHOICES = {'image_transport': ('raw', 'compressed'), 'backend': ('auto', 'pytorch', 'onnxruntime')}
 
 
@@ -154,6 +156,9 @@ def generate_launch_description():
                               description="true or false: false skips the refiner (the soft argmin carried up "
                               "guided by the image, about a third of the time; with inference_scale 2, better on "
                               "real pairs than the whole network at 1); '' = the params file's (true)"),
+        DeclareLaunchArgument('local_search_px', default_value='',
+                              description="Search the photometric cost within this many pixels of the network's "
+                              "answer, 0..16 (0 = off); '' = the params file's (4)"),
         DeclareLaunchArgument('approximate_sync', default_value='',
                               description="true or false; '' = the params file's (false)"),
         DeclareLaunchArgument('queue_size', default_value='',

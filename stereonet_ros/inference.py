@@ -67,9 +67,9 @@ from stereonet_ros.image_codec import BT601_WEIGHTS
 from stereonet_ros.inference_common import (DEFAULT_CHECKPOINT, DEFAULT_MAX_PIXELS, MAX_INFERENCE_SCALE,  # noqa: F401
                                             MIN_INFERENCE_SCALE, CheckpointFacts, Inference, InputError, Precision,
                                             PreliminaryCheckpointWarning, UntrainedPlaceholderWarning,
-                                            as_float_image, check_inference_scale, checked_image, checked_pair,
-                                            fitted_scale, padded_size, scaled_size, to_contract_color,
-                                            warn_about_provenance)
+                                            as_float_image, check_inference_scale, check_local_search,
+                                            checked_image, checked_pair, fitted_scale, padded_size, scaled_size,
+                                            searched, to_contract_color, warn_about_provenance)
 from stereonet_ros.model.checkpoint import Checkpoint, InputContract, load_checkpoint
 from stereonet_ros.model.stereonet import (StereoNet, StereoNetConfig, fold_batchnorm, matching_confidence,
                                            to_channels_last)
@@ -506,8 +506,9 @@ class Predictor(CheckpointFacts):
             return CapturedPass(device_pass, left_image, right_image, self.device)
 
     def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, *, scale: float = 1.0,
-              with_confidence: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Inference:
-        """The one inference path (node, CLIs, evaluators): colour, scale, network, confidence, back to input pixels.
+              with_confidence: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, local_search: int = 0) -> Inference:
+        """The one inference path (node, CLIs, evaluators): colour, scale, network, confidence, back to input
+        pixels, then the local search.
 
         Args:
             left, right: ``(H, W)`` gray or ``(H, W, 3|4)`` RGB(A), uint8, uint16, or float in 0..255;
@@ -518,12 +519,15 @@ class Predictor(CheckpointFacts):
                 bilinearly).
             max_pixels: most pixels the network may run on: a larger pair runs at the largest smaller
                 scale that fits (:func:`fitted_scale`; ``Inference.scale`` says which).
+            local_search: reach in input pixels of the photometric search around the network's answer
+                (:mod:`stereonet_ros.local_search`); 0 = the network's answer as it is.
 
         Raises:
-            InputError: shapes, dtypes or sizes the predictor cannot use, a scale out of range, or a pair
-                too large for ``max_pixels`` even at the smallest scale (message says which).
+            InputError: shapes, dtypes or sizes the predictor cannot use, a scale or reach out of range, or a
+                pair too large for ``max_pixels`` even at the smallest scale (message says which).
         """
         scale = check_inference_scale(scale)
+        local_search = check_local_search(local_search)
         left_image, right_image = self._check_pair(left, right)
         height, width = left_image.shape[:2]
         scale = fitted_scale(height, width, scale, max_pixels)
@@ -536,9 +540,10 @@ class Predictor(CheckpointFacts):
             release_free_memory()
         self._last_pixels = pixels
         ratio = width / network_size[1]  # disparity scales with the width
-        return Inference(disparity=answer[0], confidence=answer[1] if with_confidence else None,
-                         max_disparity=float(self.contract.max_disparity) * ratio, network_size=network_size,
-                         scale=scale)
+        inference = Inference(disparity=answer[0], confidence=answer[1] if with_confidence else None,
+                              max_disparity=float(self.contract.max_disparity) * ratio, network_size=network_size,
+                              scale=scale)
+        return searched(inference, left_image, right_image, local_search)
 
     def predict(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0) -> npt.NDArray[np.float32]:
         """Left-view disparity ``(H, W)`` float32 in pixels of the input: :meth:`infer`'s ``disparity``.

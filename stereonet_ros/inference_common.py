@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -201,6 +201,33 @@ class Inference:
     max_disparity: float
     network_size: tuple[int, int]
     scale: float = 1.0
+
+
+def check_local_search(reach: int) -> int:
+    """``reach`` (px) if it is a whole number in [0, :data:`~stereonet_ros.local_search.MAX_REACH_PX`].
+
+    Raises:
+        InputError: otherwise (the message gives the value and the range).
+    """
+    from stereonet_ros.local_search import MAX_REACH_PX
+
+    if isinstance(reach, bool) or not isinstance(reach, (int, np.integer)) or not 0 <= reach <= MAX_REACH_PX:
+        raise InputError(f'local search {reach!r} px: must be a whole number in [0, {MAX_REACH_PX}]')
+    return int(reach)
+
+
+def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: npt.NDArray[Any],
+             reach: int) -> Inference:
+    """``inference`` after :func:`~stereonet_ros.local_search.local_search` within ``reach`` px (0: as it is), on the
+    grey (BT.601 luma) images of the pair as given: the one place both backends apply it."""
+    if reach == 0:
+        return inference
+    from stereonet_ros.local_search import local_search
+
+    left_grey, right_grey = (to_contract_color(as_float_image(image, name), 'gray')[0]
+                             for image, name in ((left_image, 'left'), (right_image, 'right')))
+    return replace(inference, disparity=local_search(inference.disparity, left_grey, right_grey, reach,
+                                                     inference.max_disparity))
 
 
 def fitted_scale(height: int, width: int, scale: float, max_pixels: int) -> float:

@@ -28,9 +28,10 @@ import numpy.typing as npt
 
 # Torch-free imports only: a node that runs an .onnx model must not need PyTorch (issue 13).
 from stereonet_ros.inference_common import (DEFAULT_MAX_PIXELS, CheckpointFacts, Inference, InputError, Precision,
-                                            as_float_image, bilinear_array, check_inference_scale, checked_pair,
-                                            fitted_scale, padded_size, resize_array, scaled_size,
-                                            to_contract_color, warn_about_provenance)
+                                            as_float_image, bilinear_array, check_inference_scale,
+                                            check_local_search, checked_pair, fitted_scale, padded_size,
+                                            resize_array, scaled_size, searched, to_contract_color,
+                                            warn_about_provenance)
 from stereonet_ros.model.checkpoint import CheckpointError
 from stereonet_ros.model.onnx_metadata import INPUT_NAMES, OnnxMetadata, read_metadata_map
 
@@ -255,7 +256,7 @@ class OnnxPredictor(CheckpointFacts):
         return fixed
 
     def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, *, scale: float = 1.0,
-              with_confidence: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Inference:
+              with_confidence: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, local_search: int = 0) -> Inference:
         """:meth:`Predictor.infer <stereonet_ros.inference.Predictor.infer>` through ONNX Runtime: same
         arguments, same answer (within 0.01 px for an fp32 export).
 
@@ -264,6 +265,7 @@ class OnnxPredictor(CheckpointFacts):
                 larger than a fixed-size model takes.
         """
         scale = check_inference_scale(scale)
+        local_search = check_local_search(local_search)
         if with_confidence and not self.has_confidence:
             raise InputError(f'the ONNX model {self.path.name} has no confidence output; export it with '
                              'stereonet-export --confidence')
@@ -290,10 +292,12 @@ class OnnxPredictor(CheckpointFacts):
             if with_confidence:
                 cropped[1] = bilinear_array(cropped[1], (height, width))
         confidence = np.clip(cropped[1], 0.0, 1.0)[0, 0] if with_confidence else None
-        return Inference(disparity=np.ascontiguousarray(cropped[0][0, 0], dtype=np.float32),
-                         confidence=None if confidence is None else np.ascontiguousarray(confidence, dtype=np.float32),
-                         max_disparity=float(self.contract.max_disparity) * ratio, network_size=network_size,
-                         scale=scale)
+        inference = Inference(disparity=np.ascontiguousarray(cropped[0][0, 0], dtype=np.float32),
+                              confidence=None if confidence is None else np.ascontiguousarray(confidence,
+                                                                                              dtype=np.float32),
+                              max_disparity=float(self.contract.max_disparity) * ratio, network_size=network_size,
+                              scale=scale)
+        return searched(inference, left_image, right_image, local_search)
 
     def predict(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0) -> npt.NDArray[np.float32]:
         """Left-view disparity ``(H, W)`` float32 in pixels of the input: :meth:`infer`'s ``disparity``."""

@@ -174,6 +174,34 @@ def test_infer_without_the_refiner_answers_as_the_predictor_without_it(tmp_path:
     assert not (tmp_path / 'e.npy').exists()
 
 
+def test_infer_runs_the_nodes_local_search_by_default(tmp_path: Path) -> None:
+    """stereonet-infer answers as the node does: the local search within 4 px after the network, unless told
+    otherwise; a reach outside 0..16 is refused in one line."""
+    import warnings
+
+    from stereonet_ros.backends import open_predictor
+    from stereonet_ros.samples import motorcycle
+
+    sample = motorcycle()
+    left, right = tmp_path / 'left.png', tmp_path / 'right.png'
+    Image.fromarray(sample.left[100:300, 200:500]).save(left)
+    Image.fromarray(sample.right[100:300, 200:500]).save(right)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        predictor = open_predictor(None, device='cpu', backend='pytorch')
+    crop = (sample.left[100:300, 200:500], sample.right[100:300, 200:500])
+    for flags, reach in (((), 4), (('--local-search', '0'), 0), (('--local-search', '16'), 16)):
+        out = tmp_path / f'{reach}.npy'
+        result = run_installed('stereonet-infer', left, right, '--out', out, '--device', 'cpu', '--backend', 'pytorch',
+                               *flags)
+        assert result.returncode == 0, result.stderr
+        np.testing.assert_allclose(np.load(out), predictor.infer(*crop, local_search=reach).disparity, atol=1e-4)
+    assert np.abs(np.load(tmp_path / '4.npy') - np.load(tmp_path / '0.npy')).max() > 0.5
+    line = _single_error_line(run_installed('stereonet-infer', left, right, '--out', tmp_path / 'x.npy',
+                                            '--local-search', '17'), 'stereonet-infer')
+    assert '--local-search' in line and 'must be a whole number in [0, 16]' in line
+
+
 def test_infer_refuses_an_unsafe_checkpoint_without_running_it(tmp_path: Path, seed_pair: tuple[Path, Path]) -> None:
     marker = tmp_path / 'payload_ran'
     evil = tmp_path / 'evil.ckpt'

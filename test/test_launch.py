@@ -45,9 +45,9 @@ def test_the_launch_file_declares_the_documented_arguments(tree: ast.Module) -> 
     declared = {ast.literal_eval(call.args[0]): call for call in calls(tree, 'DeclareLaunchArgument')}
     assert set(declared) == {'namespace', 'left_namespace', 'right_namespace', 'params_file', 'checkpoint', 'backend',
                              'device',
-                             'precision', 'inference_scale', 'refine', 'approximate_sync', 'queue_size', 'use_color',
-                             'avoid_point_cloud_padding', 'min_disparity', 'image_transport', 'reliable_inputs',
-                             'use_sim_time', 'log_level'}
+                             'precision', 'inference_scale', 'refine', 'local_search_px', 'approximate_sync',
+                             'queue_size', 'use_color', 'avoid_point_cloud_padding', 'min_disparity',
+                             'image_transport', 'reliable_inputs', 'use_sim_time', 'log_level'}
     defaults = {name: keyword(call, 'default_value') for name, call in declared.items()}
     assert ast.literal_eval(defaults['left_namespace']) == 'left'
     assert ast.literal_eval(defaults['right_namespace']) == 'right'
@@ -103,6 +103,7 @@ def test_only_the_arguments_given_override_the_params_file(tree: ast.Module) -> 
                                                    'avoid_point_cloud_padding': True, 'min_disparity': -16.0}
     with pytest.raises(ValueError, match="queue_size:='1.5': must be an integer"):
         overrides({'queue_size': '1.5'})
+    assert overrides({'local_search_px': '0'}) == {'local_search_px': 0}  # an integer parameter: 0 turns it off
 
 
 def test_image_transport_is_passed_to_the_node_as_its_read_only_parameter(tree: ast.Module) -> None:

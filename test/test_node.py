@@ -42,6 +42,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from stereonet_ros.image_codec import array_to_image_fields, bt601_luma, to_model_input  # noqa: E402
 from stereonet_ros.image_compression import compress  # noqa: E402
 from stereonet_ros.inference import Predictor, placeholder_checkpoint, without_refiners  # noqa: E402
+from stereonet_ros.local_search import DEFAULT_REACH_PX  # noqa: E402
 from stereonet_ros.model.checkpoint import Checkpoint, InputContract, save_checkpoint  # noqa: E402
 from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig  # noqa: E402
 
@@ -275,12 +276,14 @@ def reference() -> Predictor:
     return Predictor(placeholder_checkpoint(), device='cpu')
 
 
-def model_shift(predictor: Predictor, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """The model's own output on the images the node receives, decoded as the node decodes them."""
+def model_shift(predictor: Predictor, left: np.ndarray, right: np.ndarray,
+                local_search: int = DEFAULT_REACH_PX) -> np.ndarray:
+    """The model's own output on the images the node receives, decoded as the node decodes them, after the local
+    search the node runs by default (``local_search_px``)."""
     color = predictor.contract.color
     left_input = to_model_input(image_msg(left, 'rgb8', 0, ''), color)
     right_input = to_model_input(image_msg(right[:, :, ::-1].copy(), 'bgr8', 0, ''), color)
-    return predictor.predict(left_input, right_input)
+    return predictor.infer(left_input, right_input, local_search=local_search).disparity
 
 
 def as_float_image(msg: Image) -> np.ndarray:
@@ -761,8 +764,8 @@ def test_run_time_parameter_changes_are_applied_or_refused_with_a_reason(client:
     assert valid.any()
     np.testing.assert_allclose(values[valid], expected[valid], atol=2e-3)
 
-    # refine false: the same checkpoint without its refiner (its soft argmin carried up), in PyTorch; an
-    # ONNX backend, which keeps the refiners, is then refused with the reason and the node goes on.
+    # refine false: the same checkpoint without its refiner (its soft argmin carried up), in PyTorch; ONNX
+    # Runtime, which runs only .onnx files and the bundled default's exports, is then refused with the reason.
     result = client.set_parameter('refine', False)
     assert result.successful, result.reason
     disparity = client.send_good(left, right, topics=('disparity',))['disparity']
@@ -772,8 +775,20 @@ def test_run_time_parameter_changes_are_applied_or_refused_with_a_reason(client:
     assert valid.any() and np.abs(unrefined - expected)[valid].max() > 0.01  # the refiner did change the answer
     np.testing.assert_allclose(values[valid], unrefined[valid], atol=2e-3)
     assert client.spin_until(lambda: client.diagnostics.get('refiners') == '0'), client.diagnostics
+    # local_search_px 0: the network's answer as it is, at once (no model reload); the search had moved a few
+    # pixels of this small network's answer.
+    assert client.set_parameter('local_search_px', 0).successful
+    values = as_float_image(client.send_good(left, right, topics=('disparity',))['disparity'].image)
+    alone = model_shift(Predictor(without_refiners(checkpoint), device='cpu'), left, right, local_search=0) \
+        - (CX_LEFT - CX_RIGHT)
+    valid = values >= 0.0
+    assert np.abs(alone - unrefined)[valid].max() > 0.01
+    np.testing.assert_allclose(values[valid], alone[valid], atol=2e-3)
+    result = client.set_parameter('local_search_px', 17)
+    assert not result.successful and 'local_search_px' in result.reason, result.reason
+    assert client.set_parameter('local_search_px', DEFAULT_REACH_PX).successful
     result = client.set_parameter('backend', 'onnxruntime')
-    assert not result.successful and 'refine false' in result.reason, result.reason
+    assert not result.successful and 'backend onnxruntime runs .onnx files' in result.reason, result.reason
     assert client.set_parameter('refine', True).successful
 
 

@@ -3,7 +3,8 @@
     stereonet-eval-bag BAG... --out DIR [--gt-topic TOPIC] [--left-topic T] [--right-topic T]
                        [--left-info-topic T] [--right-info-topic T] [--approximate-sync]
                        [--sync-tolerance S] [--queue-size N] [--checkpoint PATH] [--backend auto] [--device auto]
-                       [--precision fp32] [--inference-scale S] [--no-refine] [--write-bag] [--max-frames N]
+                       [--precision fp32] [--inference-scale S] [--no-refine] [--local-search PX] [--write-bag]
+                       [--max-frames N]
                        [--no-progress]
                        [--baseline sgbm] [--depth-bins M,M,...]
                        [--through-node [--rate R] [--use-running-node] [--ros-domain-id N]
@@ -88,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--no-refine', action='store_true',
                         help="without the checkpoint's refiners (the soft argmin carried up), in this process or in "
                         'the node this run starts (its refine parameter, false)')
+    parser.add_argument('--local-search', type=int, metavar='PX',
+                        help="search the photometric cost within PX pixels of the network's answer, 0..16, 0 = off, "
+                        "in this process or in the node this run starts (its local_search_px parameter; default the "
+                        "node's, 4)")
     parser.add_argument('--write-bag', action='store_true',
                         help='also write DIR/output_bag (mcap): /disparity, /points2, /depth on the input stamps')
     parser.add_argument('--max-frames', type=int, help='stop after this many pairs')
@@ -161,7 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stereonet_ros.image_codec import ImageCodecError
     from stereonet_ros.backends import open_predictor
     from stereonet_ros.inference_common import (MAX_INFERENCE_SCALE, MIN_INFERENCE_SCALE, InputError,
-                                                UntrainedPlaceholderWarning, check_inference_scale)
+                                                UntrainedPlaceholderWarning, check_inference_scale,
+                                                check_local_search)
+    from stereonet_ros.local_search import DEFAULT_REACH_PX
     from stereonet_ros.model.checkpoint import CheckpointError
     from stereonet_ros.training.train import git_sha
 
@@ -188,9 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             fail(PROGRAM, '--max-frames is not supported with --through-node (the bag is played whole)', status=2)
         if arguments.use_running_node and (arguments.checkpoint or arguments.backend or arguments.device
                                            or arguments.precision or arguments.inference_scale is not None
-                                           or arguments.no_refine or arguments.node_executable):
-            fail(PROGRAM, '--checkpoint, --backend, --device, --precision, --inference-scale, --no-refine and '
-                 '--node-executable configure a node this run starts; with --use-running-node set them on the '
+                                           or arguments.no_refine or arguments.local_search is not None
+                                           or arguments.node_executable):
+            fail(PROGRAM, '--checkpoint, --backend, --device, --precision, --inference-scale, --no-refine, '
+                 '--local-search and --node-executable configure a node this run starts; with --use-running-node set '
+                 'them on the '
                  'running node', status=2)
     try:
         config = ReplayConfig(left_topic=arguments.left_topic, right_topic=arguments.right_topic,
@@ -203,6 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     created = datetime.now(timezone.utc).isoformat(timespec='seconds')
     device = arguments.device or 'auto'
     scale = 1.0 if arguments.inference_scale is None else float(arguments.inference_scale)
+    reach = DEFAULT_REACH_PX if arguments.local_search is None else arguments.local_search
+    try:
+        check_local_search(reach)
+    except InputError as err:
+        fail(PROGRAM, f'--local-search: {err}', status=2)
     try:
         check_bags(arguments.bags, config)  # every bag and topic, before loading the model
         with ReportFolder(arguments.out) as staging:
@@ -224,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                checkpoint_note=str(provenance.get('note', '')), placeholder=predictor.is_placeholder,
                                device=str(predictor.device), command=command, git_sha=git_sha(),
                                created=created, precision=predictor.precision)
-                source = PredictorSource(predictor, scale=scale)
+                source = PredictorSource(predictor, scale=scale, local_search=reach)
                 max_disparity = predictor.contract.max_disparity / scale  # each answer gives its exact one
             bag_path = staging.path / OUTPUT_BAG_NAME
             with open_bag_writer(bag_path, 'mcap') if arguments.write_bag else nullcontext(None) as output_bag:
@@ -238,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not (arguments.through_node and arguments.use_running_node):
                 result.extra['inference_scale'] = scale
                 result.extra['refine'] = not arguments.no_refine
+                result.extra['local_search_px'] = reach
             published_bag = str(arguments.out / OUTPUT_BAG_NAME) if arguments.write_bag else None
             metrics = write_report(result, info, staging.path, output_bag=published_bag)
             staging.publish(extra=(OUTPUT_BAG_NAME,))
@@ -331,6 +346,7 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
     """
     from stereonet_ros.evaluation.bag_eval import bags_image_transport
     from stereonet_ros.inference import DEFAULT_CHECKPOINT, placeholder_checkpoint
+    from stereonet_ros.local_search import DEFAULT_REACH_PX
     from stereonet_ros.model.checkpoint import load_checkpoint
     from stereonet_ros.ros.bag_player import play_through_node
 
@@ -367,7 +383,9 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
                      arguments.device or 'auto', executable=arguments.node_executable,
                      extra_parameters={'precision': arguments.precision or 'fp32',
                                        'backend': arguments.backend or 'auto', 'inference_scale': repr(scale),
-                                       'refine': 'false' if arguments.no_refine else 'true'},
+                                       'refine': 'false' if arguments.no_refine else 'true',
+                                       'local_search_px': str(DEFAULT_REACH_PX if arguments.local_search is None
+                                                              else arguments.local_search)},
                      image_transport=transport) as node:
         playback = play_through_node(arguments.bags, config, settings, node_failure=node.failure)
     description = (f'stereonet_node over DDS (started by this run, ROS domain {settings.domain_id}, '

@@ -2,7 +2,7 @@
 
     stereonet-infer LEFT RIGHT --out OUT.(npy|pfm) [--color OUT.png] [--gt GT.(pfm|npy)]
                     [--checkpoint PATH] [--backend auto] [--device auto] [--precision fp32]
-                    [--inference-scale 1.0] [--no-refine]
+                    [--inference-scale 1.0] [--no-refine] [--local-search PX]
 
 Writes the left-view disparity, float32 pixels of the input (at the input size whatever
 ``--inference-scale``), as ``.npy`` or ``.pfm``; with
@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='skip the refiner: the soft argmin carried to the input size guided by the image, about '
                         "a third of the time (the node's refine false; the bundled default on a CPU runs its export "
                         'without refiners in ONNX Runtime, a checkpoint file runs in PyTorch)')
+    parser.add_argument('--local-search', type=int, default=None, metavar='PX',
+                        help="search the photometric cost within PX pixels of the network's answer, 0..16, 0 = off "
+                        "(default: the node's local_search_px, 4)")
     parser.add_argument('--max-pixels', type=int, default=None, metavar='N',
                         help='most pixels the network runs on (after --inference-scale): a larger pair runs at the '
                         'largest smaller scale that fits, with a warning (default 4000000: about 3 GiB on a CPU)')
@@ -63,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         read_disparity, read_image, write_disparity, write_png)
     from stereonet_ros.backends import open_predictor
     from stereonet_ros.inference_common import (DEFAULT_MAX_PIXELS, MAX_INFERENCE_SCALE, MIN_INFERENCE_SCALE,
-                                                InputError, UntrainedPlaceholderWarning, check_inference_scale)
+                                                InputError, UntrainedPlaceholderWarning, check_inference_scale,
+                                                check_local_search)
+    from stereonet_ros.local_search import DEFAULT_REACH_PX
     from stereonet_ros.model.checkpoint import CheckpointError
 
     if arguments.out.suffix.lower() not in ('.npy', '.pfm'):
@@ -79,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(PROGRAM, f'--inference-scale {arguments.inference_scale!r}: must be in '
              f'[{MIN_INFERENCE_SCALE}, {MAX_INFERENCE_SCALE}]', status=2)
     try:
+        reach = check_local_search(DEFAULT_REACH_PX if arguments.local_search is None else arguments.local_search)
+    except InputError as err:
+        fail(PROGRAM, f'--local-search: {err}', status=2)
+    try:
         left = read_image(arguments.left)
         right = read_image(arguments.right)
         truth = read_disparity(arguments.gt) if arguments.gt is not None else None
@@ -93,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        refine=not arguments.no_refine)
         for warning in caught:
             print(f'{PROGRAM}: warning: {warning.message}', file=sys.stderr)
-        answer = predictor.infer(left, right, scale=scale, max_pixels=max_pixels)
+        answer = predictor.infer(left, right, scale=scale, max_pixels=max_pixels, local_search=reach)
         disparity = answer.disparity
         if answer.scale < scale:
             print(f'{PROGRAM}: warning: {width}x{height} pair run at inference scale {answer.scale:.3f} instead of '

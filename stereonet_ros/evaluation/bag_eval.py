@@ -41,7 +41,7 @@ from stereonet_ros.evaluation.replay import (BagReplay, ReplayConfig, ReplayCoun
                                              SkippedPair, shift_to_depth)
 from stereonet_ros.evaluation.views import dense_method_views, three_views
 from stereonet_ros.camera import StereoCamera
-from stereonet_ros.inference import Predictor, check_inference_scale
+from stereonet_ros.inference import Predictor, check_inference_scale, check_local_search
 from stereonet_ros.node_config import NodeConfig
 from stereonet_ros.processing import OutputSelection, postprocess
 
@@ -88,17 +88,20 @@ class DisparitySource(Protocol):
 
 
 class PredictorSource:
-    """The network run directly on each pair at ``scale``, timed around :meth:`Predictor.infer`, with its
-    matching confidence when the predictor has one (an ONNX model only when exported with it).
+    """The network run directly on each pair at ``scale`` (and the local search within ``local_search`` px), timed
+    around :meth:`Predictor.infer`, with its matching confidence when the predictor has one (an ONNX model only when
+    exported with it).
 
     Raises:
-        InputError: (on construction) ``scale`` is outside the predictor's range.
+        InputError: (on construction) ``scale`` or ``local_search`` is outside the predictor's range.
     """
 
-    def __init__(self, predictor: Predictor | OnnxPredictor, warmup: bool = True, scale: float = 1.0) -> None:
+    def __init__(self, predictor: Predictor | OnnxPredictor, warmup: bool = True, scale: float = 1.0,
+                 local_search: int = 0) -> None:
         self.predictor = predictor
         self.warmup = warmup
         self.scale = check_inference_scale(scale)
+        self.local_search = check_local_search(local_search)
         self._warm_sizes: set[tuple[int, int]] = set()
 
     drop_reason = 'no disparity for this pair'
@@ -115,7 +118,7 @@ class PredictorSource:
             self._warm_sizes.add(size)
         start = time.perf_counter()
         answer = self.predictor.infer(frame.left, frame.right, scale=self.scale,
-                                      with_confidence=self.predictor.has_confidence)
+                                      with_confidence=self.predictor.has_confidence, local_search=self.local_search)
         return SourceResult(answer.disparity, time.perf_counter() - start, max_shift=answer.max_disparity,
                             confidence=answer.confidence)
 

@@ -2,7 +2,7 @@
 
     stereonet-evaluate [--checkpoint PATH] [--sets synthetic,motorcycle,aloe,middlebury2014:ROOT,...]
                        [--synthetic-samples 32] [--device auto] [--precision fp32] [--inference-scale 1.0]
-                       [--no-refine] [--no-sgbm] [--out results.json]
+                       [--no-refine] [--local-search PX] [--no-sgbm] [--out results.json]
 
 Sets:
 
@@ -335,12 +335,13 @@ def score_set(frames: Sequence[Frame], ours: Callable[[Frame], tuple[F32, F32 | 
 def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto', synthetic_samples: int = 32,
              with_sgbm: bool = True, log: Callable[[str], None] = print,
              precision: Precision = 'fp32', inference_scale: float = 1.0,
-             sgbm_tuning_samples: int = 12, refine: bool = True) -> dict[str, Any]:
+             sgbm_tuning_samples: int = 12, refine: bool = True, local_search: int = 0) -> dict[str, Any]:
     """Score the checkpoint (and SGBM) on every set in the three views. Returns the JSON-ready results.
 
     ``sgbm_tuning_samples``: pairs of the synthetic tuning stream the tuned SGBM is chosen on
     (:func:`tune_sgbm`; fewer only to rehearse a run quickly). ``refine=False``: ours without its refiners
-    (:func:`~stereonet_ros.inference.without_refiners`).
+    (:func:`~stereonet_ros.inference.without_refiners`). ``local_search``: the node's ``local_search_px``
+    (:mod:`stereonet_ros.local_search`; 0 = the network's answer as it is).
 
     Ours runs through :meth:`StereoProcessor.infer` at ``inference_scale`` (the node's path), with its
     confidence for the matched view. Ground truth is scored below the checkpoint's ``max_disparity``
@@ -373,6 +374,7 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
         'precision': predictor.precision,
         'inference_scale': inference_scale,
         'refine': refine,
+        'local_search': local_search,
         'max_disparity': max_disparity,
         'views': {'dense': 'holes filled (KITTI devkit, row-wise min of the nearest valid neighbours), every '
                            'valid-ground-truth pixel scored',
@@ -385,7 +387,8 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
     }
 
     def ours(frame: Frame) -> tuple[F32, F32 | None]:
-        shift, confidence, _ = processor.infer(frame.left, frame.right, inference_scale, with_confidence=True)
+        shift, confidence, _ = processor.infer(frame.left, frame.right, inference_scale, with_confidence=True,
+                                               local_search=local_search)
         return shift, confidence
 
     for spec in sets:
@@ -417,8 +420,9 @@ def format_table(results: dict[str, Any]) -> str:
              '| matched EPE px | matched bad-3 % | matched density | s/frame |',
              '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
     unrefined = '' if results.get('refine', True) else ', no refiner'
+    searched = f', local search {results["local_search"]} px' if results.get('local_search') else ''
     scale = results.get('inference_scale', 1.0)
-    ours_label = f'{OURS} ({results.get("precision", "fp32")}, scale {scale:g}{unrefined})'
+    ours_label = f'{OURS} ({results.get("precision", "fp32")}, scale {scale:g}{unrefined}{searched})'
     for spec, entry in results['sets'].items():
         for method, m in entry['methods'].items():
             cells = []
@@ -448,12 +452,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--no-refine', action='store_true',
                         help="ours without its refiners: the soft argmin carried to the input size (the node's "
                         'refine false)')
+    parser.add_argument('--local-search', type=int, default=0, metavar='PX',
+                        help="search the photometric cost within PX pixels of ours' answer (the node's "
+                        'local_search_px; 0 = the network alone, the default here)')
     parser.add_argument('--no-sgbm', action='store_true', help='skip the SGBM baselines')
     parser.add_argument('--out', type=Path, help='also write the results as JSON here')
     arguments = parser.parse_args(argv)
 
     from stereonet_ros.cli import fail
-    from stereonet_ros.inference import InputError
+    from stereonet_ros.inference import InputError, check_local_search
     from stereonet_ros.model.checkpoint import CheckpointError
 
     if arguments.synthetic_samples < 1:
@@ -463,10 +470,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EvaluationError:
         fail(PROGRAM, f'--inference-scale {arguments.inference_scale}: must be in [{MIN_INFERENCE_SCALE:g}, '
                       f'{MAX_INFERENCE_SCALE:g}]', status=2)
+    try:
+        check_local_search(arguments.local_search)
+    except InputError as err:
+        fail(PROGRAM, f'--local-search: {err}', status=2)
     sets = [spec.strip() for spec in arguments.sets.split(',') if spec.strip()]
     try:
         results = evaluate(arguments.checkpoint, sets, device=arguments.device, precision=arguments.precision,
                            inference_scale=arguments.inference_scale, refine=not arguments.no_refine,
+                           local_search=arguments.local_search,
                            synthetic_samples=arguments.synthetic_samples, with_sgbm=not arguments.no_sgbm,
                            log=lambda text: print(f'{PROGRAM}: {text}', file=sys.stderr))
     except (EvaluationError, CheckpointError, InputError) as err:

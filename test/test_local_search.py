@@ -1,0 +1,132 @@
+"""The local search of the photometric cost around the network's answer (stereonet_ros.local_search)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from stereonet_ros.local_search import MAX_REACH_PX, MIN_ZNCC, WINDOW_RADIUS_PX, local_search
+
+
+def textured_pair(shift: float, height: int = 60, width: int = 160) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth random texture as the left image and the right image it would make at ``shift`` px
+    (right(x) = left(x + shift)), sampled by the same linear interpolation the search uses."""
+    rng = np.random.default_rng(3)
+    left = cv2.GaussianBlur(rng.uniform(0, 255, (height, width)).astype(np.float32), (0, 0), 3.0) * 6.0
+    columns = np.arange(width, dtype=np.float32)[np.newaxis, :] + np.float32(shift)
+    rows = np.broadcast_to(np.arange(height, dtype=np.float32)[:, np.newaxis], (height, width))
+    right = cv2.remap(left, np.ascontiguousarray(np.broadcast_to(columns, (height, width))), np.ascontiguousarray(rows),
+                      cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return left, right
+
+
+def inner(values: np.ndarray, shift: float) -> np.ndarray:
+    """Pixels whose window and match lie inside both images."""
+    margin = WINDOW_RADIUS_PX + 1
+    return values[margin:-margin, margin + int(np.ceil(shift)) + MAX_REACH_PX:-margin]
+
+
+@pytest.mark.parametrize('error', [2.6, -3.3, 0.4])
+def test_an_answer_off_by_less_than_the_reach_is_moved_to_the_true_shift(error: float) -> None:
+    left, right = textured_pair(12.4)
+    start = np.full(left.shape, 12.4 + error, np.float32)
+    found = local_search(start, left, right, reach=4, max_disparity=192.0)
+    errors = np.abs(inner(found, 12.4) - 12.4)
+    # Whole offsets find the peak; the parabola through it and its neighbours stays within half a pixel of it.
+    assert float(errors.max()) < 0.5 and float(np.median(errors)) < 0.1
+
+
+def test_a_true_shift_beyond_the_reach_leaves_the_answer_alone() -> None:
+    """The best offset at the end of the search is no peak: the true one may lie further (a chance peak of
+    the texture elsewhere may still pass, rarely)."""
+    left, right = textured_pair(12.4)
+    start = np.full(left.shape, 12.4 + 6.0, np.float32)
+    found = local_search(start, left, right, reach=4, max_disparity=192.0)
+    assert float((inner(found, 12.4) == inner(start, 12.4)).mean()) > 0.99
+
+
+def test_a_plain_image_and_unusable_answers_are_kept() -> None:
+    flat = np.full((40, 80), 128.0, np.float32)
+    start = np.full(flat.shape, 10.0, np.float32)
+    start[5, 5], start[6, 6], start[7, 7] = np.nan, 0.0, -3.0
+    found = local_search(start, flat, flat, reach=4, max_disparity=192.0)
+    np.testing.assert_array_equal(found, start)
+    assert found is not start
+    left, right = textured_pair(12.4)
+    start = np.full(left.shape, 14.0, np.float32)
+    start[30, 60], start[31, 61] = np.inf, 0.0  # textured around them: still not searched
+    found = local_search(start, left, right, reach=4, max_disparity=192.0)
+    assert found[30, 60] == np.inf and found[31, 61] == 0.0
+
+
+def test_moved_answers_stay_within_the_range() -> None:
+    """A true shift above the network's range: what moves stops at max_disparity."""
+    left, right = textured_pair(12.4)
+    found = local_search(np.full(left.shape, 10.5, np.float32), left, right, reach=4, max_disparity=11.0)
+    assert float(found.max()) <= 11.0 and float(inner(found, 12.4).min()) == 11.0
+
+
+def test_reach_bounds_and_shapes() -> None:
+    left, right = textured_pair(5.0, height=20, width=60)
+    start = np.full(left.shape, 6.0, np.float32)
+    np.testing.assert_array_equal(local_search(start, left, right, reach=0, max_disparity=192.0), start)
+    local_search(start, left, right, reach=MAX_REACH_PX, max_disparity=192.0)  # the widest is allowed
+    with pytest.raises(ValueError, match='reach 17 px is outside'):
+        local_search(start, left, right, reach=MAX_REACH_PX + 1, max_disparity=192.0)
+    with pytest.raises(ValueError, match='must be one'):
+        local_search(start[:, 1:], left, right, reach=4, max_disparity=192.0)
+
+
+def test_the_threshold_is_the_correlation_of_a_match() -> None:
+    """Noise added to the right image lowers the correlation: a pixel moves only while its peak is still at
+    least MIN_ZNCC (pinned here against the correlation computed directly for one window)."""
+    left, right = textured_pair(12.4)
+    rng = np.random.default_rng(0)
+    noisy = right + rng.normal(0, 15.0, right.shape).astype(np.float32)
+    start = np.full(left.shape, 14.4, np.float32)
+    found = local_search(start, left, noisy, reach=4, max_disparity=192.0)
+    offsets = range(-4, 5)
+    warped = []
+    for offset in offsets:
+        columns = np.arange(left.shape[1], dtype=np.float32)[np.newaxis, :] - np.float32(14.4 + offset)
+        rows = np.broadcast_to(np.arange(left.shape[0], dtype=np.float32)[:, np.newaxis], left.shape)
+        warped.append(cv2.remap(noisy, np.ascontiguousarray(np.broadcast_to(columns, left.shape)),
+                                np.ascontiguousarray(rows), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
+    r = WINDOW_RADIUS_PX
+    for y, x in [(y, x) for y in range(10, 50, 8) for x in range(40, 150, 11)]:
+        window = np.s_[y - r:y + r + 1, x - r:x + r + 1]
+        scores = []
+        for image in warped:
+            a, b = left[window] - left[window].mean(), image[window] - image[window].mean()
+            scores.append(float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum())))
+        best = int(np.argmax(scores))
+        assert (found[y, x] != 14.4) == (scores[best] >= MIN_ZNCC and 0 < best < len(scores) - 1), (y, x, scores)
+    assert 0.3 < float((found != start).mean()) < 0.7  # this noise leaves some pixels above it, some below
+
+
+def test_both_backends_apply_it_after_the_network_and_refuse_a_bad_reach() -> None:
+    """The search is the predictors' last step, the same after PyTorch and after ONNX Runtime: on a Motorcycle crop
+    it moves the bundled default's answer, and both backends' searched answers agree but at rare pixels (the
+    thresholds can turn the backends' 0.01 px into a whole pixel)."""
+    pytest.importorskip('onnxruntime')
+    import warnings
+
+    from stereonet_ros.backends import open_predictor
+    from stereonet_ros.inference_common import InputError
+    from stereonet_ros.samples import motorcycle
+
+    sample = motorcycle()
+    left, right = sample.left[100:300, 200:500], sample.right[100:300, 200:500]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # the default is marked preliminary
+        predictors = [open_predictor(None, device='cpu', backend=backend) for backend in ('pytorch', 'onnxruntime')]
+    answers = []
+    for predictor in predictors:
+        alone = predictor.infer(left, right).disparity
+        searched = predictor.infer(left, right, local_search=4).disparity
+        assert float((np.abs(searched - alone) > 0.1).mean()) > 0.1  # it moved a good part of the crop
+        answers.append(searched)
+        for reach in (-1, MAX_REACH_PX + 1, 2.5, True):
+            with pytest.raises(InputError, match='local search .* must be a whole number in'):
+                predictor.infer(left, right, local_search=reach)  # type: ignore[arg-type]
+    assert float((np.abs(answers[0] - answers[1]) > 0.01).mean()) < 0.01
