@@ -47,13 +47,15 @@ def test_infer_writes_seed_disparity_as_pfm_npy_and_colour_png(tmp_path: Path, s
     left, right = seed_pair
     expected = seed_reference['disparity_100x170'][0, 0]
     pfm, npy, picture = tmp_path / 'd.pfm', tmp_path / 'd.npy', tmp_path / 'd.png'
+    # The seed's own reference outputs are its network's answers: without the local search after it.
     result = run_installed('stereonet-infer', left, right, '--checkpoint', seed_checkpoint_path, '--out', pfm,
-                           '--color', picture, '--device', 'cpu')
+                           '--color', picture, '--device', 'cpu', '--local-search', '0')
     assert result.returncode == 0, result.stderr
     assert np.abs(read_pfm(pfm) - expected).max() <= 1e-3
     with Image.open(picture) as image:
         assert image.mode == 'RGB' and image.size == (170, 100)
-    result = run_installed('stereonet-infer', left, right, '--checkpoint', seed_checkpoint_path, '--out', npy)
+    result = run_installed('stereonet-infer', left, right, '--checkpoint', seed_checkpoint_path, '--out', npy,
+                           '--local-search', '0')
     assert result.returncode == 0, result.stderr
     stored = np.load(npy)
     assert stored.dtype == np.float32 and np.abs(stored - expected).max() <= 1e-3
