@@ -4,7 +4,9 @@ The network's answer is imprecise where the image is textured (its cost volume's
 apart, and its refiner has learned to lean on the coarse disparity rather than the image:
 docs/depth_quality.md), which is exactly where plain local matching is reliable. So, for each pixel, the
 zero-mean normalized cross-correlation (ZNCC) of a small window of the left image with the right image
-shifted by the network's disparity plus each whole offset in ``[-reach, reach]`` px: where the best
+shifted by the network's disparity plus each whole offset in ``[-reach, reach]`` px, the best of five windows
+that hold the pixel (centred on it, and moved by the window's radius left, right, up and down: so that beside
+a depth edge one window lies on the pixel's own side of it, Fusiello et al.'s shiftable windows): where the best
 offset is inside that interval (a true peak, not the edge of the search) and correlates at least
 :data:`MIN_ZNCC`, the pixel takes it, refined to a fraction of a pixel by a parabola through the peak
 and its two neighbours; elsewhere (plain surfaces, occlusions, repeated texture that matches nowhere
@@ -38,6 +40,19 @@ MAX_REACH_PX: Final = 16
 
 _MIN_VARIANCE: Final = 1e-6
 """Floor on a window's variance (grey levels squared) so a flat window correlates 0, not 0 / 0."""
+
+
+def _best_window(correlation: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+    """Each pixel's best correlation over the windows that hold it: centred on it and moved by the window's radius
+    along each axis (the image's edge repeated beyond it)."""
+    radius = WINDOW_RADIUS_PX
+    height, width = correlation.shape
+    padded = np.pad(correlation.astype(np.float32), radius, mode='edge')
+    best = padded[radius:radius + height, radius:radius + width].copy()
+    for rows, columns in ((0, radius), (0, -radius), (radius, 0), (-radius, 0)):
+        np.maximum(best, padded[radius + rows:radius + rows + height, radius + columns:radius + columns + width],
+                   out=best)
+    return best
 
 
 def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float32], right: npt.NDArray[np.float32],
@@ -91,7 +106,7 @@ def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float3
         right_variance = np.maximum(box(warped * warped) - right_mean * right_mean, _MIN_VARIANCE)
         zncc = (box(left32 * warped) - left_mean * right_mean) / np.sqrt(left_variance * right_variance)
         # A match outside the right image is no match (the replicated border would correlate with anything).
-        correlations[index] = np.where((source >= 0) & (source <= width - 1), zncc, -1.0)
+        correlations[index] = _best_window(np.where((source >= 0) & (source <= width - 1), zncc, -1.0))
     best = correlations.argmax(axis=0)
     peak = np.take_along_axis(correlations, best[np.newaxis], axis=0)[0]
     interior = (best > 0) & (best < offsets.size - 1)

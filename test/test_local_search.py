@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stereonet_ros.local_search import MAX_REACH_PX, MIN_ZNCC, WINDOW_RADIUS_PX, local_search
+from stereonet_ros.local_search import MAX_REACH_PX, MIN_ZNCC, WINDOW_RADIUS_PX, _best_window, local_search
 
 
 def textured_pair(shift: float, height: int = 60, width: int = 160) -> tuple[np.ndarray, np.ndarray]:
@@ -45,6 +45,23 @@ def test_a_true_shift_beyond_the_reach_leaves_the_answer_alone() -> None:
     assert float((inner(found, 12.4) == inner(start, 12.4)).mean()) > 0.99
 
 
+def test_each_pixel_takes_the_best_of_the_five_windows_that_hold_it() -> None:
+    """Beside a depth edge the window centred on a pixel straddles it; one moved by the radius along an axis lies on
+    the pixel's own side. A lone high correlation reaches exactly the pixels r away along a row or a column (and its
+    own), nothing diagonal or further; at the image's border the edge value repeats."""
+    r = WINDOW_RADIUS_PX
+    correlation = np.full((20, 30), -0.5, np.float32)
+    correlation[10, 15] = 0.95
+    best = _best_window(correlation)
+    reached = {tuple(int(v) for v in point) for point in np.argwhere(best == np.float32(0.95))}
+    assert reached == {(10, 15), (10, 15 - r), (10, 15 + r), (10 - r, 15), (10 + r, 15)}
+    assert float(best.min()) == -0.5
+    border = np.full((20, 30), -0.5, np.float32)
+    border[:, 0] = 0.8  # the first column, repeated beyond the border: every pixel up to r from it reaches it
+    reached_columns = set(np.argwhere(_best_window(border) == np.float32(0.8))[:, 1].tolist())
+    assert reached_columns == set(range(r + 1))
+
+
 def test_a_plain_image_and_unusable_answers_are_kept() -> None:
     flat = np.full((40, 80), 128.0, np.float32)
     start = np.full(flat.shape, 10.0, np.float32)
@@ -82,7 +99,7 @@ def test_the_threshold_is_the_correlation_of_a_match() -> None:
     least MIN_ZNCC (pinned here against the correlation computed directly for one window)."""
     left, right = textured_pair(12.4)
     rng = np.random.default_rng(0)
-    noisy = right + rng.normal(0, 15.0, right.shape).astype(np.float32)
+    noisy = right + rng.normal(0, 20.0, right.shape).astype(np.float32)
     start = np.full(left.shape, 14.4, np.float32)
     found = local_search(start, left, noisy, reach=4, max_disparity=192.0)
     offsets = range(-4, 5)
@@ -93,12 +110,16 @@ def test_the_threshold_is_the_correlation_of_a_match() -> None:
         warped.append(cv2.remap(noisy, np.ascontiguousarray(np.broadcast_to(columns, left.shape)),
                                 np.ascontiguousarray(rows), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
     r = WINDOW_RADIUS_PX
-    for y, x in [(y, x) for y in range(10, 50, 8) for x in range(40, 150, 11)]:
+
+    def zncc(image: np.ndarray, y: int, x: int) -> float:
         window = np.s_[y - r:y + r + 1, x - r:x + r + 1]
-        scores = []
-        for image in warped:
-            a, b = left[window] - left[window].mean(), image[window] - image[window].mean()
-            scores.append(float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum())))
+        a, b = left[window] - left[window].mean(), image[window] - image[window].mean()
+        return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+    for y, x in [(y, x) for y in range(10, 50, 8) for x in range(40, 150, 11)]:
+        # Each offset's score: the best of the five windows that hold the pixel (centred, moved by r each way).
+        scores = [max(zncc(image, y + dy, x + dx) for dy, dx in ((0, 0), (0, r), (0, -r), (r, 0), (-r, 0)))
+                  for image in warped]
         best = int(np.argmax(scores))
         assert (found[y, x] != 14.4) == (scores[best] >= MIN_ZNCC and 0 < best < len(scores) - 1), (y, x, scores)
     assert 0.3 < float((found != start).mean()) < 0.7  # this noise leaves some pixels above it, some below

@@ -779,6 +779,7 @@ def test_run_time_parameter_changes_are_applied_or_refused_with_a_reason(client:
     # pixels of this small network's answer.
     assert client.set_parameter('local_search_px', 0).successful
     values = as_float_image(client.send_good(left, right, topics=('disparity',))['disparity'].image)
+    assert client.spin_until(lambda: client.diagnostics.get('local search px') == '0'), client.diagnostics
     alone = model_shift(Predictor(without_refiners(checkpoint), device='cpu'), left, right, local_search=0) \
         - (CX_LEFT - CX_RIGHT)
     valid = values >= 0.0

@@ -590,6 +590,7 @@ class StereoNetNode(Node):
             'captured input sizes': ', '.join(f'{w}x{h}' for h, w in predictor.captured_sizes) or 'none',
             'precision': predictor.precision,
             'refiners': str(predictor.config.k_refinement_layers),
+            'local search px': str(config.local_search_px),
             'checkpoint': config.checkpoint or 'bundled default',
             'checkpoint provenance': repr(predictor.checkpoint.provenance),
             'placeholder': str(predictor.is_placeholder).lower(),
