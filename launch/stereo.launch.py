@@ -158,7 +158,8 @@ def generate_launch_description():
                               "real pairs than the whole network at 1); '' = the params file's (true)"),
         DeclareLaunchArgument('local_search_px', default_value='',
                               description="Search the photometric cost within this many pixels of the network's "
-                              "answer, 0..16 (0 = off); '' = the params file's (4)"),
+                              "answer, 0..16 (0 = off; -1 = 4 where the network runs on the CPU, 0 on a GPU); "
+                              "'' = the params file's (-1)"),
         DeclareLaunchArgument('approximate_sync', default_value='',
                               description="true or false; '' = the params file's (false)"),
         DeclareLaunchArgument('queue_size', default_value='',

@@ -520,7 +520,8 @@ class Predictor(CheckpointFacts):
             max_pixels: most pixels the network may run on: a larger pair runs at the largest smaller
                 scale that fits (:func:`fitted_scale`; ``Inference.scale`` says which).
             local_search: reach in input pixels of the photometric search around the network's answer
-                (:mod:`stereonet_ros.local_search`); 0 = the network's answer as it is.
+                (:mod:`stereonet_ros.local_search`); 0 = the network's answer as it is; -1 = the node's default
+                for this device (:func:`~stereonet_ros.local_search.reach_for`).
 
         Raises:
             InputError: shapes, dtypes or sizes the predictor cannot use, a scale or reach out of range, or a
@@ -543,7 +544,7 @@ class Predictor(CheckpointFacts):
         inference = Inference(disparity=answer[0], confidence=answer[1] if with_confidence else None,
                               max_disparity=float(self.contract.max_disparity) * ratio, network_size=network_size,
                               scale=scale)
-        return searched(inference, left_image, right_image, local_search)
+        return searched(inference, left_image, right_image, local_search, self.device.type)
 
     def predict(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0) -> npt.NDArray[np.float32]:
         """Left-view disparity ``(H, W)`` float32 in pixels of the input: :meth:`infer`'s ``disparity``.

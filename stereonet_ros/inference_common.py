@@ -204,25 +204,30 @@ class Inference:
 
 
 def check_local_search(reach: int) -> int:
-    """``reach`` (px) if it is a whole number in [0, :data:`~stereonet_ros.local_search.MAX_REACH_PX`].
+    """``reach`` (px) if it is a whole number in [0, :data:`~stereonet_ros.local_search.MAX_REACH_PX`], or
+    :data:`~stereonet_ros.local_search.AUTO` (-1: :func:`~stereonet_ros.local_search.reach_for` the device).
 
     Raises:
         InputError: otherwise (the message gives the value and the range).
     """
-    from stereonet_ros.local_search import MAX_REACH_PX
+    from stereonet_ros.local_search import AUTO, MAX_REACH_PX
 
-    if isinstance(reach, bool) or not isinstance(reach, (int, np.integer)) or not 0 <= reach <= MAX_REACH_PX:
-        raise InputError(f'local search {reach!r} px: must be a whole number in [0, {MAX_REACH_PX}]')
+    if isinstance(reach, bool) or not isinstance(reach, (int, np.integer)) or not AUTO <= reach <= MAX_REACH_PX:
+        raise InputError(f'local search {reach!r} px: must be a whole number in [0, {MAX_REACH_PX}], or {AUTO} '
+                         'for the device\'s default')
     return int(reach)
 
 
 def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: npt.NDArray[Any],
-             reach: int) -> Inference:
-    """``inference`` after :func:`~stereonet_ros.local_search.local_search` within ``reach`` px (0: as it is), on the
-    grey (BT.601 luma) images of the pair as given: the one place both backends apply it."""
+             reach: int, device_type: str) -> Inference:
+    """``inference`` after :func:`~stereonet_ros.local_search.local_search` within ``reach`` px (0: as it is;
+    :data:`~stereonet_ros.local_search.AUTO`: as suits a network on ``device_type``), on the grey (BT.601 luma)
+    images of the pair as given: the one place both backends apply it."""
+    from stereonet_ros.local_search import local_search, reach_for
+
+    reach = reach_for(reach, device_type)
     if reach == 0:
         return inference
-    from stereonet_ros.local_search import local_search
 
     left_grey, right_grey = (to_contract_color(as_float_image(image, name), 'gray')[0]
                              for image, name in ((left_image, 'left'), (right_image, 'right')))

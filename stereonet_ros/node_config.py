@@ -23,7 +23,7 @@ from stereonet_ros.config import ConfigError, build, to_dict
 from stereonet_ros.image_compression import TRANSPORTS
 from stereonet_ros.backends import BACKENDS, Backend
 from stereonet_ros.inference_common import DEFAULT_MAX_PIXELS, MAX_INFERENCE_SCALE, MIN_INFERENCE_SCALE
-from stereonet_ros.local_search import DEFAULT_REACH_PX, MAX_REACH_PX
+from stereonet_ros.local_search import AUTO, MAX_REACH_PX
 
 Precision = Literal['fp32', 'fp16', 'bf16']
 Transport = Literal['raw', 'compressed']
@@ -139,10 +139,11 @@ class NodeConfig:
         '1.4 times what the whole network does at 1 and scores better on both real pairs (README, accuracy against '
         'time)')
     local_search_px: int = _param(
-        DEFAULT_REACH_PX, "Search the photometric cost within this many pixels of the network's answer and move each "
-        'pixel where a 7x7 window correlates best (ZNCC at least 0.9, a true peak, refined to a fraction of a pixel); '
-        "0 = the network's answer as it is. Under a tenth of the network's CPU time at 4; better in every view of "
-        'every set measured at the default settings (README, local search)', 0, MAX_REACH_PX)
+        AUTO, "Search the photometric cost within this many pixels of the network's answer and move each pixel "
+        'where a 7x7 window correlates best (ZNCC at least 0.9, a true peak, refined to a fraction of a pixel); '
+        "0 = the network's answer as it is; -1 = 4 where the network runs on the CPU (under a tenth of its time; "
+        'better in every view of every set measured at the default settings) and 0 on a GPU (the search runs on '
+        'the host and would cost more than the network there). README, local search', AUTO, MAX_REACH_PX)
     max_pixels: int = _param(
         DEFAULT_MAX_PIXELS, 'Most pixels the network runs on (after inference_scale): a larger pair runs at the '
         'largest smaller scale that fits (a throttled warning says so), or is dropped when even 0.1 does not; '

@@ -30,7 +30,7 @@ from stereonet_ros.evaluation.makebag import simple_camera, synthetic_pairs, wri
 from stereonet_ros.evaluation.replay import ReplayConfig, ReplayFrame  # noqa: E402
 from stereonet_ros.evaluation.through_node import node_disparity_to_shift  # noqa: E402
 from stereonet_ros.inference import Predictor, UntrainedPlaceholderWarning  # noqa: E402
-from stereonet_ros.local_search import DEFAULT_REACH_PX  # noqa: E402
+from stereonet_ros.local_search import AUTO, DEFAULT_REACH_PX  # noqa: E402
 from stereonet_ros.node_config import NodeConfig  # noqa: E402
 from stereonet_ros.processing import OutputSelection, StereoProcessor  # noqa: E402
 from stereonet_ros.ros.bag_player import to_ros_message  # noqa: E402
@@ -120,8 +120,8 @@ def test_scores_through_the_node_equal_the_in_process_scores_when_nothing_drops(
     assert eval_bag.main(arguments) == 0
     metrics = json.loads((out / 'metrics.json').read_text())
     assert metrics['inference_scale'] == (scale or 1.0)
-    reach = DEFAULT_REACH_PX if local_search is None else local_search
-    assert metrics['local_search_px'] == reach
+    assert metrics['local_search_px'] == (AUTO if local_search is None else local_search)
+    reach = DEFAULT_REACH_PX if local_search is None else local_search  # AUTO beside this CPU network
     assert metrics['frames_dropped'] == 0, metrics['through_node']
     assert metrics['frames_scored'] == 3 and metrics['through_node']['pairs_answered'] == 3
     timing = metrics['timing']

@@ -5,7 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from stereonet_ros.local_search import MAX_REACH_PX, MIN_ZNCC, WINDOW_RADIUS_PX, _best_window, local_search
+from stereonet_ros.local_search import (AUTO, DEFAULT_REACH_PX, MAX_REACH_PX, MIN_ZNCC, WINDOW_RADIUS_PX, _best_window,
+                                        local_search, reach_for)
 
 
 def textured_pair(shift: float, height: int = 60, width: int = 160) -> tuple[np.ndarray, np.ndarray]:
@@ -83,6 +84,13 @@ def test_moved_answers_stay_within_the_range() -> None:
     assert float(found.max()) <= 11.0 and float(inner(found, 12.4).min()) == 11.0
 
 
+def test_auto_searches_beside_a_cpu_network_only() -> None:
+    """-1 (the node's default) is 4 px where the network runs on the CPU, where the search costs under a tenth
+    of it, and 0 beside a GPU, where the host-side search would cost more than the network."""
+    assert reach_for(AUTO, 'cpu') == DEFAULT_REACH_PX == 4 and reach_for(AUTO, 'cuda') == 0
+    assert reach_for(0, 'cpu') == 0 and reach_for(6, 'cuda') == 6  # a reach asked for is the reach
+
+
 def test_reach_bounds_and_shapes() -> None:
     left, right = textured_pair(5.0, height=20, width=60)
     start = np.full(left.shape, 6.0, np.float32)
@@ -147,7 +155,8 @@ def test_both_backends_apply_it_after_the_network_and_refuse_a_bad_reach() -> No
         searched = predictor.infer(left, right, local_search=4).disparity
         assert float((np.abs(searched - alone) > 0.1).mean()) > 0.1  # it moved a good part of the crop
         answers.append(searched)
-        for reach in (-1, MAX_REACH_PX + 1, 2.5, True):
+        np.testing.assert_array_equal(predictor.infer(left, right, local_search=AUTO).disparity, searched)  # on a CPU
+        for reach in (AUTO - 1, MAX_REACH_PX + 1, 2.5, True):
             with pytest.raises(InputError, match='local search .* must be a whole number in'):
                 predictor.infer(left, right, local_search=reach)  # type: ignore[arg-type]
     assert float((np.abs(answers[0] - answers[1]) > 0.01).mean()) < 0.01

@@ -42,7 +42,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from stereonet_ros.image_codec import array_to_image_fields, bt601_luma, to_model_input  # noqa: E402
 from stereonet_ros.image_compression import compress  # noqa: E402
 from stereonet_ros.inference import Predictor, placeholder_checkpoint, without_refiners  # noqa: E402
-from stereonet_ros.local_search import DEFAULT_REACH_PX  # noqa: E402
+from stereonet_ros.local_search import AUTO, DEFAULT_REACH_PX  # noqa: E402
 from stereonet_ros.model.checkpoint import Checkpoint, InputContract, save_checkpoint  # noqa: E402
 from stereonet_ros.model.stereonet import StereoNet, StereoNetConfig  # noqa: E402
 
@@ -787,7 +787,8 @@ def test_run_time_parameter_changes_are_applied_or_refused_with_a_reason(client:
     np.testing.assert_allclose(values[valid], alone[valid], atol=2e-3)
     result = client.set_parameter('local_search_px', 17)
     assert not result.successful and 'local_search_px' in result.reason, result.reason
-    assert client.set_parameter('local_search_px', DEFAULT_REACH_PX).successful
+    assert client.set_parameter('local_search_px', AUTO).successful  # the default: 4 beside a CPU network
+    assert client.spin_until(lambda: client.diagnostics.get('local search px') == str(DEFAULT_REACH_PX))
     result = client.set_parameter('backend', 'onnxruntime')
     assert not result.successful and 'backend onnxruntime runs .onnx files' in result.reason, result.reason
     assert client.set_parameter('refine', True).successful

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--local-search', type=int, metavar='PX',
                         help="search the photometric cost within PX pixels of the network's answer, 0..16, 0 = off, "
                         "in this process or in the node this run starts (its local_search_px parameter; default the "
-                        "node's, 4)")
+                        "node's, -1: 4 where the network runs on the CPU, 0 on a GPU)")
     parser.add_argument('--write-bag', action='store_true',
                         help='also write DIR/output_bag (mcap): /disparity, /points2, /depth on the input stamps')
     parser.add_argument('--max-frames', type=int, help='stop after this many pairs')
@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stereonet_ros.inference_common import (MAX_INFERENCE_SCALE, MIN_INFERENCE_SCALE, InputError,
                                                 UntrainedPlaceholderWarning, check_inference_scale,
                                                 check_local_search)
-    from stereonet_ros.local_search import DEFAULT_REACH_PX
+    from stereonet_ros.local_search import AUTO
     from stereonet_ros.model.checkpoint import CheckpointError
     from stereonet_ros.training.train import git_sha
 
@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     created = datetime.now(timezone.utc).isoformat(timespec='seconds')
     device = arguments.device or 'auto'
     scale = 1.0 if arguments.inference_scale is None else float(arguments.inference_scale)
-    reach = DEFAULT_REACH_PX if arguments.local_search is None else arguments.local_search
+    reach = AUTO if arguments.local_search is None else arguments.local_search
     try:
         check_local_search(reach)
     except InputError as err:
@@ -346,7 +346,7 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
     """
     from stereonet_ros.evaluation.bag_eval import bags_image_transport
     from stereonet_ros.inference import DEFAULT_CHECKPOINT, placeholder_checkpoint
-    from stereonet_ros.local_search import DEFAULT_REACH_PX
+    from stereonet_ros.local_search import AUTO
     from stereonet_ros.model.checkpoint import load_checkpoint
     from stereonet_ros.ros.bag_player import play_through_node
 
@@ -384,7 +384,7 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
                      extra_parameters={'precision': arguments.precision or 'fp32',
                                        'backend': arguments.backend or 'auto', 'inference_scale': repr(scale),
                                        'refine': 'false' if arguments.no_refine else 'true',
-                                       'local_search_px': str(DEFAULT_REACH_PX if arguments.local_search is None
+                                       'local_search_px': str(AUTO if arguments.local_search is None
                                                               else arguments.local_search)},
                      image_transport=transport) as node:
         playback = play_through_node(arguments.bags, config, settings, node_failure=node.failure)

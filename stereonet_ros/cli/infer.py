@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                         'without refiners in ONNX Runtime, a checkpoint file runs in PyTorch)')
     parser.add_argument('--local-search', type=int, default=None, metavar='PX',
                         help="search the photometric cost within PX pixels of the network's answer, 0..16, 0 = off "
-                        "(default: the node's local_search_px, 4)")
+                        "(default: the node's local_search_px, -1: 4 where the network runs on the CPU, 0 on a GPU)")
     parser.add_argument('--max-pixels', type=int, default=None, metavar='N',
                         help='most pixels the network runs on (after --inference-scale): a larger pair runs at the '
                         'largest smaller scale that fits, with a warning (default 4000000: about 3 GiB on a CPU)')
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stereonet_ros.inference_common import (DEFAULT_MAX_PIXELS, MAX_INFERENCE_SCALE, MIN_INFERENCE_SCALE,
                                                 InputError, UntrainedPlaceholderWarning, check_inference_scale,
                                                 check_local_search)
-    from stereonet_ros.local_search import DEFAULT_REACH_PX
+    from stereonet_ros.local_search import AUTO
     from stereonet_ros.model.checkpoint import CheckpointError
 
     if arguments.out.suffix.lower() not in ('.npy', '.pfm'):
@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(PROGRAM, f'--inference-scale {arguments.inference_scale!r}: must be in '
              f'[{MIN_INFERENCE_SCALE}, {MAX_INFERENCE_SCALE}]', status=2)
     try:
-        reach = check_local_search(DEFAULT_REACH_PX if arguments.local_search is None else arguments.local_search)
+        reach = check_local_search(AUTO if arguments.local_search is None else arguments.local_search)
     except InputError as err:
         fail(PROGRAM, f'--local-search: {err}', status=2)
     try:

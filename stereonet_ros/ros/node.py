@@ -67,6 +67,7 @@ from stereonet_ros.image_codec import ImageCodecError, ImageLike
 from stereonet_ros.image_compression import CompressedImageError, compressed_topic, decompress, require_codec
 from stereonet_ros.backends import open_predictor
 from stereonet_ros.inference_common import InputError, UntrainedPlaceholderWarning, node_inference_threads
+from stereonet_ros.local_search import reach_for
 from stereonet_ros.model.checkpoint import CheckpointError
 from stereonet_ros.node_config import (DIAGNOSTICS_TOPIC, MODEL_KEYS, OUTPUT_TOPICS, PARAMETER_SPECS,
                                        STEREO_IMAGE_PROC_BLOCK_MATCHING, SYNC_KEYS, NodeConfig)
@@ -590,7 +591,7 @@ class StereoNetNode(Node):
             'captured input sizes': ', '.join(f'{w}x{h}' for h, w in predictor.captured_sizes) or 'none',
             'precision': predictor.precision,
             'refiners': str(predictor.config.k_refinement_layers),
-            'local search px': str(config.local_search_px),
+            'local search px': str(reach_for(config.local_search_px, predictor.device.type)),
             'checkpoint': config.checkpoint or 'bundled default',
             'checkpoint provenance': repr(predictor.checkpoint.provenance),
             'placeholder': str(predictor.is_placeholder).lower(),
