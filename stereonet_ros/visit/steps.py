@@ -9,6 +9,7 @@ module's name; any other exception makes it ``failed`` with the error, and the v
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -179,6 +180,7 @@ def node_processing(ctx: Context) -> dict[str, Any]:
     from stereonet_ros.camera import from_camera_infos
     from stereonet_ros.image_codec import array_to_image_fields
     from stereonet_ros.inference import DEFAULT_CHECKPOINT, Predictor
+    from stereonet_ros.local_search import AUTO, DEFAULT_REACH_PX
     from stereonet_ros.model.checkpoint import load_checkpoint
     from stereonet_ros.node_config import NodeConfig
     from stereonet_ros.processing import (DeviceGuard, OutputSelection, StereoProcessor, decode_colours,
@@ -191,18 +193,22 @@ def node_processing(ctx: Context) -> dict[str, Any]:
     left_msg = array_to_image_fields(left, 'rgb8')
     right_msg = array_to_image_fields(np.ascontiguousarray(right[:, :, ::-1]), 'bgr8')  # a BGR camera too
     camera = from_camera_infos(_camera_info(width, height, False), _camera_info(width, height, True))
-    config, outputs = NodeConfig(), OutputSelection()
+    outputs = OutputSelection()
     checkpoint = load_checkpoint(DEFAULT_CHECKPOINT)
     warnings_: list[str] = []
     guard = DeviceGuard(warn=lambda kind, text: warnings_.append(text), report=warnings_.append)
     cuda = ctx.device.startswith('cuda')
-    variants = [('fp32', cuda), ('bf16', cuda), ('fp32', False)] if cuda else [('fp32', False)]
+    # (precision, CUDA graphs, local_search_px): the node's default reach (-1) is off beside a GPU network; the
+    # last variant times the host-side search at 4 px beside it, to say whether a GPU should take it too.
+    variants = ([('fp32', cuda, AUTO), ('bf16', cuda, AUTO), ('fp32', False, AUTO), ('fp32', cuda, DEFAULT_REACH_PX)]
+                if cuda else [('fp32', False, AUTO)])
     if not cuda and cpu_has_native_bf16():
-        variants.append(('bf16', False))
+        variants.append(('bf16', False, AUTO))
     result: dict[str, Any] = {'status': 'partial', 'size': f'{width}x{height}', 'encoding': 'rgb8 + bgr8',
                               'outputs': outputs.describe(), 'variants': {}}
-    for precision, graphs in variants:
-        name = f'{precision}-{"graph" if graphs else "eager"}'
+    for precision, graphs, reach in variants:
+        name = f'{precision}-{"graph" if graphs else "eager"}' + (f'-search{reach}' if reach != AUTO else '')
+        config = dataclasses.replace(NodeConfig(), local_search_px=reach)
         if time.monotonic() > ctx.deadline:
             result['variants'][name] = {'status': 'skipped', 'reason': 'out of time'}
             continue
