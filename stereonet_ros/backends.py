@@ -36,7 +36,6 @@ Backend = Literal['auto', 'pytorch', 'onnxruntime']
 BACKENDS: tuple[Backend, ...] = ('auto', 'pytorch', 'onnxruntime')
 
 
-
 def export_path(checkpoint: Path, refine: bool = True) -> Path:
     """Where the export of ``checkpoint`` that ``refine`` runs lies beside it (``promote`` writes both):
     ``name.onnx`` with its refiners, ``name_norefine.onnx`` without them."""

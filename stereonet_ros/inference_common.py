@@ -228,7 +228,6 @@ def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: np
     reach = reach_for(reach, device_type)
     if reach == 0:
         return inference
-
     left_grey, right_grey = (to_contract_color(as_float_image(image, name), 'gray')[0]
                              for image, name in ((left_image, 'left'), (right_image, 'right')))
     return replace(inference, disparity=local_search(inference.disparity, left_grey, right_grey, reach,
