@@ -1,6 +1,7 @@
 """Where the dense-view gap to SGBM lies on a real pair: occlusions, depth edges, or plain surfaces?
 
-    .venv/bin/python benchmarks/sgbm_gap.py [CHECKPOINT] [--set motorcycle|aloe] [--scales 1 2] [--out FILE.md]
+    .venv/bin/python benchmarks/sgbm_gap.py [CHECKPOINT] [--set motorcycle|aloe] [--scales 1 2] [--local-search PX]
+                                            [--out FILE.md]
 
 The dense view of ``stereonet-evaluate`` (ours as the node computes it, ``StereoProcessor.infer`` at
 each ``inference_scale``; SGBM with stereo_image_proc's parameters, its holes filled the KITTI devkit
@@ -105,6 +106,8 @@ def main() -> int:
     parser.add_argument('--set', choices=('motorcycle', 'aloe'), default='motorcycle',
                         help="the real pair (stereonet-evaluate's sets of that name)")
     parser.add_argument('--scales', nargs='+', type=float, default=[1.0, 2.0], help='inference_scale values')
+    parser.add_argument('--local-search', type=int, default=0, metavar='PX',
+                        help="the node's local_search_px after ours (default 0: the network alone)")
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--out', type=Path)
     arguments = parser.parse_args()
@@ -122,8 +125,9 @@ def main() -> int:
     lines = [f'`benchmarks/sgbm_gap.py {" ".join(sys.argv[1:])}` (torch {torch.__version__}); {frame.name} '
              f'{truth.shape[1]}x{truth.shape[0]}, dense view, {REFERENCE} holes filled', '']
     for scale in arguments.scales:
-        ours, _, _ = processor.infer(frame.left, frame.right, scale)
-        lines += [f'**{arguments.checkpoint or "bundled default"}, `inference_scale` {scale:g}** '
+        ours, _, _ = processor.infer(frame.left, frame.right, scale, local_search=arguments.local_search)
+        searched = f', local search {arguments.local_search} px' if arguments.local_search else ''
+        lines += [f'**{arguments.checkpoint or "bundled default"}, `inference_scale` {scale:g}{searched}** '
                   '(EPE px / bad-3 %; part of the gap = share x EPE difference, px)', '',
                   f'| region | share of pixels | ours | {REFERENCE} | part of the EPE gap |',
                   '| --- | --- | --- | --- | --- |', *gap_rows(ours, sgbm, truth, scored, regions), '']
