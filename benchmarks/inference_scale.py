@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/inference_scale.py [--checkpoint PATH] [--set motorcycle|aloe]
         [--scales 1,1.5,2,2.5] [--no-refine-scales 1,1.5,2] [--repeats 3] [--device cpu] [--precision fp32]
-        [--out benchmarks/results/FILE.md]
+        [--local-search PX] [--out benchmarks/results/FILE.md]
 
 Runs ``Predictor.infer`` (the one path the node, the CLIs and the evaluators share) on a real pair
 (Middlebury 2014 Motorcycle at quarter scale, 741x500, or the held-out Aloe at half size, 641x555) at
@@ -12,7 +12,8 @@ dense EPE and bad-1/2/3 of the network (every pixel scored, as the dense view of
 ``stereonet-evaluate``), the median seconds per pair over ``--repeats`` runs after a warm-up, and
 that time as a ratio of scale 1's, measured in the same run. SGBM with stereo_image_proc's
 parameters, dense (holes filled the KITTI way), is the reference row. Times depend on the machine
-and on what else runs on it: compare ratios, not seconds, across machines.
+and on what else runs on it: compare ratios, not seconds, across machines. ``--local-search``: the node's
+``local_search_px`` after the network, timed with it (default 0: the network alone).
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def main() -> int:
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--precision', default='fp32', choices=('fp32', 'bf16', 'fp16'))
+    parser.add_argument('--local-search', type=int, default=0, metavar='PX',
+                        help="the node's local_search_px (default 0: the network alone)")
     parser.add_argument('--out', type=Path, help='also write the table (with date and machine) here')
     arguments = parser.parse_args()
 
@@ -58,11 +61,11 @@ def main() -> int:
     rows = []
     for scale, refine in runs:
         predictor = predictors[refine]
-        predictor.infer(sample.left, sample.right, scale=scale)  # warm-up: allocation, kernel choice
+        predictor.infer(sample.left, sample.right, scale=scale, local_search=arguments.local_search)  # warm-up
         times, answer = [], None
         for _ in range(arguments.repeats):
             start = time.perf_counter()
-            answer = predictor.infer(sample.left, sample.right, scale=scale)
+            answer = predictor.infer(sample.left, sample.right, scale=scale, local_search=arguments.local_search)
             times.append(time.perf_counter() - start)
         assert answer is not None
         metrics = disparity_metrics(answer.disparity, sample.disparity)
@@ -75,7 +78,8 @@ def main() -> int:
     height, width = sample.disparity.shape
     lines = [f'{sample.name} ({width}x{height}), {arguments.device} {arguments.precision}, median of '
              f'{arguments.repeats}; {date.today().isoformat()}, {platform.processor() or platform.machine()}, '
-             f'checkpoint {arguments.checkpoint or "bundled default"}; time ratio against scale 1 with the refiner',
+             f'checkpoint {arguments.checkpoint or "bundled default"}, local search {arguments.local_search} px; time '
+             'ratio against scale 1 with the refiner',
              '',
              '| inference_scale | refiner | network size | EPE px | bad-1 % | bad-2 % | bad-3 % | s/pair '
              '| time ratio |',
