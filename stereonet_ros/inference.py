@@ -544,7 +544,7 @@ class Predictor(CheckpointFacts):
         inference = Inference(disparity=answer[0], confidence=answer[1] if with_confidence else None,
                               max_disparity=float(self.contract.max_disparity) * ratio, network_size=network_size,
                               scale=scale)
-        return searched(inference, left_image, right_image, local_search, self.device.type)
+        return searched(inference, left_image, right_image, local_search, self.device.type, max_pixels)
 
     def predict(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0) -> npt.NDArray[np.float32]:
         """Left-view disparity ``(H, W)`` float32 in pixels of the input: :meth:`infer`'s ``disparity``.

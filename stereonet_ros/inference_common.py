@@ -219,14 +219,16 @@ def check_local_search(reach: int) -> int:
 
 
 def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: npt.NDArray[Any],
-             reach: int, device_type: str) -> Inference:
+             reach: int, device_type: str, max_pixels: int) -> Inference:
     """``inference`` after :func:`~stereonet_ros.local_search.local_search` within ``reach`` px (0: as it is;
     :data:`~stereonet_ros.local_search.AUTO`: as suits a network on ``device_type``), on the grey (BT.601 luma)
-    images of the pair as given: the one place both backends apply it."""
+    images of the pair as given: the one place both backends apply it. The search runs at the input's size and
+    holds ``2 reach + 1`` correlation maps of it, so a pair of more than ``max_pixels`` pixels (one the network
+    ran smaller) is answered as the network gave it: the pixel budget bounds the memory of the whole step."""
     from stereonet_ros.local_search import local_search, reach_for
 
     reach = reach_for(reach, device_type)
-    if reach == 0:
+    if reach == 0 or inference.disparity.size > max_pixels:
         return inference
     left_grey, right_grey = (to_contract_color(as_float_image(image, name), 'gray')[0]
                              for image, name in ((left_image, 'left'), (right_image, 'right')))

@@ -160,3 +160,23 @@ def test_both_backends_apply_it_after_the_network_and_refuse_a_bad_reach() -> No
             with pytest.raises(InputError, match='local search .* must be a whole number in'):
                 predictor.infer(left, right, local_search=reach)  # type: ignore[arg-type]
     assert float((np.abs(answers[0] - answers[1]) > 0.01).mean()) < 0.01
+
+
+def test_a_pair_larger_than_the_pixel_budget_is_not_searched() -> None:
+    """The search holds 2 reach + 1 maps of the input's size: past max_pixels (where the network already ran
+    smaller) the network's answer is returned as it is, so the budget bounds the whole step's memory."""
+    import warnings
+
+    from stereonet_ros.backends import open_predictor
+    from stereonet_ros.samples import motorcycle
+
+    sample = motorcycle()
+    left, right = sample.left[:300, :300], sample.right[:300, :300]  # 90,000 pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        predictor = open_predictor(None, device='cpu', backend='pytorch')
+    budget = 300 * 300
+    within = predictor.infer(left, right, local_search=4, max_pixels=budget)
+    assert float((within.disparity != predictor.infer(left, right, max_pixels=budget).disparity).mean()) > 0.1
+    beyond = predictor.infer(left, right, local_search=4, max_pixels=budget - 1)
+    np.testing.assert_array_equal(beyond.disparity, predictor.infer(left, right, max_pixels=budget - 1).disparity)
