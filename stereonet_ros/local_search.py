@@ -99,8 +99,9 @@ def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float3
     usable = np.isfinite(answer) & (answer > 0)
     base = np.where(usable, answer, 0).astype(np.float32)
     height, width = base.shape
-    columns = np.arange(width, dtype=np.float32)[np.newaxis, :]
-    rows = np.broadcast_to(np.arange(height, dtype=np.float32)[:, np.newaxis], (height, width))
+    # Where each left pixel's match lies in the right image at offset 0; the rows stay put.
+    matched_columns = np.arange(width, dtype=np.float32)[np.newaxis, :] - base
+    rows = np.ascontiguousarray(np.broadcast_to(np.arange(height, dtype=np.float32)[:, np.newaxis], (height, width)))
     size = (2 * WINDOW_RADIUS_PX + 1,) * 2
 
     def box(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -111,9 +112,8 @@ def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float3
     offsets = np.arange(-reach, reach + 1)
     correlations = np.empty((offsets.size, height, width), np.float32)
     for index, offset in enumerate(offsets):
-        source = columns - base - np.float32(offset)  # where each left pixel's match lies in the right image
-        warped = cv2.remap(right32, np.ascontiguousarray(source, np.float32), np.ascontiguousarray(rows),
-                           cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        source = matched_columns - np.float32(offset)
+        warped = cv2.remap(right32, source, rows, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         right_mean = box(warped)
         right_variance = np.maximum(box(warped * warped) - right_mean * right_mean, _MIN_VARIANCE)
         zncc = (box(left32 * warped) - left_mean * right_mean) / np.sqrt(left_variance * right_variance)

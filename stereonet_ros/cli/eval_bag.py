@@ -199,8 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            or arguments.node_executable):
             fail(PROGRAM, '--checkpoint, --backend, --device, --precision, --inference-scale, --no-refine, '
                  '--local-search and --node-executable configure a node this run starts; with --use-running-node set '
-                 'them on the '
-                 'running node', status=2)
+                 'them on the running node', status=2)
     try:
         config = ReplayConfig(left_topic=arguments.left_topic, right_topic=arguments.right_topic,
                               left_info_topic=arguments.left_info_topic, right_info_topic=arguments.right_info_topic,
