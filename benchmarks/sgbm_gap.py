@@ -41,6 +41,7 @@ from stereonet_ros.evaluation.evaluate import (  # noqa: E402
     REFERENCE, STEREO_IMAGE_PROC_SGBM, covering_range, load_set, sgbm_disparity, to_gray_u8)
 from stereonet_ros.evaluation.metrics import disparity_metrics  # noqa: E402
 from stereonet_ros.evaluation.views import fill_holes  # noqa: E402
+from stereonet_ros.geometry import hidden_from_right_view  # noqa: E402
 from stereonet_ros.inference import Predictor, PreliminaryCheckpointWarning  # noqa: E402
 from stereonet_ros.processing import StereoProcessor  # noqa: E402
 
@@ -52,20 +53,9 @@ TEXTURE_WINDOW_PX = 15
 
 
 def occluded(truth: F32) -> Mask:
-    """Left pixels with no match in the right image by ``truth`` (non-finite = unknown, occludes nothing).
-
-    A left pixel at ``x`` with disparity ``d`` lands at ``x - d`` in the right image. A pixel further right
-    that lands at or left of that spot, by more than the tolerance, is nearer and hides it; so a pixel is
-    occluded when the smallest landing spot of the pixels to its right is below its own, or its own lies
-    left of the image.
-    """
-    columns = np.arange(truth.shape[1], dtype=np.float64)
-    known = np.isfinite(truth)
-    landing = np.where(known, columns - np.where(known, truth, 0.0), np.inf)
-    smallest_to_the_right = np.minimum.accumulate(landing[:, ::-1], axis=1)[:, ::-1]
-    hidden = np.zeros(truth.shape, np.bool_)
-    hidden[:, :-1] = smallest_to_the_right[:, 1:] < landing[:, :-1] - OCCLUSION_TOLERANCE_PX
-    return known & (hidden | (landing < -0.5))
+    """Left pixels with no match in the right image by ``truth`` (non-finite = unknown, occludes nothing):
+    :func:`~stereonet_ros.geometry.hidden_from_right_view` within ``OCCLUSION_TOLERANCE_PX``."""
+    return hidden_from_right_view(truth, OCCLUSION_TOLERANCE_PX)
 
 
 def regions_of(truth: F32, scored: Mask, gray: F32) -> dict[str, Mask]:

@@ -101,6 +101,37 @@ def depth_to_disparity(depth: npt.ArrayLike, focal: float, baseline: float) -> n
     return disparity
 
 
+def hidden_from_right_view(disparity: npt.ArrayLike, tolerance_px: float) -> npt.NDArray[np.bool_]:
+    """Left-view pixels the right camera cannot see, by ``disparity``: a pixel at column ``x`` lands at
+    ``x - d`` in the right image; a pixel further along its row that lands left of that spot by more than
+    ``tolerance_px`` is nearer and hides it, and a spot left of the image (by more than half a pixel) is out
+    of view.
+
+    Args:
+        disparity: ``(H, W)`` left-view disparity, pixels; a non-finite value is unknown: it hides nothing and
+            is not marked.
+        tolerance_px: how far (>= 0) a landing spot may lie left of a farther one before it hides it.
+
+    Returns:
+        ``(H, W)`` bool, True where hidden or out of view.
+
+    Raises:
+        GeometryError: ``disparity`` is not 2-D, or ``tolerance_px`` is negative or not finite.
+    """
+    d = np.asarray(disparity, dtype=np.float64)
+    if d.ndim != 2:
+        raise GeometryError(f'disparity must be (H, W), got shape {d.shape}')
+    if not (np.isfinite(tolerance_px) and tolerance_px >= 0):
+        raise GeometryError(f'tolerance_px {tolerance_px}: must be finite and >= 0')
+    known = np.isfinite(d)
+    landing = np.where(known, np.arange(d.shape[1], dtype=np.float64)[np.newaxis, :] - np.where(known, d, 0.0),
+                       np.inf)
+    smallest_further_along = np.minimum.accumulate(landing[:, ::-1], axis=1)[:, ::-1]
+    hidden = np.zeros(d.shape, np.bool_)
+    hidden[:, :-1] = smallest_further_along[:, 1:] < landing[:, :-1] - tolerance_px
+    return known & (hidden | (landing < -0.5))
+
+
 def reproject_to_3d(disparity: npt.ArrayLike, camera: StereoGeometry,
                     min_disparity: float = 0.0) -> npt.NDArray[np.float32]:
     """Organized 3D points from a disparity image (stereo_image_proc's PointCloudNode math).

@@ -13,8 +13,17 @@ and its two neighbours; elsewhere (plain surfaces, occlusions, repeated texture 
 well) it keeps the network's answer. Windows warp by each pixel's own disparity, so a slanted surface
 stays one surface.
 
+Beside a depth edge the network's answer is often off by more than the reach (its coarse stage works at an
+eighth of the size), while a pixel a few steps further inside the same surface holds the right one. So
+before searching, each pixel also tries the answers of its neighbours :data:`PROPAGATION_STEPS_PX` away
+along its row and column, and keeps the one that correlates best (PatchMatch's propagation, one pass);
+the search then runs around that map as well as around the network's, and a pixel takes the propagated
+search's peak only where it correlates higher than the network's. Pixels that the network's answer says the
+right camera cannot see keep the network's answer as the start: there the windows that straddle the nearer
+surface would correlate best with its shift and widen it over the hidden background.
+
 Beyond the paper: StereoNet's answer is the network's; this is how a robot gets most of what local
-matching knows for about a tenth of the network's CPU time (docs/depth_quality.md, "A local search
+matching knows for a fraction of the network's CPU time (docs/depth_quality.md, "A local search
 after the network"). NumPy and OpenCV on the host, so both backends (PyTorch, ONNX Runtime) share it.
 """
 from __future__ import annotations
@@ -23,6 +32,8 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+
+from stereonet_ros.geometry import hidden_from_right_view
 
 WINDOW_RADIUS_PX: Final = 3
 """The correlation window is (2r + 1)^2 pixels of the input: 7x7."""
@@ -37,6 +48,15 @@ network alone in every view of every set measured, where 8 was worse on the synt
 
 AUTO: Final = -1
 """The node's ``local_search_px`` and the CLIs' ``--local-search`` by default: :func:`reach_for` the device."""
+
+PROPAGATION_STEPS_PX: Final = (4, 8, 16)
+"""How far along the row and the column (each way) the neighbours whose answers a pixel tries lie: twelve
+candidates, up to two of the coarse stage's 8 px cells away. Adding 32 or a second pass helped the real pairs
+further but not the synthetic set's matched view (docs/depth_quality.md)."""
+
+HIDDEN_TOLERANCE_PX: Final = 1.0
+"""How far a landing spot must lie left of a farther one for the network's answer to call that pixel hidden
+from the right camera (:func:`~stereonet_ros.geometry.hidden_from_right_view`): no propagation into it."""
 
 MAX_REACH_PX: Final = 16
 """The widest search: past it the step is no longer local, and it costs (2 reach + 1) correlations."""
@@ -67,9 +87,86 @@ def _best_window(correlation: npt.NDArray[np.floating]) -> npt.NDArray[np.float3
     return best
 
 
+class _Correlation:
+    """Each pixel's ZNCC of its window in the left image with the right image warped by a disparity map, the best
+    of the five windows that hold it (:func:`_best_window`); -1 where the match lies outside the right image
+    (the replicated border would correlate with anything)."""
+
+    def __init__(self, left: npt.NDArray[np.float32], right: npt.NDArray[np.float32]) -> None:
+        import cv2
+
+        self._cv2 = cv2
+        self._left, self._right = np.ascontiguousarray(left, np.float32), np.ascontiguousarray(right, np.float32)
+        height, width = self._left.shape
+        self._columns = np.arange(width, dtype=np.float32)[np.newaxis, :]
+        self._rows = np.ascontiguousarray(np.broadcast_to(np.arange(height, dtype=np.float32)[:, np.newaxis],
+                                                          (height, width)))
+        self._left_mean = self._box(self._left)
+        self._left_variance = np.maximum(self._box(self._left * self._left) - self._left_mean * self._left_mean,
+                                         _MIN_VARIANCE)
+
+    def _box(self, values: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        size = (2 * WINDOW_RADIUS_PX + 1,) * 2
+        return self._cv2.boxFilter(values, -1, size, borderType=self._cv2.BORDER_REFLECT_101)  # type: ignore
+
+    def __call__(self, disparity: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        cv2 = self._cv2
+        source = np.ascontiguousarray(self._columns - disparity, np.float32)
+        warped = cv2.remap(self._right, source, self._rows, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        right_mean = self._box(warped)
+        right_variance = np.maximum(self._box(warped * warped) - right_mean * right_mean, _MIN_VARIANCE)
+        zncc = (self._box(self._left * warped) - self._left_mean * right_mean) / np.sqrt(
+            self._left_variance * right_variance)
+        return _best_window(np.where((source >= 0) & (source <= self._right.shape[1] - 1), zncc, -1.0))
+
+
+def _searched(correlation: _Correlation, start: npt.NDArray[np.float32], usable: npt.NDArray[np.bool_], reach: int,
+              max_disparity: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """The search around ``start``: each pixel's moved answer (clamped to ``max_disparity``) and the correlation of
+    its peak where it takes one; ``start`` and -inf elsewhere."""
+    offsets = np.arange(-reach, reach + 1)
+    correlations = np.empty((offsets.size, *start.shape), np.float32)
+    for index, offset in enumerate(offsets):
+        correlations[index] = correlation(start + np.float32(offset))
+    best = correlations.argmax(axis=0)
+    peak = np.take_along_axis(correlations, best[np.newaxis], axis=0)[0]
+    interior = (best > 0) & (best < offsets.size - 1)
+    inner = np.clip(best, 1, offsets.size - 2)[np.newaxis]
+    before = np.take_along_axis(correlations, inner - 1, axis=0)[0]
+    after = np.take_along_axis(correlations, inner + 1, axis=0)[0]
+    curvature = before - 2 * peak + after  # < 0 at a strict peak
+    sharp = curvature < 0
+    # The parabola's vertex; between the neighbours, within half a pixel of the peak when it is the largest.
+    vertex = np.where(sharp, 0.5 * (before - after) / np.where(sharp, curvature, -1.0), 0.0).clip(-0.5, 0.5)
+    moved = (start + offsets[best] + vertex).astype(np.float32)
+    take = usable & interior & sharp & (peak >= MIN_ZNCC) & (moved > 0)
+    answer = np.where(take, np.minimum(moved, np.float32(max_disparity)), start).astype(np.float32)
+    return answer, np.where(take, peak, -np.inf).astype(np.float32)
+
+
+def _propagated(correlation: _Correlation, start: npt.NDArray[np.float32],
+                movable: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
+    """``start`` where each ``movable`` pixel took the answer of the neighbour (:data:`PROPAGATION_STEPS_PX` away
+    along its row or column, the image's edge repeated beyond it) that correlates best, if better than its own."""
+    pad = max(PROPAGATION_STEPS_PX)
+    height, width = start.shape
+    padded = np.pad(start, pad, mode='edge')
+    best = correlation(start)
+    answer = start.copy()
+    for step in PROPAGATION_STEPS_PX:
+        for rows, columns in ((0, step), (0, -step), (step, 0), (-step, 0)):
+            candidate = padded[pad + rows:pad + rows + height, pad + columns:pad + columns + width]
+            score = correlation(np.ascontiguousarray(candidate))
+            better = movable & (candidate > 0) & (score > best)
+            answer[better] = candidate[better]
+            best[better] = score[better]
+    return answer
+
+
 def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float32], right: npt.NDArray[np.float32],
                  reach: int, max_disparity: float) -> npt.NDArray[np.float32]:
-    """``disparity`` moved, pixel by pixel, to the best-correlating shift within ``reach`` px of it.
+    """``disparity`` moved, pixel by pixel, to the best-correlating shift within ``reach`` px of it or of the best
+    neighbour's answer (module doc).
 
     Args:
         disparity: ``(H, W)`` float32 left-view shift in pixels of the input (the network's answer).
@@ -78,8 +175,8 @@ def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float3
         max_disparity: the largest shift the answer may take (the network's range in input pixels).
 
     Returns:
-        A new ``(H, W)`` float32 array; a pixel not finite or not above 0 in ``disparity``, or whose search
-        finds no interior peak of at least :data:`MIN_ZNCC`, keeps its value. Moved values lie in
+        A new ``(H, W)`` float32 array; a pixel not finite or not above 0 in ``disparity``, or whose searches
+        find no interior peak of at least :data:`MIN_ZNCC`, keeps its value. Moved values lie in
         ``(0, max_disparity]``.
 
     Raises:
@@ -93,43 +190,15 @@ def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float3
     answer = np.array(disparity, dtype=np.float32, copy=True)
     if reach == 0:
         return answer
-    import cv2
-
-    left32, right32 = np.ascontiguousarray(left, np.float32), np.ascontiguousarray(right, np.float32)
+    correlation = _Correlation(left, right)
     usable = np.isfinite(answer) & (answer > 0)
-    base = np.where(usable, answer, 0).astype(np.float32)
-    height, width = base.shape
-    # Where each left pixel's match lies in the right image at offset 0; the rows stay put.
-    matched_columns = np.arange(width, dtype=np.float32)[np.newaxis, :] - base
-    rows = np.ascontiguousarray(np.broadcast_to(np.arange(height, dtype=np.float32)[:, np.newaxis], (height, width)))
-    size = (2 * WINDOW_RADIUS_PX + 1,) * 2
-
-    def box(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        return cv2.boxFilter(values, -1, size, borderType=cv2.BORDER_REFLECT_101)  # type: ignore[no-any-return]
-
-    left_mean = box(left32)
-    left_variance = np.maximum(box(left32 * left32) - left_mean * left_mean, _MIN_VARIANCE)
-    offsets = np.arange(-reach, reach + 1)
-    correlations = np.empty((offsets.size, height, width), np.float32)
-    for index, offset in enumerate(offsets):
-        source = matched_columns - np.float32(offset)
-        warped = cv2.remap(right32, source, rows, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        right_mean = box(warped)
-        right_variance = np.maximum(box(warped * warped) - right_mean * right_mean, _MIN_VARIANCE)
-        zncc = (box(left32 * warped) - left_mean * right_mean) / np.sqrt(left_variance * right_variance)
-        # A match outside the right image is no match (the replicated border would correlate with anything).
-        correlations[index] = _best_window(np.where((source >= 0) & (source <= width - 1), zncc, -1.0))
-    best = correlations.argmax(axis=0)
-    peak = np.take_along_axis(correlations, best[np.newaxis], axis=0)[0]
-    interior = (best > 0) & (best < offsets.size - 1)
-    inner = np.clip(best, 1, offsets.size - 2)[np.newaxis]
-    before = np.take_along_axis(correlations, inner - 1, axis=0)[0]
-    after = np.take_along_axis(correlations, inner + 1, axis=0)[0]
-    curvature = before - 2 * peak + after  # < 0 at a strict peak
-    sharp = curvature < 0
-    # The parabola's vertex; between the neighbours, within half a pixel of the peak when it is the largest.
-    vertex = np.where(sharp, 0.5 * (before - after) / np.where(sharp, curvature, -1.0), 0.0).clip(-0.5, 0.5)
-    moved = (base + offsets[best] + vertex).astype(np.float32)
-    take = usable & interior & sharp & (peak >= MIN_ZNCC) & (moved > 0)
-    answer[take] = np.minimum(moved[take], np.float32(max_disparity))
+    start = np.where(usable, answer, 0).astype(np.float32)
+    searched, peak = _searched(correlation, start, usable, reach, max_disparity)
+    movable = usable & ~hidden_from_right_view(np.where(usable, answer, np.nan), HIDDEN_TOLERANCE_PX)
+    propagated = _propagated(correlation, start, movable)
+    changed = propagated != start
+    if changed.any():
+        from_neighbours, neighbours_peak = _searched(correlation, propagated, changed, reach, max_disparity)
+        searched = np.where(changed & (neighbours_peak > peak), from_neighbours, searched)
+    answer[usable] = searched[usable]
     return answer

@@ -11,6 +11,7 @@ from stereonet_ros.geometry import (
     PointFieldSpec,
     depth_to_disparity,
     disparity_to_depth,
+    hidden_from_right_view,
     pack_rgb_float,
     pointcloud2_buffer,
     project_to_pixel,
@@ -57,6 +58,36 @@ def test_unusable_constants_raise(focal: float, baseline: float, match: str) -> 
         disparity_to_depth(np.ones(3), focal, baseline)
     with pytest.raises(GeometryError, match=match):
         depth_to_disparity(np.ones(3), focal, baseline)
+
+
+def test_hidden_from_right_view_by_hand() -> None:
+    """Row 0: disparities 1, 1, 1, 1, 4, 4, 1, 1 land at -1, 0, 1, 2, 0, 1, 5, 6 in the right image. Column 0 lands
+    left of the image (beyond half a pixel); column 3 (at 2) is hidden by column 4 (at 0) lying 2 px left of it;
+    column 2 (at 1) lies exactly the tolerance (1 px) right of column 4's spot: not hidden at 1, hidden at 0."""
+    d = np.array([[1, 1, 1, 1, 4, 4, 1, 1],
+                  [1, 1, 1, 1, np.nan, np.inf, 1, 1],  # unknown: hides nothing, never marked
+                  [0.5, 0.75, 2.75, 1, 1, 1, 1, 1]],  # land at -0.5 (in view), 0.25 (1 px right of -0.75), -0.75
+                 np.float32)
+    hidden = hidden_from_right_view(d, tolerance_px=1.0)
+    expected = np.zeros(d.shape, bool)
+    expected[0, [0, 3]] = True
+    expected[1, 0] = True
+    expected[2, 2] = True
+    np.testing.assert_array_equal(hidden, expected)
+    strict = hidden_from_right_view(d, tolerance_px=0.0)
+    expected[0, 2] = True  # 0 < 1 - 0
+    expected[2, [0, 1]] = True  # 2.75 at column 2 lands at -0.75, left of columns 0 (-0.5) and 1 (0.25)
+    np.testing.assert_array_equal(strict, expected)
+
+
+@pytest.mark.parametrize(('disparity', 'tolerance', 'match'), [
+    (np.ones(5), 1.0, r'disparity must be \(H, W\), got shape \(5,\)'),
+    (np.ones((2, 2)), -0.1, r'tolerance_px -0\.1: must be finite and >= 0'),
+    (np.ones((2, 2)), np.nan, r'tolerance_px nan: must be finite and >= 0'),
+])
+def test_hidden_from_right_view_refuses_bad_input(disparity: np.ndarray, tolerance: float, match: str) -> None:
+    with pytest.raises(GeometryError, match=match):
+        hidden_from_right_view(disparity, tolerance)
 
 
 def test_reprojection_known_point() -> None:

@@ -5,8 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from stereonet_ros.local_search import (AUTO, DEFAULT_REACH_PX, MAX_REACH_PX, MIN_ZNCC, WINDOW_RADIUS_PX, _best_window,
-                                        local_search, reach_for)
+from stereonet_ros.geometry import hidden_from_right_view
+from stereonet_ros.local_search import (AUTO, DEFAULT_REACH_PX, HIDDEN_TOLERANCE_PX, MAX_REACH_PX, MIN_ZNCC,
+                                        PROPAGATION_STEPS_PX, WINDOW_RADIUS_PX, _best_window, local_search, reach_for)
 
 
 def textured_pair(shift: float, height: int = 60, width: int = 160) -> tuple[np.ndarray, np.ndarray]:
@@ -44,6 +45,57 @@ def test_a_true_shift_beyond_the_reach_leaves_the_answer_alone() -> None:
     start = np.full(left.shape, 12.4 + 6.0, np.float32)
     found = local_search(start, left, right, reach=4, max_disparity=192.0)
     assert float((inner(found, 12.4) == inner(start, 12.4)).mean()) > 0.99
+
+
+def depth_edge(near_on_the_left: bool, far_contrast: float = 1.0, height: int = 60, width: int = 200, edge: int = 80,
+               near: int = 20, far: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Left image, right image and true disparity of two textured fronto-parallel surfaces meeting at column
+    ``edge``: the nearer (``near`` px) on one side, the farther (``far`` px, its texture's contrast scaled by
+    ``far_contrast``) on the other. Near on the right, the farther surface's columns ``edge - near + far`` ..
+    ``edge`` are hidden from the right camera."""
+    rng = np.random.default_rng(5)
+    near_texture, far_texture = (cv2.GaussianBlur(rng.uniform(0, 255, (height, width + shift)).astype(np.float32),
+                                                  (0, 0), 2.0) * 6.0 for shift in (near, far))
+    far_texture = far_texture * np.float32(far_contrast)
+    columns = np.arange(width)
+    first, second = (near_texture, far_texture) if near_on_the_left else (far_texture, near_texture)
+    first_shift, second_shift = (near, far) if near_on_the_left else (far, near)
+    left = np.where(columns < edge, first[:, :width], second[:, :width])
+    # The right image at x' sees the surface that lands there nearest (the nearer one from edge - near on, or up
+    # to it): right(x') = texture(x' + d).
+    right = np.where(columns < edge - near, first[:, first_shift:first_shift + width],
+                     second[:, second_shift:second_shift + width])
+    truth = np.broadcast_to(np.where(columns < edge, first_shift, second_shift).astype(np.float32), (height, width))
+    return left.astype(np.float32), right.astype(np.float32), truth.copy()
+
+
+def test_an_answer_widened_past_the_reach_beside_a_depth_edge_takes_a_neighbours() -> None:
+    """The coarse stage widens the nearer surface over the farther beside an edge by more than the reach (here
+    12 px of answers 10 px too large); the farther surface's answer 16 px further along the row correlates best
+    there, and the search around it finds the true shift."""
+    left, right, truth = depth_edge(near_on_the_left=True)
+    start = truth.copy()
+    start[:, 80:92] = 20.0
+    found = local_search(start, left, right, reach=4, max_disparity=192.0)
+    margin = WINDOW_RADIUS_PX + max(PROPAGATION_STEPS_PX) // 2
+    band = found[margin:-margin, 80:92]
+    assert float(np.abs(band - 10.0).max()) < 0.5
+    assert float(np.abs(found - truth)[margin:-margin, 30:170].max()) < 0.5  # nothing else broke
+
+
+def test_pixels_hidden_from_the_right_camera_keep_the_networks_answer_as_the_start() -> None:
+    """Near on the right, the farther surface's last columns are hidden: their true shift matches nothing, and
+    windows that straddle the edge correlate with the nearer surface's shift (best where the farther surface is
+    plain, here a sixth of the contrast), so a neighbour's answer would widen the nearer surface over them
+    (three quarters of the band without the guard, checked by hand). The network's answer marks them hidden and
+    they keep its start: the search cannot reach 20 from 10."""
+    left, right, truth = depth_edge(near_on_the_left=False, far_contrast=1 / 6)
+    hidden = hidden_from_right_view(truth, HIDDEN_TOLERANCE_PX)
+    assert hidden[:, 72:80].all() and not hidden[:, 12:72].any() and not hidden[:, 80:].any()
+    found = local_search(truth, left, right, reach=4, max_disparity=192.0)
+    assert float(found[8:-8, 72:80].max()) < 15.0
+    margin = WINDOW_RADIUS_PX + max(PROPAGATION_STEPS_PX) // 2
+    assert float(np.abs(found - truth)[margin:-margin, 84:170].max()) < 0.5  # the nearer surface is kept
 
 
 def test_each_pixel_takes_the_best_of_the_five_windows_that_hold_it() -> None:
