@@ -77,9 +77,12 @@ def reach_for(requested: int, device_type: str) -> int:
 def _best_window(correlation: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
     """Each pixel's best correlation over the windows that hold it: centred on it and moved by the window's radius
     along each axis (the image's edge repeated beyond it)."""
+    import cv2
+
     radius = WINDOW_RADIUS_PX
     height, width = correlation.shape
-    padded = np.pad(correlation.astype(np.float32), radius, mode='edge')
+    padded = cv2.copyMakeBorder(np.ascontiguousarray(correlation, np.float32), radius, radius, radius, radius,
+                                cv2.BORDER_REPLICATE)
     best = padded[radius:radius + height, radius:radius + width].copy()
     for rows, columns in ((0, radius), (0, -radius), (radius, 0), (-radius, 0)):
         np.maximum(best, padded[radius + rows:radius + rows + height, radius + columns:radius + columns + width],
@@ -110,14 +113,22 @@ class _Correlation:
         return self._cv2.boxFilter(values, -1, size, borderType=self._cv2.BORDER_REFLECT_101)  # type: ignore
 
     def __call__(self, disparity: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        # About 30 of these per pair: written in place, the same operations in the same order as the plain formula
+        # (zncc = (box(l w) - mean_l mean_w) / sqrt(var_l var_w)), half the time of the temporaries.
         cv2 = self._cv2
         source = np.ascontiguousarray(self._columns - disparity, np.float32)
         warped = cv2.remap(self._right, source, self._rows, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         right_mean = self._box(warped)
-        right_variance = np.maximum(self._box(warped * warped) - right_mean * right_mean, _MIN_VARIANCE)
-        zncc = (self._box(self._left * warped) - self._left_mean * right_mean) / np.sqrt(
-            self._left_variance * right_variance)
-        return _best_window(np.where((source >= 0) & (source <= self._right.shape[1] - 1), zncc, -1.0))
+        right_variance = self._box(warped * warped)
+        right_variance -= right_mean * right_mean
+        np.maximum(right_variance, _MIN_VARIANCE, out=right_variance)
+        zncc = self._box(self._left * warped)
+        right_mean *= self._left_mean
+        zncc -= right_mean
+        right_variance *= self._left_variance
+        zncc /= np.sqrt(right_variance, out=right_variance)
+        zncc[(source < 0) | (source > self._right.shape[1] - 1)] = -1.0
+        return _best_window(zncc)
 
 
 def _searched(correlation: _Correlation, start: npt.NDArray[np.float32], usable: npt.NDArray[np.bool_], reach: int,
