@@ -139,9 +139,10 @@ class NodeConfig:
         '1.4 times what the whole network does at 1 and scores better on both real pairs (README, accuracy against '
         'time)')
     local_search_px: int = _param(
-        AUTO, "Search the photometric cost within this many pixels of the network's answer and move each pixel "
-        'where a 7x7 window correlates best (ZNCC at least 0.9, a true peak, refined to a fraction of a pixel); '
-        "0 = the network's answer as it is; -1 = 4 where the network runs on the CPU (under a tenth of its time; "
+        AUTO, "Search the photometric cost within this many pixels of the network's answer (and of the best of "
+        "its neighbours' answers 4-16 px away) and move each pixel where a 7x7 window correlates best (ZNCC at "
+        'least 0.9, a true peak, refined to a fraction of a pixel); '
+        "0 = the network's answer as it is; -1 = 4 where the network runs on the CPU (a sixth of its time or less; "
         'better in every view of every set measured at the default settings) and 0 on a GPU (the search runs on '
         'the host and would cost more than the network there). README, local search', AUTO, MAX_REACH_PX)
     max_pixels: int = _param(
