@@ -6,21 +6,22 @@ docs/depth_quality.md), which is exactly where plain local matching is reliable.
 zero-mean normalized cross-correlation (ZNCC) of a small window of the left image with the right image
 shifted by the network's disparity plus each whole offset in ``[-reach, reach]`` px, the best of five windows
 that hold the pixel (centred on it, and moved by the window's radius left, right, up and down: so that beside
-a depth edge one window lies on the pixel's own side of it, Fusiello et al.'s shiftable windows): where the best
-offset is inside that interval (a true peak, not the edge of the search) and correlates at least
-:data:`MIN_ZNCC`, the pixel takes it, refined to a fraction of a pixel by a parabola through the peak
-and its two neighbours; elsewhere (plain surfaces, occlusions, repeated texture that matches nowhere
-well) it keeps the network's answer. Windows warp by each pixel's own disparity, so a slanted surface
-stays one surface.
+a depth edge one window lies on the pixel's own side of it, Fusiello et al.'s shiftable windows). Each offset's
+map is smoothed (a Gaussian of :data:`AGGREGATION_SIGMA_PX`: neighbours' curves vote, which steadies the peak on
+textured surfaces) before the best offset is chosen: where it is inside that interval (a true peak, not the edge
+of the search) and the pixel's own correlation there is at least :data:`MIN_ZNCC`, the pixel takes it, refined
+to a fraction of a pixel by a parabola through the peak and its two neighbours; elsewhere (plain surfaces,
+occlusions, repeated texture that matches nowhere well) it keeps the network's answer. Windows warp by each
+pixel's own disparity, so a slanted surface stays one surface.
 
 Beside a depth edge the network's answer is often off by more than the reach (its coarse stage works at an
-eighth of the size), while a pixel a few steps further inside the same surface holds the right one. So
-before searching, each pixel also tries the answers of its neighbours :data:`PROPAGATION_STEPS_PX` away
-along its row and column, and keeps the one that correlates best (PatchMatch's propagation, one pass);
-the search then runs around that map as well as around the network's, and a pixel takes the propagated
-search's peak only where it correlates higher than the network's. Pixels that the network's answer says the
-right camera cannot see keep the network's answer as the start: there the windows that straddle the nearer
-surface would correlate best with its shift and widen it over the hidden background.
+eighth of the size), while a pixel a few steps further inside the same surface holds the right one. So after
+that search each pixel also tries the answers of its neighbours :data:`PROPAGATION_STEPS_PX` away along its
+row and column and keeps the one that correlates best, :data:`PROPAGATION_PASSES` times over (PatchMatch's
+propagation, all pixels at once); a second search runs around that map, and a pixel takes its peak only
+where it correlates higher than the first search's. Pixels that the network's answer says the right camera
+cannot see take no neighbour's answer: there the windows that straddle the nearer surface would correlate
+best with its shift and widen it over the hidden background.
 
 Beyond the paper: StereoNet's answer is the network's; this is how a robot gets most of what local
 matching knows for a fraction of the network's CPU time (docs/depth_quality.md, "A local search
@@ -49,10 +50,15 @@ network alone in every view of every set measured, where 8 was worse on the synt
 AUTO: Final = -1
 """The node's ``local_search_px`` and the CLIs' ``--local-search`` by default: :func:`reach_for` the device."""
 
-PROPAGATION_STEPS_PX: Final = (4, 8, 16)
-"""How far along the row and the column (each way) the neighbours whose answers a pixel tries lie: twelve
-candidates, up to two of the coarse stage's 8 px cells away. Adding 32 or a second pass helped the real pairs
-further but not the synthetic set's matched view (docs/depth_quality.md)."""
+PROPAGATION_STEPS_PX: Final = (4, 16)
+"""How far along the row and the column (each way) the neighbours whose answers a pixel tries lie: eight
+candidates, up to two of the coarse stage's 8 px cells away (docs/depth_quality.md for the steps compared)."""
+
+PROPAGATION_PASSES: Final = 3
+"""Each pass lets an answer travel one more step; each costs 1 + 4 len(steps) correlation maps."""
+
+AGGREGATION_SIGMA_PX: Final = 1.0
+"""The Gaussian that smooths each offset's correlation map before a search picks its peak."""
 
 HIDDEN_TOLERANCE_PX: Final = 1.0
 """How far a landing spot must lie left of a farther one for the network's answer to call that pixel hidden
@@ -133,26 +139,37 @@ class _Correlation:
 
 def _searched(correlation: _Correlation, start: npt.NDArray[np.float32], usable: npt.NDArray[np.bool_], reach: int,
               max_disparity: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """The search around ``start``: each pixel's moved answer (clamped to ``max_disparity``) and the correlation of
-    its peak where it takes one; ``start`` and -inf elsewhere."""
+    """The search around ``start``: each pixel's moved answer (clamped to ``max_disparity``) and its own correlation
+    at the peak where it takes one; ``start`` and -inf elsewhere. The peak and its parabola are the smoothed maps'
+    (:data:`AGGREGATION_SIGMA_PX`); the threshold is the pixel's own correlation."""
+    import cv2
+
     offsets = np.arange(-reach, reach + 1)
-    correlations = np.empty((offsets.size, *start.shape), np.float32)
+    smoothed = np.empty((offsets.size, *start.shape), np.float32)
+    # The pixel's own correlation at the smoothed peak, kept as the peak rises (strictly: argmax's first maximum),
+    # so that only the smoothed maps are held.
+    highest = np.full(start.shape, -np.inf, np.float32)
+    own_peak = np.full(start.shape, -np.inf, np.float32)
     for index, offset in enumerate(offsets):
-        correlations[index] = correlation(start + np.float32(offset))
-    best = correlations.argmax(axis=0)
-    peak = np.take_along_axis(correlations, best[np.newaxis], axis=0)[0]
+        own = correlation(start + np.float32(offset))
+        smoothed[index] = cv2.GaussianBlur(own, (0, 0), AGGREGATION_SIGMA_PX, borderType=cv2.BORDER_REPLICATE)
+        higher = smoothed[index] > highest
+        highest[higher] = smoothed[index][higher]
+        own_peak[higher] = own[higher]
+    best = smoothed.argmax(axis=0)
+    peak = np.take_along_axis(smoothed, best[np.newaxis], axis=0)[0]
     interior = (best > 0) & (best < offsets.size - 1)
     inner = np.clip(best, 1, offsets.size - 2)[np.newaxis]
-    before = np.take_along_axis(correlations, inner - 1, axis=0)[0]
-    after = np.take_along_axis(correlations, inner + 1, axis=0)[0]
+    before = np.take_along_axis(smoothed, inner - 1, axis=0)[0]
+    after = np.take_along_axis(smoothed, inner + 1, axis=0)[0]
     curvature = before - 2 * peak + after  # < 0 at a strict peak
     sharp = curvature < 0
     # The parabola's vertex; between the neighbours, within half a pixel of the peak when it is the largest.
     vertex = np.where(sharp, 0.5 * (before - after) / np.where(sharp, curvature, -1.0), 0.0).clip(-0.5, 0.5)
     moved = (start + offsets[best] + vertex).astype(np.float32)
-    take = usable & interior & sharp & (peak >= MIN_ZNCC) & (moved > 0)
+    take = usable & interior & sharp & (own_peak >= MIN_ZNCC) & (moved > 0)
     answer = np.where(take, np.minimum(moved, np.float32(max_disparity)), start).astype(np.float32)
-    return answer, np.where(take, peak, -np.inf).astype(np.float32)
+    return answer, np.where(take, own_peak, -np.inf).astype(np.float32)
 
 
 def _propagated(correlation: _Correlation, start: npt.NDArray[np.float32],
@@ -206,8 +223,10 @@ def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float3
     start = np.where(usable, answer, 0).astype(np.float32)
     searched, peak = _searched(correlation, start, usable, reach, max_disparity)
     movable = usable & ~hidden_from_right_view(np.where(usable, answer, np.nan), HIDDEN_TOLERANCE_PX)
-    propagated = _propagated(correlation, start, movable)
-    changed = propagated != start
+    propagated = searched
+    for _ in range(PROPAGATION_PASSES):
+        propagated = _propagated(correlation, propagated, movable)
+    changed = propagated != searched
     if changed.any():
         from_neighbours, neighbours_peak = _searched(correlation, propagated, changed, reach, max_disparity)
         searched = np.where(changed & (neighbours_peak > peak), from_neighbours, searched)
