@@ -140,7 +140,7 @@ def test_moved_answers_stay_within_the_range() -> None:
 
 
 def test_auto_searches_beside_a_cpu_network_only() -> None:
-    """-1 (the node's default) is 4 px where the network runs on the CPU, where the search costs a sixth or less
+    """-1 (the node's default) is 4 px where the network runs on the CPU, where the search costs a fifth to a third
     of it, and 0 beside a GPU, where the host-side search would cost more than the network."""
     assert reach_for(AUTO, 'cpu') == DEFAULT_REACH_PX == 4 and reach_for(AUTO, 'cuda') == 0
     assert reach_for(0, 'cpu') == 0 and reach_for(6, 'cuda') == 6  # a reach asked for is the reach
