@@ -122,15 +122,16 @@ def training_step(config: Any, weights: dict[str, torch.Tensor], device: torch.d
 
 
 def gpu_step_rate(config: Any, weights: dict[str, torch.Tensor], device: torch.device, batch_size: int,
-                  steps: int) -> dict[str, Any]:
-    """Samples/s of :func:`training_step` at ``batch_size`` after two warm-up steps."""
+                  steps: int, warmup: int = 2) -> dict[str, Any]:
+    """Samples/s of :func:`training_step` at ``batch_size`` after ``warmup`` warm-up steps (cuDNN's autotuning
+    and the allocator settle in the first)."""
     step = training_step(config, weights, device, batch_size)
 
     def synchronize() -> None:
         if device.type == 'cuda':
             torch.cuda.synchronize()
 
-    for _ in range(2):
+    for _ in range(warmup):
         step()
     synchronize()
     start = time.monotonic()
@@ -195,6 +196,7 @@ def burst(work: Path, device_name: str, plan: dict[str, Any], time_limit_s: floa
     from stereonet_ros.inference import resolve_device
     from stereonet_ros.model.checkpoint import load_checkpoint
     from stereonet_ros.config import load
+    from stereonet_ros.precision import cpu_has_native_bf16
     from stereonet_ros.training.train import TrainConfig, initial_weights, train
     from stereonet_ros.visit.profile import profile_calls
 
@@ -214,8 +216,11 @@ def burst(work: Path, device_name: str, plan: dict[str, Any], time_limit_s: floa
                                # step scores the result properly, so the rehearsal keeps this one small.
                                validation_samples=int(plan['validation_samples']), score_real_pair=False)
     described = f'TrainConfig defaults with {" ".join(overrides)}' if overrides else 'TrainConfig defaults'
+    # precision='bf16' autocasts on a GPU and on a CPU with native bfloat16; elsewhere the steps run in float32.
+    native = device.type != 'cpu' or cpu_has_native_bf16()
     result: dict[str, Any] = {'recipe': f'{described}, from {start.name}',
-                              'device': str(device), 'crop': f'{data.width}x{data.height}'}
+                              'device': str(device), 'crop': f'{data.width}x{data.height}',
+                              'precision': 'bf16 autocast' if native else 'float32 (no native bfloat16 here)'}
     generator = generator_rate(data, workers, int(plan['calibration_batch']), float(plan['generator_seconds']),
                                seed=recipe.seed + 7919)
     result['generator'] = generator
@@ -229,7 +234,8 @@ def burst(work: Path, device_name: str, plan: dict[str, Any], time_limit_s: floa
                 break
             try:
                 rates.append(gpu_step_rate(dataclasses.replace(base, memory_format=layout), weights, device,
-                                           int(batch_size), int(plan['calibration_steps'])))
+                                           int(batch_size), int(plan['calibration_steps']),
+                                           int(plan.get('calibration_warmup', 2))))
             except torch.OutOfMemoryError:
                 rates.append({'batch_size': batch_size, 'layout': layout, 'out_of_memory': True})
                 break

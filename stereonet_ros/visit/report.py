@@ -135,7 +135,8 @@ def _node(step: dict[str, Any]) -> list[str]:
 
 
 def _training(step: dict[str, Any]) -> list[str]:
-    lines = [f'Recipe: {step["recipe"]}; crops {step.get("crop")}, bf16 autocast on {step.get("device")}.'] \
+    lines = [f'Recipe: {step["recipe"]}; crops {step.get("crop")}, {step.get("precision", "bf16 autocast")} on '
+             f'{step.get("device")}.'] \
         if 'recipe' in step else []
     generator = step.get('generator')
     if generator:

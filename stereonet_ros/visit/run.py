@@ -80,8 +80,11 @@ def plan(rehearse: bool) -> dict[str, Any]:
             'node_size': [96, 64], 'node_warmup': 1, 'node_repeats': 2,
             'train': {'data': {'height': 64, 'width': 256, 'disparity_range': (8.0, 48.0), 'n_layers': (2, 4)},
                       'workers': 1, 'calibration_batch': 2, 'generator_seconds': 0.5, 'batch_candidates': [1, 2],
-                      'calibration_steps': 1, 'calibration_limit_s': 15, 'profile_steps': 1,
-                      'checkpoint_every': 1000, 'log_every': 1, 'max_s': 20, 'margin_s': 3, 'min_train_s': 2,
+                      # A slow 2-core CPU (AVX2, no native bfloat16, 3-D convolutions on PyTorch's slow path) takes
+                      # 1.7-2.6 s a step even at this size: two warm-ups for each of the four calibrations, as on the
+                      # GPU, outlasted a 20 s step there, and the run's end (a validation, the export) a 3 s margin.
+                      'calibration_steps': 1, 'calibration_warmup': 1, 'calibration_limit_s': 25, 'profile_steps': 1,
+                      'checkpoint_every': 1000, 'log_every': 1, 'max_s': 45, 'margin_s': 10, 'min_train_s': 2,
                       'validation_samples': 1},
             'evaluation': {'sets': ['motorcycle', 'synthetic'], 'synthetic_samples': 1, 'sgbm_tuning_samples': 1,
                            'guide_scale': 0.25},
