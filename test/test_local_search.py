@@ -90,7 +90,7 @@ def test_pixels_hidden_from_the_right_camera_keep_the_networks_answer_as_the_sta
     """Near on the right, the farther surface's last columns are hidden: their true shift matches nothing, and
     windows that straddle the edge correlate with the nearer surface's shift (best where the farther surface is
     plain, here a sixth of the contrast), so a neighbour's answer would widen the nearer surface over them
-    (three quarters of the band without the guard, checked by hand). The network's answer marks them hidden and
+    (without the guard this test fails: checked by hand). The network's answer marks them hidden and
     they keep its start: the search cannot reach 20 from 10."""
     left, right, truth = depth_edge(near_on_the_left=False, far_contrast=1 / 6)
     hidden = hidden_from_right_view(truth, HIDDEN_TOLERANCE_PX)
