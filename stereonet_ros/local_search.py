@@ -21,8 +21,7 @@ row and column and keeps the one that correlates best, :data:`PROPAGATION_PASSES
 propagation, all pixels at once); a second search runs around that map, and a pixel takes its peak only
 where it correlates higher than the first search's. Pixels that the network's answer says the right camera
 cannot see take no neighbour's answer: there the windows that straddle the nearer surface would correlate
-best with its shift and widen it over the hidden background. Last, every answer takes the median of the
-:data:`MEDIAN_SIZE_PX` square around it, which drops the matches that stand alone.
+best with its shift and widen it over the hidden background.
 
 Beyond the paper: StereoNet's answer is the network's; this is how a robot gets most of what local
 matching knows for a fraction of the network's CPU time (docs/depth_quality.md, "A local search
@@ -60,11 +59,6 @@ PROPAGATION_PASSES: Final = 3
 
 AGGREGATION_SIGMA_PX: Final = 1.0
 """The Gaussian that smooths each offset's correlation map before a search picks its peak."""
-
-MEDIAN_SIZE_PX: Final = 3
-"""The last step's median window: a pixel whose answer stands alone among its neighbours' (a repeated texture's
-wrong peak, a neighbour's answer that correlated by chance) takes the 3x3 median of theirs. 5x5 scored better
-still but erases anything narrower than 3 px (a pole, a cable); 3x3 keeps what is 2 px wide."""
 
 HIDDEN_TOLERANCE_PX: Final = 1.0
 """How far a landing spot must lie left of a farther one for the network's answer to call that pixel hidden
@@ -237,11 +231,5 @@ def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float3
     if changed.any():
         from_neighbours, neighbours_peak = _searched(correlation, propagated, changed, reach, max_disparity)
         searched = np.where(changed & (neighbours_peak > peak), from_neighbours, searched)
-    import cv2
-
-    # Unusable pixels count as 0 in their neighbours' windows (rare: the network answers every pixel) and keep
-    # their own value; a median of answers within the range stays within it.
-    median = cv2.medianBlur(np.where(usable, searched, 0).astype(np.float32), MEDIAN_SIZE_PX)
-    take = usable & (median > 0)
-    answer[take] = median[take]
+    answer[usable] = searched[usable]
     return answer
