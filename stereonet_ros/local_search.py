@@ -158,7 +158,7 @@ def _searched(correlation: _Correlation, start: npt.NDArray[np.float32], usable:
         highest[higher] = smoothed[index][higher]
         own_peak[higher] = own[higher]
     best = smoothed.argmax(axis=0)
-    peak = np.take_along_axis(smoothed, best[np.newaxis], axis=0)[0]
+    peak = highest  # the smoothed maps' value at ``best``
     interior = (best > 0) & (best < offsets.size - 1)
     inner = np.clip(best, 1, offsets.size - 2)[np.newaxis]
     before = np.take_along_axis(smoothed, inner - 1, axis=0)[0]

@@ -196,7 +196,7 @@ def burst(work: Path, device_name: str, plan: dict[str, Any], time_limit_s: floa
     from stereonet_ros.inference import resolve_device
     from stereonet_ros.model.checkpoint import load_checkpoint
     from stereonet_ros.config import load
-    from stereonet_ros.precision import cpu_has_native_bf16
+    from stereonet_ros.precision import autocast_dtype_for, cpu_has_native_bf16
     from stereonet_ros.training.train import TrainConfig, initial_weights, train
     from stereonet_ros.visit.profile import profile_calls
 
@@ -216,11 +216,11 @@ def burst(work: Path, device_name: str, plan: dict[str, Any], time_limit_s: floa
                                # step scores the result properly, so the rehearsal keeps this one small.
                                validation_samples=int(plan['validation_samples']), score_real_pair=False)
     described = f'TrainConfig defaults with {" ".join(overrides)}' if overrides else 'TrainConfig defaults'
-    # precision='bf16' autocasts on a GPU and on a CPU with native bfloat16; elsewhere the steps run in float32.
-    native = device.type != 'cpu' or cpu_has_native_bf16()
+    # What the steps run in: the same rule as training_step's (bf16 where the device computes it natively).
+    autocast = autocast_dtype_for(base.precision, device.type, device.type == 'cpu' and cpu_has_native_bf16())
     result: dict[str, Any] = {'recipe': f'{described}, from {start.name}',
                               'device': str(device), 'crop': f'{data.width}x{data.height}',
-                              'precision': 'bf16 autocast' if native else 'float32 (no native bfloat16 here)'}
+                              'precision': 'float32 (no native bfloat16 here)' if autocast is None else 'bf16 autocast'}
     generator = generator_rate(data, workers, int(plan['calibration_batch']), float(plan['generator_seconds']),
                                seed=recipe.seed + 7919)
     result['generator'] = generator
@@ -235,7 +235,7 @@ def burst(work: Path, device_name: str, plan: dict[str, Any], time_limit_s: floa
             try:
                 rates.append(gpu_step_rate(dataclasses.replace(base, memory_format=layout), weights, device,
                                            int(batch_size), int(plan['calibration_steps']),
-                                           int(plan.get('calibration_warmup', 2))))
+                                           int(plan['calibration_warmup'])))
             except torch.OutOfMemoryError:
                 rates.append({'batch_size': batch_size, 'layout': layout, 'out_of_memory': True})
                 break
