@@ -7,8 +7,8 @@ import pytest
 
 from stereonet_ros.geometry import hidden_from_right_view
 from stereonet_ros.local_search import (AGGREGATION_SIGMA_PX, AUTO, DEFAULT_REACH_PX, HIDDEN_TOLERANCE_PX, MAX_REACH_PX,
-                                        MIN_ZNCC, PROPAGATION_STEPS_PX, WINDOW_RADIUS_PX, _best_window, _Correlation,
-                                        _searched, local_search, reach_for)
+                                        MEDIAN_SIZE_PX, MIN_ZNCC, PROPAGATION_STEPS_PX, WINDOW_RADIUS_PX, _best_window,
+                                        _Correlation, _median_where_found, _searched, local_search, reach_for)
 
 
 def textured_pair(shift: float, height: int = 60, width: int = 160) -> tuple[np.ndarray, np.ndarray]:
@@ -130,6 +130,46 @@ def test_a_plain_image_and_unusable_answers_are_kept() -> None:
     start[30, 60], start[31, 61] = np.inf, 0.0  # textured around them: still not searched
     found = local_search(start, left, right, reach=4, max_disparity=192.0)
     assert found[30, 60] == np.inf and found[31, 61] == 0.0
+
+
+def test_a_found_pixel_takes_the_median_around_it_and_a_pixel_not_found_keeps_its_answer() -> None:
+    """Last, each pixel where a search took a peak takes the 3x3 median of the answers around it: a lone wrong
+    match takes its neighbours' answer, a 2 px wide structure stays and a 1 px one goes (what a 3x3 median keeps:
+    more than half of the nine). A pixel no search moved keeps its answer, wrong or not."""
+    assert MEDIAN_SIZE_PX == 3
+    answer = np.full((12, 16), 10.0, np.float32)
+    answer[3, 3] = 30.0  # a lone wrong match
+    answer[:, 8:10] = 20.0  # a 2 px pole
+    answer[:, 13] = 25.0  # a 1 px one
+    found = np.ones(answer.shape, bool)
+    result = _median_where_found(answer, found, max_disparity=192.0)
+    assert result[3, 3] == 10.0
+    np.testing.assert_array_equal(result[:, 8:10], 20.0)
+    np.testing.assert_array_equal(result[:, 13], 10.0)
+    assert result is not answer and answer[3, 3] == 30.0  # the input is not written
+    found[3, 3] = found[:, 13] = False
+    kept = _median_where_found(answer, found, max_disparity=192.0)
+    assert kept[3, 3] == 30.0 and kept[2, 3] == 10.0  # its found neighbours still take their median
+    np.testing.assert_array_equal(kept[:, 13], 25.0)
+
+
+def test_the_median_ignores_unusable_answers_and_stays_within_the_range() -> None:
+    """Unusable answers (not finite, not above 0) count as 0 in the square: a found pixel among five of them keeps
+    its own answer (a median of 0 is no answer); among two, the median with them as 0. Unusable answers
+    are never written, and a median above max_disparity (answers the network gave above it) stops there."""
+    answer = np.full((9, 9), 12.0, np.float32)
+    answer[3, 3] = 14.0
+    answer[2, 2:5] = np.nan
+    answer[3, 2], answer[4, 2] = -1.0, 0.0  # five unusable around (3, 3)
+    result = _median_where_found(answer, np.isfinite(answer) & (answer > 0), max_disparity=192.0)
+    assert result[3, 3] == 14.0
+    assert np.isnan(result[2, 2:5]).all() and result[3, 2] == -1.0 and result[4, 2] == 0.0
+    assert result[4, 3] == 12.0  # two unusable around it: the median with them as 0
+    high = np.full((5, 5), 200.0, np.float32)
+    found = np.zeros(high.shape, bool)
+    found[2, 2] = True
+    high[2, 2] = 190.0
+    assert _median_where_found(high, found, max_disparity=192.0)[2, 2] == 192.0
 
 
 def test_moved_answers_stay_within_the_range() -> None:
