@@ -25,6 +25,10 @@ best with its shift and widen it over the hidden background. Last, each pixel th
 of the :data:`MEDIAN_SIZE_PX` square around it, so that a lone wrong match takes its neighbours' answer; a pixel
 that took none keeps the network's answer, as plain surfaces and occlusions must.
 
+All of that runs twice: first on the pair at half the size (each 2x2 averaged), where a window covers four times
+the area (plain surfaces match better) and the same reach twice the input's pixels, starting from the network's
+answer halved; then at the full size, starting from the half size's answers doubled where it found one.
+
 Beyond the paper: StereoNet's answer is the network's; this is how a robot gets most of what local
 matching knows for a fraction of the network's CPU time (docs/depth_quality.md, "A local search
 after the network"). NumPy and OpenCV on the host, so both backends (PyTorch, ONNX Runtime) share it.
@@ -68,7 +72,8 @@ from the right camera (:func:`~stereonet_ros.geometry.hidden_from_right_view`): 
 
 MAX_REACH_PX: Final = 16
 """The widest search: past it the step is no longer local; each of the two searches costs 2 reach + 1
-correlation maps (the propagation 1 + 4 len(steps) a pass)."""
+correlation maps (the propagation 1 + 4 len(steps) a pass), at each size (half the size: a quarter of the
+time)."""
 
 MEDIAN_SIZE_PX: Final = 3
 """The square whose median a pixel that took a peak takes last. A k x k median erases what is narrower than
@@ -198,20 +203,64 @@ def _propagated(correlation: _Correlation, start: npt.NDArray[np.float32],
     return answer
 
 
+def _one_size(start: npt.NDArray[np.float32], usable: npt.NDArray[np.bool_], left: npt.NDArray[np.float32],
+              right: npt.NDArray[np.float32], reach: int,
+              max_disparity: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """The search, propagation, second search and median at one size (module doc): the answer and where a search
+    took a peak. ``start`` holds 0 where not ``usable``; elsewhere the answer is ``start`` where nothing was found."""
+    correlation = _Correlation(left, right)
+    searched, peak = _searched(correlation, start, usable, reach, max_disparity)
+    movable = usable & ~hidden_from_right_view(np.where(usable, start, np.nan), HIDDEN_TOLERANCE_PX)
+    propagated = searched
+    for _ in range(PROPAGATION_PASSES):
+        propagated = _propagated(correlation, propagated, movable)
+    changed = propagated != searched
+    if changed.any():
+        from_neighbours, neighbours_peak = _searched(correlation, propagated, changed, reach, max_disparity)
+        better = changed & (neighbours_peak > peak)
+        searched = np.where(better, from_neighbours, searched)
+        peak = np.where(better, neighbours_peak, peak)
+    found = usable & (peak > -np.inf)
+    return _median_where_found(searched, found, max_disparity), found
+
+
+def _from_half_size(start: npt.NDArray[np.float32], usable: npt.NDArray[np.bool_], left: npt.NDArray[np.float32],
+                    right: npt.NDArray[np.float32], reach: int,
+                    max_disparity: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """``start`` where the search at half the size (images averaged 2x2, each pixel's start the top-left one of its
+    2x2 halved) found an answer, that answer doubled on the 2x2 it came from; and where it did. Nothing found
+    where the half-size image is too small for a window."""
+    import cv2
+
+    height, width = start.shape
+    half = (width // 2, height // 2)
+    if min(half) < 2 * WINDOW_RADIUS_PX + 1:
+        return start, np.zeros(start.shape, bool)
+    half_start = cv2.resize(start, half, interpolation=cv2.INTER_NEAREST) / np.float32(2)
+    half_usable = cv2.resize(usable.astype(np.uint8), half, interpolation=cv2.INTER_NEAREST).astype(bool)
+    half_left, half_right = (cv2.resize(image, half, interpolation=cv2.INTER_AREA) for image in (left, right))
+    answer, found = _one_size(half_start, half_usable, half_left, half_right, reach, max_disparity / 2)
+    up_found = cv2.resize(found.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+    up_found &= usable
+    up_answer = cv2.resize(answer, (width, height), interpolation=cv2.INTER_NEAREST) * np.float32(2)
+    return np.where(up_found, up_answer, start).astype(np.float32), up_found
+
+
 def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float32], right: npt.NDArray[np.float32],
                  reach: int, max_disparity: float) -> npt.NDArray[np.float32]:
-    """``disparity`` moved, pixel by pixel, to the best-correlating shift within ``reach`` px of it or of the best
-    neighbour's answer, then the median around it where a peak was found (module doc).
+    """``disparity`` moved, pixel by pixel, to the best-correlating shift near it or near its neighbours' answers,
+    first at half the size and then at the full one (module doc).
 
     Args:
         disparity: ``(H, W)`` float32 left-view shift in pixels of the input (the network's answer).
         left, right: ``(H, W)`` float32 grey images of the pair, any affine intensity scale (ZNCC ignores it).
-        reach: offsets searched, ``-reach .. reach`` whole pixels; 0 returns ``disparity`` unchanged.
+        reach: offsets searched, ``-reach .. reach`` whole pixels of each size (so up to ``2 reach`` px of the input
+            at half the size); 0 returns ``disparity`` unchanged.
         max_disparity: the largest shift the answer may take (the network's range in input pixels).
 
     Returns:
-        A new ``(H, W)`` float32 array; a pixel not finite or not above 0 in ``disparity``, or whose searches
-        find no interior peak of at least :data:`MIN_ZNCC`, keeps its value. Moved values lie in
+        A new ``(H, W)`` float32 array; a pixel not finite or not above 0 in ``disparity``, or where no search
+        found an interior peak of at least :data:`MIN_ZNCC`, keeps its value. Moved values lie in
         ``(0, max_disparity]``.
 
     Raises:
@@ -225,22 +274,14 @@ def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float3
     answer = np.array(disparity, dtype=np.float32, copy=True)
     if reach == 0:
         return answer
-    correlation = _Correlation(left, right)
+    left, right = np.ascontiguousarray(left, np.float32), np.ascontiguousarray(right, np.float32)
     usable = np.isfinite(answer) & (answer > 0)
     start = np.where(usable, answer, 0).astype(np.float32)
-    searched, peak = _searched(correlation, start, usable, reach, max_disparity)
-    movable = usable & ~hidden_from_right_view(np.where(usable, answer, np.nan), HIDDEN_TOLERANCE_PX)
-    propagated = searched
-    for _ in range(PROPAGATION_PASSES):
-        propagated = _propagated(correlation, propagated, movable)
-    changed = propagated != searched
-    if changed.any():
-        from_neighbours, neighbours_peak = _searched(correlation, propagated, changed, reach, max_disparity)
-        better = changed & (neighbours_peak > peak)
-        searched = np.where(better, from_neighbours, searched)
-        peak = np.where(better, neighbours_peak, peak)
-    answer[usable] = searched[usable]
-    return _median_where_found(answer, usable & (peak > -np.inf), max_disparity)
+    start, found_at_half = _from_half_size(start, usable, left, right, reach, max_disparity)
+    searched, found = _one_size(start, usable, left, right, reach, max_disparity)
+    moved = found | found_at_half
+    answer[moved] = searched[moved]
+    return answer
 
 
 def _median_where_found(answer: npt.NDArray[np.float32], found: npt.NDArray[np.bool_],

@@ -41,11 +41,28 @@ def test_an_answer_off_by_less_than_the_reach_is_moved_to_the_true_shift(error: 
 
 def test_a_true_shift_beyond_the_reach_leaves_the_answer_alone() -> None:
     """The best offset at the end of the search is no peak: the true one may lie further (a chance peak of
-    the texture elsewhere may still pass, rarely)."""
+    the texture elsewhere may still pass: at half the size this smooth texture's windows find one at 7 % of the
+    pixels). The search at half the size reaches twice as far in the input's pixels: 10 px off at reach 4 lies
+    beyond it (5 half-size px), 6 px off within it, and is found."""
     left, right = textured_pair(12.4)
-    start = np.full(left.shape, 12.4 + 6.0, np.float32)
+    start = np.full(left.shape, 12.4 + 10.0, np.float32)
     found = local_search(start, left, right, reach=4, max_disparity=192.0)
-    assert float((inner(found, 12.4) == inner(start, 12.4)).mean()) > 0.99
+    assert float((inner(found, 12.4) == inner(start, 12.4)).mean()) > 0.9
+    found = local_search(np.full(left.shape, 12.4 + 6.0, np.float32), left, right, reach=4, max_disparity=192.0)
+    assert float(np.abs(inner(found, 12.4) - 12.4).max()) < 0.5
+
+
+@pytest.mark.parametrize(('height', 'at_half_size'), [(13, False), (14, True)])
+def test_the_half_size_search_needs_a_window_of_rows_and_columns(height: int, at_half_size: bool) -> None:
+    """At half the size an image must still hold a whole window (7 px: 14 px of the input) along each axis, or only
+    the full-size search runs: 6 px off is then beyond the reach of 4. 13 rows give 6 at half the size, 14 give 7."""
+    left, right = textured_pair(12.4, height=height)
+    found = local_search(np.full(left.shape, 12.4 + 6.0, np.float32), left, right, reach=4, max_disparity=192.0)
+    columns = np.s_[:, 40:140]
+    if at_half_size:
+        assert float(np.abs(found[columns] - 12.4).max()) < 0.5
+    else:
+        assert float((found[columns] == np.float32(18.4)).mean()) > 0.99
 
 
 def depth_edge(near_on_the_left: bool, far_contrast: float = 1.0, height: int = 60, width: int = 200, edge: int = 80,
@@ -257,9 +274,9 @@ def test_the_threshold_is_the_pixels_own_correlation_at_the_smoothed_peak() -> N
 def test_both_backends_apply_it_after_the_network_and_refuse_a_bad_reach() -> None:
     """The search is the predictors' last step, the same after PyTorch and after ONNX Runtime: on a Motorcycle crop
     it moves the bundled default's answer, and both backends' searched answers agree but at rare pixels: the
-    thresholds can turn the backends' 0.0002 px into a whole pixel, and the propagation carries such a change to
-    neighbours (seen on this crop: 2.6 % of the pixels apart by more than 0.01 px, 0.65 % by more than 0.1,
-    0.03 % by more than 1; 0.0034 px apart on average)."""
+    thresholds can turn the backends' 0.0002 px into a whole pixel, the propagation and the median carry such a
+    change to neighbours, and one at half the size moves a 2x2 block (seen on this crop: 11.9 % of the pixels apart
+    by more than 0.01 px, 2.7 % by more than 0.1, 0.08 % by more than 1; 0.011 px apart on average)."""
     pytest.importorskip('onnxruntime')
     import warnings
 
@@ -283,7 +300,7 @@ def test_both_backends_apply_it_after_the_network_and_refuse_a_bad_reach() -> No
             with pytest.raises(InputError, match='local search .* must be a whole number in'):
                 predictor.infer(left, right, local_search=reach)  # type: ignore[arg-type]
     apart = np.abs(answers[0] - answers[1])
-    assert float((apart > 0.1).mean()) < 0.02 and float((apart > 1.0).mean()) < 0.002 and float(apart.mean()) < 0.02
+    assert float((apart > 0.1).mean()) < 0.04 and float((apart > 1.0).mean()) < 0.003 and float(apart.mean()) < 0.03
 
 
 def test_a_pair_larger_than_the_pixel_budget_is_not_searched() -> None:
