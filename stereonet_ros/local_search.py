@@ -9,9 +9,10 @@ that hold the pixel (centred on it, and moved by the window's radius left, right
 a depth edge one window lies on the pixel's own side of it, Fusiello et al.'s shiftable windows). Each offset's
 map is smoothed (a Gaussian of :data:`AGGREGATION_SIGMA_PX`: neighbours' curves vote, which steadies the peak on
 textured surfaces) before the best offset is chosen: where it is inside that interval (a true peak, not the edge
-of the search) and the pixel's own correlation there is at least :data:`MIN_ZNCC`, the pixel takes it, refined
-to a fraction of a pixel by a parabola through the peak and its two neighbours; elsewhere (plain surfaces,
-occlusions, repeated texture that matches nowhere well) it keeps the network's answer. Windows warp by each
+of the search) and the pixel's own correlation there is at least :data:`MIN_ZNCC` (:data:`HALF_SIZE_MIN_ZNCC` at
+half the size), the pixel takes it, refined to a fraction of a pixel by a parabola through the peak and its two
+neighbours; elsewhere (plain surfaces, occlusions, repeated texture that matches nowhere well) it keeps the
+network's answer. Windows warp by each
 pixel's own disparity, so a slanted surface stays one surface.
 
 Beside a depth edge the network's answer is often off by more than the reach (its coarse stage works at an
@@ -45,8 +46,14 @@ from stereonet_ros.geometry import hidden_from_right_view
 WINDOW_RADIUS_PX: Final = 3
 """The correlation window is (2r + 1)^2 pixels of the input: 7x7."""
 
-MIN_ZNCC: Final = 0.9
-"""Least correlation of the best offset for a pixel to take it."""
+MIN_ZNCC: Final = 0.85
+"""Least correlation of the best offset for a pixel to take it at the full size (docs/depth_quality.md for the
+thresholds compared)."""
+
+HALF_SIZE_MIN_ZNCC: Final = 0.9
+"""The same at half the size, stricter: there a window covers four times the area, so one that straddles a depth
+edge more often matches the nearer surface's shift beside it (at 0.85 it widened the nearer surface over the plain
+farther one in the hidden-pixel test)."""
 
 DEFAULT_REACH_PX: Final = 4
 """The reach where the network runs on the CPU: half the cost volume's 8 px between candidates. Better than the
@@ -63,8 +70,8 @@ candidates, up to two of the coarse stage's 8 px cells away (docs/depth_quality.
 PROPAGATION_PASSES: Final = 3
 """Each pass lets an answer travel one more step; each costs 1 + 4 len(steps) correlation maps."""
 
-AGGREGATION_SIGMA_PX: Final = 1.0
-"""The Gaussian that smooths each offset's correlation map before a search picks its peak."""
+AGGREGATION_SIGMA_PX: Final = 1.5
+"""The Gaussian that smooths each offset's correlation map before a search picks its peak (at either size)."""
 
 HIDDEN_TOLERANCE_PX: Final = 1.0
 """How far a landing spot must lie left of a farther one for the network's answer to call that pixel hidden
@@ -150,10 +157,10 @@ class _Correlation:
 
 
 def _searched(correlation: _Correlation, start: npt.NDArray[np.float32], usable: npt.NDArray[np.bool_], reach: int,
-              max_disparity: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+              max_disparity: float, min_zncc: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """The search around ``start``: each pixel's moved answer (clamped to ``max_disparity``) and its own correlation
     at the peak where it takes one; ``start`` and -inf elsewhere. The peak and its parabola are the smoothed maps'
-    (:data:`AGGREGATION_SIGMA_PX`); the threshold is the pixel's own correlation."""
+    (:data:`AGGREGATION_SIGMA_PX`); the threshold ``min_zncc`` is on the pixel's own correlation."""
     import cv2
 
     offsets = np.arange(-reach, reach + 1)
@@ -179,7 +186,7 @@ def _searched(correlation: _Correlation, start: npt.NDArray[np.float32], usable:
     # The parabola's vertex; between the neighbours, within half a pixel of the peak when it is the largest.
     vertex = np.where(sharp, 0.5 * (before - after) / np.where(sharp, curvature, -1.0), 0.0).clip(-0.5, 0.5)
     moved = (start + offsets[best] + vertex).astype(np.float32)
-    take = usable & interior & sharp & (own_peak >= MIN_ZNCC) & (moved > 0)
+    take = usable & interior & sharp & (own_peak >= min_zncc) & (moved > 0)
     answer = np.where(take, np.minimum(moved, np.float32(max_disparity)), start).astype(np.float32)
     return answer, np.where(take, own_peak, -np.inf).astype(np.float32)
 
@@ -204,19 +211,20 @@ def _propagated(correlation: _Correlation, start: npt.NDArray[np.float32],
 
 
 def _one_size(start: npt.NDArray[np.float32], usable: npt.NDArray[np.bool_], left: npt.NDArray[np.float32],
-              right: npt.NDArray[np.float32], reach: int,
-              max_disparity: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+              right: npt.NDArray[np.float32], reach: int, max_disparity: float,
+              min_zncc: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
     """The search, propagation, second search and median at one size (module doc): the answer and where a search
     took a peak. ``start`` holds 0 where not ``usable``; elsewhere the answer is ``start`` where nothing was found."""
     correlation = _Correlation(left, right)
-    searched, peak = _searched(correlation, start, usable, reach, max_disparity)
+    searched, peak = _searched(correlation, start, usable, reach, max_disparity, min_zncc)
     movable = usable & ~hidden_from_right_view(np.where(usable, start, np.nan), HIDDEN_TOLERANCE_PX)
     propagated = searched
     for _ in range(PROPAGATION_PASSES):
         propagated = _propagated(correlation, propagated, movable)
     changed = propagated != searched
     if changed.any():
-        from_neighbours, neighbours_peak = _searched(correlation, propagated, changed, reach, max_disparity)
+        from_neighbours, neighbours_peak = _searched(correlation, propagated, changed, reach, max_disparity,
+                                                     min_zncc)
         better = changed & (neighbours_peak > peak)
         searched = np.where(better, from_neighbours, searched)
         peak = np.where(better, neighbours_peak, peak)
@@ -239,7 +247,8 @@ def _from_half_size(start: npt.NDArray[np.float32], usable: npt.NDArray[np.bool_
     half_start = cv2.resize(start, half, interpolation=cv2.INTER_NEAREST) / np.float32(2)
     half_usable = cv2.resize(usable.astype(np.uint8), half, interpolation=cv2.INTER_NEAREST).astype(bool)
     half_left, half_right = (cv2.resize(image, half, interpolation=cv2.INTER_AREA) for image in (left, right))
-    answer, found = _one_size(half_start, half_usable, half_left, half_right, reach, max_disparity / 2)
+    answer, found = _one_size(half_start, half_usable, half_left, half_right, reach, max_disparity / 2,
+                              HALF_SIZE_MIN_ZNCC)
     up_found = cv2.resize(found.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
     up_found &= usable
     up_answer = cv2.resize(answer, (width, height), interpolation=cv2.INTER_NEAREST) * np.float32(2)
@@ -260,7 +269,8 @@ def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float3
 
     Returns:
         A new ``(H, W)`` float32 array; a pixel not finite or not above 0 in ``disparity``, or where no search
-        found an interior peak of at least :data:`MIN_ZNCC`, keeps its value. Moved values lie in
+        found an interior peak of at least :data:`MIN_ZNCC` (:data:`HALF_SIZE_MIN_ZNCC` at half the size), keeps
+        its value. Moved values lie in
         ``(0, max_disparity]``.
 
     Raises:
@@ -278,7 +288,7 @@ def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float3
     usable = np.isfinite(answer) & (answer > 0)
     start = np.where(usable, answer, 0).astype(np.float32)
     start, found_at_half = _from_half_size(start, usable, left, right, reach, max_disparity)
-    searched, found = _one_size(start, usable, left, right, reach, max_disparity)
+    searched, found = _one_size(start, usable, left, right, reach, max_disparity, MIN_ZNCC)
     moved = found | found_at_half
     answer[moved] = searched[moved]
     return answer
