@@ -93,7 +93,7 @@ _MIN_VARIANCE: Final = 1e-6
 def reach_for(requested: int, device_type: str) -> int:
     """The reach to search: ``requested``, or for :data:`AUTO` :data:`DEFAULT_REACH_PX` where the network runs on
     the CPU and 0 elsewhere. The search runs on the host: beside a CPU network it costs a fifth to a third of its
-    time, beside a GPU one more than the network (0.6 s at 640x480, 1.8 s at 1280x720 on two cores)."""
+    time, beside a GPU one more than the network (0.4 s at 640x480, 1.2 s at 1280x720 on two cores)."""
     if requested == AUTO:
         return DEFAULT_REACH_PX if device_type == 'cpu' else 0
     return requested

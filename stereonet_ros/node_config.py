@@ -140,8 +140,8 @@ class NodeConfig:
         'time)')
     local_search_px: int = _param(
         AUTO, "Search the photometric cost within this many pixels of the network's answer (and of the best of "
-        "its neighbours' answers 4 and 16 px away) and move each pixel where a 7x7 window correlates best (ZNCC at "
-        'least 0.9, a true peak, refined to a fraction of a pixel); '
+        "its neighbours' answers 4 and 16 px away), at half the size and then at the full one, and move each pixel "
+        'where a 7x7 window correlates best (ZNCC at least 0.85, a true peak, refined to a fraction of a pixel); '
         "0 = the network's answer as it is; -1 = 4 where the network runs on the CPU (a fifth to a third of its time; "
         'better in every view of every set measured at the default settings) and 0 on a GPU (the search runs on '
         'the host and would cost more than the network there). README, local search', AUTO, MAX_REACH_PX)
