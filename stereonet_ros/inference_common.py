@@ -188,8 +188,9 @@ class Inference:
 
     Attributes:
         disparity: ``(H, W)`` float32 left-view image shift, pixels of the input.
-        confidence: ``(H, W)`` float32 in [0, 1] (:func:`~stereonet_ros.model.stereonet.matching_confidence`),
-            or ``None`` when not asked for.
+        confidence: ``(H, W)`` float32 in [0, 1] (:func:`~stereonet_ros.model.stereonet.matching_confidence`;
+            after the local search, times :func:`~stereonet_ros.local_search.photometric_agreement`), or ``None``
+            when not asked for.
         max_disparity: the largest shift the network can express, pixels of the input: the contract's
             ``max_disparity`` times ``W / w`` (= ``/ scale`` up to the rounding of ``w``).
         network_size: ``(h, w)`` the network ran at (before padding to the contract's multiple).
@@ -224,16 +225,21 @@ def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: np
     :data:`~stereonet_ros.local_search.AUTO`: as suits a network on ``device_type``), on the grey (BT.601 luma)
     images of the pair as given: the one place both backends apply it. The search runs at the input's size and
     holds ``2 reach + 1`` correlation maps of it, so a pair of more than ``max_pixels`` pixels (one the network
-    ran smaller) is answered as the network gave it: the pixel budget bounds the memory of the whole step."""
-    from stereonet_ros.local_search import local_search, reach_for
+    ran smaller) is answered as the network gave it: the pixel budget bounds the memory of the whole step. A
+    searched answer's confidence is the network's times the answer's
+    :func:`~stereonet_ros.local_search.photometric_agreement`."""
+    from stereonet_ros.local_search import local_search, photometric_agreement, reach_for
 
     reach = reach_for(reach, device_type)
     if reach == 0 or inference.disparity.size > max_pixels:
         return inference
     left_grey, right_grey = (to_contract_color(as_float_image(image, name), 'gray')[0]
                              for image, name in ((left_image, 'left'), (right_image, 'right')))
-    return replace(inference, disparity=local_search(inference.disparity, left_grey, right_grey, reach,
-                                                     inference.max_disparity))
+    disparity = local_search(inference.disparity, left_grey, right_grey, reach, inference.max_disparity)
+    confidence = inference.confidence
+    if confidence is not None:
+        confidence = confidence * photometric_agreement(disparity, left_grey, right_grey)
+    return replace(inference, disparity=disparity, confidence=confidence)
 
 
 def fitted_scale(height: int, width: int, scale: float, max_pixels: int) -> float:

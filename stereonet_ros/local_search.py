@@ -308,3 +308,30 @@ def _median_where_found(answer: npt.NDArray[np.float32], found: npt.NDArray[np.b
     result = answer.copy()
     result[take] = np.minimum(median[take], np.float32(max_disparity))
     return result
+
+
+def photometric_agreement(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float32],
+                          right: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """How well each pixel's answer matches the images: ``(1 + ZNCC) / 2`` of its window at that answer (the best of
+    the five that hold it, smoothed as the search smooths its maps), in ``[0, 1]``: 1 = the windows match exactly,
+    0.5 = no relation (a plain window correlates 0), 0 = one is the other inverted or the match lies outside the right
+    image. 0 where the answer is not finite or not above 0.
+
+    Why: the network's matching confidence cannot tell a good answer from one the search left wrong; the windows can,
+    except on repeated texture, where a whole period off still matches (docs/depth_quality.md, "The search's
+    confidence").
+
+    Raises:
+        ValueError: shapes differ or are not ``(H, W)``.
+    """
+    import cv2
+
+    if not (disparity.shape == left.shape == right.shape and disparity.ndim == 2):
+        raise ValueError(f'photometric_agreement: disparity {disparity.shape}, left {left.shape} and right '
+                         f'{right.shape} must be one (H, W) size')
+    usable = np.isfinite(disparity) & (disparity > 0)
+    correlation = _Correlation(left, right)(np.where(usable, disparity, 0).astype(np.float32))
+    smoothed = cv2.GaussianBlur(correlation, (0, 0), AGGREGATION_SIGMA_PX, borderType=cv2.BORDER_REPLICATE)
+    agreement = np.clip((1 + smoothed) / 2, 0, 1).astype(np.float32)
+    agreement[~usable] = 0
+    return agreement

@@ -28,6 +28,7 @@ from stereonet_ros.evaluation.views import ViewCounts, dense_method_views, three
 from stereonet_ros.image_codec import array_to_image_fields
 from stereonet_ros.image_io import colorize_disparity, read_disparity, write_png
 from stereonet_ros.inference import InputError, Predictor, placeholder_checkpoint
+from stereonet_ros.local_search import AUTO
 from stereonet_ros.node_config import NodeConfig
 from stereonet_ros.pfm import write_pfm
 
@@ -312,7 +313,7 @@ def test_sgbm_with_stereo_image_proc_s_parameters_is_scored_on_the_same_frames_i
     sgbm = SgbmBaseline(float(predictor.contract.max_disparity))
     totals: dict[str, dict[str, ViewCounts]] = {'stereonet': {}, 'sgbm-stereo_image_proc': {}}
     for pair in dataset['pairs']:
-        answer = predictor.infer(pair.left, pair.right, with_confidence=True)
+        answer = predictor.infer(pair.left, pair.right, with_confidence=True, local_search=AUTO)  # eval-bag's default
         baseline, _ = sgbm(display_rgb(pair.left), display_rgb(pair.right))
         assert 0.0 < np.isfinite(baseline).mean() < 1.0  # SGBM answered right of its range, with holes
         reference = three_views(baseline, pair.gt_shift)

@@ -8,7 +8,8 @@ import pytest
 from stereonet_ros.geometry import hidden_from_right_view
 from stereonet_ros.local_search import (AGGREGATION_SIGMA_PX, AUTO, DEFAULT_REACH_PX, HIDDEN_TOLERANCE_PX, MAX_REACH_PX,
                                         MEDIAN_SIZE_PX, MIN_ZNCC, PROPAGATION_STEPS_PX, WINDOW_RADIUS_PX, _best_window,
-                                        _Correlation, _median_where_found, _searched, local_search, reach_for)
+                                        _Correlation, _median_where_found, _searched, local_search,
+                                        photometric_agreement, reach_for)
 
 
 def textured_pair(shift: float, height: int = 60, width: int = 160) -> tuple[np.ndarray, np.ndarray]:
@@ -321,3 +322,51 @@ def test_a_pair_larger_than_the_pixel_budget_is_not_searched() -> None:
     assert float((within.disparity != predictor.infer(left, right, max_pixels=budget).disparity).mean()) > 0.1
     beyond = predictor.infer(left, right, local_search=4, max_pixels=budget - 1)
     np.testing.assert_array_equal(beyond.disparity, predictor.infer(left, right, max_pixels=budget - 1).disparity)
+
+
+def test_photometric_agreement_maps_the_correlation_at_the_answer_to_0_1() -> None:
+    """(1 + ZNCC) / 2 at each pixel's answer: about 1 at the true shift of a textured pair, well below where the shift
+    is wrong by more than the texture's grain (seen: a median of 0.66, the best of five windows of a smooth texture)
+    and exactly 0.5 on a plain image (a flat window correlates 0); 0 where the answer is unusable or its match lies
+    outside the right image."""
+    left, right = textured_pair(12.4)
+    inside = np.s_[10:-10, 30:-10]  # clear of the border, the windows and the Gaussian
+    true = photometric_agreement(np.full(left.shape, 12.4, np.float32), left, right)
+    assert float(true[inside].min()) > 0.99 and float(true.max()) <= 1.0
+    wrong = photometric_agreement(np.full(left.shape, 12.4 + 9.0, np.float32), left, right)
+    assert 0.2 < float(np.median(wrong[inside])) < 0.8 and float(wrong.min()) >= 0.0
+    flat = np.full((40, 80), 128.0, np.float32)
+    answer = np.full(flat.shape, 10.0, np.float32)
+    answer[20, 40], answer[21, 40], answer[22, 40] = np.nan, 0.0, -2.0
+    plain = photometric_agreement(answer, flat, flat)
+    assert plain[20:23, 40].tolist() == [0.0, 0.0, 0.0]
+    plain[20:23, 40] = 0.5
+    np.testing.assert_array_equal(plain[:, 20:], 0.5)
+    outside = photometric_agreement(np.full(left.shape, 40.0, np.float32), left, right)
+    assert float(outside[:, :30].max()) == 0.0  # column u - 40 < 0, the Gaussian's reach (6 px) short of column 40
+    with pytest.raises(ValueError, match='must be one'):
+        photometric_agreement(answer[:, 1:], flat, flat)
+
+
+def test_a_searched_answers_confidence_is_the_networks_times_its_agreement() -> None:
+    """After the search the predictors' confidence is the network's matching confidence times the photometric
+    agreement of the searched answer (the one step both backends share); without the search it is the network's."""
+    import warnings
+
+    from stereonet_ros.backends import open_predictor
+    from stereonet_ros.inference_common import as_float_image, to_contract_color
+    from stereonet_ros.samples import motorcycle
+
+    sample = motorcycle()
+    left, right = sample.left[100:300, 200:500], sample.right[100:300, 200:500]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        predictor = open_predictor(None, device='cpu', backend='pytorch')
+    alone = predictor.infer(left, right, with_confidence=True)
+    searched = predictor.infer(left, right, with_confidence=True, local_search=4)
+    assert alone.confidence is not None and searched.confidence is not None
+    grey = [to_contract_color(as_float_image(image, name), 'gray')[0] for image, name in ((left, 'l'), (right, 'r'))]
+    np.testing.assert_array_equal(searched.confidence,
+                                  alone.confidence * photometric_agreement(searched.disparity, *grey))
+    assert float(searched.confidence.min()) >= 0.0 and float(searched.confidence.max()) <= 1.0
+    assert predictor.infer(left, right, local_search=4).confidence is None
