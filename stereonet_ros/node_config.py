@@ -123,8 +123,9 @@ class NodeConfig:
         '(its largest) are invalid too and DisparityImage.max_disparity says so; 0 = the network\'s whole range',
         0, 4096)
     min_confidence: float = _param(
-        0.0, 'Pixels whose matching confidence (1 - normalized entropy of the soft-argmin distribution) is '
-        'below this are invalid; 0 = keep all', 0.0, 1.0)
+        0.0, 'Pixels whose matching confidence (1 - normalized entropy of the soft-argmin distribution; after the '
+        "local search, times the answer's photometric agreement (1 + ZNCC) / 2) is below this are invalid; "
+        '0 = keep all', 0.0, 1.0)
     inference_threads: int = _param(
         0, 'CPU threads the network runs on; 0 = every usable CPU. All CPUs but one leaves a core to pair messages '
         'and run DDS: every set pairs under load, but fewer are answered (2 cores, 10 Hz: 2,400 of 2,400 sets '
