@@ -516,7 +516,7 @@ class Predictor(CheckpointFacts):
             scale: run the network on the pair resized by this factor (the module doc's resize rule),
                 in [:data:`MIN_INFERENCE_SCALE`, :data:`MAX_INFERENCE_SCALE`], ends included.
             with_confidence: also compute the matching confidence (at the network's size, resized back
-                bilinearly).
+                bilinearly; after the local search, times the answer's photometric agreement).
             max_pixels: most pixels the network may run on: a larger pair runs at the largest smaller
                 scale that fits (:func:`fitted_scale`; ``Inference.scale`` says which).
             local_search: reach in input pixels of the photometric search around the network's answer
