@@ -270,6 +270,14 @@ class StereoProcessor:
         return result
 
 
+def confident(confidence: npt.NDArray[np.float32], min_confidence: float) -> npt.NDArray[np.bool_]:
+    """The pixels ``min_confidence`` keeps (the node's rule, which ``stereonet-evaluate --min-confidence`` applies
+    too): every one at 0, else those whose confidence reaches it."""
+    if min_confidence <= 0.0:
+        return np.ones(confidence.shape, bool)
+    return confidence >= np.float32(min_confidence)
+
+
 def postprocess(shift: npt.NDArray[np.float32], confidence: npt.NDArray[np.float32] | None, max_shift: float,
                 camera: StereoCamera, config: NodeConfig, outputs: OutputSelection,
                 rgb: npt.NDArray[np.uint8] | None = None) -> StereoOutputs:
@@ -308,8 +316,8 @@ def postprocess(shift: npt.NDArray[np.float32], confidence: npt.NDArray[np.float
     with np.errstate(invalid='ignore', over='ignore', divide='ignore'):
         valid = (np.isfinite(disparity) & (disparity >= np.float32(config.min_disparity)) & (disparity > 0.0)
                  & (disparity <= np.float32(max_disparity)) & (columns - shift >= 0.0))
-        if confidence is not None and config.min_confidence > 0.0:
-            valid &= confidence >= np.float32(config.min_confidence)
+        if confidence is not None:
+            valid &= confident(confidence, config.min_confidence)
         # A depth f*T/d past float32 (d tiny but > 0), or a point's X or Y past it (a far principal
         # point), would be published as inf: not a measurement.
         depth = np.float32(camera.focal * camera.baseline) / disparity  # (H, W) float32

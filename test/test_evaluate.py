@@ -75,6 +75,45 @@ def test_stereonet_scores_equal_direct_inference(seed_checkpoint_path: Path, tmp
     assert results['inference_scale'] == 1.0
 
 
+def test_min_confidence_leaves_ours_holes_where_the_node_would(seed_checkpoint_path: Path, tmp_path: Path) -> None:
+    """With the node's min_confidence, ours answers exactly where its confidence reaches the threshold (a pixel at
+    it is kept), so its answered view has a density below 1 and its dense view fills the holes as SGBM's are."""
+    from stereonet_ros.processing import StereoProcessor
+
+    left, right = _shifted_pair(5)
+    truth = np.full(left.shape, 5.0, np.float32)
+    for folder in ('left', 'right', 'disparity'):
+        (tmp_path / folder).mkdir()
+    Image.fromarray(left.astype(np.uint8)).save(tmp_path / 'left' / 'p.png')
+    Image.fromarray(right.astype(np.uint8)).save(tmp_path / 'right' / 'p.png')
+    write_pfm(tmp_path / 'disparity' / 'p.pfm', truth)
+    predictor = Predictor.from_checkpoint(seed_checkpoint_path, device='cpu')
+    [frame] = load_set(f'folder:{tmp_path}', 1, float(predictor.contract.max_disparity), predictor.contract.channels)
+    _, confidence, _ = StereoProcessor(predictor).infer(frame.left, frame.right, with_confidence=True)
+    assert confidence is not None
+    threshold = float(np.sort(confidence.ravel())[confidence.size // 2])  # a value some pixel holds exactly
+    results = evaluate(str(seed_checkpoint_path), [f'folder:{tmp_path}'], device='cpu', with_sgbm=False,
+                       min_confidence=threshold, log=lambda _: None)
+    scored = results['sets'][f'folder:{tmp_path}']['methods']['stereonet']
+    assert scored['answered']['scored_pixels'] == int(np.count_nonzero(confidence >= np.float32(threshold)))
+    assert 0.3 < scored['answered']['density'] < 0.7 and scored['dense']['density'] == 1.0
+    assert results['min_confidence'] == threshold
+    assert f'min confidence {threshold:g}' in format_table(results)
+    with pytest.raises(EvaluationError, match=r'min_confidence 1.5: must be in \[0, 1\]'):
+        evaluate(str(seed_checkpoint_path), [f'folder:{tmp_path}'], device='cpu', with_sgbm=False,
+                 min_confidence=1.5, log=lambda _: None)
+
+
+@pytest.mark.parametrize('threshold', ['-0.0001', '1.0001', 'nan'])
+def test_cli_refuses_a_min_confidence_outside_0_1(seed_checkpoint_path: Path, threshold: str) -> None:
+    program = Path(sys.executable).parent / 'stereonet-evaluate'
+    result = subprocess.run([str(program), '--checkpoint', str(seed_checkpoint_path), '--min-confidence', threshold],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f'stereonet-evaluate: error: --min-confidence {float(threshold)}: must be in [0, 1]']
+
+
 NAN = float('nan')
 
 

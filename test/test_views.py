@@ -159,3 +159,27 @@ def test_a_dense_method_beside_a_sparse_one_is_matched_to_its_density_on_the_fra
     assert set(dense_method_views(dense, truth, None, reference)) == {'dense', 'answered'}
     assert set(dense_method_views(dense, truth, confidence, None)) == {'dense', 'answered'}
     assert answered_density(three_views(sparse, np.full((1, 5), np.nan))['answered']) == 0.0
+
+
+def test_a_method_with_its_own_holes_is_matched_to_the_reference_density_of_the_valid_pixels() -> None:
+    """Ours under min_confidence leaves holes: the matched view still keeps as many pixels as the reference answered
+    (a fraction of the valid-ground-truth pixels, not of ours' answered ones), and every one ours answered when that
+    is fewer."""
+    from stereonet_ros.evaluation.views import answered_density, dense_method_views
+
+    truth = np.arange(1.0, 11.0, dtype=np.float32)[np.newaxis, :]  # 10 valid pixels
+    ours = truth.copy()
+    ours[0, 7:] = np.nan  # 7 answered
+    confidence = np.linspace(1.0, 0.1, 10, dtype=np.float32)[np.newaxis, :]
+    sparse = truth.copy()
+    sparse[0, 6:] = np.nan  # the reference answered 6 of 10
+    reference = three_views(sparse, truth)['answered']
+    assert answered_density(reference) == 0.6
+    matched = dense_method_views(ours, truth, confidence, reference)['matched'].metrics()
+    assert (matched.scored_pixels, matched.density) == (6, 0.6)  # 6 of the 10, not 0.6 x 7 = 4
+    fewer = truth.copy()
+    fewer[0, 4:] = np.nan  # ours answered 4, fewer than the reference's 6
+    matched = dense_method_views(fewer, truth, confidence, reference)['matched'].metrics()
+    assert (matched.scored_pixels, matched.density) == (4, 0.4)
+    nothing = np.full(truth.shape, np.nan, np.float32)
+    assert dense_method_views(nothing, truth, confidence, reference)['matched'].metrics().scored_pixels == 0

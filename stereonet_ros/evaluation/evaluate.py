@@ -335,13 +335,16 @@ def score_set(frames: Sequence[Frame], ours: Callable[[Frame], tuple[F32, F32 | 
 def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto', synthetic_samples: int = 32,
              with_sgbm: bool = True, log: Callable[[str], None] = print,
              precision: Precision = 'fp32', inference_scale: float = 1.0,
-             sgbm_tuning_samples: int = 12, refine: bool = True, local_search: int = 0) -> dict[str, Any]:
+             sgbm_tuning_samples: int = 12, refine: bool = True, local_search: int = 0,
+             min_confidence: float = 0.0) -> dict[str, Any]:
     """Score the checkpoint (and SGBM) on every set in the three views. Returns the JSON-ready results.
 
     ``sgbm_tuning_samples``: pairs of the synthetic tuning stream the tuned SGBM is chosen on
     (:func:`tune_sgbm`; fewer only to rehearse a run quickly). ``refine=False``: ours without its refiners
     (:func:`~stereonet_ros.inference.without_refiners`). ``local_search``: the node's ``local_search_px``
-    (:mod:`stereonet_ros.local_search`; 0 = the network's answer as it is).
+    (:mod:`stereonet_ros.local_search`; 0 = the network's answer as it is). ``min_confidence``: the node's
+    parameter, in [0, 1]: ours leaves a hole where its confidence is below it
+    (:func:`~stereonet_ros.processing.confident`), so its answered view has a density, as SGBM's does.
 
     Ours runs through :meth:`StereoProcessor.infer` at ``inference_scale`` (the node's path), with its
     confidence for the matched view. Ground truth is scored below the checkpoint's ``max_disparity``
@@ -353,9 +356,11 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
     import warnings
 
     from stereonet_ros.inference import Predictor, UntrainedPlaceholderWarning
-    from stereonet_ros.processing import StereoProcessor
+    from stereonet_ros.processing import StereoProcessor, confident
 
     check_inference_scale(inference_scale)
+    if not 0.0 <= min_confidence <= 1.0:
+        raise EvaluationError(f'min_confidence {min_confidence}: must be in [0, 1]')
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UntrainedPlaceholderWarning)
         predictor = Predictor.from_checkpoint(checkpoint, device=device, precision=precision, refine=refine)
@@ -375,6 +380,7 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
         'inference_scale': inference_scale,
         'refine': refine,
         'local_search': local_search,
+        'min_confidence': min_confidence,
         'max_disparity': max_disparity,
         'views': {'dense': 'holes filled (KITTI devkit, row-wise min of the nearest valid neighbours), every '
                            'valid-ground-truth pixel scored',
@@ -389,6 +395,8 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
     def ours(frame: Frame) -> tuple[F32, F32 | None]:
         shift, confidence, _ = processor.infer(frame.left, frame.right, inference_scale, with_confidence=True,
                                                local_search=local_search)
+        if confidence is not None:
+            shift = np.where(confident(confidence, min_confidence), shift, np.float32(np.nan))
         return shift, confidence
 
     for spec in sets:
@@ -421,6 +429,8 @@ def format_table(results: dict[str, Any]) -> str:
              '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
     unrefined = '' if results.get('refine', True) else ', no refiner'
     searched = f', local search {results["local_search"]} px' if results.get('local_search') else ''
+    if results.get('min_confidence'):
+        searched += f', min confidence {results["min_confidence"]:g}'
     scale = results.get('inference_scale', 1.0)
     ours_label = f'{OURS} ({results.get("precision", "fp32")}, scale {scale:g}{unrefined}{searched})'
     for spec, entry in results['sets'].items():
@@ -455,6 +465,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--local-search', type=int, default=0, metavar='PX',
                         help="search the photometric cost within PX pixels of ours' answer (the node's "
                         'local_search_px; 0 = the network alone, the default here)')
+    parser.add_argument('--min-confidence', type=float, default=0.0, metavar='T',
+                        help="ours leaves a hole where its confidence is below T, in [0, 1] (the node's "
+                        'min_confidence; 0 = keep all, the default)')
     parser.add_argument('--no-sgbm', action='store_true', help='skip the SGBM baselines')
     parser.add_argument('--out', type=Path, help='also write the results as JSON here')
     arguments = parser.parse_args(argv)
@@ -474,11 +487,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_local_search(arguments.local_search)
     except InputError as err:
         fail(PROGRAM, f'--local-search: {err}', status=2)
+    if not 0.0 <= arguments.min_confidence <= 1.0:
+        fail(PROGRAM, f'--min-confidence {arguments.min_confidence}: must be in [0, 1]', status=2)
     sets = [spec.strip() for spec in arguments.sets.split(',') if spec.strip()]
     try:
         results = evaluate(arguments.checkpoint, sets, device=arguments.device, precision=arguments.precision,
                            inference_scale=arguments.inference_scale, refine=not arguments.no_refine,
-                           local_search=arguments.local_search,
+                           local_search=arguments.local_search, min_confidence=arguments.min_confidence,
                            synthetic_samples=arguments.synthetic_samples, with_sgbm=not arguments.no_sgbm,
                            log=lambda text: print(f'{PROGRAM}: {text}', file=sys.stderr))
     except (EvaluationError, CheckpointError, InputError) as err:

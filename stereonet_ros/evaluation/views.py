@@ -205,8 +205,9 @@ def dense_method_views(pred: npt.ArrayLike, gt: npt.ArrayLike, confidence: npt.A
 
     Its ``matched`` view keeps its most confident pixels (:func:`keep_most_confident`, among those with
     valid ground truth and a finite prediction) down to the :func:`answered_density` of ``reference`` on
-    the same frame. Without ``reference`` or ``confidence`` there is nothing to match: the result has no
-    ``matched`` key.
+    the same frame, a fraction of the valid-ground-truth pixels: where the method itself left holes (ours under
+    ``min_confidence``) it keeps as many pixels as the reference answered, or every one it answered if fewer.
+    Without ``reference`` or ``confidence`` there is nothing to match: the result has no ``matched`` key.
 
     Args:
         pred: ``(H, W)`` disparity, pixels; NaN/inf = no answer.
@@ -224,6 +225,11 @@ def dense_method_views(pred: npt.ArrayLike, gt: npt.ArrayLike, confidence: npt.A
         counts = three_views(prediction, gt, **rules)
         del counts['matched']
         return counts
-    eligible = ground_truth_mask(gt, **rules) & np.isfinite(prediction)
-    keep = keep_most_confident(confidence, eligible, answered_density(reference))
+    truth_valid = ground_truth_mask(gt, **rules)
+    eligible = truth_valid & np.isfinite(prediction)
+    answered = int(np.count_nonzero(eligible))
+    # The reference's density is of the valid pixels; keep_most_confident's fraction is of the eligible ones.
+    wanted = answered_density(reference) * int(np.count_nonzero(truth_valid))
+    fraction = min(1.0, wanted / answered) if answered else 0.0
+    keep = keep_most_confident(confidence, eligible, fraction)
     return three_views(prediction, gt, keep, **rules)
