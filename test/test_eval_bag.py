@@ -18,6 +18,7 @@ from PIL import Image
 from rosbags.highlevel import AnyReader
 
 from stereonet_ros import inference
+from stereonet_ros.backends import open_predictor
 from stereonet_ros.cli import eval_bag, infer, make_bag
 from stereonet_ros.evaluation.bag_eval import PredictorSource, SgbmBaseline, display_rgb, write_frame_outputs
 from stereonet_ros.evaluation.bagio import TYPESTORE, open_bag_writer
@@ -205,6 +206,43 @@ def test_no_refine_reaches_the_predictor_and_is_refused_with_a_running_node(
                                                   '--gt-topic', GT_TOPIC], capsys)
     assert code == 2 and stdout == '' and '--no-refine' in _error_line(code, err, 'stereonet-eval-bag')
     assert not _report_files(tmp_path / 'refused')
+
+
+def test_min_confidence_leaves_holes_where_the_node_would_and_a_bad_one_exits_with_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--min-confidence T: ours leaves a hole wherever its confidence (after eval-bag's default search) is below T,
+    as the node's min_confidence does; a pixel at T is kept."""
+    from stereonet_ros.samples import motorcycle
+
+    # The bundled default on a Motorcycle crop: the placeholder's answers on noise are unusable, confidence 0.
+    sample = motorcycle()
+    crop = np.s_[150:246, 250:410]
+    pair = StereoPair('motorcycle-crop', sample.left[crop], sample.right[crop],
+                      simple_camera(160, 96, focal=60.0, baseline=0.2), sample.disparity[crop])
+    write_stereo_bag(tmp_path / 'bag', [pair], gt='disparity')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # the default is marked preliminary
+        predictor = open_predictor(None, device='cpu')  # eval-bag's backend choice (its export, where present)
+    answer = predictor.infer(pair.left, pair.right, with_confidence=True, local_search=AUTO)
+    assert answer.confidence is not None
+    threshold = float(np.sort(answer.confidence.ravel())[answer.confidence.size // 2])  # a value a pixel holds
+    common = ['--device', 'cpu', '--gt-topic', GT_TOPIC, '--no-progress']
+    code, _, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(tmp_path / 'report'),
+                                             '--min-confidence', repr(threshold), *common], capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / 'report' / 'metrics.json').read_text())
+    assert metrics['min_confidence'] == threshold
+    kept = np.where(answer.confidence >= np.float32(threshold), answer.disparity, np.float32(np.nan))
+    expected = MetricAccumulator().add(kept, pair.gt_shift)
+    assert metrics['density'] == pytest.approx(expected.density, abs=1e-9) and 0.3 < metrics['density'] < 0.7
+    assert metrics['epe'] == pytest.approx(expected.epe, rel=1e-5)
+    for arguments, named in ((['--min-confidence', '1.0001', *common], '--min-confidence 1.0001: must be in [0, 1]'),
+                             (['--through-node', '--use-running-node', '--min-confidence', '0.5',
+                               '--gt-topic', GT_TOPIC], '--min-confidence')):
+        code, stdout, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(tmp_path / 'refused'),
+                                                      *arguments], capsys)
+        assert code == 2 and stdout == '' and named in _error_line(code, err, 'stereonet-eval-bag')
+        assert not _report_files(tmp_path / 'refused')
 
 
 def test_inference_scale_reaches_the_predictor_and_the_output_bag_and_a_bad_one_exits_with_one_line(

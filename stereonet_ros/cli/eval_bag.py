@@ -3,7 +3,8 @@
     stereonet-eval-bag BAG... --out DIR [--gt-topic TOPIC] [--left-topic T] [--right-topic T]
                        [--left-info-topic T] [--right-info-topic T] [--approximate-sync]
                        [--sync-tolerance S] [--queue-size N] [--checkpoint PATH] [--backend auto] [--device auto]
-                       [--precision fp32] [--inference-scale S] [--no-refine] [--local-search PX] [--write-bag]
+                       [--precision fp32] [--inference-scale S] [--no-refine] [--local-search PX] [--min-confidence T]
+                       [--write-bag]
                        [--max-frames N]
                        [--no-progress]
                        [--baseline sgbm] [--depth-bins M,M,...]
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="search the photometric cost within PX pixels of the network's answer, 0..16, 0 = off, "
                         "in this process or in the node this run starts (its local_search_px parameter; default the "
                         "node's, -1: 4 where the network runs on the CPU, 0 on a GPU)")
+    parser.add_argument('--min-confidence', type=float, metavar='T',
+                        help="leave a hole where the confidence is below T, in [0, 1], in this process or in the "
+                        "node this run starts (its min_confidence parameter; default the node's, 0: keep all)")
     parser.add_argument('--write-bag', action='store_true',
                         help='also write DIR/output_bag (mcap): /disparity, /points2, /depth on the input stamps')
     parser.add_argument('--max-frames', type=int, help='stop after this many pairs')
@@ -196,10 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if arguments.use_running_node and (arguments.checkpoint or arguments.backend or arguments.device
                                            or arguments.precision or arguments.inference_scale is not None
                                            or arguments.no_refine or arguments.local_search is not None
-                                           or arguments.node_executable):
+                                           or arguments.min_confidence is not None or arguments.node_executable):
             fail(PROGRAM, '--checkpoint, --backend, --device, --precision, --inference-scale, --no-refine, '
-                 '--local-search and --node-executable configure a node this run starts; with --use-running-node set '
-                 'them on the running node', status=2)
+                 '--local-search, --min-confidence and --node-executable configure a node this run starts; with '
+                 '--use-running-node set them on the running node', status=2)
     try:
         config = ReplayConfig(left_topic=arguments.left_topic, right_topic=arguments.right_topic,
                               left_info_topic=arguments.left_info_topic, right_info_topic=arguments.right_info_topic,
@@ -216,6 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_local_search(reach)
     except InputError as err:
         fail(PROGRAM, f'--local-search: {err}', status=2)
+    min_confidence = 0.0 if arguments.min_confidence is None else arguments.min_confidence
+    if not 0.0 <= min_confidence <= 1.0:
+        fail(PROGRAM, f'--min-confidence {min_confidence}: must be in [0, 1]', status=2)
     try:
         check_bags(arguments.bags, config)  # every bag and topic, before loading the model
         with ReportFolder(arguments.out) as staging:
@@ -237,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                checkpoint_note=str(provenance.get('note', '')), placeholder=predictor.is_placeholder,
                                device=str(predictor.device), command=command, git_sha=git_sha(),
                                created=created, precision=predictor.precision)
-                source = PredictorSource(predictor, scale=scale, local_search=reach)
+                source = PredictorSource(predictor, scale=scale, local_search=reach, min_confidence=min_confidence)
                 max_disparity = predictor.contract.max_disparity / scale  # each answer gives its exact one
             bag_path = staging.path / OUTPUT_BAG_NAME
             with open_bag_writer(bag_path, 'mcap') if arguments.write_bag else nullcontext(None) as output_bag:
@@ -252,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result.extra['inference_scale'] = scale
                 result.extra['refine'] = not arguments.no_refine
                 result.extra['local_search_px'] = reach
+                result.extra['min_confidence'] = min_confidence
             published_bag = str(arguments.out / OUTPUT_BAG_NAME) if arguments.write_bag else None
             metrics = write_report(result, info, staging.path, output_bag=published_bag)
             staging.publish(extra=(OUTPUT_BAG_NAME,))
@@ -384,7 +392,9 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
                                        'backend': arguments.backend or 'auto', 'inference_scale': repr(scale),
                                        'refine': 'false' if arguments.no_refine else 'true',
                                        'local_search_px': str(AUTO if arguments.local_search is None
-                                                              else arguments.local_search)},
+                                                              else arguments.local_search),
+                                       'min_confidence': repr(0.0 if arguments.min_confidence is None
+                                                              else float(arguments.min_confidence))},
                      image_transport=transport) as node:
         playback = play_through_node(arguments.bags, config, settings, node_failure=node.failure)
     description = (f'stereonet_node over DDS (started by this run, ROS domain {settings.domain_id}, '

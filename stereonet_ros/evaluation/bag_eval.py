@@ -41,9 +41,9 @@ from stereonet_ros.evaluation.replay import (BagReplay, ReplayConfig, ReplayCoun
                                              SkippedPair, shift_to_depth)
 from stereonet_ros.evaluation.views import dense_method_views, three_views
 from stereonet_ros.camera import StereoCamera
-from stereonet_ros.inference import Predictor, check_inference_scale, check_local_search
+from stereonet_ros.inference import InputError, Predictor, check_inference_scale, check_local_search
 from stereonet_ros.node_config import NodeConfig
-from stereonet_ros.processing import OutputSelection, postprocess
+from stereonet_ros.processing import OutputSelection, confident, postprocess
 
 if TYPE_CHECKING:
     from stereonet_ros.onnx_backend import OnnxPredictor
@@ -90,18 +90,26 @@ class DisparitySource(Protocol):
 class PredictorSource:
     """The network run directly on each pair at ``scale`` (and the local search within ``local_search`` px), timed
     around :meth:`Predictor.infer`, with its matching confidence when the predictor has one (an ONNX model only when
-    exported with it).
+    exported with it); with ``min_confidence`` > 0, a hole where the confidence is below it (the node's rule,
+    :func:`~stereonet_ros.processing.confident`).
 
     Raises:
-        InputError: (on construction) ``scale`` or ``local_search`` is outside the predictor's range.
+        InputError: (on construction) ``scale`` or ``local_search`` is outside the predictor's range,
+            ``min_confidence`` outside [0, 1], or above 0 for a model without confidence.
     """
 
     def __init__(self, predictor: Predictor | OnnxPredictor, warmup: bool = True, scale: float = 1.0,
-                 local_search: int = 0) -> None:
+                 local_search: int = 0, min_confidence: float = 0.0) -> None:
         self.predictor = predictor
         self.warmup = warmup
         self.scale = check_inference_scale(scale)
         self.local_search = check_local_search(local_search)
+        if not 0.0 <= min_confidence <= 1.0:
+            raise InputError(f'min_confidence {min_confidence}: must be in [0, 1]')
+        if min_confidence > 0.0 and not predictor.has_confidence:
+            raise InputError(f'min_confidence {min_confidence} needs a model with a confidence output (an ONNX '
+                             'model exported with --confidence)')
+        self.min_confidence = min_confidence
         self._warm_sizes: set[tuple[int, int]] = set()
 
     drop_reason = 'no disparity for this pair'
@@ -119,7 +127,10 @@ class PredictorSource:
         start = time.perf_counter()
         answer = self.predictor.infer(frame.left, frame.right, scale=self.scale,
                                       with_confidence=self.predictor.has_confidence, local_search=self.local_search)
-        return SourceResult(answer.disparity, time.perf_counter() - start, max_shift=answer.max_disparity,
+        disparity = answer.disparity
+        if answer.confidence is not None and self.min_confidence > 0.0:
+            disparity = np.where(confident(answer.confidence, self.min_confidence), disparity, np.float32(np.nan))
+        return SourceResult(disparity, time.perf_counter() - start, max_shift=answer.max_disparity,
                             confidence=answer.confidence)
 
 
