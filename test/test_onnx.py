@@ -85,6 +85,17 @@ def test_the_onnx_backend_follows_scale_and_max_pixels_as_pytorch_does(default_o
         assert np.abs(got.disparity - expected.disparity).max() <= TOLERANCE_PX, options
 
 
+def test_eval_bags_min_confidence_needs_a_model_with_confidence(seed_onnx: Path) -> None:
+    """An ONNX model exported without the confidence output cannot leave holes by confidence: eval-bag's source
+    refuses min_confidence above 0 on construction (one line from the CLI), and takes 0."""
+    from stereonet_ros.evaluation.bag_eval import PredictorSource
+
+    predictor = Predictor.from_checkpoint(seed_onnx, device='cpu')
+    with pytest.raises(InputError, match='min_confidence 0.5 needs a model with a confidence output'):
+        PredictorSource(predictor, min_confidence=0.5)
+    assert PredictorSource(predictor, min_confidence=0.0).min_confidence == 0.0
+
+
 @pytest.mark.parametrize('pair_name', ['motorcycle', 'odd crop 517x333'])
 def test_the_exported_seed_checkpoint_gives_pytorchs_disparity(seed_onnx: Path, seed_checkpoint_path: Path,
                                                                pair_name: str) -> None:
