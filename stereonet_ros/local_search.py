@@ -12,8 +12,7 @@ textured surfaces) before the best offset is chosen: where it is inside that int
 of the search) and the pixel's own correlation there is at least :data:`MIN_ZNCC` (:data:`HALF_SIZE_MIN_ZNCC` at
 half the size), the pixel takes it, refined to a fraction of a pixel by a parabola through the peak and its two
 neighbours; elsewhere (plain surfaces, occlusions, repeated texture that matches nowhere well) it keeps the
-network's answer. Windows warp by each
-pixel's own disparity, so a slanted surface stays one surface.
+network's answer. Windows warp by each pixel's own disparity, so a slanted surface stays one surface.
 
 Beside a depth edge the network's answer is often off by more than the reach (its coarse stage works at an
 eighth of the size), while a pixel a few steps further inside the same surface holds the right one. So after
@@ -84,7 +83,8 @@ time)."""
 
 MEDIAN_SIZE_PX: Final = 3
 """The square whose median a pixel that took a peak takes last. A k x k median erases what is narrower than
-(k + 1) / 2 px: 3 keeps a 2 px pole or cable, where 5 (a little better on every set measured) would erase it."""
+(k + 1) / 2 px: 3 keeps a 2 px pole or cable, where 5 (a little better on the synthetic set and Motorcycle, level on
+Aloe) would erase it."""
 
 _MIN_VARIANCE: Final = 1e-6
 """Floor on a window's variance (grey levels squared) so a flat window correlates 0, not 0 / 0."""
@@ -210,6 +210,23 @@ def _propagated(correlation: _Correlation, start: npt.NDArray[np.float32],
     return answer
 
 
+def _median_where_found(answer: npt.NDArray[np.float32], found: npt.NDArray[np.bool_],
+                        max_disparity: float) -> npt.NDArray[np.float32]:
+    """``answer`` where each ``found`` pixel took the median of the :data:`MEDIAN_SIZE_PX` square around it (the
+    image's edge repeated beyond it; unusable answers count as 0 there, and a median not above 0 is not taken).
+    Why only there: the search's answers are the ones it measured, and a pixel it did not move keeps the network's
+    answer for the rest of the pipeline to judge (docs/depth_quality.md, "A median, a search at half the size, the
+    threshold")."""
+    import cv2
+
+    usable = np.isfinite(answer) & (answer > 0)
+    median = cv2.medianBlur(np.where(usable, answer, 0).astype(np.float32), MEDIAN_SIZE_PX)
+    take = found & (median > 0)
+    result = answer.copy()
+    result[take] = np.minimum(median[take], np.float32(max_disparity))
+    return result
+
+
 def _one_size(start: npt.NDArray[np.float32], usable: npt.NDArray[np.bool_], left: npt.NDArray[np.float32],
               right: npt.NDArray[np.float32], reach: int, max_disparity: float,
               min_zncc: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
@@ -270,8 +287,7 @@ def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float3
     Returns:
         A new ``(H, W)`` float32 array; a pixel not finite or not above 0 in ``disparity``, or where no search
         found an interior peak of at least :data:`MIN_ZNCC` (:data:`HALF_SIZE_MIN_ZNCC` at half the size), keeps
-        its value. Moved values lie in
-        ``(0, max_disparity]``.
+        its value. Moved values lie in ``(0, max_disparity]``.
 
     Raises:
         ValueError: shapes differ, or ``reach`` is outside ``[0, MAX_REACH_PX]``.
@@ -292,22 +308,6 @@ def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float3
     moved = found | found_at_half
     answer[moved] = searched[moved]
     return answer
-
-
-def _median_where_found(answer: npt.NDArray[np.float32], found: npt.NDArray[np.bool_],
-                        max_disparity: float) -> npt.NDArray[np.float32]:
-    """``answer`` where each ``found`` pixel took the median of the :data:`MEDIAN_SIZE_PX` square around it (the
-    image's edge repeated beyond it; unusable answers count as 0 there, and a median not above 0 is not taken).
-    Why only there: the search's answers are the ones it measured, and a pixel it did not move keeps the network's
-    answer for the rest of the pipeline to judge (docs/depth_quality.md, "A median last")."""
-    import cv2
-
-    usable = np.isfinite(answer) & (answer > 0)
-    median = cv2.medianBlur(np.where(usable, answer, 0).astype(np.float32), MEDIAN_SIZE_PX)
-    take = found & (median > 0)
-    result = answer.copy()
-    result[take] = np.minimum(median[take], np.float32(max_disparity))
-    return result
 
 
 def photometric_agreement(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float32],
