@@ -68,8 +68,9 @@ from stereonet_ros.inference_common import (DEFAULT_CHECKPOINT, DEFAULT_MAX_PIXE
                                             MIN_INFERENCE_SCALE, CheckpointFacts, Inference, InputError, Precision,
                                             PreliminaryCheckpointWarning, UntrainedPlaceholderWarning,
                                             as_float_image, check_inference_scale, check_local_search,
-                                            checked_image, checked_pair, fitted_scale, padded_size, scaled_size,
-                                            searched, to_contract_color, warn_about_provenance)
+                                            check_min_confidence, checked_image, checked_pair, fitted_scale,
+                                            padded_size, scaled_size, searched, to_contract_color,
+                                            warn_about_provenance)
 from stereonet_ros.model.checkpoint import Checkpoint, InputContract, load_checkpoint
 from stereonet_ros.model.stereonet import (StereoNet, StereoNetConfig, fold_batchnorm, matching_confidence,
                                            to_channels_last)

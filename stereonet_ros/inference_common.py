@@ -219,6 +219,18 @@ def check_local_search(reach: int) -> int:
     return int(reach)
 
 
+def check_min_confidence(threshold: float) -> float:
+    """``threshold`` as a float if it lies in [0, 1], the confidence's range (the node's ``min_confidence``).
+
+    Raises:
+        InputError: otherwise, NaN included (the message gives the value and the range).
+    """
+    value = float(threshold)
+    if not 0.0 <= value <= 1.0:
+        raise InputError(f'min confidence {threshold!r}: must be in [0, 1]')
+    return value
+
+
 def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: npt.NDArray[Any],
              reach: int, device_type: str, max_pixels: int) -> Inference:
     """``inference`` after :func:`~stereonet_ros.local_search.local_search` within ``reach`` px (0: as it is;

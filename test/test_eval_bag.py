@@ -236,7 +236,8 @@ def test_min_confidence_leaves_holes_where_the_node_would_and_a_bad_one_exits_wi
     expected = MetricAccumulator().add(kept, pair.gt_shift)
     assert metrics['density'] == pytest.approx(expected.density, abs=1e-9) and 0.3 < metrics['density'] < 0.7
     assert metrics['epe'] == pytest.approx(expected.epe, rel=1e-5)
-    for arguments, named in ((['--min-confidence', '1.0001', *common], '--min-confidence 1.0001: must be in [0, 1]'),
+    for arguments, named in ((['--min-confidence', '1.0001', *common],
+                              '--min-confidence: min confidence 1.0001: must be in [0, 1]'),
                              (['--through-node', '--use-running-node', '--min-confidence', '0.5',
                                '--gt-topic', GT_TOPIC], '--min-confidence')):
         code, stdout, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(tmp_path / 'refused'),

@@ -99,7 +99,7 @@ def test_min_confidence_leaves_ours_holes_where_the_node_would(seed_checkpoint_p
     assert 0.3 < scored['answered']['density'] < 0.7 and scored['dense']['density'] == 1.0
     assert results['min_confidence'] == threshold
     assert f'min confidence {threshold:g}' in format_table(results)
-    with pytest.raises(EvaluationError, match=r'min_confidence 1.5: must be in \[0, 1\]'):
+    with pytest.raises(EvaluationError, match=r'min confidence 1.5: must be in \[0, 1\]'):
         evaluate(str(seed_checkpoint_path), [f'folder:{tmp_path}'], device='cpu', with_sgbm=False,
                  min_confidence=1.5, log=lambda _: None)
 
@@ -189,20 +189,30 @@ def test_cli_writes_json_and_a_table(seed_checkpoint_path: Path, tmp_path: Path)
     assert methods['stereonet']['matched']['scored_pixels'] == methods[REFERENCE]['answered']['scored_pixels']
 
 
-@pytest.mark.parametrize(('option', 'value', 'allowed'), [
-    ('--inference-scale', '0.0999', '[0.1, 2.5]'), ('--inference-scale', '2.5001', '[0.1, 2.5]'),
-    ('--inference-scale', 'nan', '[0.1, 2.5]'),  # the node's range
-    ('--min-confidence', '-0.0001', '[0, 1]'), ('--min-confidence', '1.0001', '[0, 1]'),
-    ('--min-confidence', 'nan', '[0, 1]'),
+def test_min_confidence_is_checked_against_the_confidence_s_range_ends_included() -> None:
+    from stereonet_ros.inference import InputError, check_min_confidence
+
+    assert check_min_confidence(0) == 0.0 and check_min_confidence(1) == 1.0 and check_min_confidence(0.7) == 0.7
+    for outside in (-1e-9, 1.0 + 1e-9, float('nan'), float('inf')):
+        with pytest.raises(InputError, match=r'must be in \[0, 1\]'):
+            check_min_confidence(outside)
+
+
+@pytest.mark.parametrize(('option', 'value', 'message'), [
+    ('--inference-scale', '0.0999', '--inference-scale 0.0999: must be in [0.1, 2.5]'),  # the node's range
+    ('--inference-scale', '2.5001', '--inference-scale 2.5001: must be in [0.1, 2.5]'),
+    ('--inference-scale', 'nan', '--inference-scale nan: must be in [0.1, 2.5]'),
+    ('--min-confidence', '-0.0001', '--min-confidence: min confidence -0.0001: must be in [0, 1]'),
+    ('--min-confidence', '1.0001', '--min-confidence: min confidence 1.0001: must be in [0, 1]'),
+    ('--min-confidence', 'nan', '--min-confidence: min confidence nan: must be in [0, 1]'),
 ])
 def test_cli_refuses_a_value_outside_the_node_s_range(seed_checkpoint_path: Path, option: str, value: str,
-                                                      allowed: str) -> None:
+                                                      message: str) -> None:
     program = Path(sys.executable).parent / 'stereonet-evaluate'
     result = subprocess.run([str(program), '--checkpoint', str(seed_checkpoint_path), option, value],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        f'stereonet-evaluate: error: {option} {float(value)}: must be in {allowed}']
+    assert result.stderr.strip().splitlines() == [f'stereonet-evaluate: error: {message}']
 
 
 def test_cli_unknown_set_exits_nonzero_with_one_line(seed_checkpoint_path: Path) -> None:

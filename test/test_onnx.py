@@ -91,7 +91,7 @@ def test_eval_bags_min_confidence_needs_a_model_with_confidence(seed_onnx: Path)
     from stereonet_ros.evaluation.bag_eval import PredictorSource
 
     predictor = Predictor.from_checkpoint(seed_onnx, device='cpu')
-    with pytest.raises(InputError, match='min_confidence 0.5 needs a model with a confidence output'):
+    with pytest.raises(InputError, match='min confidence 0.5 needs a model with a confidence output'):
         PredictorSource(predictor, min_confidence=0.5)
     assert PredictorSource(predictor, min_confidence=0.0).min_confidence == 0.0
 

@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stereonet_ros.backends import open_predictor
     from stereonet_ros.inference_common import (MAX_INFERENCE_SCALE, MIN_INFERENCE_SCALE, InputError,
                                                 UntrainedPlaceholderWarning, check_inference_scale,
-                                                check_local_search)
+                                                check_local_search, check_min_confidence)
     from stereonet_ros.local_search import AUTO
     from stereonet_ros.model.checkpoint import CheckpointError
     from stereonet_ros.training.train import git_sha
@@ -220,9 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_local_search(reach)
     except InputError as err:
         fail(PROGRAM, f'--local-search: {err}', status=2)
-    min_confidence = 0.0 if arguments.min_confidence is None else arguments.min_confidence
-    if not 0.0 <= min_confidence <= 1.0:
-        fail(PROGRAM, f'--min-confidence {min_confidence}: must be in [0, 1]', status=2)
+    try:
+        min_confidence = check_min_confidence(0.0 if arguments.min_confidence is None else arguments.min_confidence)
+    except InputError as err:
+        fail(PROGRAM, f'--min-confidence: {err}', status=2)
     try:
         check_bags(arguments.bags, config)  # every bag and topic, before loading the model
         with ReportFolder(arguments.out) as staging:

@@ -41,7 +41,8 @@ from stereonet_ros.evaluation.replay import (BagReplay, ReplayConfig, ReplayCoun
                                              SkippedPair, shift_to_depth)
 from stereonet_ros.evaluation.views import dense_method_views, three_views
 from stereonet_ros.camera import StereoCamera
-from stereonet_ros.inference import InputError, Predictor, check_inference_scale, check_local_search
+from stereonet_ros.inference import (InputError, Predictor, check_inference_scale, check_local_search,
+                                     check_min_confidence)
 from stereonet_ros.node_config import NodeConfig
 from stereonet_ros.processing import OutputSelection, confident, postprocess
 
@@ -104,12 +105,10 @@ class PredictorSource:
         self.warmup = warmup
         self.scale = check_inference_scale(scale)
         self.local_search = check_local_search(local_search)
-        if not 0.0 <= min_confidence <= 1.0:
-            raise InputError(f'min_confidence {min_confidence}: must be in [0, 1]')
-        if min_confidence > 0.0 and not predictor.has_confidence:
-            raise InputError(f'min_confidence {min_confidence} needs a model with a confidence output (an ONNX '
+        self.min_confidence = check_min_confidence(min_confidence)
+        if self.min_confidence > 0.0 and not predictor.has_confidence:
+            raise InputError(f'min confidence {min_confidence} needs a model with a confidence output (an ONNX '
                              'model exported with --confidence)')
-        self.min_confidence = min_confidence
         self._warm_sizes: set[tuple[int, int]] = set()
 
     drop_reason = 'no disparity for this pair'

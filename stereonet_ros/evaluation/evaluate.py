@@ -355,12 +355,14 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
     """
     import warnings
 
-    from stereonet_ros.inference import Predictor, UntrainedPlaceholderWarning
+    from stereonet_ros.inference import InputError, Predictor, UntrainedPlaceholderWarning, check_min_confidence
     from stereonet_ros.processing import StereoProcessor, confident
 
     check_inference_scale(inference_scale)
-    if not 0.0 <= min_confidence <= 1.0:
-        raise EvaluationError(f'min_confidence {min_confidence}: must be in [0, 1]')
+    try:
+        check_min_confidence(min_confidence)
+    except InputError as err:
+        raise EvaluationError(str(err)) from None
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UntrainedPlaceholderWarning)
         predictor = Predictor.from_checkpoint(checkpoint, device=device, precision=precision, refine=refine)
@@ -473,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
 
     from stereonet_ros.cli import fail
-    from stereonet_ros.inference import InputError, check_local_search
+    from stereonet_ros.inference import InputError, check_local_search, check_min_confidence
     from stereonet_ros.model.checkpoint import CheckpointError
 
     if arguments.synthetic_samples < 1:
@@ -487,8 +489,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_local_search(arguments.local_search)
     except InputError as err:
         fail(PROGRAM, f'--local-search: {err}', status=2)
-    if not 0.0 <= arguments.min_confidence <= 1.0:
-        fail(PROGRAM, f'--min-confidence {arguments.min_confidence}: must be in [0, 1]', status=2)
+    try:
+        check_min_confidence(arguments.min_confidence)
+    except InputError as err:
+        fail(PROGRAM, f'--min-confidence: {err}', status=2)
     sets = [spec.strip() for spec in arguments.sets.split(',') if spec.strip()]
     try:
         results = evaluate(arguments.checkpoint, sets, device=arguments.device, precision=arguments.precision,
