@@ -156,13 +156,27 @@ class _Correlation:
         return _best_window(zncc)
 
 
+def _smoothed(correlation: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """A correlation map smoothed by the Gaussian of :data:`AGGREGATION_SIGMA_PX` (the image's edge repeated beyond
+    it): how the search smooths each offset's map, and how :func:`photometric_agreement` smooths its one."""
+    import cv2
+
+    return cv2.GaussianBlur(correlation, (0, 0), AGGREGATION_SIGMA_PX, borderType=cv2.BORDER_REPLICATE)
+
+
+def _check_one_size(function: str, disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float32],
+                    right: npt.NDArray[np.float32]) -> None:
+    """Raises ValueError (naming ``function``) unless the three are one ``(H, W)`` size."""
+    if not (disparity.shape == left.shape == right.shape and disparity.ndim == 2):
+        raise ValueError(f'{function}: disparity {disparity.shape}, left {left.shape} and right {right.shape} '
+                         'must be one (H, W) size')
+
+
 def _searched(correlation: _Correlation, start: npt.NDArray[np.float32], usable: npt.NDArray[np.bool_], reach: int,
               max_disparity: float, min_zncc: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """The search around ``start``: each pixel's moved answer (clamped to ``max_disparity``) and its own correlation
     at the peak where it takes one; ``start`` and -inf elsewhere. The peak and its parabola are the smoothed maps'
     (:data:`AGGREGATION_SIGMA_PX`); the threshold ``min_zncc`` is on the pixel's own correlation."""
-    import cv2
-
     offsets = np.arange(-reach, reach + 1)
     smoothed = np.empty((offsets.size, *start.shape), np.float32)
     # The pixel's own correlation at the smoothed peak, kept as the peak rises (strictly: argmax's first maximum),
@@ -171,7 +185,7 @@ def _searched(correlation: _Correlation, start: npt.NDArray[np.float32], usable:
     own_peak = np.full(start.shape, -np.inf, np.float32)
     for index, offset in enumerate(offsets):
         own = correlation(start + np.float32(offset))
-        smoothed[index] = cv2.GaussianBlur(own, (0, 0), AGGREGATION_SIGMA_PX, borderType=cv2.BORDER_REPLICATE)
+        smoothed[index] = _smoothed(own)
         higher = smoothed[index] > highest
         highest[higher] = smoothed[index][higher]
         own_peak[higher] = own[higher]
@@ -292,9 +306,7 @@ def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float3
     Raises:
         ValueError: shapes differ, or ``reach`` is outside ``[0, MAX_REACH_PX]``.
     """
-    if not (disparity.shape == left.shape == right.shape and disparity.ndim == 2):
-        raise ValueError(f'local_search: disparity {disparity.shape}, left {left.shape} and right {right.shape} '
-                         'must be one (H, W) size')
+    _check_one_size('local_search', disparity, left, right)
     if not 0 <= reach <= MAX_REACH_PX:
         raise ValueError(f'local_search: reach {reach} px is outside [0, {MAX_REACH_PX}]')
     answer = np.array(disparity, dtype=np.float32, copy=True)
@@ -324,14 +336,9 @@ def photometric_agreement(disparity: npt.NDArray[np.float32], left: npt.NDArray[
     Raises:
         ValueError: shapes differ or are not ``(H, W)``.
     """
-    import cv2
-
-    if not (disparity.shape == left.shape == right.shape and disparity.ndim == 2):
-        raise ValueError(f'photometric_agreement: disparity {disparity.shape}, left {left.shape} and right '
-                         f'{right.shape} must be one (H, W) size')
+    _check_one_size('photometric_agreement', disparity, left, right)
     usable = np.isfinite(disparity) & (disparity > 0)
     correlation = _Correlation(left, right)(np.where(usable, disparity, 0).astype(np.float32))
-    smoothed = cv2.GaussianBlur(correlation, (0, 0), AGGREGATION_SIGMA_PX, borderType=cv2.BORDER_REPLICATE)
-    agreement = np.clip((1 + smoothed) / 2, 0, 1).astype(np.float32)
+    agreement = np.clip((1 + _smoothed(correlation)) / 2, 0, 1).astype(np.float32)
     agreement[~usable] = 0
     return agreement
