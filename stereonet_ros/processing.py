@@ -271,11 +271,21 @@ class StereoProcessor:
 
 
 def confident(confidence: npt.NDArray[np.float32], min_confidence: float) -> npt.NDArray[np.bool_]:
-    """The pixels ``min_confidence`` keeps (the node's rule, which ``stereonet-evaluate --min-confidence`` applies
-    too): every one at 0, else those whose confidence reaches it."""
+    """The pixels ``min_confidence`` keeps (the node's rule): every one at 0, else those whose confidence reaches
+    it."""
     if min_confidence <= 0.0:
         return np.ones(confidence.shape, bool)
     return confidence >= np.float32(min_confidence)
+
+
+def with_confident_only(shift: npt.NDArray[np.float32], confidence: npt.NDArray[np.float32] | None,
+                        min_confidence: float) -> npt.NDArray[np.float32]:
+    """``shift`` with a hole (NaN) wherever :func:`confident` drops the pixel, as the evaluators score the node's
+    ``min_confidence`` (``stereonet-evaluate`` and ``stereonet-eval-bag --min-confidence``); as it is without a
+    confidence."""
+    if confidence is None:
+        return shift
+    return np.where(confident(confidence, min_confidence), shift, np.float32(np.nan)).astype(np.float32)
 
 
 def postprocess(shift: npt.NDArray[np.float32], confidence: npt.NDArray[np.float32] | None, max_shift: float,

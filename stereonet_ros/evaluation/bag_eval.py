@@ -44,7 +44,7 @@ from stereonet_ros.camera import StereoCamera
 from stereonet_ros.inference import (InputError, Predictor, check_inference_scale, check_local_search,
                                      check_min_confidence)
 from stereonet_ros.node_config import NodeConfig
-from stereonet_ros.processing import OutputSelection, confident, postprocess
+from stereonet_ros.processing import OutputSelection, postprocess, with_confident_only
 
 if TYPE_CHECKING:
     from stereonet_ros.onnx_backend import OnnxPredictor
@@ -126,9 +126,7 @@ class PredictorSource:
         start = time.perf_counter()
         answer = self.predictor.infer(frame.left, frame.right, scale=self.scale,
                                       with_confidence=self.predictor.has_confidence, local_search=self.local_search)
-        disparity = answer.disparity
-        if answer.confidence is not None and self.min_confidence > 0.0:
-            disparity = np.where(confident(answer.confidence, self.min_confidence), disparity, np.float32(np.nan))
+        disparity = with_confident_only(answer.disparity, answer.confidence, self.min_confidence)
         return SourceResult(disparity, time.perf_counter() - start, max_shift=answer.max_disparity,
                             confidence=answer.confidence)
 

@@ -356,7 +356,7 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
     import warnings
 
     from stereonet_ros.inference import InputError, Predictor, UntrainedPlaceholderWarning, check_min_confidence
-    from stereonet_ros.processing import StereoProcessor, confident
+    from stereonet_ros.processing import StereoProcessor, with_confident_only
 
     check_inference_scale(inference_scale)
     try:
@@ -397,9 +397,7 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
     def ours(frame: Frame) -> tuple[F32, F32 | None]:
         shift, confidence, _ = processor.infer(frame.left, frame.right, inference_scale, with_confidence=True,
                                                local_search=local_search)
-        if confidence is not None:
-            shift = np.where(confident(confidence, min_confidence), shift, np.float32(np.nan))
-        return shift, confidence
+        return with_confident_only(shift, confidence, min_confidence), confidence
 
     for spec in sets:
         frames = load_set(spec, synthetic_samples, max_disparity, predictor.contract.channels)
