@@ -42,7 +42,8 @@ def main() -> int:
     arguments = parser.parse_args()
 
 
-    from stereonet_ros.evaluation.evaluate import STEREO_IMAGE_PROC_SGBM, covering_range, sgbm_disparity
+    from stereonet_ros.evaluation.evaluate import covering_range
+    from stereonet_ros.sgbm import STEREO_IMAGE_PROC_SGBM, sgbm_disparity
     from stereonet_ros.evaluation.evaluate import Frame
     from stereonet_ros.evaluation.metrics import disparity_metrics
     from stereonet_ros.evaluation.views import fill_holes

@@ -37,11 +37,11 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import publish  # noqa: E402
 from benchmarks.refiner_image_use import depth_edges  # noqa: E402
-from stereonet_ros.evaluation.evaluate import (  # noqa: E402
-    REFERENCE, STEREO_IMAGE_PROC_SGBM, covering_range, load_set, sgbm_disparity, to_gray_u8)
+from stereonet_ros.evaluation.evaluate import REFERENCE, covering_range, load_set  # noqa: E402
 from stereonet_ros.evaluation.metrics import disparity_metrics  # noqa: E402
 from stereonet_ros.evaluation.views import fill_holes  # noqa: E402
 from stereonet_ros.geometry import hidden_from_right_view  # noqa: E402
+from stereonet_ros.sgbm import STEREO_IMAGE_PROC_SGBM, sgbm_disparity, to_gray_u8  # noqa: E402
 from stereonet_ros.inference import Predictor, PreliminaryCheckpointWarning  # noqa: E402
 from stereonet_ros.processing import StereoProcessor  # noqa: E402
 

@@ -69,8 +69,8 @@ from stereonet_ros.inference_common import (DEFAULT_CHECKPOINT, DEFAULT_MAX_PIXE
                                             PreliminaryCheckpointWarning, UntrainedPlaceholderWarning,
                                             as_float_image, check_inference_scale, check_local_search,
                                             check_min_confidence, checked_image, checked_pair, fitted_scale,
-                                            padded_size, scaled_size, searched, to_contract_color,
-                                            warn_about_provenance)
+                                            network_confidence_needed, padded_size, scaled_size, searched,
+                                            to_contract_color, warn_about_provenance)
 from stereonet_ros.model.checkpoint import Checkpoint, InputContract, load_checkpoint
 from stereonet_ros.model.stereonet import (StereoNet, StereoNetConfig, fold_batchnorm, matching_confidence,
                                            to_channels_last)
@@ -507,9 +507,10 @@ class Predictor(CheckpointFacts):
             return CapturedPass(device_pass, left_image, right_image, self.device)
 
     def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, *, scale: float = 1.0,
-              with_confidence: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, local_search: int = 0) -> Inference:
+              with_confidence: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, local_search: int = 0,
+              sgbm_fallback: bool = True) -> Inference:
         """The one inference path (node, CLIs, evaluators): colour, scale, network, confidence, back to input
-        pixels, then the local search.
+        pixels, then the local search and the SGBM fallback.
 
         Args:
             left, right: ``(H, W)`` gray or ``(H, W, 3|4)`` RGB(A), uint8, uint16, or float in 0..255;
@@ -523,6 +524,9 @@ class Predictor(CheckpointFacts):
             local_search: reach in input pixels of the photometric search around the network's answer
                 (:mod:`stereonet_ros.local_search`); 0 = the network's answer as it is; -1 = the node's default
                 for this device (:func:`~stereonet_ros.local_search.reach_for`).
+            sgbm_fallback: with the local search, the pixels its answer is unsure of take SGBM's answer where the
+                images and the network agree with it (:mod:`stereonet_ros.sgbm_fallback`); the network's
+                confidence is then computed whether or not ``with_confidence`` asks for it.
 
         Raises:
             InputError: shapes, dtypes or sizes the predictor cannot use, a scale or reach out of range, or a
@@ -534,7 +538,9 @@ class Predictor(CheckpointFacts):
         height, width = left_image.shape[:2]
         scale = fitted_scale(height, width, scale, max_pixels)
         network_size = scaled_size(height, width, scale)
-        answer = self._answer(left_image, right_image, network_size, with_confidence)
+        need_confidence = network_confidence_needed(with_confidence, local_search, sgbm_fallback, self.device.type,
+                                                    self.has_confidence)
+        answer = self._answer(left_image, right_image, network_size, need_confidence)
         pixels = network_size[0] * network_size[1]
         if self.device.type == 'cpu' and pixels > 2 * self._last_pixels > 0:
             # A rare large frame grew the heap that the tuned allocator keeps: give its pages back now
@@ -542,10 +548,11 @@ class Predictor(CheckpointFacts):
             release_free_memory()
         self._last_pixels = pixels
         ratio = width / network_size[1]  # disparity scales with the width
-        inference = Inference(disparity=answer[0], confidence=answer[1] if with_confidence else None,
+        inference = Inference(disparity=answer[0], confidence=answer[1] if need_confidence else None,
                               max_disparity=float(self.contract.max_disparity) * ratio, network_size=network_size,
                               scale=scale)
-        return searched(inference, left_image, right_image, local_search, self.device.type, max_pixels)
+        return searched(inference, left_image, right_image, local_search, self.device.type, max_pixels,
+                        sgbm_fallback=sgbm_fallback, with_confidence=with_confidence)
 
     def predict(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0) -> npt.NDArray[np.float32]:
         """Left-view disparity ``(H, W)`` float32 in pixels of the input: :meth:`infer`'s ``disparity``.

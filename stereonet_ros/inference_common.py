@@ -231,27 +231,47 @@ def check_min_confidence(threshold: float) -> float:
     return value
 
 
+def network_confidence_needed(with_confidence: bool, reach: int, sgbm_fallback: bool, device_type: str,
+                              has_confidence: bool) -> bool:
+    """Whether a pass must compute the network's confidence: asked for, or for :func:`searched`'s
+    :mod:`~stereonet_ros.sgbm_fallback` (which picks its pixels by it), when the model has one."""
+    from stereonet_ros.local_search import reach_for
+
+    return with_confidence or (sgbm_fallback and has_confidence and reach_for(reach, device_type) > 0)
+
+
 def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: npt.NDArray[Any],
-             reach: int, device_type: str, max_pixels: int) -> Inference:
+             reach: int, device_type: str, max_pixels: int, *, sgbm_fallback: bool = True,
+             with_confidence: bool = True) -> Inference:
     """``inference`` after :func:`~stereonet_ros.local_search.local_search` within ``reach`` px (0: as it is;
     :data:`~stereonet_ros.local_search.AUTO`: as suits a network on ``device_type``), on the grey (BT.601 luma)
     images of the pair as given: the one place both backends apply it. The search runs at the input's size and
     holds ``2 reach + 1`` correlation maps of it, so a pair of more than ``max_pixels`` pixels (one the network
     ran smaller) is answered as the network gave it: the pixel budget bounds the memory of the whole step. A
     searched answer's confidence is the network's times the answer's
-    :func:`~stereonet_ros.local_search.photometric_agreement`."""
+    :func:`~stereonet_ros.local_search.photometric_agreement`. With ``sgbm_fallback`` (and a confidence), the
+    pixels the searched answer is unsure of then take SGBM's answer where :mod:`~stereonet_ros.sgbm_fallback`'s
+    rules hold. ``with_confidence=False`` drops the confidence from the result (a pass that computed it only for
+    the fallback)."""
     from stereonet_ros.local_search import local_search, photometric_agreement, reach_for
 
     reach = reach_for(reach, device_type)
-    if reach == 0 or inference.disparity.size > max_pixels:
-        return inference
-    left_grey, right_grey = (to_contract_color(as_float_image(image, name), 'gray')[0]
-                             for image, name in ((left_image, 'left'), (right_image, 'right')))
-    disparity = local_search(inference.disparity, left_grey, right_grey, reach, inference.max_disparity)
-    confidence = inference.confidence
-    if confidence is not None:
-        confidence = confidence * photometric_agreement(disparity, left_grey, right_grey)
-    return replace(inference, disparity=disparity, confidence=confidence)
+    result = inference
+    if reach > 0 and inference.disparity.size <= max_pixels:
+        left_grey, right_grey = (to_contract_color(as_float_image(image, name), 'gray')[0]
+                                 for image, name in ((left_image, 'left'), (right_image, 'right')))
+        disparity = local_search(inference.disparity, left_grey, right_grey, reach, inference.max_disparity)
+        confidence = inference.confidence
+        if confidence is not None:
+            agreement = photometric_agreement(disparity, left_grey, right_grey)
+            confidence = confidence * agreement
+            if sgbm_fallback:
+                from stereonet_ros.sgbm_fallback import sgbm_fallback as fallback
+
+                disparity, _ = fallback(disparity, confidence, agreement, left_grey, right_grey,
+                                        inference.max_disparity)
+        result = replace(inference, disparity=disparity, confidence=confidence)
+    return result if with_confidence else replace(result, confidence=None)
 
 
 def fitted_scale(height: int, width: int, scale: float, max_pixels: int) -> float:

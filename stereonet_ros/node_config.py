@@ -146,6 +146,11 @@ class NodeConfig:
         "0 = the network's answer as it is; -1 = 4 where the network runs on the CPU (a fifth to a third of its time; "
         'better in every view of every set measured at the default settings) and 0 on a GPU (the search runs on '
         'the host and would cost more than the network there). README, local search', AUTO, MAX_REACH_PX)
+    sgbm_fallback: bool = _param(
+        True, "With the local search: a pixel whose answer's confidence is below 0.7 takes the answer of SGBM "
+        "(stereo_image_proc's SGBM parameters, over the network's range) where SGBM's matches the images better and "
+        'lies within the range of the answers around it (24 px); its confidence stays below 0.7. false = the '
+        "searched answer everywhere. README, local search")
     max_pixels: int = _param(
         DEFAULT_MAX_PIXELS, 'Most pixels the network runs on (after inference_scale): a larger pair runs at the '
         'largest smaller scale that fits (a throttled warning says so), or is dropped when even 0.1 does not; '

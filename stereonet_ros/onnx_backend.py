@@ -29,8 +29,8 @@ import numpy.typing as npt
 # Torch-free imports only: a node that runs an .onnx model must not need PyTorch (issue 13).
 from stereonet_ros.inference_common import (DEFAULT_MAX_PIXELS, CheckpointFacts, Inference, InputError, Precision,
                                             as_float_image, bilinear_array, check_inference_scale,
-                                            check_local_search, checked_pair, fitted_scale, padded_size,
-                                            resize_array, scaled_size, searched, to_contract_color,
+                                            check_local_search, checked_pair, fitted_scale, network_confidence_needed,
+                                            padded_size, resize_array, scaled_size, searched, to_contract_color,
                                             warn_about_provenance)
 from stereonet_ros.model.checkpoint import CheckpointError
 from stereonet_ros.model.onnx_metadata import INPUT_NAMES, OnnxMetadata, read_metadata_map
@@ -256,7 +256,8 @@ class OnnxPredictor(CheckpointFacts):
         return fixed
 
     def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, *, scale: float = 1.0,
-              with_confidence: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, local_search: int = 0) -> Inference:
+              with_confidence: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, local_search: int = 0,
+              sgbm_fallback: bool = True) -> Inference:
         """:meth:`Predictor.infer <stereonet_ros.inference.Predictor.infer>` through ONNX Runtime: same
         arguments, same answer (within 0.01 px for an fp32 export).
 
@@ -273,6 +274,8 @@ class OnnxPredictor(CheckpointFacts):
         height, width = left_image.shape[:2]
         scale = fitted_scale(height, width, scale, max_pixels)
         network_size = scaled_size(height, width, scale)
+        need_confidence = network_confidence_needed(with_confidence, local_search, sgbm_fallback, self.device.type,
+                                                    self.has_confidence)
         padded = self.padded_size(*network_size)
         inputs = []
         for image, side in ((left_image, 'left'), (right_image, 'right')):
@@ -282,22 +285,23 @@ class OnnxPredictor(CheckpointFacts):
                 values = resize_array(values, network_size)  # (1, C, h, w)
             pad = ((0, 0), (0, 0), (0, padded[0] - network_size[0]), (0, padded[1] - network_size[1]))
             inputs.append(np.ascontiguousarray(np.pad(values, pad, mode='edge'), dtype=np.float32))
-        names = ['disparity', 'confidence'] if with_confidence else ['disparity']
+        names = ['disparity', 'confidence'] if need_confidence else ['disparity']
         outputs = self._session.run(names, dict(zip(INPUT_NAMES, inputs, strict=True)))
         cropped = [np.ascontiguousarray(value[:, :, :network_size[0], :network_size[1]], dtype=np.float32)
                    for value in outputs]  # (1, 1, h, w)
         ratio = width / network_size[1]  # disparity scales with the width
         if network_size != (height, width):
             cropped[0] = bilinear_array(cropped[0], (height, width)) * np.float32(ratio)
-            if with_confidence:
+            if need_confidence:
                 cropped[1] = bilinear_array(cropped[1], (height, width))
-        confidence = np.clip(cropped[1], 0.0, 1.0)[0, 0] if with_confidence else None
+        confidence = np.clip(cropped[1], 0.0, 1.0)[0, 0] if need_confidence else None
         inference = Inference(disparity=np.ascontiguousarray(cropped[0][0, 0], dtype=np.float32),
                               confidence=None if confidence is None else np.ascontiguousarray(confidence,
                                                                                               dtype=np.float32),
                               max_disparity=float(self.contract.max_disparity) * ratio, network_size=network_size,
                               scale=scale)
-        return searched(inference, left_image, right_image, local_search, self.device.type, max_pixels)
+        return searched(inference, left_image, right_image, local_search, self.device.type, max_pixels,
+                        sgbm_fallback=sgbm_fallback, with_confidence=with_confidence)
 
     def predict(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0) -> npt.NDArray[np.float32]:
         """Left-view disparity ``(H, W)`` float32 in pixels of the input: :meth:`infer`'s ``disparity``."""

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stereonet_ros.evaluation.evaluate import (OURS, REFERENCE, STEREO_IMAGE_PROC_SGBM, EvaluationError, Frame,
-                                               covering_range, evaluate, format_table, load_set, score_set,
-                                               sgbm_candidates, sgbm_disparity)
+from stereonet_ros.evaluation.evaluate import (OURS, REFERENCE, EvaluationError, Frame, covering_range, evaluate,
+                                               format_table, load_set, score_set, sgbm_candidates)
 from stereonet_ros.data.synthetic import SyntheticConfig
+from stereonet_ros.sgbm import STEREO_IMAGE_PROC_SGBM, sgbm_disparity
 from stereonet_ros.evaluation.metrics import disparity_metrics
 from stereonet_ros.inference import Predictor
 from stereonet_ros.pfm import write_pfm
@@ -146,6 +146,14 @@ def test_table_has_the_three_views_and_records_how_ours_ran() -> None:
     assert table.splitlines()[0].startswith('| set | method | dense EPE px | dense bad-3 % | answered EPE px |')
     assert table.splitlines()[2] == ('| motorcycle (1) | stereonet (bf16, scale 0.5) | 1.50 | 10.0 | 1.25 | 6.2 '
                                      '| 0.750 | - | - | - | 0.500 |')
+    # The SGBM fallback runs only after the local search, so the label names it only there.
+    sets = {'motorcycle': {'frames': 1, 'methods': {OURS: row}}}
+    labels = {(reach, fallback): format_table({'local_search': reach, 'sgbm_fallback': fallback,
+                                               'sets': sets}).splitlines()[2].split(' | ')[1]
+              for reach in (0, 4) for fallback in (False, True)}
+    assert labels == {(0, False): 'stereonet (fp32, scale 1)', (0, True): 'stereonet (fp32, scale 1)',
+                      (4, False): 'stereonet (fp32, scale 1, local search 4 px)',
+                      (4, True): 'stereonet (fp32, scale 1, local search 4 px + SGBM fallback)'}
 
 
 def test_synthetic_set_is_held_out_and_deterministic() -> None:
@@ -171,7 +179,7 @@ def test_cli_writes_json_and_a_table(seed_checkpoint_path: Path, tmp_path: Path)
     out = tmp_path / 'results.json'
     result = subprocess.run([str(program), '--checkpoint', str(seed_checkpoint_path), '--sets', 'synthetic',
                              '--synthetic-samples', '2', '--device', 'cpu', '--inference-scale', '0.5',
-                             '--out', str(out)],
+                             '--no-sgbm-fallback', '--out', str(out)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert '| synthetic (2) | stereonet (fp32, scale 0.5) |' in result.stdout
@@ -180,7 +188,7 @@ def test_cli_writes_json_and_a_table(seed_checkpoint_path: Path, tmp_path: Path)
     written = json.loads(out.read_text())
     assert set(written['sets']['synthetic']['methods']) == {'stereonet', 'sgbm-stereo_image_proc', 'sgbm-tuned'}
     assert written['sgbm_tuned_params']['block_size'] in (3, 5, 7, 9)
-    assert written['inference_scale'] == 0.5
+    assert written['inference_scale'] == 0.5 and written['sgbm_fallback'] is False
     methods = written['sets']['synthetic']['methods']
     for name, method in methods.items():
         assert set(method) >= {'dense', 'answered', 'matched', 'epe', 'bad3', 'seconds_per_frame'}, name

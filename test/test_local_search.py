@@ -350,7 +350,8 @@ def test_photometric_agreement_maps_the_correlation_at_the_answer_to_0_1() -> No
 
 def test_a_searched_answers_confidence_is_the_networks_times_its_agreement() -> None:
     """After the search the predictors' confidence is the network's matching confidence times the photometric
-    agreement of the searched answer (the one step both backends share); without the search it is the network's."""
+    agreement of the searched answer (the one step both backends share); without the search it is the network's.
+    (The SGBM fallback after it keeps that confidence: test_sgbm_fallback.)"""
     import warnings
 
     from stereonet_ros.backends import open_predictor
@@ -363,7 +364,7 @@ def test_a_searched_answers_confidence_is_the_networks_times_its_agreement() -> 
         warnings.simplefilter('ignore')
         predictor = open_predictor(None, device='cpu', backend='pytorch')
     alone = predictor.infer(left, right, with_confidence=True)
-    searched = predictor.infer(left, right, with_confidence=True, local_search=4)
+    searched = predictor.infer(left, right, with_confidence=True, local_search=4, sgbm_fallback=False)
     assert alone.confidence is not None and searched.confidence is not None
     grey = [to_contract_color(as_float_image(image, name), 'gray')[0] for image, name in ((left, 'l'), (right, 'r'))]
     np.testing.assert_array_equal(searched.confidence,

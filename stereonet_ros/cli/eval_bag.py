@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="search the photometric cost within PX pixels of the network's answer, 0..16, 0 = off, "
                         "in this process or in the node this run starts (its local_search_px parameter; default the "
                         "node's, -1: 4 where the network runs on the CPU, 0 on a GPU)")
+    parser.add_argument('--no-sgbm-fallback', action='store_true',
+                        help="keep the searched answer where it is unsure instead of taking SGBM's, in this process "
+                        "or in the node this run starts (its sgbm_fallback parameter, false)")
     parser.add_argument('--min-confidence', type=float, metavar='T',
                         help="leave a hole where the confidence is below T, in [0, 1], in this process or in the "
                         "node this run starts (its min_confidence parameter; default the node's, 0: keep all)")
@@ -200,10 +203,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if arguments.use_running_node and (arguments.checkpoint or arguments.backend or arguments.device
                                            or arguments.precision or arguments.inference_scale is not None
                                            or arguments.no_refine or arguments.local_search is not None
-                                           or arguments.min_confidence is not None or arguments.node_executable):
+                                           or arguments.no_sgbm_fallback or arguments.min_confidence is not None
+                                           or arguments.node_executable):
             fail(PROGRAM, '--checkpoint, --backend, --device, --precision, --inference-scale, --no-refine, '
-                 '--local-search, --min-confidence and --node-executable configure a node this run starts; with '
-                 '--use-running-node set them on the running node', status=2)
+                 '--local-search, --no-sgbm-fallback, --min-confidence and --node-executable configure a node this '
+                 'run starts; with --use-running-node set them on the running node', status=2)
     try:
         config = ReplayConfig(left_topic=arguments.left_topic, right_topic=arguments.right_topic,
                               left_info_topic=arguments.left_info_topic, right_info_topic=arguments.right_info_topic,
@@ -245,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                checkpoint_note=str(provenance.get('note', '')), placeholder=predictor.is_placeholder,
                                device=str(predictor.device), command=command, git_sha=git_sha(),
                                created=created, precision=predictor.precision)
-                source = PredictorSource(predictor, scale=scale, local_search=reach, min_confidence=min_confidence)
+                source = PredictorSource(predictor, scale=scale, local_search=reach, min_confidence=min_confidence,
+                                         sgbm_fallback=not arguments.no_sgbm_fallback)
                 max_disparity = predictor.contract.max_disparity / scale  # each answer gives its exact one
             bag_path = staging.path / OUTPUT_BAG_NAME
             with open_bag_writer(bag_path, 'mcap') if arguments.write_bag else nullcontext(None) as output_bag:
@@ -260,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result.extra['inference_scale'] = scale
                 result.extra['refine'] = not arguments.no_refine
                 result.extra['local_search_px'] = reach
+                result.extra['sgbm_fallback'] = not arguments.no_sgbm_fallback
                 result.extra['min_confidence'] = min_confidence
             published_bag = str(arguments.out / OUTPUT_BAG_NAME) if arguments.write_bag else None
             metrics = write_report(result, info, staging.path, output_bag=published_bag)
@@ -394,6 +400,7 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
                                        'refine': 'false' if arguments.no_refine else 'true',
                                        'local_search_px': str(AUTO if arguments.local_search is None
                                                               else arguments.local_search),
+                                       'sgbm_fallback': 'false' if arguments.no_sgbm_fallback else 'true',
                                        'min_confidence': repr(0.0 if arguments.min_confidence is None
                                                               else float(arguments.min_confidence))},
                      image_transport=transport) as node:

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--local-search', type=int, default=None, metavar='PX',
                         help="search the photometric cost within PX pixels of the network's answer, 0..16, 0 = off "
                         "(default: the node's local_search_px, -1: 4 where the network runs on the CPU, 0 on a GPU)")
+    parser.add_argument('--no-sgbm-fallback', action='store_true',
+                        help="keep the searched answer where it is unsure instead of taking SGBM's (the node's "
+                        'sgbm_fallback false)')
     parser.add_argument('--max-pixels', type=int, default=None, metavar='N',
                         help='most pixels the network runs on (after --inference-scale): a larger pair runs at the '
                         'largest smaller scale that fits, with a warning (default 4000000: about 3 GiB on a CPU)')
@@ -102,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        refine=not arguments.no_refine)
         for warning in caught:
             print(f'{PROGRAM}: warning: {warning.message}', file=sys.stderr)
-        answer = predictor.infer(left, right, scale=scale, max_pixels=max_pixels, local_search=reach)
+        answer = predictor.infer(left, right, scale=scale, max_pixels=max_pixels, local_search=reach,
+                                 sgbm_fallback=not arguments.no_sgbm_fallback)
         disparity = answer.disparity
         if answer.scale < scale:
             print(f'{PROGRAM}: warning: {width}x{height} pair run at inference scale {answer.scale:.3f} instead of '

@@ -31,8 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stereonet_ros.evaluation.bagio import BagWriter, camera_info_messages, image_message, node_output_messages
-from stereonet_ros.evaluation.evaluate import (OURS, REFERENCE, STEREO_IMAGE_PROC_SGBM, MethodScores, SgbmParams,
-                                               fitting_range, sgbm_disparity)
+from stereonet_ros.evaluation.evaluate import OURS, REFERENCE, MethodScores
 from stereonet_ros.evaluation.metrics import (DEPTH_RANGE_EDGES, DepthErrorCounts, DepthMetricAccumulator,
                                               DepthMetrics, DisparityErrorCounts, DisparityMetrics, MetricAccumulator,
                                               check_range_edges, depth_error_counts, depth_range_counts,
@@ -45,6 +44,7 @@ from stereonet_ros.inference import (InputError, Predictor, check_inference_scal
                                      check_min_confidence)
 from stereonet_ros.node_config import NodeConfig
 from stereonet_ros.processing import OutputSelection, postprocess, with_confident_only
+from stereonet_ros.sgbm import STEREO_IMAGE_PROC_SGBM, SgbmParams, fitting_range, sgbm_disparity
 
 if TYPE_CHECKING:
     from stereonet_ros.onnx_backend import OnnxPredictor
@@ -89,10 +89,10 @@ class DisparitySource(Protocol):
 
 
 class PredictorSource:
-    """The network run directly on each pair at ``scale`` (and the local search within ``local_search`` px), timed
-    around :meth:`Predictor.infer`, with its matching confidence when the predictor has one (an ONNX model only when
-    exported with it); with ``min_confidence`` > 0, a hole where the confidence is below it (the node's rule,
-    :func:`~stereonet_ros.processing.confident`).
+    """The network run directly on each pair at ``scale`` (and the local search within ``local_search`` px, then the
+    SGBM fallback unless ``sgbm_fallback`` is false), timed around :meth:`Predictor.infer`, with its matching
+    confidence when the predictor has one (an ONNX model only when exported with it); with ``min_confidence`` > 0, a
+    hole where the confidence is below it (the node's rule, :func:`~stereonet_ros.processing.confident`).
 
     Raises:
         InputError: (on construction) ``scale`` or ``local_search`` is outside the predictor's range,
@@ -100,8 +100,9 @@ class PredictorSource:
     """
 
     def __init__(self, predictor: Predictor | OnnxPredictor, warmup: bool = True, scale: float = 1.0,
-                 local_search: int = 0, min_confidence: float = 0.0) -> None:
+                 local_search: int = 0, min_confidence: float = 0.0, sgbm_fallback: bool = True) -> None:
         self.predictor = predictor
+        self.sgbm_fallback = sgbm_fallback
         self.warmup = warmup
         self.scale = check_inference_scale(scale)
         self.local_search = check_local_search(local_search)
@@ -125,18 +126,19 @@ class PredictorSource:
             self._warm_sizes.add(size)
         start = time.perf_counter()
         answer = self.predictor.infer(frame.left, frame.right, scale=self.scale,
-                                      with_confidence=self.predictor.has_confidence, local_search=self.local_search)
+                                      with_confidence=self.predictor.has_confidence, local_search=self.local_search,
+                                      sgbm_fallback=self.sgbm_fallback)
         disparity = with_confident_only(answer.disparity, answer.confidence, self.min_confidence)
         return SourceResult(disparity, time.perf_counter() - start, max_shift=answer.max_disparity,
                             confidence=answer.confidence)
 
 
 class SgbmBaseline:
-    """OpenCV SGBM with stereo_image_proc's parameters (:data:`~.evaluate.STEREO_IMAGE_PROC_SGBM`), run on the
+    """OpenCV SGBM with stereo_image_proc's parameters (:data:`~stereonet_ros.sgbm.STEREO_IMAGE_PROC_SGBM`), run on the
     gray left and right images of every pair the source answered (``--baseline sgbm``).
 
     Its search range is the network's (``max_disparity``, image-shift pixels of the input) rounded up to a
-    multiple of 16, narrowed where the image is too narrow for OpenCV (:func:`~.evaluate.fitting_range`); it
+    multiple of 16, narrowed where the image is too narrow for OpenCV (:func:`~stereonet_ros.sgbm.fitting_range`); it
     searches shifts from 0, as stereo_image_proc with ``min_disparity`` 0.
     """
 

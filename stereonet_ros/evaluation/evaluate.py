@@ -2,7 +2,8 @@
 
     stereonet-evaluate [--checkpoint PATH] [--sets synthetic,motorcycle,aloe,middlebury2014:ROOT,...]
                        [--synthetic-samples 32] [--device auto] [--precision fp32] [--inference-scale 1.0]
-                       [--no-refine] [--local-search PX] [--no-sgbm] [--out results.json]
+                       [--no-refine] [--local-search PX] [--no-sgbm-fallback] [--min-confidence T]
+                       [--no-sgbm] [--out results.json]
 
 Sets:
 
@@ -49,13 +50,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from stereonet_ros.cli import PRECISION_HELP, PRECISIONS
 from stereonet_ros.evaluation.views import VIEWS, ViewCounts, dense_method_views, three_views
+from stereonet_ros.sgbm import STEREO_IMAGE_PROC_SGBM, SgbmParams, sgbm_disparity
 
 if TYPE_CHECKING:  # the inference module loads torch; --help answers without it
     from stereonet_ros.inference import Precision
@@ -81,26 +83,6 @@ class Frame:
     """(H, W) pixels; non-finite = no ground truth."""
 
 
-@dataclass(frozen=True)
-class SgbmParams:
-    """OpenCV StereoSGBM settings (names as stereo_image_proc's parameters where they exist)."""
-
-    block_size: int
-    p1: int
-    p2: int
-    uniqueness_ratio: int
-    speckle_size: int
-    speckle_range: int
-    prefilter_cap: int
-    disp12_max_diff: int
-    mode: Literal['sgbm', 'hh', '3way']
-
-
-STEREO_IMAGE_PROC_SGBM = SgbmParams(block_size=15, p1=200, p2=400, uniqueness_ratio=15, speckle_size=100,
-                                    speckle_range=4, prefilter_cap=31, disp12_max_diff=0, mode='sgbm')
-"""stereo_image_proc's disparity node defaults with stereo_algorithm = SGBM."""
-
-
 def sgbm_candidates() -> list[SgbmParams]:
     """The tuning grid: block size, uniqueness and mode; P1/P2 from OpenCV's rule 8/32 * block^2."""
     grid = []
@@ -111,47 +93,11 @@ def sgbm_candidates() -> list[SgbmParams]:
     return grid
 
 
-def to_gray_u8(image: F32) -> npt.NDArray[np.uint8]:
-    from stereonet_ros.inference import to_contract_color
-    gray = to_contract_color(image, 'gray')[0]
-    gray_u8: npt.NDArray[np.uint8] = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
-    return gray_u8
-
-
-def sgbm_disparity(left: F32, right: F32, params: SgbmParams, num_disparities: int) -> F32:
-    """OpenCV SGBM disparity, (H, W) float32 pixels, NaN where SGBM gives none."""
-    import cv2
-
-    modes = {'sgbm': cv2.STEREO_SGBM_MODE_SGBM, 'hh': cv2.STEREO_SGBM_MODE_HH,
-             '3way': cv2.STEREO_SGBM_MODE_SGBM_3WAY}
-    matcher = cv2.StereoSGBM_create(  # type: ignore[attr-defined]
-        minDisparity=0, numDisparities=num_disparities, blockSize=params.block_size, P1=params.p1, P2=params.p2,
-        disp12MaxDiff=params.disp12_max_diff, preFilterCap=params.prefilter_cap,
-        uniquenessRatio=params.uniqueness_ratio, speckleWindowSize=params.speckle_size,
-        speckleRange=params.speckle_range, mode=modes[params.mode])
-    fixed_point = matcher.compute(to_gray_u8(left), to_gray_u8(right))  # int16, 4 fractional bits
-    disparity: F32 = fixed_point.astype(np.float32) / np.float32(16.0)
-    disparity[fixed_point < 0] = np.nan  # OpenCV writes (minDisparity - 1) * 16 where it has no match
-    return disparity
-
-
 def sgbm_method(params: SgbmParams, num_disparities: int) -> Callable[[Frame], F32]:
     """A frame -> disparity function for :func:`score`."""
     def predict(frame: Frame) -> F32:
         return sgbm_disparity(frame.left, frame.right, params, num_disparities)
     return predict
-
-
-def fitting_range(wanted: float, width: int, block_size: int) -> int:
-    """SGBM numDisparities for an image ``width`` px wide: ``wanted`` rounded up to a multiple of 16, narrowed to
-    the largest multiple of 16 OpenCV accepts for that width (``width - numDisparities > block_size // 2``);
-    0 when not even 16 fits (SGBM cannot run on so narrow an image).
-
-    >>> fitting_range(192.0, 640, 15), fitting_range(192.0, 64, 15), fitting_range(192.0, 20, 15)
-    (192, 48, 0)
-    """
-    largest = (width - block_size // 2 - 1) // 16 * 16
-    return max(0, min(int(16 * math.ceil(wanted / 16)), largest))
 
 
 def covering_range(frames: Sequence[Frame]) -> int:
@@ -336,13 +282,15 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
              with_sgbm: bool = True, log: Callable[[str], None] = print,
              precision: Precision = 'fp32', inference_scale: float = 1.0,
              sgbm_tuning_samples: int = 12, refine: bool = True, local_search: int = 0,
-             min_confidence: float = 0.0) -> dict[str, Any]:
+             min_confidence: float = 0.0, sgbm_fallback: bool = True) -> dict[str, Any]:
     """Score the checkpoint (and SGBM) on every set in the three views. Returns the JSON-ready results.
 
     ``sgbm_tuning_samples``: pairs of the synthetic tuning stream the tuned SGBM is chosen on
     (:func:`tune_sgbm`; fewer only to rehearse a run quickly). ``refine=False``: ours without its refiners
     (:func:`~stereonet_ros.inference.without_refiners`). ``local_search``: the node's ``local_search_px``
-    (:mod:`stereonet_ros.local_search`; 0 = the network's answer as it is). ``min_confidence``: the node's
+    (:mod:`stereonet_ros.local_search`; 0 = the network's answer as it is). ``sgbm_fallback``: the node's
+    parameter: with the local search, SGBM's answer where ours is unsure (:mod:`stereonet_ros.sgbm_fallback`; as
+    the node, on by default). ``min_confidence``: the node's
     parameter, in [0, 1]: ours leaves a hole where its confidence is below it
     (:func:`~stereonet_ros.processing.confident`), so its answered view has a density, as SGBM's does.
 
@@ -383,6 +331,7 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
         'refine': refine,
         'local_search': local_search,
         'min_confidence': min_confidence,
+        'sgbm_fallback': sgbm_fallback,
         'max_disparity': max_disparity,
         'views': {'dense': 'holes filled (KITTI devkit, row-wise min of the nearest valid neighbours), every '
                            'valid-ground-truth pixel scored',
@@ -396,7 +345,7 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
 
     def ours(frame: Frame) -> tuple[F32, F32 | None]:
         shift, confidence, _ = processor.infer(frame.left, frame.right, inference_scale, with_confidence=True,
-                                               local_search=local_search)
+                                               local_search=local_search, sgbm_fallback=sgbm_fallback)
         return with_confident_only(shift, confidence, min_confidence), confidence
 
     for spec in sets:
@@ -429,6 +378,8 @@ def format_table(results: dict[str, Any]) -> str:
              '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
     unrefined = '' if results.get('refine', True) else ', no refiner'
     searched = f', local search {results["local_search"]} px' if results.get('local_search') else ''
+    if searched and results.get('sgbm_fallback', False):
+        searched += ' + SGBM fallback'
     if results.get('min_confidence'):
         searched += f', min confidence {results["min_confidence"]:g}'
     scale = results.get('inference_scale', 1.0)
@@ -465,6 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--local-search', type=int, default=0, metavar='PX',
                         help="search the photometric cost within PX pixels of ours' answer (the node's "
                         'local_search_px; 0 = the network alone, the default here)')
+    parser.add_argument('--no-sgbm-fallback', action='store_true',
+                        help="with --local-search: keep ours' searched answer where it is unsure instead of taking "
+                        "SGBM's (the node's sgbm_fallback false)")
     parser.add_argument('--min-confidence', type=float, default=0.0, metavar='T',
                         help="ours leaves a hole where its confidence is below T, in [0, 1] (the node's "
                         'min_confidence; 0 = keep all, the default)')
@@ -496,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = evaluate(arguments.checkpoint, sets, device=arguments.device, precision=arguments.precision,
                            inference_scale=arguments.inference_scale, refine=not arguments.no_refine,
                            local_search=arguments.local_search, min_confidence=arguments.min_confidence,
+                           sgbm_fallback=not arguments.no_sgbm_fallback,
                            synthetic_samples=arguments.synthetic_samples, with_sgbm=not arguments.no_sgbm,
                            log=lambda text: print(f'{PROGRAM}: {text}', file=sys.stderr))
     except (EvaluationError, CheckpointError, InputError) as err:

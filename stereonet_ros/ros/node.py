@@ -592,6 +592,8 @@ class StereoNetNode(Node):
             'precision': predictor.precision,
             'refiners': str(predictor.config.k_refinement_layers),
             'local search px': str(reach_for(config.local_search_px, predictor.device.type)),
+            'sgbm fallback': str(config.sgbm_fallback and predictor.has_confidence
+                                 and reach_for(config.local_search_px, predictor.device.type) > 0).lower(),
             'checkpoint': config.checkpoint or 'bundled default',
             'checkpoint provenance': repr(predictor.checkpoint.provenance),
             'placeholder': str(predictor.is_placeholder).lower(),

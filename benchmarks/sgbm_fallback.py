@@ -1,0 +1,81 @@
+"""What the SGBM fallback after the local search buys on the real pairs, and what it costs, in one run.
+
+    .venv/bin/python benchmarks/sgbm_fallback.py [--checkpoint PATH] [--backend auto] [--repeats 5] [--threads 1]
+                                                 [--out FILE.md]
+
+For each real pair (Motorcycle, Aloe) the node's default settings (``Predictor.infer`` at scale 1 with the local
+search at 4 px) run with ``sgbm_fallback`` off and on, alternating in one process (median of ``--repeats`` each):
+dense EPE px / bad-3 % over every pixel with ground truth, the pixels that took SGBM's answer, the whole call's time
+and the ratio of the two. The backend the node picks (``--backend auto``: the bundled default's ONNX export on a
+CPU in fp32), ``--threads`` threads.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+import warnings
+from datetime import date
+from pathlib import Path
+
+REACH_PX = 4
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument('--checkpoint', type=Path, help='default: the bundled checkpoint')
+    parser.add_argument('--backend', default='auto', choices=('auto', 'pytorch', 'onnxruntime'))
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--out', type=Path, help='also write the table (with date and machine) here')
+    arguments = parser.parse_args()
+
+    import numpy as np
+    import torch
+
+    from stereonet_ros.backends import open_predictor
+    from stereonet_ros.evaluation.metrics import disparity_metrics
+    from stereonet_ros.samples import PAIRS
+
+    torch.set_num_threads(arguments.threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        predictor = open_predictor(arguments.checkpoint, device='cpu', backend=arguments.backend,
+                                   threads=arguments.threads)
+    checkpoint = arguments.checkpoint or 'the bundled default'
+    lines = [f'# SGBM fallback after the local search ({REACH_PX} px): {checkpoint}, {type(predictor).__name__} '
+             f'on the CPU, {arguments.threads} thread(s); median of {arguments.repeats}, off and on alternating', '',
+             '| pair | sgbm_fallback | dense EPE px | dense bad-3 % | pixels from SGBM | infer s | on / off |',
+             '| --- | --- | --- | --- | --- | --- | --- |']
+    for name, load in PAIRS.items():
+        sample = load()
+        answers, times = {}, {False: [], True: []}
+        predictor.infer(sample.left, sample.right, local_search=REACH_PX)  # warm-up at this size
+        for _ in range(arguments.repeats):
+            for fallback in (False, True):
+                start = time.perf_counter()
+                answers[fallback] = predictor.infer(sample.left, sample.right, local_search=REACH_PX,
+                                                    sgbm_fallback=fallback).disparity
+                times[fallback].append(time.perf_counter() - start)
+        moved = float(np.mean(answers[True] != answers[False]))
+        off = statistics.median(times[False])
+        for fallback in (False, True):
+            metrics = disparity_metrics(answers[fallback], sample.disparity,
+                                        max_disparity=float(predictor.contract.max_disparity))
+            seconds = statistics.median(times[fallback])
+            lines.append(f'| {name} | {str(fallback).lower()} | {metrics.epe:.3f} | {metrics.bad3:.2f} | '
+                         f'{moved if fallback else 0.0:.2%} | {seconds:.3f} | {seconds / off:.2f} |')
+        print(lines[-2], lines[-1], sep='\n', file=sys.stderr)
+    table = '\n'.join(lines)
+    print(table)
+    if arguments.out:
+        machine = (f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), '
+                   f'torch {torch.__version__}')
+        arguments.out.write_text(f'{table}\n\nMeasured {date.today().isoformat()} on {platform.node()} ({machine}).\n')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
