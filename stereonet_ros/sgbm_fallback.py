@@ -68,12 +68,13 @@ def sgbm_fallback(disparity: npt.NDArray[np.float32], confidence: npt.NDArray[np
         confidence: ``(H, W)`` its confidence in [0, 1].
         agreement: ``(H, W)`` its :func:`~stereonet_ros.local_search.photometric_agreement`.
         left, right: ``(H, W)`` float32 grey images in 0..255 (SGBM matches their rounded uint8 values).
-        max_disparity: the network's range in input pixels; SGBM searches it (rounded up to 16, narrowed to what
-            the width allows) and no larger answer is taken.
+        max_disparity: the network's range in input pixels: no larger answer is taken. SGBM searches up to it or
+            to the largest finite answer + :data:`NEIGHBOURHOOD_SLACK_PX`, whichever is less (rounded up to 16,
+            narrowed to what the width allows).
 
     Returns:
         A new ``(H, W)`` float32 answer, and the ``(H, W)`` mask of the pixels that took SGBM's. SGBM does not run
-        when no pixel is below :data:`BELOW_CONFIDENCE`, or on an image too narrow for 16 disparities.
+        when no finite answer is below :data:`BELOW_CONFIDENCE`, or on an image too narrow for 16 disparities.
 
     Raises:
         ValueError: the arrays' shapes differ or are not ``(H, W)``.
@@ -83,10 +84,17 @@ def sgbm_fallback(disparity: npt.NDArray[np.float32], confidence: npt.NDArray[np
         raise ValueError(f'sgbm_fallback: disparity, confidence, agreement, left and right must be one (H, W) size, '
                          f'got {[np.shape(array) for array in (disparity, confidence, agreement, left, right)]}')
     answer = np.array(disparity, dtype=np.float32, copy=True)
+    nothing = np.zeros(answer.shape, dtype=bool)
     unsure = confidence < np.float32(BELOW_CONFIDENCE)  # float32, as min_confidence compares (processing.confident)
-    num_disparities = fitting_range(max_disparity, answer.shape[1], STEREO_IMAGE_PROC_SGBM.block_size)
-    if not unsure.any() or num_disparities == 0:
-        return answer, np.zeros(answer.shape, dtype=bool)
+    finite = np.isfinite(answer)
+    if not (unsure & finite).any():
+        return answer, nothing
+    # No answer above the largest searched one + the slack can be taken, so SGBM need not search further: it then
+    # answers more of the leftmost columns (it cannot search the first numDisparities) and runs sooner.
+    wanted = min(float(max_disparity), float(answer[finite].max()) + NEIGHBOURHOOD_SLACK_PX)
+    num_disparities = fitting_range(wanted, answer.shape[1], STEREO_IMAGE_PROC_SGBM.block_size)
+    if num_disparities == 0:
+        return answer, nothing
     sgbm = sgbm_disparity(left, right, STEREO_IMAGE_PROC_SGBM, num_disparities)
     low, high = neighbourhood_range(answer, NEIGHBOURHOOD_RADIUS_PX)
     with np.errstate(invalid='ignore'):  # NaN where SGBM has no answer compares False

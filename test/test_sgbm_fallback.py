@@ -108,6 +108,20 @@ def test_the_neighbourhood_range_is_a_square_of_the_radius_and_ignores_non_finit
     assert np.isposinf(low).all() and np.isneginf(high).all()
 
 
+def test_sgbm_searches_only_as_far_as_an_answer_could_be_taken() -> None:
+    """With the network's range 192 px SGBM could answer no column left of 192 on this 160-column pair; the largest
+    answer (26 px) + the slack bounds what could be taken, so SGBM searches 32 and the block at columns 80-110 is
+    answered. With no finite answer there is nothing to bound and nothing changes."""
+    left, right = _pair()
+    answer, confidence = _wrong_block(0.3)
+    _, taken = sgbm_fallback(answer, confidence, photometric_agreement(answer, left, right), left, right, 192.0)
+    assert taken[20:40, 80:110].mean() > 0.95
+    unusable = np.full(left.shape, np.nan, np.float32)
+    fixed, taken = sgbm_fallback(unusable, np.zeros(left.shape, np.float32), np.zeros(left.shape, np.float32),
+                                 left, right, 192.0)
+    assert not taken.any() and np.isnan(fixed).all()
+
+
 def test_no_answer_above_the_network_s_range_is_taken() -> None:
     left, right = _pair()
     answer, confidence = _wrong_block(0.3)
