@@ -251,8 +251,9 @@ def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: np
     searched answer's confidence is the network's times the answer's
     :func:`~stereonet_ros.local_search.photometric_agreement`. With ``sgbm_fallback`` (and a confidence), the
     pixels the searched answer is unsure of then take SGBM's answer where :mod:`~stereonet_ros.sgbm_fallback`'s
-    rules hold. ``with_confidence=False`` drops the confidence from the result (a pass that computed it only for
-    the fallback)."""
+    rules hold, and where any did the search runs again from that answer; the confidence is then the lesser of
+    the first one and the network's times the new answer's agreement. ``with_confidence=False`` drops the
+    confidence from the result (a pass that computed it only for the fallback)."""
     from stereonet_ros.local_search import local_search, photometric_agreement, reach_for
 
     reach = reach_for(reach, device_type)
@@ -268,8 +269,15 @@ def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: np
             if sgbm_fallback:
                 from stereonet_ros.sgbm_fallback import sgbm_fallback as fallback
 
-                disparity, _ = fallback(disparity, confidence, agreement, left_grey, right_grey,
-                                        inference.max_disparity)
+                disparity, taken = fallback(disparity, confidence, agreement, left_grey, right_grey,
+                                            inference.max_disparity)
+                if taken.any():
+                    # SGBM's answers are starts the search has not seen: searching again carries them to the
+                    # neighbours SGBM left unanswered and refines them. The confidence only falls, so that every
+                    # answer from SGBM stays below the fallback's threshold (min_confidence 0.7 removes them all).
+                    disparity = local_search(disparity, left_grey, right_grey, reach, inference.max_disparity)
+                    confidence = np.minimum(confidence, inference.confidence
+                                            * photometric_agreement(disparity, left_grey, right_grey))
         result = replace(inference, disparity=disparity, confidence=confidence)
     return result if with_confidence else replace(result, confidence=None)
 

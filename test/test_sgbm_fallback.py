@@ -151,37 +151,67 @@ def test_shapes_must_agree() -> None:
         sgbm_fallback(answer, confidence[:, 1:], confidence, left, right, 30.0)
 
 
-def test_the_predictor_s_fallback_moves_only_unsure_pixels_keeps_the_confidence_and_helps_on_motorcycle() -> None:
-    """Through the one inference path: the same confidence with and without it, SGBM's answers only where that
-    confidence is below 0.7, and on the real Motorcycle pair a lower dense error (measured: 1.65 -> 1.55 px)."""
+def test_the_predictor_searches_again_from_sgbm_s_answers_and_keeps_them_below_the_threshold() -> None:
+    """Through the one inference path: the fallback's answer is searched again; the confidence is the lesser of the
+    first search's and the network's times the final answer's agreement, so every pixel that took SGBM's answer
+    stays below 0.7; and on the real Motorcycle pair the dense error falls (measured: 1.65 -> 1.50 px)."""
     import warnings
 
     from stereonet_ros.backends import open_predictor
     from stereonet_ros.evaluation.metrics import disparity_metrics
+    from stereonet_ros.inference_common import as_float_image, to_contract_color
+    from stereonet_ros.local_search import local_search
     from stereonet_ros.samples import motorcycle
 
     sample = motorcycle()
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         predictor = open_predictor(None, device='cpu', backend='pytorch')
+    network = predictor.infer(sample.left, sample.right, with_confidence=True)
     kept = predictor.infer(sample.left, sample.right, with_confidence=True, local_search=4, sgbm_fallback=False)
     fallen = predictor.infer(sample.left, sample.right, with_confidence=True, local_search=4)
-    assert kept.confidence is not None and fallen.confidence is not None
-    np.testing.assert_array_equal(fallen.confidence, kept.confidence)
-    moved = fallen.disparity != kept.disparity
-    assert 0.01 < moved.mean() < 0.1
-    assert (fallen.confidence[moved] < np.float32(BELOW_CONFIDENCE)).all()
+    assert network.confidence is not None and kept.confidence is not None and fallen.confidence is not None
+    left, right = (to_contract_color(as_float_image(image, name), 'gray')[0]
+                   for image, name in ((sample.left, 'l'), (sample.right, 'r')))
+    fused, taken = sgbm_fallback(kept.disparity, kept.confidence, photometric_agreement(kept.disparity, left, right),
+                                 left, right, kept.max_disparity)
+    assert 0.01 < taken.mean() < 0.1
+    np.testing.assert_array_equal(fallen.disparity, local_search(fused, left, right, 4, kept.max_disparity))
+    np.testing.assert_array_equal(fallen.confidence, np.minimum(
+        kept.confidence, network.confidence * photometric_agreement(fallen.disparity, left, right)))
+    assert (fallen.confidence[taken] < np.float32(BELOW_CONFIDENCE)).all()
     without = disparity_metrics(kept.disparity, sample.disparity, max_disparity=kept.max_disparity)
     with_it = disparity_metrics(fallen.disparity, sample.disparity, max_disparity=kept.max_disparity)
-    assert with_it.epe < without.epe - 0.05 and with_it.bad3 < without.bad3 - 0.3
+    assert with_it.epe < without.epe - 0.1 and with_it.bad3 < without.bad3 - 0.8
     # Without asking for the confidence the answer is the same (the pass computes it for the fallback).
     plain = predictor.infer(sample.left, sample.right, local_search=4)
     assert plain.confidence is None and np.array_equal(plain.disparity, fallen.disparity)
 
 
+def test_both_backends_answer_alike_with_it() -> None:
+    """The fallback and the search after it run on the host after either backend. Their thresholds (confidence 0.7,
+    the agreement's margin, the search's) turn the backends' 0.0002 px into a different choice at rare pixels, and
+    the second search carries it to neighbours: on this Motorcycle crop 7.9 % of the pixels lie more than 0.1 px
+    apart, 0.46 % more than 1 px, 0.043 px on average (the search alone: 2.5 %, 0.13 %, 0.011 px)."""
+    pytest.importorskip('onnxruntime')
+    import warnings
+
+    from stereonet_ros.backends import open_predictor
+    from stereonet_ros.samples import motorcycle
+
+    sample = motorcycle()
+    left, right = sample.left[100:300, 200:500], sample.right[100:300, 200:500]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        answers = [open_predictor(None, device='cpu', backend=backend).infer(left, right, local_search=4).disparity
+                   for backend in ('pytorch', 'onnxruntime')]
+    apart = np.abs(answers[0] - answers[1])
+    assert float((apart > 0.1).mean()) < 0.1 and float((apart > 1.0).mean()) < 0.008 and float(apart.mean()) < 0.06
+
+
 def test_the_node_s_parameter_reaches_the_answer_it_publishes() -> None:
     """``sgbm_fallback`` (default true, as config/stereonet.yaml) through the node's processing: false publishes the
-    searched answer, true the fallback's; the confidence published is the same."""
+    searched answer, true the fallback's, with a confidence nowhere higher."""
     import warnings
 
     from stereonet_ros.backends import open_predictor
@@ -206,4 +236,4 @@ def test_the_node_s_parameter_reaches_the_answer_it_publishes() -> None:
         expected = processor.predictor.infer(left, right, local_search=4, sgbm_fallback=fallback).disparity
         np.testing.assert_array_equal(published.disparity[published.valid], expected[published.valid])
     assert not np.array_equal(outputs[True].disparity, outputs[False].disparity)
-    np.testing.assert_array_equal(outputs[True].confidence, outputs[False].confidence)
+    assert (outputs[True].confidence <= outputs[False].confidence).all()
