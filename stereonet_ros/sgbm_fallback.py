@@ -3,9 +3,9 @@
 The network's answer after the local search is good where its confidence is high (at SGBM's density it beats SGBM
 on every set) and carries most of its error where the confidence is low: thin structures beside depth edges (Aloe's
 leaves), which its coarse stage, an eighth of the size, cannot resolve and which lie beyond the local search's
-reach. SGBM matches at the full size along eight paths and answers many of those pixels well (on Aloe 85 % of the
-ones taken below are better for it). It also aliases on repeated texture, where it answers a wrong shift with a
-good match (most of its error on the synthetic sets), so a pixel takes its answer only where all of these hold:
+reach. SGBM (:data:`SGBM_PARAMS`) matches at the full size, its costs aggregated along five paths, and answers many
+of those pixels well. It also aliases on repeated texture, where it answers a wrong shift with a good match (most
+of its error on the synthetic sets), so a pixel takes its answer only where all of these hold:
 
 - the searched answer's confidence is below :data:`BELOW_CONFIDENCE` (it is otherwise better than SGBM's);
 - SGBM answered (its uniqueness, left-right and speckle checks passed);
@@ -15,9 +15,11 @@ good match (most of its error on the synthetic sets), so a pixel takes its answe
   widened by :data:`NEIGHBOURHOOD_SLACK_PX`): a surface the network found nearby, which an alias to a shift
   no surface there has is not.
 
-The pixel's confidence stays what it was: below :data:`BELOW_CONFIDENCE`, so ``min_confidence`` at or above it
-removes every answer taken from SGBM. Figures and the thresholds compared: docs/depth_quality.md, "SGBM where the
-network is unsure". Beyond the paper; NumPy and OpenCV on the host, so both backends share it.
+This step leaves the confidence as it was: below :data:`BELOW_CONFIDENCE` where SGBM's answer was taken, so
+``min_confidence`` at or above it removes every such answer (the search that runs again after it,
+:func:`~stereonet_ros.inference_common.searched`, only lowers the confidence). Figures and the thresholds compared:
+docs/depth_quality.md, "SGBM where the network is unsure". Beyond the paper; NumPy and OpenCV on the host, so both
+backends share it.
 """
 from __future__ import annotations
 
@@ -27,7 +29,18 @@ import numpy as np
 import numpy.typing as npt
 
 from stereonet_ros.local_search import photometric_agreement
-from stereonet_ros.sgbm import STEREO_IMAGE_PROC_SGBM, fitting_range, sgbm_disparity
+from stereonet_ros.sgbm import SgbmParams, fitting_range, sgbm_disparity
+
+SGBM_BLOCK_PX: Final = 5
+
+SGBM_PARAMS: Final = SgbmParams(block_size=SGBM_BLOCK_PX, p1=8 * SGBM_BLOCK_PX ** 2, p2=32 * SGBM_BLOCK_PX ** 2,
+                                uniqueness_ratio=10, speckle_size=100, speckle_range=2, prefilter_cap=63,
+                                disp12_max_diff=1, mode='sgbm')
+"""The SGBM the fallback runs: a 5x5 block with OpenCV's rule for the smoothness penalties (P1 = 8 and P2 = 32 times
+the block's pixels, one channel), one of the evaluators' tuning grid (``sgbm_candidates``). Its answers beside depth
+edges and on thin structures are finer than stereo_image_proc's 15x15 block (which widens the nearer surface): better
+dense figures on all four sets measured (docs/depth_quality.md). The single-pass mode: full two-pass dynamic
+programming (``hh``) holds the whole cost volume, ``H x W x numDisparities``, which a robot's images do not afford."""
 
 BELOW_CONFIDENCE: Final = 0.7
 """Only pixels whose confidence is below this may take SGBM's answer: the ``min_confidence`` at which the answered
@@ -61,7 +74,7 @@ def neighbourhood_range(disparity: npt.NDArray[np.float32],
 def sgbm_fallback(disparity: npt.NDArray[np.float32], confidence: npt.NDArray[np.float32],
                   agreement: npt.NDArray[np.float32], left: npt.NDArray[np.float32], right: npt.NDArray[np.float32],
                   max_disparity: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
-    """``disparity`` with SGBM's answer (stereo_image_proc's parameters) where the module doc's four rules hold.
+    """``disparity`` with SGBM's answer (:data:`SGBM_PARAMS`) where the module doc's four rules hold.
 
     Args:
         disparity: ``(H, W)`` float32 searched answer, pixels of the input.
@@ -92,10 +105,10 @@ def sgbm_fallback(disparity: npt.NDArray[np.float32], confidence: npt.NDArray[np
     # No answer above the largest searched one + the slack can be taken, so SGBM need not search further: it then
     # answers more of the leftmost columns (it cannot search the first numDisparities) and runs sooner.
     wanted = min(float(max_disparity), float(answer[finite].max()) + NEIGHBOURHOOD_SLACK_PX)
-    num_disparities = fitting_range(wanted, answer.shape[1], STEREO_IMAGE_PROC_SGBM.block_size)
+    num_disparities = fitting_range(wanted, answer.shape[1], SGBM_PARAMS.block_size)
     if num_disparities == 0:
         return answer, nothing
-    sgbm = sgbm_disparity(left, right, STEREO_IMAGE_PROC_SGBM, num_disparities)
+    sgbm = sgbm_disparity(left, right, SGBM_PARAMS, num_disparities)
     low, high = neighbourhood_range(answer, NEIGHBOURHOOD_RADIUS_PX)
     with np.errstate(invalid='ignore'):  # NaN where SGBM has no answer compares False
         taken = (unsure & (sgbm <= max_disparity)

@@ -9,7 +9,7 @@ from stereonet_ros.local_search import photometric_agreement
 from stereonet_ros.processing import confident
 from stereonet_ros.sgbm import STEREO_IMAGE_PROC_SGBM, fitting_range, sgbm_disparity
 from stereonet_ros.sgbm_fallback import (BELOW_CONFIDENCE, MIN_AGREEMENT_GAIN, NEIGHBOURHOOD_RADIUS_PX,
-                                         NEIGHBOURHOOD_SLACK_PX, neighbourhood_range, sgbm_fallback)
+                                         NEIGHBOURHOOD_SLACK_PX, SGBM_PARAMS, neighbourhood_range, sgbm_fallback)
 
 SHIFT = 20
 
@@ -37,6 +37,13 @@ def test_constants_are_the_measured_choice() -> None:
     # pixels on every set (README), a gain of 0.02 in (1 + ZNCC) / 2, three 8 px cells, the search's reach.
     assert (BELOW_CONFIDENCE, MIN_AGREEMENT_GAIN, NEIGHBOURHOOD_RADIUS_PX, NEIGHBOURHOOD_SLACK_PX) == (0.7, 0.02, 24,
                                                                                                         4.0)
+    # OpenCV's StereoSGBM documentation: "P1 = 8*number_of_image_channels*blockSize*blockSize and
+    # P2 = 32*number_of_image_channels*blockSize*blockSize", one (grey) channel; a point of the evaluators' grid.
+    assert (SGBM_PARAMS.block_size, SGBM_PARAMS.p1, SGBM_PARAMS.p2, SGBM_PARAMS.mode) == (5, 8 * 1 * 25, 32 * 1 * 25,
+                                                                                            'sgbm')
+    from stereonet_ros.evaluation.evaluate import sgbm_candidates
+
+    assert SGBM_PARAMS in sgbm_candidates()
 
 
 def test_an_unsure_wrong_block_takes_sgbm_s_answer_and_nothing_else_moves() -> None:
@@ -48,7 +55,7 @@ def test_an_unsure_wrong_block_takes_sgbm_s_answer_and_nothing_else_moves() -> N
     assert not taken[~block].any() and np.array_equal(fixed[~block], answer[~block])
     assert taken[block].mean() > 0.95
     assert float(np.abs(fixed[taken] - SHIFT).max()) < 0.5
-    assert np.array_equal(fixed[taken], sgbm_disparity(left, right, STEREO_IMAGE_PROC_SGBM, 32)[taken])
+    assert np.array_equal(fixed[taken], sgbm_disparity(left, right, SGBM_PARAMS, 32)[taken])
     assert fixed is not answer and answer[30, 90] == SHIFT + 6  # the input is not written
 
 
@@ -68,7 +75,7 @@ def test_a_pixel_at_the_confidence_threshold_keeps_its_answer_as_min_confidence_
 def test_sgbm_s_answer_must_beat_the_searched_one_s_agreement_by_the_margin() -> None:
     left, right = _pair()
     answer, confidence = _wrong_block(0.3)
-    sgbm = sgbm_disparity(left, right, STEREO_IMAGE_PROC_SGBM, 32)
+    sgbm = sgbm_disparity(left, right, SGBM_PARAMS, 32)
     sgbm_agreement = photometric_agreement(sgbm, left, right)
     _, taken = sgbm_fallback(answer, confidence, sgbm_agreement - 0.03, left, right, 30.0)
     assert taken[20:40, 80:110].mean() > 0.95
@@ -84,7 +91,7 @@ def test_sgbm_s_answer_must_lie_within_the_range_of_the_answers_around_it() -> N
     answer[:, 100] = SHIFT
     confidence = np.full(left.shape, 0.3, np.float32)
     fixed, taken = sgbm_fallback(answer, confidence, photometric_agreement(answer, left, right), left, right, 64.0)
-    sgbm = sgbm_disparity(left, right, STEREO_IMAGE_PROC_SGBM, 64)
+    sgbm = sgbm_disparity(left, right, SGBM_PARAMS, 64)
     answered = np.isfinite(sgbm)
     columns = np.broadcast_to(np.arange(left.shape[1]), left.shape)
     near = np.abs(columns - 100) <= NEIGHBOURHOOD_RADIUS_PX
@@ -131,13 +138,16 @@ def test_no_answer_above_the_network_s_range_is_taken() -> None:
 
 
 def test_too_narrow_an_image_for_sgbm_keeps_the_answer() -> None:
-    # fitting_range: width - numDisparities > block // 2 = 7, so 16 disparities need 24 columns (OpenCV 5.0 raises
-    # on 23, runs on 24); at 23 the fallback keeps every answer, even with no confidence and no agreement.
+    # fitting_range: width - numDisparities > block // 2, so with the fallback's 5x5 block 16 disparities need 19
+    # columns (OpenCV 5.0 raises on 18, runs on 19; with stereo_image_proc's 15x15, 24); at 18 the fallback keeps
+    # every answer, even with no confidence and no agreement.
+    assert (fitting_range(30.0, 18, 5), fitting_range(30.0, 19, 5)) == (0, 16)
     assert (fitting_range(30.0, 23, 15), fitting_range(30.0, 24, 15)) == (0, 16)
-    with pytest.raises(cv2.error):
-        sgbm_disparity(*_pair(width=23, shift=4), STEREO_IMAGE_PROC_SGBM, 16)
-    assert sgbm_disparity(*_pair(width=24, shift=4), STEREO_IMAGE_PROC_SGBM, 16).shape == (64, 24)
-    left, right = _pair(width=23, shift=4)
+    for params, narrow in ((SGBM_PARAMS, 18), (STEREO_IMAGE_PROC_SGBM, 23)):
+        with pytest.raises(cv2.error):
+            sgbm_disparity(*_pair(width=narrow, shift=4), params, 16)
+        assert sgbm_disparity(*_pair(width=narrow + 1, shift=4), params, 16).shape == (64, narrow + 1)
+    left, right = _pair(width=18, shift=4)
     answer = np.full(left.shape, 9.0, np.float32)
     confidence = np.zeros(left.shape, np.float32)
     fixed, taken = sgbm_fallback(answer, confidence, np.zeros_like(answer), left, right, 30.0)
