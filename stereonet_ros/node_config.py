@@ -147,10 +147,10 @@ class NodeConfig:
         'better in every view of every set measured at the default settings) and 0 on a GPU (the search runs on '
         'the host and would cost more than the network there). README, local search', AUTO, MAX_REACH_PX)
     sgbm_fallback: bool = _param(
-        True, "With the local search: a pixel whose answer's confidence is below 0.7 takes the answer of SGBM "
-        "(stereo_image_proc's SGBM parameters, over the network's range) where SGBM's matches the images better and "
-        'lies within the range of the answers around it (24 px); its confidence stays below 0.7. false = the '
-        "searched answer everywhere. README, local search")
+        True, "With the local search: a pixel whose answer's confidence is below 0.7 takes the answer of SGBM (a 5x5 "
+        "block) where SGBM's matches the images better and lies within the range of the answers within 24 px, and "
+        'the search runs again from there; every such answer keeps a confidence below 0.7. false = the searched '
+        "answer everywhere, in about three quarters of the time. README, SGBM fallback")
     max_pixels: int = _param(
         DEFAULT_MAX_PIXELS, 'Most pixels the network runs on (after inference_scale): a larger pair runs at the '
         'largest smaller scale that fits (a throttled warning says so), or is dropped when even 0.1 does not; '
