@@ -30,8 +30,10 @@ Confidence is :func:`~stereonet_ros.model.stereonet.matching_confidence`: ``1 - 
 resolution, resized bilinearly to the input: 1 = one candidate holds all the probability, 0 = the
 distribution is uniform. After the local search (``local_search_px``) it is multiplied by the searched
 answer's :func:`~stereonet_ros.local_search.photometric_agreement` (``(1 + ZNCC) / 2`` of its window: 0.5 for a
-plain one), so that an answer the images contradict ranks low. It ranks pixels by how decided the network was and
-how well the images agree; it is not a calibrated probability of being correct.
+plain one), so that an answer the images contradict ranks low; where the SGBM fallback (``sgbm_fallback``) took
+answers and the search ran again, it is the lesser of that and the network's times the final answer's agreement.
+It ranks pixels by how decided the network was and how well the images agree; it is not a calibrated probability
+of being correct.
 """
 from __future__ import annotations
 

@@ -44,7 +44,8 @@ programming (``hh``) holds the whole cost volume, ``H x W x numDisparities``, wh
 
 BELOW_CONFIDENCE: Final = 0.7
 """Only pixels whose confidence is below this may take SGBM's answer: the ``min_confidence`` at which the answered
-pixels beat SGBM's on every set (README); 0.5 took a third less of the real pairs' gain, 0.8 no more of it."""
+pixels beat SGBM's on every set (README); in the first version's probes 0.5 took a third less of the real pairs'
+gain and 0.8 no more of it (docs/depth_quality.md)."""
 
 MIN_AGREEMENT_GAIN: Final = 0.02
 """How much better (in agreement, ``(1 + ZNCC) / 2``) SGBM's answer must match the images than the searched one."""
