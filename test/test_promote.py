@@ -14,8 +14,9 @@ from stereonet_ros.inference import DEFAULT_CHECKPOINT, PreliminaryCheckpointWar
 from stereonet_ros.model.checkpoint import load_checkpoint, save_checkpoint
 from stereonet_ros.model.surgery import without_image_guidance
 from stereonet_ros import opencv_data
-from stereonet_ros.training.promote import (Check, PromotionRefused, goal_report, main, measured_sets,
-                                            motorcycle_dense_beats_sgbm, promote, remeasure)
+from stereonet_ros.training.promote import (OURS, SGBM, Check, PromotionRefused, advice, cpu_defaults_report,
+                                            goal_report, main, measured_sets, motorcycle_dense_beats_sgbm, promote,
+                                            remeasure)
 from stereonet_ros.training.train import TrainConfig, train
 
 
@@ -86,6 +87,25 @@ def test_promote_measures_aloe_only_where_the_machine_has_it(tmp_path: Path, mon
     assert 'warning: the held-out real pair is not measured: OpenCV sample data' in capsys.readouterr().err
 
 
+def test_the_cpu_default_settings_are_judged_against_the_same_sgbm_and_the_advice_says_which_falls_short() -> None:
+    def results(ours_epe: float, ours_bad3: float, with_sgbm: bool) -> dict[str, Any]:
+        methods: dict[str, Any] = {OURS: {'dense': _view(ours_epe, ours_bad3), 'answered': _view(ours_epe, ours_bad3),
+                                          'matched': None}}
+        if with_sgbm:
+            methods[SGBM] = {'dense': _view(1.83, 10.1), 'answered': _view(1.2, 6.4, 0.854),
+                             'matched': _view(1.2, 6.4, 0.854)}
+        return {'sets': {'motorcycle': {'methods': methods}}, 'local_search': 4}
+
+    network = results(2.25, 14.0, with_sgbm=True)
+    met, clause = cpu_defaults_report(network, results(1.47, 8.9, with_sgbm=False))
+    assert met and clause == ("at the node's CPU default settings (local search 4 px, SGBM fallback): Motorcycle ours "
+                              'dense 1.47 px / 8.9 % (motorcycle-dense-vs-sgbm: met)')
+    assert not cpu_defaults_report(network, results(1.83, 8.9, with_sgbm=False))[0]  # equal EPE is not a win
+    assert advice(True, True) == advice(True, False) == ''
+    assert 'network alone' in advice(False, True) and 'local_search_px 4' in advice(False, True)
+    assert advice(False, False) == '; short of the goal: prefer tuned SGBM or a better checkpoint'
+
+
 def test_every_goal_check_must_pass() -> None:
     def failing(results: dict[str, Any]) -> Check:
         return Check('guide-ablation', False, 'guide ablation not better')
@@ -113,6 +133,11 @@ def test_promoting_a_briefly_trained_checkpoint_marks_it_preliminary(tmp_path: P
     assert refinement['guide_rise_epe'] == pytest.approx(refinement['without_guide']['epe']
                                                          - refinement['levels'][-1]['epe'])
     assert '| motorcycle (1) | sgbm-stereo_image_proc |' in provenance['evaluation_table']
+    # The node's CPU default settings measured beside the network alone: quoted, not deciding the flag.
+    assert set(provenance['evaluation_cpu_defaults']) == set(provenance['evaluation'])
+    assert 'local search 4 px + SGBM fallback' in provenance['evaluation_cpu_defaults_table']
+    assert "at the node's CPU default settings (local search 4 px, SGBM fallback): Motorcycle ours dense " \
+        in provenance['note']
     with pytest.warns(PreliminaryCheckpointWarning, match='1 training steps; Motorcycle ours dense '):
         Predictor.from_checkpoint(destination, device='cpu')
     # The exports the node runs on a CPU are written beside it, from exactly these bytes: with its refiners,
