@@ -789,6 +789,11 @@ def test_run_time_parameter_changes_are_applied_or_refused_with_a_reason(client:
     assert not result.successful and 'local_search_px' in result.reason, result.reason
     assert client.set_parameter('local_search_px', AUTO).successful  # the default: 4 beside a CPU network
     assert client.spin_until(lambda: client.diagnostics.get('local search px') == str(DEFAULT_REACH_PX))
+    # sgbm_fallback: read for each pair (no model reload); the diagnostics say whether it runs.
+    assert client.spin_until(lambda: client.diagnostics.get('sgbm fallback') == 'true'), client.diagnostics
+    assert client.set_parameter('sgbm_fallback', False).successful
+    assert client.spin_until(lambda: client.diagnostics.get('sgbm fallback') == 'false'), client.diagnostics
+    assert client.set_parameter('sgbm_fallback', True).successful
     result = client.set_parameter('backend', 'onnxruntime')
     assert not result.successful and 'backend onnxruntime runs .onnx files' in result.reason, result.reason
     assert client.set_parameter('refine', True).successful
