@@ -508,7 +508,7 @@ class Predictor(CheckpointFacts):
 
     def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, *, scale: float = 1.0,
               with_confidence: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, local_search: int = 0,
-              sgbm_fallback: bool = True) -> Inference:
+              sgbm_fallback: bool = True, fill_occlusions: bool = True) -> Inference:
         """The one inference path (node, CLIs, evaluators): colour, scale, network, confidence, back to input
         pixels, then the local search and the SGBM fallback.
 
@@ -527,6 +527,8 @@ class Predictor(CheckpointFacts):
             sgbm_fallback: with the local search, the pixels its answer is unsure of take SGBM's answer where the
                 images and the network agree with it (:mod:`stereonet_ros.sgbm_fallback`); the network's
                 confidence is then computed whether or not ``with_confidence`` asks for it.
+            fill_occlusions: with the local search, last, the pixels the answer says are hidden from the right
+                camera and is unsure of take their row's background (:mod:`stereonet_ros.occlusion_fill`).
 
         Raises:
             InputError: shapes, dtypes or sizes the predictor cannot use, a scale or reach out of range, or a
@@ -539,7 +541,7 @@ class Predictor(CheckpointFacts):
         scale = fitted_scale(height, width, scale, max_pixels)
         network_size = scaled_size(height, width, scale)
         need_confidence = network_confidence_needed(with_confidence, local_search, sgbm_fallback, self.device.type,
-                                                    self.has_confidence)
+                                                    self.has_confidence, fill_occlusions)
         answer = self._answer(left_image, right_image, network_size, need_confidence)
         pixels = network_size[0] * network_size[1]
         if self.device.type == 'cpu' and pixels > 2 * self._last_pixels > 0:
@@ -552,7 +554,8 @@ class Predictor(CheckpointFacts):
                               max_disparity=float(self.contract.max_disparity) * ratio, network_size=network_size,
                               scale=scale)
         return searched(inference, left_image, right_image, local_search, self.device.type, max_pixels,
-                        sgbm_fallback=sgbm_fallback, with_confidence=with_confidence)
+                        sgbm_fallback=sgbm_fallback, fill_occlusions=fill_occlusions,
+                        with_confidence=with_confidence)
 
     def predict(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0) -> npt.NDArray[np.float32]:
         """Left-view disparity ``(H, W)`` float32 in pixels of the input: :meth:`infer`'s ``disparity``.

@@ -232,17 +232,19 @@ def check_min_confidence(threshold: float) -> float:
 
 
 def network_confidence_needed(with_confidence: bool, reach: int, sgbm_fallback: bool, device_type: str,
-                              has_confidence: bool) -> bool:
+                              has_confidence: bool, fill_occlusions: bool = False) -> bool:
     """Whether a pass must compute the network's confidence: asked for, or for :func:`searched`'s
-    :mod:`~stereonet_ros.sgbm_fallback` (which picks its pixels by it), when the model has one."""
+    :mod:`~stereonet_ros.sgbm_fallback` or :mod:`~stereonet_ros.occlusion_fill` (which pick their pixels by it),
+    when the model has one."""
     from stereonet_ros.local_search import reach_for
 
-    return with_confidence or (sgbm_fallback and has_confidence and reach_for(reach, device_type) > 0)
+    return with_confidence or ((sgbm_fallback or fill_occlusions) and has_confidence
+                               and reach_for(reach, device_type) > 0)
 
 
 def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: npt.NDArray[Any],
              reach: int, device_type: str, max_pixels: int, *, sgbm_fallback: bool = True,
-             with_confidence: bool = True) -> Inference:
+             fill_occlusions: bool = True, with_confidence: bool = True) -> Inference:
     """``inference`` after :func:`~stereonet_ros.local_search.local_search` within ``reach`` px (0: as it is;
     :data:`~stereonet_ros.local_search.AUTO`: as suits a network on ``device_type``), on the grey (BT.601 luma)
     images of the pair as given: the one place both backends apply it. The search runs at the input's size and
@@ -252,8 +254,10 @@ def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: np
     :func:`~stereonet_ros.local_search.photometric_agreement`. With ``sgbm_fallback`` (and a confidence), the
     pixels the searched answer is unsure of then take SGBM's answer where :mod:`~stereonet_ros.sgbm_fallback`'s
     rules hold, and where any did the search runs again from that answer; the confidence is then the lesser of
-    the first one and the network's times the new answer's agreement. ``with_confidence=False`` drops the
-    confidence from the result (a pass that computed it only for the fallback)."""
+    the first one and the network's times the new answer's agreement. With ``fill_occlusions`` (and a confidence),
+    last, the pixels that answer says are hidden from the right camera and whose confidence is below 0.5 take their
+    row's background (:mod:`~stereonet_ros.occlusion_fill`). ``with_confidence=False`` drops the confidence from
+    the result (a pass that computed it only for those steps)."""
     from stereonet_ros.local_search import local_search, photometric_agreement, reach_for
 
     reach = reach_for(reach, device_type)
@@ -278,6 +282,10 @@ def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: np
                     disparity = local_search(disparity, left_grey, right_grey, reach, inference.max_disparity)
                     confidence = np.minimum(confidence, inference.confidence
                                             * photometric_agreement(disparity, left_grey, right_grey))
+            if fill_occlusions:
+                from stereonet_ros.occlusion_fill import background_where_hidden
+
+                disparity, _ = background_where_hidden(disparity, confidence)
         result = replace(inference, disparity=disparity, confidence=confidence)
     return result if with_confidence else replace(result, confidence=None)
 

@@ -151,6 +151,10 @@ class NodeConfig:
         "block) where SGBM's matches the images better and lies within the range of the answers within 24 px, and "
         'the search runs again from there; every such answer keeps a confidence below 0.7. false = the searched '
         "answer everywhere, in about three quarters of the time. README, SGBM fallback")
+    fill_occlusions: bool = _param(
+        True, 'With the local search, last: a pixel the answer says the right camera cannot see (a nearer surface '
+        'hides it), whose confidence is below 0.5, takes the lesser of the nearest other answers left and right on '
+        'its row (the background); its confidence stays below 0.5. README, occlusion fill')
     max_pixels: int = _param(
         DEFAULT_MAX_PIXELS, 'Most pixels the network runs on (after inference_scale): a larger pair runs at the '
         'largest smaller scale that fits (a throttled warning says so), or is dropped when even 0.1 does not; '

@@ -257,7 +257,7 @@ class OnnxPredictor(CheckpointFacts):
 
     def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, *, scale: float = 1.0,
               with_confidence: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, local_search: int = 0,
-              sgbm_fallback: bool = True) -> Inference:
+              sgbm_fallback: bool = True, fill_occlusions: bool = True) -> Inference:
         """:meth:`Predictor.infer <stereonet_ros.inference.Predictor.infer>` through ONNX Runtime: same
         arguments, same answer (within 0.01 px for an fp32 export).
 
@@ -275,7 +275,7 @@ class OnnxPredictor(CheckpointFacts):
         scale = fitted_scale(height, width, scale, max_pixels)
         network_size = scaled_size(height, width, scale)
         need_confidence = network_confidence_needed(with_confidence, local_search, sgbm_fallback, self.device.type,
-                                                    self.has_confidence)
+                                                    self.has_confidence, fill_occlusions)
         padded = self.padded_size(*network_size)
         inputs = []
         for image, side in ((left_image, 'left'), (right_image, 'right')):
@@ -301,7 +301,8 @@ class OnnxPredictor(CheckpointFacts):
                               max_disparity=float(self.contract.max_disparity) * ratio, network_size=network_size,
                               scale=scale)
         return searched(inference, left_image, right_image, local_search, self.device.type, max_pixels,
-                        sgbm_fallback=sgbm_fallback, with_confidence=with_confidence)
+                        sgbm_fallback=sgbm_fallback, fill_occlusions=fill_occlusions,
+                        with_confidence=with_confidence)
 
     def predict(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0) -> npt.NDArray[np.float32]:
         """Left-view disparity ``(H, W)`` float32 in pixels of the input: :meth:`infer`'s ``disparity``."""

@@ -212,8 +212,8 @@ class StereoProcessor:
         tune_allocator_for_inference()
 
     def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0, with_confidence: bool = False,
-              max_pixels: int = DEFAULT_MAX_PIXELS, local_search: int = 0, sgbm_fallback: bool = True
-              ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None, float]:
+              max_pixels: int = DEFAULT_MAX_PIXELS, local_search: int = 0, sgbm_fallback: bool = True,
+              fill_occlusions: bool = True) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None, float]:
         """:meth:`Predictor.infer <stereonet_ros.inference.Predictor.infer>` as a tuple:
         ``(shift, confidence | None, max_shift)``, all at the input's size and in its pixels.
 
@@ -225,7 +225,8 @@ class StereoProcessor:
             InputError: the images cannot be used (shapes, dtypes, sizes differ), or ``scale`` is out of range.
         """
         answer = self.predictor.infer(left, right, scale=scale, with_confidence=with_confidence, max_pixels=max_pixels,
-                                      local_search=local_search, sgbm_fallback=sgbm_fallback)
+                                      local_search=local_search, sgbm_fallback=sgbm_fallback,
+                                      fill_occlusions=fill_occlusions)
         return answer.disparity, answer.confidence, answer.max_disparity
 
     def process(self, left: npt.ArrayLike, right: npt.ArrayLike, camera: StereoCamera, config: NodeConfig,
@@ -236,8 +237,8 @@ class StereoProcessor:
             left, right: decoded images (``decode_pair``), ``(H, W)`` or ``(H, W, 3)``.
             camera: the pair's camera model; its size must equal the images'.
             config: the node's parameters (``min_disparity``, ``min_confidence``, ``inference_scale``,
-                ``local_search_px``, ``sgbm_fallback``, ``max_pixels``, ``use_color``, ``avoid_point_cloud_padding``
-                are used).
+                ``local_search_px``, ``sgbm_fallback``, ``fill_occlusions``, ``max_pixels``, ``use_color``,
+                ``avoid_point_cloud_padding`` are used).
             outputs: which outputs to compute.
             rgb: ``(H, W, 3)`` uint8 left colours for the cloud, or ``None`` (no rgb field), or a function
                 returning either, called only when the cloud takes colour and only after the network ran
@@ -258,7 +259,8 @@ class StereoProcessor:
         want_confidence = outputs.confidence or config.min_confidence > 0.0
         answer = self.predictor.infer(left_array, right_array, scale=config.inference_scale,
                                       with_confidence=want_confidence, max_pixels=config.max_pixels,
-                                      local_search=config.local_search_px, sgbm_fallback=config.sgbm_fallback)
+                                      local_search=config.local_search_px, sgbm_fallback=config.sgbm_fallback,
+                                      fill_occlusions=config.fill_occlusions)
         shift, confidence, max_shift = answer.disparity, answer.confidence, answer.max_disparity
         model_done = time.perf_counter()
 

@@ -246,7 +246,7 @@ def test_min_confidence_leaves_holes_where_the_node_would_and_a_bad_one_exits_wi
         assert not _report_files(tmp_path / 'refused')
 
 
-def test_no_sgbm_fallback_reaches_the_predictor_and_is_refused_for_a_running_node(
+def test_no_sgbm_fallback_and_no_fill_occlusions_reach_the_predictor_and_are_refused_for_a_running_node(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """eval-bag runs the node's SGBM fallback after its default search unless --no-sgbm-fallback says otherwise; a
     running node's parameter is set on the node."""
@@ -261,21 +261,23 @@ def test_no_sgbm_fallback_reaches_the_predictor_and_is_refused_for_a_running_nod
         warnings.simplefilter('ignore')  # the default is marked preliminary
         predictor = open_predictor(None, device='cpu')
     common = ['--device', 'cpu', '--gt-topic', GT_TOPIC, '--no-progress']
-    for flags, fallback in (([], True), (['--no-sgbm-fallback'], False)):
+    for flags, fallback in ((['--no-fill-occlusions'], True), (['--no-sgbm-fallback', '--no-fill-occlusions'], False)):
         out = tmp_path / f'report-{fallback}'
         code, _, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(out), *flags, *common], capsys)
         assert code == 0, err
         metrics = json.loads((out / 'metrics.json').read_text())
-        assert metrics['sgbm_fallback'] is fallback
-        answer = predictor.infer(pair.left, pair.right, local_search=AUTO, sgbm_fallback=fallback)
+        assert metrics['sgbm_fallback'] is fallback and metrics['fill_occlusions'] is False
+        answer = predictor.infer(pair.left, pair.right, local_search=AUTO, sgbm_fallback=fallback,
+                                 fill_occlusions=False)
         assert metrics['epe'] == pytest.approx(MetricAccumulator().add(answer.disparity, pair.gt_shift).epe, rel=1e-6)
     assert json.loads((tmp_path / 'report-True' / 'metrics.json').read_text())['epe'] != pytest.approx(
         json.loads((tmp_path / 'report-False' / 'metrics.json').read_text())['epe'], rel=1e-6)
-    code, stdout, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(tmp_path / 'refused'),
-                                                  '--through-node', '--use-running-node', '--no-sgbm-fallback',
-                                                  '--gt-topic', GT_TOPIC], capsys)
-    assert code == 2 and stdout == '' and '--no-sgbm-fallback' in _error_line(code, err, 'stereonet-eval-bag')
-    assert not _report_files(tmp_path / 'refused')
+    for flag in ('--no-sgbm-fallback', '--no-fill-occlusions'):
+        code, stdout, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(tmp_path / 'refused'),
+                                                      '--through-node', '--use-running-node', flag,
+                                                      '--gt-topic', GT_TOPIC], capsys)
+        assert code == 2 and stdout == '' and flag in _error_line(code, err, 'stereonet-eval-bag')
+        assert not _report_files(tmp_path / 'refused')
 
 
 def test_inference_scale_reaches_the_predictor_and_the_output_bag_and_a_bad_one_exits_with_one_line(

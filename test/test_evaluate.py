@@ -154,6 +154,8 @@ def test_table_has_the_three_views_and_records_how_ours_ran() -> None:
     assert labels == {(0, False): 'stereonet (fp32, scale 1)', (0, True): 'stereonet (fp32, scale 1)',
                       (4, False): 'stereonet (fp32, scale 1, local search 4 px)',
                       (4, True): 'stereonet (fp32, scale 1, local search 4 px + SGBM fallback)'}
+    filled = format_table({'local_search': 4, 'sgbm_fallback': True, 'fill_occlusions': True, 'sets': sets})
+    assert 'stereonet (fp32, scale 1, local search 4 px + SGBM fallback + occlusion fill)' in filled
 
 
 def test_synthetic_set_is_held_out_and_deterministic() -> None:
@@ -179,7 +181,7 @@ def test_cli_writes_json_and_a_table(seed_checkpoint_path: Path, tmp_path: Path)
     out = tmp_path / 'results.json'
     result = subprocess.run([str(program), '--checkpoint', str(seed_checkpoint_path), '--sets', 'synthetic',
                              '--synthetic-samples', '2', '--device', 'cpu', '--inference-scale', '0.5',
-                             '--no-sgbm-fallback', '--out', str(out)],
+                             '--no-sgbm-fallback', '--no-fill-occlusions', '--out', str(out)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert '| synthetic (2) | stereonet (fp32, scale 0.5) |' in result.stdout
@@ -189,6 +191,7 @@ def test_cli_writes_json_and_a_table(seed_checkpoint_path: Path, tmp_path: Path)
     assert set(written['sets']['synthetic']['methods']) == {'stereonet', 'sgbm-stereo_image_proc', 'sgbm-tuned'}
     assert written['sgbm_tuned_params']['block_size'] in (3, 5, 7, 9)
     assert written['inference_scale'] == 0.5 and written['sgbm_fallback'] is False
+    assert written['fill_occlusions'] is False
     methods = written['sets']['synthetic']['methods']
     for name, method in methods.items():
         assert set(method) >= {'dense', 'answered', 'matched', 'epe', 'bad3', 'seconds_per_frame'}, name

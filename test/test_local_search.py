@@ -293,11 +293,12 @@ def test_both_backends_apply_it_after_the_network_and_refuse_a_bad_reach() -> No
     answers = []
     for predictor in predictors:
         alone = predictor.infer(left, right).disparity
-        searched = predictor.infer(left, right, local_search=4, sgbm_fallback=False).disparity  # its own bounds below
+        searched = predictor.infer(left, right, local_search=4, sgbm_fallback=False,
+                                   fill_occlusions=False).disparity  # the steps after it: their own bounds
         assert float((np.abs(searched - alone) > 0.1).mean()) > 0.1  # it moved a good part of the crop
         answers.append(searched)
-        np.testing.assert_array_equal(predictor.infer(left, right, local_search=AUTO, sgbm_fallback=False).disparity,
-                                      searched)  # on a CPU
+        np.testing.assert_array_equal(predictor.infer(left, right, local_search=AUTO, sgbm_fallback=False,
+                                                      fill_occlusions=False).disparity, searched)  # on a CPU
         for reach in (AUTO - 1, MAX_REACH_PX + 1, 2.5, True):
             with pytest.raises(InputError, match='local search .* must be a whole number in'):
                 predictor.infer(left, right, local_search=reach)  # type: ignore[arg-type]
@@ -365,7 +366,8 @@ def test_a_searched_answers_confidence_is_the_networks_times_its_agreement() -> 
         warnings.simplefilter('ignore')
         predictor = open_predictor(None, device='cpu', backend='pytorch')
     alone = predictor.infer(left, right, with_confidence=True)
-    searched = predictor.infer(left, right, with_confidence=True, local_search=4, sgbm_fallback=False)
+    searched = predictor.infer(left, right, with_confidence=True, local_search=4, sgbm_fallback=False,
+                               fill_occlusions=False)
     assert alone.confidence is not None and searched.confidence is not None
     grey = [to_contract_color(as_float_image(image, name), 'gray')[0] for image, name in ((left, 'l'), (right, 'r'))]
     np.testing.assert_array_equal(searched.confidence,

@@ -794,6 +794,10 @@ def test_run_time_parameter_changes_are_applied_or_refused_with_a_reason(client:
     assert client.set_parameter('sgbm_fallback', False).successful
     assert client.spin_until(lambda: client.diagnostics.get('sgbm fallback') == 'false'), client.diagnostics
     assert client.set_parameter('sgbm_fallback', True).successful
+    assert client.spin_until(lambda: client.diagnostics.get('occlusion fill') == 'true'), client.diagnostics
+    assert client.set_parameter('fill_occlusions', False).successful
+    assert client.spin_until(lambda: client.diagnostics.get('occlusion fill') == 'false'), client.diagnostics
+    assert client.set_parameter('fill_occlusions', True).successful
     result = client.set_parameter('backend', 'onnxruntime')
     assert not result.successful and 'backend onnxruntime runs .onnx files' in result.reason, result.reason
     assert client.set_parameter('refine', True).successful

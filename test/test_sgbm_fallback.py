@@ -178,8 +178,9 @@ def test_the_predictor_searches_again_from_sgbm_s_answers_and_keeps_them_below_t
         warnings.simplefilter('ignore')
         predictor = open_predictor(None, device='cpu', backend='pytorch')
     network = predictor.infer(sample.left, sample.right, with_confidence=True)
-    kept = predictor.infer(sample.left, sample.right, with_confidence=True, local_search=4, sgbm_fallback=False)
-    fallen = predictor.infer(sample.left, sample.right, with_confidence=True, local_search=4)
+    kept = predictor.infer(sample.left, sample.right, with_confidence=True, local_search=4, sgbm_fallback=False,
+                           fill_occlusions=False)
+    fallen = predictor.infer(sample.left, sample.right, with_confidence=True, local_search=4, fill_occlusions=False)
     assert network.confidence is not None and kept.confidence is not None and fallen.confidence is not None
     left, right = (to_contract_color(as_float_image(image, name), 'gray')[0]
                    for image, name in ((sample.left, 'l'), (sample.right, 'r')))
@@ -194,8 +195,15 @@ def test_the_predictor_searches_again_from_sgbm_s_answers_and_keeps_them_below_t
     with_it = disparity_metrics(fallen.disparity, sample.disparity, max_disparity=kept.max_disparity)
     assert with_it.epe < without.epe - 0.1 and with_it.bad3 < without.bad3 - 0.8
     # Without asking for the confidence the answer is the same (the pass computes it for the fallback).
-    plain = predictor.infer(sample.left, sample.right, local_search=4)
+    plain = predictor.infer(sample.left, sample.right, local_search=4, fill_occlusions=False)
     assert plain.confidence is None and np.array_equal(plain.disparity, fallen.disparity)
+    # Then, by default, the occlusion fill, last, by that confidence (test_occlusion_fill).
+    from stereonet_ros.occlusion_fill import background_where_hidden
+
+    filled = predictor.infer(sample.left, sample.right, with_confidence=True, local_search=4)
+    np.testing.assert_array_equal(filled.disparity, background_where_hidden(fallen.disparity, fallen.confidence)[0])
+    np.testing.assert_array_equal(filled.confidence, fallen.confidence)
+    assert disparity_metrics(filled.disparity, sample.disparity, max_disparity=kept.max_disparity).epe < with_it.epe
 
 
 def test_both_backends_answer_alike_with_it() -> None:

@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--no-sgbm-fallback', action='store_true',
                         help="keep the searched answer where it is unsure instead of taking SGBM's, in this process "
                         "or in the node this run starts (its sgbm_fallback parameter, false)")
+    parser.add_argument('--no-fill-occlusions', action='store_true',
+                        help="keep the answer where it says a pixel is hidden and is unsure instead of the row's "
+                        "background, in this process or in the node this run starts (its fill_occlusions parameter, "
+                        'false)')
     parser.add_argument('--min-confidence', type=float, metavar='T',
                         help="leave a hole where the confidence is below T, in [0, 1], in this process or in the "
                         "node this run starts (its min_confidence parameter; default the node's, 0: keep all)")
@@ -203,11 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if arguments.use_running_node and (arguments.checkpoint or arguments.backend or arguments.device
                                            or arguments.precision or arguments.inference_scale is not None
                                            or arguments.no_refine or arguments.local_search is not None
-                                           or arguments.no_sgbm_fallback or arguments.min_confidence is not None
-                                           or arguments.node_executable):
+                                           or arguments.no_sgbm_fallback or arguments.no_fill_occlusions
+                                           or arguments.min_confidence is not None or arguments.node_executable):
             fail(PROGRAM, '--checkpoint, --backend, --device, --precision, --inference-scale, --no-refine, '
-                 '--local-search, --no-sgbm-fallback, --min-confidence and --node-executable configure a node this '
-                 'run starts; with --use-running-node set them on the running node', status=2)
+                 '--local-search, --no-sgbm-fallback, --no-fill-occlusions, --min-confidence and --node-executable '
+                 'configure a node this run starts; with --use-running-node set them on the running node', status=2)
     try:
         config = ReplayConfig(left_topic=arguments.left_topic, right_topic=arguments.right_topic,
                               left_info_topic=arguments.left_info_topic, right_info_topic=arguments.right_info_topic,
@@ -250,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                device=str(predictor.device), command=command, git_sha=git_sha(),
                                created=created, precision=predictor.precision)
                 source = PredictorSource(predictor, scale=scale, local_search=reach, min_confidence=min_confidence,
-                                         sgbm_fallback=not arguments.no_sgbm_fallback)
+                                         sgbm_fallback=not arguments.no_sgbm_fallback,
+                                         fill_occlusions=not arguments.no_fill_occlusions)
                 max_disparity = predictor.contract.max_disparity / scale  # each answer gives its exact one
             bag_path = staging.path / OUTPUT_BAG_NAME
             with open_bag_writer(bag_path, 'mcap') if arguments.write_bag else nullcontext(None) as output_bag:
@@ -266,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result.extra['refine'] = not arguments.no_refine
                 result.extra['local_search_px'] = reach
                 result.extra['sgbm_fallback'] = not arguments.no_sgbm_fallback
+                result.extra['fill_occlusions'] = not arguments.no_fill_occlusions
                 result.extra['min_confidence'] = min_confidence
             published_bag = str(arguments.out / OUTPUT_BAG_NAME) if arguments.write_bag else None
             metrics = write_report(result, info, staging.path, output_bag=published_bag)
@@ -401,6 +407,7 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
                                        'local_search_px': str(AUTO if arguments.local_search is None
                                                               else arguments.local_search),
                                        'sgbm_fallback': 'false' if arguments.no_sgbm_fallback else 'true',
+                                       'fill_occlusions': 'false' if arguments.no_fill_occlusions else 'true',
                                        'min_confidence': repr(0.0 if arguments.min_confidence is None
                                                               else float(arguments.min_confidence))},
                      image_transport=transport) as node:

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--no-sgbm-fallback', action='store_true',
                         help="keep the searched answer where it is unsure instead of taking SGBM's (the node's "
                         'sgbm_fallback false)')
+    parser.add_argument('--no-fill-occlusions', action='store_true',
+                        help="keep the answer where it says a pixel is hidden and is unsure instead of the row's "
+                        "background (the node's fill_occlusions false)")
     parser.add_argument('--max-pixels', type=int, default=None, metavar='N',
                         help='most pixels the network runs on (after --inference-scale): a larger pair runs at the '
                         'largest smaller scale that fits, with a warning (default 4000000: about 3 GiB on a CPU)')
@@ -106,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for warning in caught:
             print(f'{PROGRAM}: warning: {warning.message}', file=sys.stderr)
         answer = predictor.infer(left, right, scale=scale, max_pixels=max_pixels, local_search=reach,
-                                 sgbm_fallback=not arguments.no_sgbm_fallback)
+                                 sgbm_fallback=not arguments.no_sgbm_fallback,
+                                 fill_occlusions=not arguments.no_fill_occlusions)
         disparity = answer.disparity
         if answer.scale < scale:
             print(f'{PROGRAM}: warning: {width}x{height} pair run at inference scale {answer.scale:.3f} instead of '

@@ -2,7 +2,8 @@
 
     stereonet-evaluate [--checkpoint PATH] [--sets synthetic,motorcycle,aloe,middlebury2014:ROOT,...]
                        [--synthetic-samples 32] [--device auto] [--precision fp32] [--inference-scale 1.0]
-                       [--no-refine] [--local-search PX] [--no-sgbm-fallback] [--min-confidence T]
+                       [--no-refine] [--local-search PX] [--no-sgbm-fallback] [--no-fill-occlusions]
+                       [--min-confidence T]
                        [--no-sgbm] [--out results.json]
 
 Sets:
@@ -282,7 +283,7 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
              with_sgbm: bool = True, log: Callable[[str], None] = print,
              precision: Precision = 'fp32', inference_scale: float = 1.0,
              sgbm_tuning_samples: int = 12, refine: bool = True, local_search: int = 0,
-             min_confidence: float = 0.0, sgbm_fallback: bool = True) -> dict[str, Any]:
+             min_confidence: float = 0.0, sgbm_fallback: bool = True, fill_occlusions: bool = True) -> dict[str, Any]:
     """Score the checkpoint (and SGBM) on every set in the three views. Returns the JSON-ready results.
 
     ``sgbm_tuning_samples``: pairs of the synthetic tuning stream the tuned SGBM is chosen on
@@ -290,7 +291,9 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
     (:func:`~stereonet_ros.inference.without_refiners`). ``local_search``: the node's ``local_search_px``
     (:mod:`stereonet_ros.local_search`; 0 = the network's answer as it is). ``sgbm_fallback``: the node's
     parameter: with the local search, SGBM's answer where ours is unsure (:mod:`stereonet_ros.sgbm_fallback`; as
-    the node, on by default). ``min_confidence``: the node's
+    the node, on by default). ``fill_occlusions``: the node's parameter: with the local search, last, the hidden
+    pixels it is unsure of take their row's background (:mod:`stereonet_ros.occlusion_fill`; on by default).
+    ``min_confidence``: the node's
     parameter, in [0, 1]: ours leaves a hole where its confidence is below it
     (:func:`~stereonet_ros.processing.confident`), so its answered view has a density, as SGBM's does.
 
@@ -332,6 +335,7 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
         'local_search': local_search,
         'min_confidence': min_confidence,
         'sgbm_fallback': sgbm_fallback,
+        'fill_occlusions': fill_occlusions,
         'max_disparity': max_disparity,
         'views': {'dense': 'holes filled (KITTI devkit, row-wise min of the nearest valid neighbours), every '
                            'valid-ground-truth pixel scored',
@@ -345,7 +349,8 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
 
     def ours(frame: Frame) -> tuple[F32, F32 | None]:
         shift, confidence, _ = processor.infer(frame.left, frame.right, inference_scale, with_confidence=True,
-                                               local_search=local_search, sgbm_fallback=sgbm_fallback)
+                                               local_search=local_search, sgbm_fallback=sgbm_fallback,
+                                               fill_occlusions=fill_occlusions)
         return with_confident_only(shift, confidence, min_confidence), confidence
 
     for spec in sets:
@@ -380,6 +385,8 @@ def format_table(results: dict[str, Any]) -> str:
     searched = f', local search {results["local_search"]} px' if results.get('local_search') else ''
     if searched and results.get('sgbm_fallback', False):
         searched += ' + SGBM fallback'
+    if searched and results.get('fill_occlusions', False):
+        searched += ' + occlusion fill'
     if results.get('min_confidence'):
         searched += f', min confidence {results["min_confidence"]:g}'
     scale = results.get('inference_scale', 1.0)
@@ -419,6 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--no-sgbm-fallback', action='store_true',
                         help="with --local-search: keep ours' searched answer where it is unsure instead of taking "
                         "SGBM's (the node's sgbm_fallback false)")
+    parser.add_argument('--no-fill-occlusions', action='store_true',
+                        help="with --local-search: keep ours' answer where it says a pixel is hidden and is unsure "
+                        "instead of the row's background (the node's fill_occlusions false)")
     parser.add_argument('--min-confidence', type=float, default=0.0, metavar='T',
                         help="ours leaves a hole where its confidence is below T, in [0, 1] (the node's "
                         'min_confidence; 0 = keep all, the default)')
@@ -451,6 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            inference_scale=arguments.inference_scale, refine=not arguments.no_refine,
                            local_search=arguments.local_search, min_confidence=arguments.min_confidence,
                            sgbm_fallback=not arguments.no_sgbm_fallback,
+                           fill_occlusions=not arguments.no_fill_occlusions,
                            synthetic_samples=arguments.synthetic_samples, with_sgbm=not arguments.no_sgbm,
                            log=lambda text: print(f'{PROGRAM}: {text}', file=sys.stderr))
     except (EvaluationError, CheckpointError, InputError) as err:

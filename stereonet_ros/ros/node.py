@@ -594,6 +594,8 @@ class StereoNetNode(Node):
             'local search px': str(reach_for(config.local_search_px, predictor.device.type)),
             'sgbm fallback': str(config.sgbm_fallback and predictor.has_confidence
                                  and reach_for(config.local_search_px, predictor.device.type) > 0).lower(),
+            'occlusion fill': str(config.fill_occlusions and predictor.has_confidence
+                                  and reach_for(config.local_search_px, predictor.device.type) > 0).lower(),
             'checkpoint': config.checkpoint or 'bundled default',
             'checkpoint provenance': repr(predictor.checkpoint.provenance),
             'placeholder': str(predictor.is_placeholder).lower(),
