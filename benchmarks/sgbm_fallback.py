@@ -1,12 +1,13 @@
-"""What the SGBM fallback after the local search buys on the real pairs, and what it costs, in one run.
+"""What the SGBM fallback and the occlusion fill after the local search buy on the real pairs, and what they cost.
 
     .venv/bin/python benchmarks/sgbm_fallback.py [--checkpoint PATH] [--backend auto] [--repeats 5] [--threads 1]
                                                  [--out FILE.md]
 
 For each real pair (Motorcycle, Aloe) the node's default settings (``Predictor.infer`` at scale 1 with the local
-search at 4 px) run with ``sgbm_fallback`` off and on, alternating in one process (median of ``--repeats`` each):
-dense EPE px / bad-3 % over every pixel with ground truth, the pixels the fallback (and the search after it) moved
-by more than 1 px, the whole call's time
+search at 4 px) run with ``sgbm_fallback`` and ``fill_occlusions`` both off and both on (the default), alternating in
+one process (median of ``--repeats`` each):
+dense EPE px / bad-3 % over every pixel with ground truth, the pixels the two steps (and the search between them)
+moved by more than 1 px, the whole call's time
 and the ratio of the two. The backend the node picks (``--backend auto``: the bundled default's ONNX export on a
 CPU in fp32), ``--threads`` threads.
 """
@@ -46,9 +47,10 @@ def main() -> int:
         predictor = open_predictor(arguments.checkpoint, device='cpu', backend=arguments.backend,
                                    threads=arguments.threads)
     checkpoint = arguments.checkpoint or 'the bundled default'
-    lines = [f'# SGBM fallback after the local search ({REACH_PX} px): {checkpoint}, {type(predictor).__name__} '
+    lines = [f'# SGBM fallback and occlusion fill after the local search ({REACH_PX} px): {checkpoint}, '
+             f'{type(predictor).__name__} '
              f'on the CPU, {arguments.threads} thread(s); median of {arguments.repeats}, off and on alternating', '',
-             '| pair | sgbm_fallback | dense EPE px | dense bad-3 % | moved > 1 px | infer s | on / off |',
+             '| pair | fallback and fill | dense EPE px | dense bad-3 % | moved > 1 px | infer s | on / off |',
              '| --- | --- | --- | --- | --- | --- | --- |']
     for name, load in PAIRS.items():
         sample = load()
@@ -58,7 +60,7 @@ def main() -> int:
             for fallback in (False, True):
                 start = time.perf_counter()
                 answers[fallback] = predictor.infer(sample.left, sample.right, local_search=REACH_PX,
-                                                    sgbm_fallback=fallback).disparity
+                                                    sgbm_fallback=fallback, fill_occlusions=fallback).disparity
                 times[fallback].append(time.perf_counter() - start)
         moved = float(np.mean(np.abs(answers[True] - answers[False]) > 1.0))
         off = statistics.median(times[False])

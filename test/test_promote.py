@@ -98,8 +98,8 @@ def test_the_cpu_default_settings_are_judged_against_the_same_sgbm_and_the_advic
 
     network = results(2.25, 14.0, with_sgbm=True)
     met, clause = cpu_defaults_report(network, results(1.47, 8.9, with_sgbm=False))
-    assert met and clause == ("at the node's CPU default settings (local search 4 px, SGBM fallback): Motorcycle ours "
-                              'dense 1.47 px / 8.9 % (motorcycle-dense-vs-sgbm: met)')
+    assert met and clause == ("at the node's CPU default settings (local search 4 px, SGBM fallback, occlusion fill): "
+                              'Motorcycle ours dense 1.47 px / 8.9 % (motorcycle-dense-vs-sgbm: met)')
     assert not cpu_defaults_report(network, results(1.83, 8.9, with_sgbm=False))[0]  # equal EPE is not a win
     assert advice(True, True) == advice(True, False) == ''
     assert 'network alone' in advice(False, True) and 'local_search_px 4' in advice(False, True)
@@ -135,9 +135,9 @@ def test_promoting_a_briefly_trained_checkpoint_marks_it_preliminary(tmp_path: P
     assert '| motorcycle (1) | sgbm-stereo_image_proc |' in provenance['evaluation_table']
     # The node's CPU default settings measured beside the network alone: quoted, not deciding the flag.
     assert set(provenance['evaluation_cpu_defaults']) == set(provenance['evaluation'])
-    assert 'local search 4 px + SGBM fallback' in provenance['evaluation_cpu_defaults_table']
-    assert "at the node's CPU default settings (local search 4 px, SGBM fallback): Motorcycle ours dense " \
-        in provenance['note']
+    assert 'local search 4 px + SGBM fallback + occlusion fill' in provenance['evaluation_cpu_defaults_table']
+    assert "at the node's CPU default settings (local search 4 px, SGBM fallback, occlusion fill): Motorcycle ours " \
+        "dense " in provenance['note']
     with pytest.warns(PreliminaryCheckpointWarning, match='1 training steps; Motorcycle ours dense '):
         Predictor.from_checkpoint(destination, device='cpu')
     # The exports the node runs on a CPU are written beside it, from exactly these bytes: with its refiners,

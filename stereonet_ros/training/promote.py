@@ -119,7 +119,7 @@ def cpu_defaults_report(network: dict[str, Any], cpu_defaults: dict[str, Any]) -
     quoted += [f'{name} ours dense {dense(spec)}' for spec, name in (('aloe', 'Aloe'), ('synthetic', 'synthetic'))
                if spec in sets]
     return check.met, (f'at the node\'s CPU default settings (local search {cpu_defaults["local_search"]} px, SGBM '
-                       f'fallback): ' + ', '.join(quoted))
+                       f'fallback, occlusion fill): ' + ', '.join(quoted))
 
 
 def advice(met: bool, met_on_cpu: bool) -> str:
@@ -212,7 +212,7 @@ def _measure_and_write(source: Path, destination: Path, synthetic_samples: int, 
     # above, on the same frames).
     cpu_defaults = evaluate(str(source), sets, device='cpu', synthetic_samples=synthetic_samples, with_sgbm=False,
                             log=lambda text: print(text, file=sys.stderr), inference_scale=scale,
-                            local_search=DEFAULT_REACH_PX, sgbm_fallback=True)
+                            local_search=DEFAULT_REACH_PX, sgbm_fallback=True, fill_occlusions=True)
     met_on_cpu, cpu_summary = cpu_defaults_report(results, cpu_defaults)
     steps = checkpoint.provenance.get('steps_total', checkpoint.provenance.get('steps', '?'))
     provenance = dict(checkpoint.provenance)
