@@ -39,9 +39,9 @@ def background_where_hidden(disparity: npt.NDArray[np.float32], confidence: npt.
         confidence: ``(H, W)`` its confidence in [0, 1].
 
     Returns:
-        A new ``(H, W)`` float32 answer, and the ``(H, W)`` mask of the pixels filled. A pixel with no kept answer
-        on either side of its row takes 0 (no finite depth: invalid downstream); a non-finite input value that is
-        not filled stays as it was.
+        A new ``(H, W)`` float32 answer, and the ``(H, W)`` mask of the pixels filled. A row with no kept (finite,
+        not filled) answer at all is left as it was: there is no background to take; a non-finite input value is
+        never filled.
 
     Raises:
         ValueError: the shapes differ or are not ``(H, W)``.
@@ -52,6 +52,8 @@ def background_where_hidden(disparity: npt.NDArray[np.float32], confidence: npt.
     answer = np.array(disparity, dtype=np.float32, copy=True)
     # float32, as min_confidence compares (processing.confident)
     filled = hidden_from_right_view(answer, HIDDEN_TOLERANCE_PX) & (confidence < np.float32(BELOW_CONFIDENCE))
+    # Only from a kept answer on the same row: fill_holes would give a row without one 0 px (infinitely far).
+    filled &= (np.isfinite(answer) & ~filled).any(axis=1, keepdims=True)
     if filled.any():
         background = fill_holes(np.where(filled | ~np.isfinite(answer), np.nan, answer))
         answer[filled] = background[filled]

@@ -127,7 +127,8 @@ def test_infer_runs_at_the_inference_scale_and_answers_at_the_input_size(tmp_pat
 
     out = tmp_path / 'd.npy'
     result = run_installed('stereonet-infer', *seed_pair, '--checkpoint', placeholder_checkpoint_path, '--out', out,
-                           '--device', 'cpu', '--inference-scale', '2.5')  # the largest scale, end included
+                           '--device', 'cpu', '--inference-scale', '2.5',  # the largest scale, end included
+                           '--local-search', '0')  # the network's answer (the steps after it: their own tests)
     assert result.returncode == 0, result.stderr
     assert 'inference scale 2.5' in result.stdout
     with warnings.catch_warnings():
@@ -166,7 +167,7 @@ def test_infer_without_the_refiner_answers_as_the_predictor_without_it(tmp_path:
     for backend, tolerance in (('pytorch', 1e-4), ('auto', 0.01)):
         out = tmp_path / f'{backend}.npy'
         result = run_installed('stereonet-infer', *seed_pair, '--out', out, '--device', 'cpu', '--no-refine',
-                               '--inference-scale', '2', '--backend', backend)
+                               '--inference-scale', '2', '--backend', backend, '--local-search', '0')
         assert result.returncode == 0, result.stderr
         stored = np.load(out)
         assert stored.shape == (100, 170) and np.abs(stored - expected).max() <= tolerance, backend

@@ -68,6 +68,16 @@ def test_an_unknown_answer_stays_unknown_and_is_no_one_s_background() -> None:
     assert np.array_equal(fixed[filled], expected[filled])
 
 
+def test_a_row_with_no_kept_answer_is_left_as_it_was() -> None:
+    """Every pixel of the second row is hidden (out of view) and unsure: there is no background to take, so it keeps
+    its answers rather than the evaluators' 0 px for an empty row (infinitely far, invalid downstream)."""
+    answer = np.vstack([_occluded_row(), np.full((1, 60), 80.0, np.float32)])  # 80 px: every pixel lands left of 0
+    fixed, filled = background_where_hidden(answer, np.full(answer.shape, 0.2, np.float32))
+    assert hidden_from_right_view(answer, HIDDEN_TOLERANCE_PX)[1].all()
+    assert not filled[1].any() and fixed[1].tolist() == [80.0] * 60
+    assert filled[0].sum() == 28  # the first row as before
+
+
 def test_shapes_must_agree() -> None:
     answer = _occluded_row()
     with pytest.raises(ValueError, match='one \\(H, W\\) size'):
