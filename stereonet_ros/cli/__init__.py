@@ -1,12 +1,24 @@
 """Command-line entry points (thin wrappers over package functions)."""
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import NoReturn
 
 PRECISIONS = ('fp32', 'bf16', 'fp16')
 PRECISION_HELP = ("inference precision: 'fp32' (default), 'bf16' (a GPU, or a CPU with native bfloat16: about "
                   "half the CPU time), 'fp16' (a GPU)")
+
+
+def add_after_search_flags(parser: argparse.ArgumentParser, where: str = '') -> None:
+    """``--no-sgbm-fallback`` and ``--no-fill-occlusions``, the node's ``sgbm_fallback`` and ``fill_occlusions``
+    false, as every CLI that runs the local search declares them; ``where`` adds where they apply."""
+    parser.add_argument('--no-sgbm-fallback', action='store_true',
+                        help=f"keep the searched answer where it is unsure instead of taking SGBM's{where} (the node's "
+                        'sgbm_fallback false)')
+    parser.add_argument('--no-fill-occlusions', action='store_true',
+                        help="keep the answer where it says a pixel is hidden and is unsure instead of the row's "
+                        f"background{where} (the node's fill_occlusions false)")
 
 
 def fail(program: str, reason: str, status: int = 1) -> NoReturn:

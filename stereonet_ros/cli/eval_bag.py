@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stereonet_ros.cli import PRECISION_HELP, PRECISIONS
+from stereonet_ros.cli import PRECISION_HELP, PRECISIONS, add_after_search_flags
 from stereonet_ros.evaluation.metrics import DEPTH_RANGE_EDGES  # numpy only: --help stays fast
 from stereonet_ros.evaluation.replay import (DEFAULT_LEFT_INFO_TOPIC, DEFAULT_LEFT_TOPIC, DEFAULT_QUEUE_SIZE,
                                              DEFAULT_RIGHT_INFO_TOPIC, DEFAULT_RIGHT_TOPIC)
@@ -94,13 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="search the photometric cost within PX pixels of the network's answer, 0..16, 0 = off, "
                         "in this process or in the node this run starts (its local_search_px parameter; default the "
                         "node's, -1: 4 where the network runs on the CPU, 0 on a GPU)")
-    parser.add_argument('--no-sgbm-fallback', action='store_true',
-                        help="keep the searched answer where it is unsure instead of taking SGBM's, in this process "
-                        "or in the node this run starts (its sgbm_fallback parameter, false)")
-    parser.add_argument('--no-fill-occlusions', action='store_true',
-                        help="keep the answer where it says a pixel is hidden and is unsure instead of the row's "
-                        "background, in this process or in the node this run starts (its fill_occlusions parameter, "
-                        'false)')
+    add_after_search_flags(parser, ', in this process or in the node this run starts')
     parser.add_argument('--min-confidence', type=float, metavar='T',
                         help="leave a hole where the confidence is below T, in [0, 1], in this process or in the "
                         "node this run starts (its min_confidence parameter; default the node's, 0: keep all)")

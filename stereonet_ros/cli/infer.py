@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from stereonet_ros.cli import PRECISION_HELP, PRECISIONS
+from stereonet_ros.cli import PRECISION_HELP, PRECISIONS, add_after_search_flags
 
 PROGRAM = 'stereonet-infer'
 
@@ -48,12 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--local-search', type=int, default=None, metavar='PX',
                         help="search the photometric cost within PX pixels of the network's answer, 0..16, 0 = off "
                         "(default: the node's local_search_px, -1: 4 where the network runs on the CPU, 0 on a GPU)")
-    parser.add_argument('--no-sgbm-fallback', action='store_true',
-                        help="keep the searched answer where it is unsure instead of taking SGBM's (the node's "
-                        'sgbm_fallback false)')
-    parser.add_argument('--no-fill-occlusions', action='store_true',
-                        help="keep the answer where it says a pixel is hidden and is unsure instead of the row's "
-                        "background (the node's fill_occlusions false)")
+    add_after_search_flags(parser)
     parser.add_argument('--max-pixels', type=int, default=None, metavar='N',
                         help='most pixels the network runs on (after --inference-scale): a larger pair runs at the '
                         'largest smaller scale that fits, with a warning (default 4000000: about 3 GiB on a CPU)')

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from stereonet_ros.cli import PRECISION_HELP, PRECISIONS
+from stereonet_ros.cli import PRECISION_HELP, PRECISIONS, add_after_search_flags
 from stereonet_ros.evaluation.views import VIEWS, ViewCounts, dense_method_views, three_views
 from stereonet_ros.sgbm import STEREO_IMAGE_PROC_SGBM, SgbmParams, sgbm_disparity
 
@@ -423,12 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--local-search', type=int, default=0, metavar='PX',
                         help="search the photometric cost within PX pixels of ours' answer (the node's "
                         'local_search_px; 0 = the network alone, the default here)')
-    parser.add_argument('--no-sgbm-fallback', action='store_true',
-                        help="with --local-search: keep ours' searched answer where it is unsure instead of taking "
-                        "SGBM's (the node's sgbm_fallback false)")
-    parser.add_argument('--no-fill-occlusions', action='store_true',
-                        help="with --local-search: keep ours' answer where it says a pixel is hidden and is unsure "
-                        "instead of the row's background (the node's fill_occlusions false)")
+    add_after_search_flags(parser, ' (with --local-search)')
     parser.add_argument('--min-confidence', type=float, default=0.0, metavar='T',
                         help="ours leaves a hole where its confidence is below T, in [0, 1] (the node's "
                         'min_confidence; 0 = keep all, the default)')
