@@ -19,8 +19,8 @@ image is refused and nothing is written. The per-level scores and the rise go in
 (``refinement``). Everything is measured at the node's default ``inference_scale`` unless
 ``--inference-scale`` says otherwise. The flag is decided on the network alone (what the node answers by default on
 a GPU, where its search is off, and what compares checkpoints); the node's default settings on a CPU (the local
-search and the SGBM fallback after the network) are measured too, quoted in the note with whether they meet the
-goal (``evaluation_cpu_defaults``), and the note's advice says which of the two falls short.
+search, the SGBM fallback and the occlusion fill after the network) are measured too, quoted in the note with
+whether they meet the goal (``evaluation_cpu_defaults``), and the note's advice says which of the two falls short.
 
 ``--remeasure`` measures a checkpoint again and rewrites its provenance in place (weights untouched,
 no guide-ablation refusal, nothing promoted): for a default whose recorded figures predate the current
@@ -103,7 +103,7 @@ def _reported(results: dict[str, Any]) -> list[str]:
 
 def cpu_defaults_report(network: dict[str, Any], cpu_defaults: dict[str, Any]) -> tuple[bool, str]:
     """(issue 9's goal met at the node's default settings on a CPU, the clause quoting them) from ``cpu_defaults``
-    (:func:`~stereonet_ros.evaluation.evaluate.evaluate` with the node's CPU search and fallback, no SGBM run)
+    (:func:`~stereonet_ros.evaluation.evaluate.evaluate` with the node's CPU search, fallback and fill, no SGBM run)
     judged against the SGBM that ``network`` measured on the same frames. Decides nothing about the flag: a GPU
     runs the network alone by default (its search is off there)."""
     sets = cpu_defaults['sets']
@@ -208,8 +208,8 @@ def _measure_and_write(source: Path, destination: Path, synthetic_samples: int, 
     results = evaluate(str(source), sets, device='cpu', synthetic_samples=synthetic_samples,
                        log=lambda text: print(text, file=sys.stderr), inference_scale=scale)
     met, summary = goal_report(results)
-    # What a CPU node answers by default: the network, the local search and the SGBM fallback (SGBM as measured
-    # above, on the same frames).
+    # What a CPU node answers by default: the network, the local search, the SGBM fallback and the occlusion fill
+    # (SGBM as measured above, on the same frames).
     cpu_defaults = evaluate(str(source), sets, device='cpu', synthetic_samples=synthetic_samples, with_sgbm=False,
                             log=lambda text: print(text, file=sys.stderr), inference_scale=scale,
                             local_search=DEFAULT_REACH_PX, sgbm_fallback=True, fill_occlusions=True)
