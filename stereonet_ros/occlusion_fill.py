@@ -19,14 +19,12 @@ import numpy.typing as npt
 
 from stereonet_ros.evaluation.views import fill_holes
 from stereonet_ros.geometry import hidden_from_right_view
+# The local search asks the same question (which pixels the right camera cannot see) with the same tolerance.
+from stereonet_ros.local_search import HIDDEN_TOLERANCE_PX
 
 BELOW_CONFIDENCE: Final = 0.5
 """Only hidden pixels whose confidence is below this are filled: 0.3 and 0.7 each gained less on three of the four
 sets measured (docs/depth_quality.md)."""
-
-HIDDEN_TOLERANCE_PX: Final = 1.0
-"""How far a landing spot must lie left of a farther one for the answer to call that pixel hidden (the local
-search's tolerance for the same question)."""
 
 
 def background_where_hidden(disparity: npt.NDArray[np.float32], confidence: npt.NDArray[np.float32]
@@ -55,6 +53,6 @@ def background_where_hidden(disparity: npt.NDArray[np.float32], confidence: npt.
     # Only from a kept answer on the same row: fill_holes would give a row without one 0 px (infinitely far).
     filled &= (np.isfinite(answer) & ~filled).any(axis=1, keepdims=True)
     if filled.any():
-        background = fill_holes(np.where(filled | ~np.isfinite(answer), np.nan, answer))
+        background = fill_holes(np.where(filled, np.nan, answer))  # non-finite answers are holes to it already
         answer[filled] = background[filled]
     return answer, filled

@@ -566,6 +566,9 @@ class StereoNetNode(Node):
         def number(value: float) -> str:
             return 'n/a' if math.isnan(value) else f'{value:.1f}'
 
+        # The steps after the search pick their pixels by the confidence: they run with the search, where there is one.
+        after_search = predictor.has_confidence and reach_for(config.local_search_px, predictor.device.type) > 0
+
         values = {
             'input sets/s': number(snapshot.input_rate),
             'output sets/s': number(snapshot.output_rate),
@@ -592,10 +595,8 @@ class StereoNetNode(Node):
             'precision': predictor.precision,
             'refiners': str(predictor.config.k_refinement_layers),
             'local search px': str(reach_for(config.local_search_px, predictor.device.type)),
-            'sgbm fallback': str(config.sgbm_fallback and predictor.has_confidence
-                                 and reach_for(config.local_search_px, predictor.device.type) > 0).lower(),
-            'occlusion fill': str(config.fill_occlusions and predictor.has_confidence
-                                  and reach_for(config.local_search_px, predictor.device.type) > 0).lower(),
+            'sgbm fallback': str(config.sgbm_fallback and after_search).lower(),
+            'occlusion fill': str(config.fill_occlusions and after_search).lower(),
             'checkpoint': config.checkpoint or 'bundled default',
             'checkpoint provenance': repr(predictor.checkpoint.provenance),
             'placeholder': str(predictor.is_placeholder).lower(),
