@@ -510,7 +510,8 @@ class Predictor(CheckpointFacts):
               with_confidence: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, local_search: int = 0,
               sgbm_fallback: bool = True, fill_occlusions: bool = True) -> Inference:
         """The one inference path (node, CLIs, evaluators): colour, scale, network, confidence, back to input
-        pixels, then the local search and the SGBM fallback.
+        pixels, then the local search and the SGBM fallback (on the host, on as many threads as PyTorch's on the
+        CPU: ``torch.get_num_threads()``).
 
         Args:
             left, right: ``(H, W)`` gray or ``(H, W, 3|4)`` RGB(A), uint8, uint16, or float in 0..255;
@@ -555,7 +556,7 @@ class Predictor(CheckpointFacts):
                               scale=scale)
         return searched(inference, left_image, right_image, local_search, self.device.type, max_pixels,
                         sgbm_fallback=sgbm_fallback, fill_occlusions=fill_occlusions,
-                        with_confidence=with_confidence)
+                        with_confidence=with_confidence, threads=torch.get_num_threads())
 
     def predict(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0) -> npt.NDArray[np.float32]:
         """Left-view disparity ``(H, W)`` float32 in pixels of the input: :meth:`infer`'s ``disparity``.

@@ -244,7 +244,7 @@ def network_confidence_needed(with_confidence: bool, reach: int, sgbm_fallback: 
 
 def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: npt.NDArray[Any],
              reach: int, device_type: str, max_pixels: int, *, sgbm_fallback: bool = True,
-             fill_occlusions: bool = True, with_confidence: bool = True) -> Inference:
+             fill_occlusions: bool = True, with_confidence: bool = True, threads: int = 1) -> Inference:
     """``inference`` after :func:`~stereonet_ros.local_search.local_search` within ``reach`` px (0: as it is;
     :data:`~stereonet_ros.local_search.AUTO`: as suits a network on ``device_type``), on the grey (BT.601 luma)
     images of the pair as given: the one place both backends apply it. The search runs at the input's size and
@@ -257,15 +257,19 @@ def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: np
     the first one and the network's times the new answer's agreement. With ``fill_occlusions`` (and a confidence),
     last, the pixels that answer says are hidden from the right camera and whose confidence is below 0.5 take their
     row's background (:mod:`~stereonet_ros.occlusion_fill`). ``with_confidence=False`` drops the confidence from
-    the result (a pass that computed it only for those steps)."""
-    from stereonet_ros.local_search import local_search, photometric_agreement, reach_for
+    the result (a pass that computed it only for those steps). ``threads``: the CPU threads the network runs on
+    (0 = every usable CPU), as many as the search computes its correlation maps on (at most
+    :data:`~stereonet_ros.local_search.MAX_WORKERS`; the same answer for any number)."""
+    from stereonet_ros.local_search import MAX_WORKERS, local_search, photometric_agreement, reach_for
 
     reach = reach_for(reach, device_type)
     result = inference
     if reach > 0 and inference.disparity.size <= max_pixels:
         left_grey, right_grey = (to_contract_color(as_float_image(image, name), 'gray')[0]
                                  for image, name in ((left_image, 'left'), (right_image, 'right')))
-        disparity = local_search(inference.disparity, left_grey, right_grey, reach, inference.max_disparity)
+        workers = min(threads if threads > 0 else usable_cpus(), MAX_WORKERS)
+        disparity = local_search(inference.disparity, left_grey, right_grey, reach, inference.max_disparity,
+                                 workers=workers)
         confidence = inference.confidence
         if confidence is not None:
             agreement = photometric_agreement(disparity, left_grey, right_grey)
@@ -279,7 +283,8 @@ def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: np
                     # SGBM's answers are starts the search has not seen: searching again carries them to the
                     # neighbours SGBM left unanswered and refines them. The confidence only falls, so that every
                     # answer from SGBM stays below the fallback's threshold (min_confidence 0.7 removes them all).
-                    disparity = local_search(disparity, left_grey, right_grey, reach, inference.max_disparity)
+                    disparity = local_search(disparity, left_grey, right_grey, reach, inference.max_disparity,
+                                             workers=workers)
                     confidence = np.minimum(confidence, inference.confidence
                                             * photometric_agreement(disparity, left_grey, right_grey))
             if fill_occlusions:

@@ -29,13 +29,22 @@ All of that runs twice: first on the pair at half the size (each 2x2 averaged), 
 the area (plain surfaces match better) and the same reach twice the input's pixels, starting from the network's
 answer halved; then at the full size, starting from the half size's answers doubled where it found one.
 
+The correlation maps of one step (a search's offsets, a propagation pass's candidates) do not depend on each other,
+so ``workers`` threads compute them at once (OpenCV and NumPy let go of the interpreter's lock while they work; on
+these sizes OpenCV itself keeps to one core); each step then reads them in the order one thread would have, so the
+answer is the same whatever the number of workers.
+
 Beyond the paper: StereoNet's answer is the network's; this is how a robot gets most of what local
 matching knows for a fraction of the network's CPU time (docs/depth_quality.md, "A local search
 after the network"). NumPy and OpenCV on the host, so both backends (PyTorch, ONNX Runtime) share it.
 """
 from __future__ import annotations
 
-from typing import Final
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from typing import Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -86,6 +95,10 @@ MEDIAN_SIZE_PX: Final = 3
 (k + 1) / 2 px: 3 keeps a 2 px pole or cable, where 5 (a little better on the synthetic set and Motorcycle, level on
 Aloe) would erase it."""
 
+MAX_WORKERS: Final = 64
+"""The most threads :func:`local_search` takes: a bound on its memory (each worker holds one map being computed
+and its temporaries), far above the 2r + 1 maps (9 at the default reach) a step can use at once."""
+
 _MIN_VARIANCE: Final = 1e-6
 """Floor on a window's variance (grey levels squared) so a flat window correlates 0, not 0 / 0."""
 
@@ -113,6 +126,35 @@ def _best_window(correlation: npt.NDArray[np.floating]) -> npt.NDArray[np.float3
         np.maximum(best, padded[radius + rows:radius + rows + height, radius + columns:radius + columns + width],
                    out=best)
     return best
+
+
+_Input = TypeVar('_Input')
+_Output = TypeVar('_Output')
+
+
+class _Maps:
+    """Computes a step's maps: in this thread, or ``workers`` at once on a pool (module doc)."""
+
+    def __init__(self, pool: Executor | None, workers: int) -> None:
+        self._pool, self._workers = pool, workers
+
+    def each(self, function: Callable[[_Input], _Output], inputs: Sequence[_Input]) -> Iterator[_Output]:
+        """``function`` of each input, in the inputs' order. On a pool at most ``workers`` are computed ahead of
+        the one being read, so that only as many maps as there are workers are held besides what the caller keeps.
+        """
+        if self._pool is None:
+            yield from map(function, inputs)
+            return
+        pending: deque[Future[_Output]] = deque()
+        for item in inputs:
+            pending.append(self._pool.submit(function, item))
+            if len(pending) >= self._workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+_ONE_THREAD: Final = _Maps(None, 1)
 
 
 class _Correlation:
@@ -152,7 +194,7 @@ class _Correlation:
         zncc -= right_mean
         right_variance *= self._left_variance
         zncc /= np.sqrt(right_variance, out=right_variance)
-        zncc[(source < 0) | (source > self._right.shape[1] - 1)] = -1.0
+        np.copyto(zncc, np.float32(-1.0), where=(source < 0) | (source > self._right.shape[1] - 1))
         return _best_window(zncc)
 
 
@@ -173,23 +215,30 @@ def _check_one_size(function: str, disparity: npt.NDArray[np.float32], left: npt
 
 
 def _searched(correlation: _Correlation, start: npt.NDArray[np.float32], usable: npt.NDArray[np.bool_], reach: int,
-              max_disparity: float, min_zncc: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+              max_disparity: float, min_zncc: float,
+              maps: _Maps) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """The search around ``start``: each pixel's moved answer (clamped to ``max_disparity``) and its own correlation
     at the peak where it takes one; ``start`` and -inf elsewhere. The peak and its parabola are the smoothed maps'
     (:data:`AGGREGATION_SIGMA_PX`); the threshold ``min_zncc`` is on the pixel's own correlation."""
     offsets = np.arange(-reach, reach + 1)
     smoothed = np.empty((offsets.size, *start.shape), np.float32)
-    # The pixel's own correlation at the smoothed peak, kept as the peak rises (strictly: argmax's first maximum),
-    # so that only the smoothed maps are held.
+    # The peak's offset and the pixel's own correlation there, kept as the peak rises (strictly: argmax's first
+    # maximum), so that only the smoothed maps (and those the workers are computing) are held.
     highest = np.full(start.shape, -np.inf, np.float32)
     own_peak = np.full(start.shape, -np.inf, np.float32)
-    for index, offset in enumerate(offsets):
+    best = np.zeros(start.shape, np.intp)  # argmax's index along the offsets, as it rises
+
+    def own_and_smoothed(offset: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         own = correlation(start + np.float32(offset))
-        smoothed[index] = _smoothed(own)
-        higher = smoothed[index] > highest
-        highest[higher] = smoothed[index][higher]
-        own_peak[higher] = own[higher]
-    best = smoothed.argmax(axis=0)
+        return own, _smoothed(own)
+
+    for index, (own, smoothed_own) in enumerate(maps.each(own_and_smoothed, offsets.tolist())):
+        smoothed[index] = smoothed_own
+        higher = smoothed_own > highest
+        # copyto(where=) rather than boolean indexing: no index arrays, and the lock let go (module doc).
+        np.copyto(highest, smoothed_own, where=higher)
+        np.copyto(own_peak, own, where=higher)
+        np.copyto(best, index, where=higher)
     peak = highest  # the smoothed maps' value at ``best``
     interior = (best > 0) & (best < offsets.size - 1)
     inner = np.clip(best, 1, offsets.size - 2)[np.newaxis]
@@ -205,22 +254,28 @@ def _searched(correlation: _Correlation, start: npt.NDArray[np.float32], usable:
     return answer, np.where(take, own_peak, -np.inf).astype(np.float32)
 
 
-def _propagated(correlation: _Correlation, start: npt.NDArray[np.float32],
-                movable: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
+def _propagated(correlation: _Correlation, start: npt.NDArray[np.float32], movable: npt.NDArray[np.bool_],
+                maps: _Maps) -> npt.NDArray[np.float32]:
     """``start`` where each ``movable`` pixel took the answer of the neighbour (:data:`PROPAGATION_STEPS_PX` away
     along its row or column, the image's edge repeated beyond it) that correlates best, if better than its own."""
     pad = max(PROPAGATION_STEPS_PX)
     height, width = start.shape
     padded = np.pad(start, pad, mode='edge')
-    best = correlation(start)
+    shifts = [(rows, columns) for step in PROPAGATION_STEPS_PX
+              for rows, columns in ((0, step), (0, -step), (step, 0), (-step, 0))]
+
+    def scored(shift: tuple[int, int]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        rows, columns = shift
+        candidate = np.ascontiguousarray(padded[pad + rows:pad + rows + height, pad + columns:pad + columns + width])
+        return candidate, correlation(candidate)
+
+    answers = maps.each(scored, [(0, 0), *shifts])
+    _, best = next(answers)  # the start's own
     answer = start.copy()
-    for step in PROPAGATION_STEPS_PX:
-        for rows, columns in ((0, step), (0, -step), (step, 0), (-step, 0)):
-            candidate = padded[pad + rows:pad + rows + height, pad + columns:pad + columns + width]
-            score = correlation(np.ascontiguousarray(candidate))
-            better = movable & (candidate > 0) & (score > best)
-            answer[better] = candidate[better]
-            best[better] = score[better]
+    for candidate, score in answers:
+        better = movable & (candidate > 0) & (score > best)
+        np.copyto(answer, candidate, where=better)
+        np.copyto(best, score, where=better)
     return answer
 
 
@@ -242,20 +297,20 @@ def _median_where_found(answer: npt.NDArray[np.float32], found: npt.NDArray[np.b
 
 
 def _one_size(start: npt.NDArray[np.float32], usable: npt.NDArray[np.bool_], left: npt.NDArray[np.float32],
-              right: npt.NDArray[np.float32], reach: int, max_disparity: float,
-              min_zncc: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+              right: npt.NDArray[np.float32], reach: int, max_disparity: float, min_zncc: float,
+              maps: _Maps) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
     """The search, propagation, second search and median at one size (module doc): the answer and where a search
     took a peak. ``start`` holds 0 where not ``usable``; elsewhere the answer is ``start`` where nothing was found."""
     correlation = _Correlation(left, right)
-    searched, peak = _searched(correlation, start, usable, reach, max_disparity, min_zncc)
+    searched, peak = _searched(correlation, start, usable, reach, max_disparity, min_zncc, maps)
     movable = usable & ~hidden_from_right_view(np.where(usable, start, np.nan), HIDDEN_TOLERANCE_PX)
     propagated = searched
     for _ in range(PROPAGATION_PASSES):
-        propagated = _propagated(correlation, propagated, movable)
+        propagated = _propagated(correlation, propagated, movable, maps)
     changed = propagated != searched
     if changed.any():
         from_neighbours, neighbours_peak = _searched(correlation, propagated, changed, reach, max_disparity,
-                                                     min_zncc)
+                                                     min_zncc, maps)
         better = changed & (neighbours_peak > peak)
         searched = np.where(better, from_neighbours, searched)
         peak = np.where(better, neighbours_peak, peak)
@@ -264,8 +319,8 @@ def _one_size(start: npt.NDArray[np.float32], usable: npt.NDArray[np.bool_], lef
 
 
 def _from_half_size(start: npt.NDArray[np.float32], usable: npt.NDArray[np.bool_], left: npt.NDArray[np.float32],
-                    right: npt.NDArray[np.float32], reach: int,
-                    max_disparity: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+                    right: npt.NDArray[np.float32], reach: int, max_disparity: float,
+                    maps: _Maps) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
     """``start`` where the search at half the size (images averaged 2x2, each pixel's start the top-left one of its
     2x2 halved) found an answer, that answer doubled on the 2x2 it came from; and where it did. Nothing found
     where the half-size image is too small for a window."""
@@ -279,7 +334,7 @@ def _from_half_size(start: npt.NDArray[np.float32], usable: npt.NDArray[np.bool_
     half_usable = cv2.resize(usable.astype(np.uint8), half, interpolation=cv2.INTER_NEAREST).astype(bool)
     half_left, half_right = (cv2.resize(image, half, interpolation=cv2.INTER_AREA) for image in (left, right))
     answer, found = _one_size(half_start, half_usable, half_left, half_right, reach, max_disparity / 2,
-                              HALF_SIZE_MIN_ZNCC)
+                              HALF_SIZE_MIN_ZNCC, maps)
     up_found = cv2.resize(found.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
     up_found &= usable
     up_answer = cv2.resize(answer, (width, height), interpolation=cv2.INTER_NEAREST) * np.float32(2)
@@ -287,7 +342,7 @@ def _from_half_size(start: npt.NDArray[np.float32], usable: npt.NDArray[np.bool_
 
 
 def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float32], right: npt.NDArray[np.float32],
-                 reach: int, max_disparity: float) -> npt.NDArray[np.float32]:
+                 reach: int, max_disparity: float, *, workers: int = 1) -> npt.NDArray[np.float32]:
     """``disparity`` moved, pixel by pixel, to the best-correlating shift near it or near its neighbours' answers,
     first at half the size and then at the full one (module doc).
 
@@ -297,6 +352,8 @@ def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float3
         reach: offsets searched, ``-reach .. reach`` whole pixels of each size (so up to ``2 reach`` px of the input
             at half the size); 0 returns ``disparity`` unchanged.
         max_disparity: the largest shift the answer may take (the network's range in input pixels).
+        workers: threads that compute each step's correlation maps at once (module doc): the same answer for any
+            number, in less time where there are cores for them.
 
     Returns:
         A new ``(H, W)`` float32 array; a pixel not finite or not above 0 in ``disparity``, or where no search
@@ -304,19 +361,24 @@ def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float3
         its value. Moved values lie in ``(0, max_disparity]``.
 
     Raises:
-        ValueError: shapes differ, or ``reach`` is outside ``[0, MAX_REACH_PX]``.
+        ValueError: shapes differ, ``reach`` is outside ``[0, MAX_REACH_PX]`` or ``workers`` outside
+            ``[1, MAX_WORKERS]``.
     """
     _check_one_size('local_search', disparity, left, right)
     if not 0 <= reach <= MAX_REACH_PX:
         raise ValueError(f'local_search: reach {reach} px is outside [0, {MAX_REACH_PX}]')
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f'local_search: workers {workers} is outside [1, {MAX_WORKERS}]')
     answer = np.array(disparity, dtype=np.float32, copy=True)
     if reach == 0:
         return answer
     left, right = np.ascontiguousarray(left, np.float32), np.ascontiguousarray(right, np.float32)
     usable = np.isfinite(answer) & (answer > 0)
     start = np.where(usable, answer, 0).astype(np.float32)
-    start, found_at_half = _from_half_size(start, usable, left, right, reach, max_disparity)
-    searched, found = _one_size(start, usable, left, right, reach, max_disparity, MIN_ZNCC)
+    with ThreadPoolExecutor(workers, thread_name_prefix='local_search') if workers > 1 else nullcontext() as pool:
+        maps = _Maps(pool, workers) if pool is not None else _ONE_THREAD
+        start, found_at_half = _from_half_size(start, usable, left, right, reach, max_disparity, maps)
+        searched, found = _one_size(start, usable, left, right, reach, max_disparity, MIN_ZNCC, maps)
     moved = found | found_at_half
     answer[moved] = searched[moved]
     return answer

@@ -259,7 +259,8 @@ class OnnxPredictor(CheckpointFacts):
               with_confidence: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, local_search: int = 0,
               sgbm_fallback: bool = True, fill_occlusions: bool = True) -> Inference:
         """:meth:`Predictor.infer <stereonet_ros.inference.Predictor.infer>` through ONNX Runtime: same
-        arguments, same answer (within 0.01 px for an fp32 export).
+        arguments, same answer (within 0.01 px for an fp32 export). The steps after the network run on
+        ``threads`` threads, as the session does (0: every usable CPU).
 
         Raises:
             InputError: as the Predictor's; also confidence asked of a model exported without it, or a pair
@@ -302,7 +303,7 @@ class OnnxPredictor(CheckpointFacts):
                               scale=scale)
         return searched(inference, left_image, right_image, local_search, self.device.type, max_pixels,
                         sgbm_fallback=sgbm_fallback, fill_occlusions=fill_occlusions,
-                        with_confidence=with_confidence)
+                        with_confidence=with_confidence, threads=self.threads)
 
     def predict(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0) -> npt.NDArray[np.float32]:
         """Left-view disparity ``(H, W)`` float32 in pixels of the input: :meth:`infer`'s ``disparity``."""

@@ -1,15 +1,17 @@
 """The local search of the photometric cost around the network's answer (stereonet_ros.local_search)."""
 from __future__ import annotations
 
+import importlib.util
+
 import cv2
 import numpy as np
 import pytest
 
 from stereonet_ros.geometry import hidden_from_right_view
-from stereonet_ros.local_search import (AGGREGATION_SIGMA_PX, AUTO, DEFAULT_REACH_PX, HIDDEN_TOLERANCE_PX, MAX_REACH_PX,
-                                        MEDIAN_SIZE_PX, MIN_ZNCC, PROPAGATION_STEPS_PX, WINDOW_RADIUS_PX, _best_window,
-                                        _Correlation, _median_where_found, _searched, local_search,
-                                        photometric_agreement, reach_for)
+from stereonet_ros.local_search import (_ONE_THREAD, AGGREGATION_SIGMA_PX, AUTO, DEFAULT_REACH_PX, HIDDEN_TOLERANCE_PX,
+                                        MAX_REACH_PX, MAX_WORKERS, MEDIAN_SIZE_PX, MIN_ZNCC, PROPAGATION_STEPS_PX,
+                                        WINDOW_RADIUS_PX, _best_window, _Correlation, _median_where_found, _searched,
+                                        local_search, photometric_agreement, reach_for)
 
 
 def textured_pair(shift: float, height: int = 60, width: int = 160) -> tuple[np.ndarray, np.ndarray]:
@@ -227,6 +229,81 @@ def direct_zncc(left: np.ndarray, warped: np.ndarray) -> np.ndarray:
     return zncc
 
 
+@pytest.mark.parametrize('workers', [2, 3, 16])
+def test_any_number_of_workers_gives_the_one_threads_answer(workers: int) -> None:
+    """The workers compute each step's maps at once and the step reads them in one thread's order: the same answer,
+    bit for bit, on a pair where every step acts (an edge the start widened past the reach, noise so that some
+    peaks fall below the threshold, unusable answers, a pixel hidden from the right camera), for fewer workers than
+    a step's maps (9 at reach 4), and more."""
+    left, right, truth = depth_edge(near_on_the_left=True, height=48, width=120, edge=60)
+    right = right + np.random.default_rng(1).normal(0, 12.0, right.shape).astype(np.float32)
+    start = truth + np.float32(2.7)
+    start[:, 60:80] = 20.0
+    start[5, :10] = np.nan
+    start[6, :10] = -1.0
+    alone = local_search(start, left, right, reach=4, max_disparity=192.0)
+    assert float((alone != start).mean()) > 0.5  # the steps did move most pixels
+    np.testing.assert_array_equal(local_search(start, left, right, reach=4, max_disparity=192.0, workers=workers),
+                                  alone)
+
+
+def test_workers_bounds() -> None:
+    """1 to MAX_WORKERS threads, ends included; the bound is on memory (each holds a map and its temporaries)."""
+    left, right = textured_pair(5.0, height=20, width=60)
+    start = np.full(left.shape, 6.0, np.float32)
+    expected = local_search(start, left, right, reach=2, max_disparity=192.0, workers=1)
+    np.testing.assert_array_equal(local_search(start, left, right, reach=2, max_disparity=192.0,
+                                               workers=MAX_WORKERS), expected)
+    for workers in (0, MAX_WORKERS + 1):
+        with pytest.raises(ValueError, match=f'workers {workers} is outside'):
+            local_search(start, left, right, reach=2, max_disparity=192.0, workers=workers)
+
+
+def test_the_search_runs_on_as_many_threads_as_the_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each backend hands the steps after the network its own thread count (PyTorch's torch.get_num_threads(), the
+    ONNX Runtime session's, 0 = every usable CPU), bounded by MAX_WORKERS; both searches (before and after the SGBM
+    fallback) take it."""
+    import warnings
+
+    import torch
+
+    import stereonet_ros.local_search as module
+    from stereonet_ros.backends import open_predictor
+    from stereonet_ros.inference_common import usable_cpus
+    from stereonet_ros.samples import motorcycle
+
+    calls: list[int] = []
+    searching = module.local_search
+
+    def spy(*arguments: object, workers: int = 1) -> np.ndarray:
+        calls.append(workers)
+        return searching(*arguments, workers=workers)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, 'local_search', spy)
+    sample = motorcycle()
+    left, right = sample.left[100:220, 200:400], sample.right[100:220, 200:400]
+    threads = torch.get_num_threads()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch_predictor = open_predictor(None, device='cpu', backend='pytorch')
+        torch_predictor.infer(left, right, local_search=4, sgbm_fallback=False)
+        assert calls == [threads]
+        try:
+            torch.set_num_threads(3)
+            calls.clear()
+            torch_predictor.infer(left, right, local_search=4, sgbm_fallback=False)
+            assert calls == [3]
+        finally:
+            torch.set_num_threads(threads)
+        if importlib.util.find_spec('onnxruntime') is None:
+            return
+        for session_threads, expected in ((0, min(usable_cpus(), MAX_WORKERS)), (2, 2), (MAX_WORKERS + 1, MAX_WORKERS)):
+            calls.clear()
+            predictor = open_predictor(None, device='cpu', backend='onnxruntime', threads=session_threads)
+            predictor.infer(left, right, local_search=4)
+            assert calls and set(calls) == {expected}, (session_threads, calls)
+
+
 def test_the_threshold_is_the_pixels_own_correlation_at_the_smoothed_peak() -> None:
     """Noise added to the right image lowers the correlation. A search (one, without propagation) picks each
     pixel's offset on the offsets' correlation maps smoothed by a Gaussian of AGGREGATION_SIGMA_PX, and moves the
@@ -236,7 +313,7 @@ def test_the_threshold_is_the_pixels_own_correlation_at_the_smoothed_peak() -> N
     rng = np.random.default_rng(0)
     noisy = right + rng.normal(0, 28.0, right.shape).astype(np.float32)
     start = np.full(left.shape, 14.4, np.float32)
-    found, _ = _searched(_Correlation(left, noisy), start, np.ones(left.shape, bool), 4, 192.0, MIN_ZNCC)
+    found, _ = _searched(_Correlation(left, noisy), start, np.ones(left.shape, bool), 4, 192.0, MIN_ZNCC, _ONE_THREAD)
     r = WINDOW_RADIUS_PX
     own, smoothed = [], []
     for offset in range(-4, 5):
