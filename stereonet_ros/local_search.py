@@ -102,6 +102,12 @@ and its temporaries), far above the 2r + 1 maps (9 at the default reach) a step 
 _MIN_VARIANCE: Final = 1e-6
 """Floor on a window's variance (grey levels squared) so a flat window correlates 0, not 0 / 0."""
 
+_WINDOW_CENTRES: Final = np.zeros((2 * WINDOW_RADIUS_PX + 1,) * 2, np.uint8)
+"""Where the five windows that hold a pixel are centred, relative to it: on it and the window's radius away along
+each axis."""
+_WINDOW_CENTRES[WINDOW_RADIUS_PX, [0, WINDOW_RADIUS_PX, 2 * WINDOW_RADIUS_PX]] = 1
+_WINDOW_CENTRES[[0, 2 * WINDOW_RADIUS_PX], WINDOW_RADIUS_PX] = 1
+
 
 def reach_for(requested: int, device_type: str) -> int:
     """The reach to search: ``requested``, or for :data:`AUTO` :data:`DEFAULT_REACH_PX` where the network runs on
@@ -117,15 +123,9 @@ def _best_window(correlation: npt.NDArray[np.floating]) -> npt.NDArray[np.float3
     along each axis (the image's edge repeated beyond it)."""
     import cv2
 
-    radius = WINDOW_RADIUS_PX
-    height, width = correlation.shape
-    padded = cv2.copyMakeBorder(np.ascontiguousarray(correlation, np.float32), radius, radius, radius, radius,
-                                cv2.BORDER_REPLICATE)
-    best = padded[radius:radius + height, radius:radius + width].copy()
-    for rows, columns in ((0, radius), (0, -radius), (radius, 0), (-radius, 0)):
-        np.maximum(best, padded[radius + rows:radius + rows + height, radius + columns:radius + columns + width],
-                   out=best)
-    return best
+    # A grey dilation by the five centres: the same maximum as five shifted copies, in a fifth of the time.
+    return cv2.dilate(np.ascontiguousarray(correlation, np.float32), _WINDOW_CENTRES,
+                      borderType=cv2.BORDER_REPLICATE)  # type: ignore[no-any-return]
 
 
 _Input = TypeVar('_Input')
