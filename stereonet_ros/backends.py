@@ -151,7 +151,8 @@ def open_predictor(path: str | os.PathLike[str] | None = None, device: str = 'au
     :func:`chosen_backend` picks.
 
     ``threads`` > 0 sets the CPU threads the network runs on: the ONNX Runtime session's, or PyTorch's,
-    which is process-wide (``torch.set_num_threads``); 0 leaves each backend's default (all cores).
+    which is process-wide (``torch.set_num_threads``); 0 leaves each backend's default (all cores). The steps after
+    the network (the local search) run on as many.
 
     Raises:
         CheckpointError: the file cannot be used (message says why).

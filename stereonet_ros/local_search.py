@@ -148,7 +148,7 @@ class _Maps:
         pending: deque[Future[_Output]] = deque()
         for item in inputs:
             pending.append(self._pool.submit(function, item))
-            if len(pending) >= self._workers:
+            if len(pending) > self._workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()

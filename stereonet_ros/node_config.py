@@ -127,9 +127,9 @@ class NodeConfig:
         "local search, times the answer's photometric agreement (1 + ZNCC) / 2) is below this are invalid; "
         '0 = keep all', 0.0, 1.0)
     inference_threads: int = _param(
-        0, 'CPU threads the network runs on; 0 = every usable CPU. All CPUs but one leaves a core to pair messages '
-        'and run DDS: every set pairs under load, but fewer are answered (2 cores, 10 Hz: 2,400 of 2,400 sets '
-        'paired and 167 answered, against 2,129 and 268 with both cores)', 0, 1024)
+        0, 'CPU threads the network and the local search run on; 0 = every usable CPU. All CPUs but one leaves a '
+        'core to pair messages and run DDS: every set pairs under load, but fewer are answered (2 cores, 10 Hz: '
+        '2,400 of 2,400 sets paired and 167 answered, against 2,129 and 268 with both cores)', 0, 1024)
     inference_scale: float = _param(
         1.0, 'Run the network on images resized by this factor: below 1 faster, above 1 finer (about scale^2 '
         'the time); outputs are at the input resolution, in its pixels', MIN_INFERENCE_SCALE, MAX_INFERENCE_SCALE)
