@@ -258,16 +258,16 @@ def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: np
     last, the pixels that answer says are hidden from the right camera and whose confidence is below 0.5 take their
     row's background (:mod:`~stereonet_ros.occlusion_fill`). ``with_confidence=False`` drops the confidence from
     the result (a pass that computed it only for those steps). ``threads``: the CPU threads the network runs on
-    (0 = every usable CPU), as many as the search computes its correlation maps on (at most
-    :data:`~stereonet_ros.local_search.MAX_WORKERS`; the same answer for any number)."""
-    from stereonet_ros.local_search import MAX_WORKERS, local_search, photometric_agreement, reach_for
+    (0 = every usable CPU), as many as the search computes its correlation maps on (fewer on a large input:
+    :func:`~stereonet_ros.local_search.workers_within_memory`; the same answer for any number)."""
+    from stereonet_ros.local_search import local_search, photometric_agreement, reach_for
 
     reach = reach_for(reach, device_type)
     result = inference
     if reach > 0 and inference.disparity.size <= max_pixels:
         left_grey, right_grey = (to_contract_color(as_float_image(image, name), 'gray')[0]
                                  for image, name in ((left_image, 'left'), (right_image, 'right')))
-        workers = min(threads if threads > 0 else usable_cpus(), MAX_WORKERS)
+        workers = threads if threads > 0 else usable_cpus()
         disparity = local_search(inference.disparity, left_grey, right_grey, reach, inference.max_disparity,
                                  workers=workers)
         confidence = inference.confidence

@@ -95,9 +95,14 @@ MEDIAN_SIZE_PX: Final = 3
 (k + 1) / 2 px: 3 keeps a 2 px pole or cable, where 5 (a little better on the synthetic set and Motorcycle, level on
 Aloe) would erase it."""
 
-MAX_WORKERS: Final = 64
-"""The most threads :func:`local_search` takes: a bound on its memory (each worker holds one map being computed
-and its temporaries), far above the 2r + 1 maps (9 at the default reach) a step can use at once."""
+WORKER_BYTES_PER_PIXEL: Final = 28
+"""Memory each worker beyond the first adds to the search, per pixel of the input: the map it computes and that
+map's temporaries, about six float32 maps (measured by tracemalloc: up to 22 bytes at 0.3-0.5 MP with 5 workers, 25
+at 3 MP with 9; the search itself holds about 140 on one thread)."""
+
+EXTRA_WORKERS_MEMORY_BYTES: Final = 512 * 2 ** 20
+"""The most memory the workers beyond the first may add: at 4 MP (the node's pixel budget) that allows 5 workers,
+at 1280x720 21, at 640x480 63 (more than a step's maps: 9 at the default reach)."""
 
 _MIN_VARIANCE: Final = 1e-6
 """Floor on a window's variance (grey levels squared) so a flat window correlates 0, not 0 / 0."""
@@ -116,6 +121,12 @@ def reach_for(requested: int, device_type: str) -> int:
     if requested == AUTO:
         return DEFAULT_REACH_PX if device_type == 'cpu' else 0
     return requested
+
+
+def workers_within_memory(pixels: int, workers: int) -> int:
+    """``workers``, or fewer where the extra ones would hold more than :data:`EXTRA_WORKERS_MEMORY_BYTES` on an
+    input of ``pixels`` pixels (:data:`WORKER_BYTES_PER_PIXEL` each); at least 1."""
+    return max(1, min(workers, 1 + EXTRA_WORKERS_MEMORY_BYTES // (WORKER_BYTES_PER_PIXEL * max(pixels, 1))))
 
 
 def _best_window(correlation: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
@@ -353,7 +364,8 @@ def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float3
             at half the size); 0 returns ``disparity`` unchanged.
         max_disparity: the largest shift the answer may take (the network's range in input pixels).
         workers: threads that compute each step's correlation maps at once (module doc): the same answer for any
-            number, in less time where there are cores for them.
+            number, in less time where there are cores for them; fewer on a large input
+            (:func:`workers_within_memory`).
 
     Returns:
         A new ``(H, W)`` float32 array; a pixel not finite or not above 0 in ``disparity``, or where no search
@@ -361,20 +373,20 @@ def local_search(disparity: npt.NDArray[np.float32], left: npt.NDArray[np.float3
         its value. Moved values lie in ``(0, max_disparity]``.
 
     Raises:
-        ValueError: shapes differ, ``reach`` is outside ``[0, MAX_REACH_PX]`` or ``workers`` outside
-            ``[1, MAX_WORKERS]``.
+        ValueError: shapes differ, ``reach`` is outside ``[0, MAX_REACH_PX]`` or ``workers`` is below 1.
     """
     _check_one_size('local_search', disparity, left, right)
     if not 0 <= reach <= MAX_REACH_PX:
         raise ValueError(f'local_search: reach {reach} px is outside [0, {MAX_REACH_PX}]')
-    if not 1 <= workers <= MAX_WORKERS:
-        raise ValueError(f'local_search: workers {workers} is outside [1, {MAX_WORKERS}]')
+    if workers < 1:
+        raise ValueError(f'local_search: workers {workers} must be at least 1')
     answer = np.array(disparity, dtype=np.float32, copy=True)
     if reach == 0:
         return answer
     left, right = np.ascontiguousarray(left, np.float32), np.ascontiguousarray(right, np.float32)
     usable = np.isfinite(answer) & (answer > 0)
     start = np.where(usable, answer, 0).astype(np.float32)
+    workers = workers_within_memory(answer.size, workers)
     with ThreadPoolExecutor(workers, thread_name_prefix='local_search') if workers > 1 else nullcontext() as pool:
         maps = _Maps(pool, workers) if pool is not None else _ONE_THREAD
         start, found_at_half = _from_half_size(start, usable, left, right, reach, max_disparity, maps)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from stereonet_ros.geometry import hidden_from_right_view
-from stereonet_ros.local_search import (_ONE_THREAD, AGGREGATION_SIGMA_PX, AUTO, DEFAULT_REACH_PX, HIDDEN_TOLERANCE_PX,
-                                        MAX_REACH_PX, MAX_WORKERS, MEDIAN_SIZE_PX, MIN_ZNCC, PROPAGATION_STEPS_PX,
-                                        WINDOW_RADIUS_PX, _best_window, _Correlation, _median_where_found, _searched,
-                                        local_search, photometric_agreement, reach_for)
+from stereonet_ros.local_search import (_ONE_THREAD, AGGREGATION_SIGMA_PX, AUTO, DEFAULT_REACH_PX,
+                                        EXTRA_WORKERS_MEMORY_BYTES, HIDDEN_TOLERANCE_PX, MAX_REACH_PX, MEDIAN_SIZE_PX,
+                                        MIN_ZNCC, PROPAGATION_STEPS_PX, WINDOW_RADIUS_PX, WORKER_BYTES_PER_PIXEL,
+                                        _best_window, _Correlation, _median_where_found, _searched, local_search,
+                                        photometric_agreement, reach_for, workers_within_memory)
 
 
 def textured_pair(shift: float, height: int = 60, width: int = 160) -> tuple[np.ndarray, np.ndarray]:
@@ -248,21 +249,56 @@ def test_any_number_of_workers_gives_the_one_threads_answer(workers: int) -> Non
 
 
 def test_workers_bounds() -> None:
-    """1 to MAX_WORKERS threads, ends included; the bound is on memory (each holds a map and its temporaries)."""
+    """At least one worker; any number above is taken (a thousand on a small pair: the same answer)."""
     left, right = textured_pair(5.0, height=20, width=60)
     start = np.full(left.shape, 6.0, np.float32)
     expected = local_search(start, left, right, reach=2, max_disparity=192.0, workers=1)
-    np.testing.assert_array_equal(local_search(start, left, right, reach=2, max_disparity=192.0,
-                                               workers=MAX_WORKERS), expected)
-    for workers in (0, MAX_WORKERS + 1):
-        with pytest.raises(ValueError, match=f'workers {workers} is outside'):
+    np.testing.assert_array_equal(local_search(start, left, right, reach=2, max_disparity=192.0, workers=1000),
+                                  expected)
+    for workers in (0, -1):
+        with pytest.raises(ValueError, match=f'workers {workers} must be at least 1'):
             local_search(start, left, right, reach=2, max_disparity=192.0, workers=workers)
+
+
+def test_fewer_workers_on_a_large_input_so_that_they_add_at_most_the_memory_bound() -> None:
+    """Each worker beyond the first adds WORKER_BYTES_PER_PIXEL a pixel: at most EXTRA_WORKERS_MEMORY_BYTES in all.
+    Pinned at the sizes where one more fits and where it no longer does; the node's 4 MP budget gets 5."""
+    assert workers_within_memory(4_000_000, 64) == 5
+    assert workers_within_memory(1280 * 720, 64) == 21 and workers_within_memory(640 * 480, 64) == 63
+    for extra in (1, 4, 20):
+        largest = EXTRA_WORKERS_MEMORY_BYTES // (WORKER_BYTES_PER_PIXEL * extra)  # the most pixels for `extra`
+        assert workers_within_memory(largest, 64) >= 1 + extra
+        assert workers_within_memory(largest + 1, 64) == extra  # one pixel more: one worker fewer
+        assert workers_within_memory(largest, 2) == 2  # never more than asked for
+    assert workers_within_memory(10 ** 12, 64) == 1 and workers_within_memory(0, 3) == 3
+
+
+def test_a_worker_adds_no_more_memory_than_its_bound_says() -> None:
+    """WORKER_BYTES_PER_PIXEL against what tracemalloc measures (NumPy's and OpenCV's arrays both count): the peak
+    with 5 workers less the peak with 1, over 4 workers and the pixels, stays within it, and above a quarter of it
+    (the workers did run at once). Measured 15.5-20 bytes here on 2 cores (how many run at once varies), 25 at 3 MP
+    with 9 workers."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    left = cv2.GaussianBlur(rng.uniform(0, 255, (400, 800)).astype(np.float32), (0, 0), 2.0) * 6.0
+    right = np.ascontiguousarray(np.roll(left, -20, axis=1))
+    start = np.full(left.shape, 23.0, np.float32)
+    peaks = {}
+    for workers in (1, 5):
+        tracemalloc.start()
+        try:
+            local_search(start, left, right, reach=4, max_disparity=192.0, workers=workers)
+            peaks[workers] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    per_worker_pixel = (peaks[5] - peaks[1]) / 4 / left.size
+    assert WORKER_BYTES_PER_PIXEL / 4 < per_worker_pixel <= WORKER_BYTES_PER_PIXEL
 
 
 def test_the_search_runs_on_as_many_threads_as_the_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each backend hands the steps after the network its own thread count (PyTorch's torch.get_num_threads(), the
-    ONNX Runtime session's, 0 = every usable CPU), bounded by MAX_WORKERS; both searches (before and after the SGBM
-    fallback) take it."""
+    ONNX Runtime session's, 0 = every usable CPU); both searches (before and after the SGBM fallback) take it."""
     import warnings
 
     import torch
@@ -297,7 +333,7 @@ def test_the_search_runs_on_as_many_threads_as_the_network(monkeypatch: pytest.M
             torch.set_num_threads(threads)
         if importlib.util.find_spec('onnxruntime') is None:
             return
-        for session_threads, expected in ((0, min(usable_cpus(), MAX_WORKERS)), (2, 2), (MAX_WORKERS + 1, MAX_WORKERS)):
+        for session_threads, expected in ((0, usable_cpus()), (2, 2), (17, 17)):
             calls.clear()
             predictor = open_predictor(None, device='cpu', backend='onnxruntime', threads=session_threads)
             predictor.infer(left, right, local_search=4)
