@@ -39,8 +39,9 @@ cost volume's candidates then span 1/2.5 of the network's range in input pixels.
 DEFAULT_MAX_PIXELS = 4_000_000
 """Most pixels the network runs on (after the inference scale, before padding) unless told otherwise: a
 size that fits a robot. Measured peak memory on the CPU path: 0.75 MP 841 MiB, 3 MP 1.9 GiB, 5.9 MP
-6.5 GiB (issue 11); 4 MP takes about 3 GiB. A larger pair is run at the largest smaller scale that fits,
-or refused when even :data:`MIN_INFERENCE_SCALE` does not."""
+6.5 GiB (issue 11); 4 MP takes about 3 GiB. The local search's threads beyond the first add at most
+:data:`~stereonet_ros.local_search.EXTRA_WORKERS_MEMORY_BYTES` (512 MiB) to that. A larger pair is run at the
+largest smaller scale that fits, or refused when even :data:`MIN_INFERENCE_SCALE` does not."""
 
 
 class InputError(ValueError):
