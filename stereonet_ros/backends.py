@@ -35,6 +35,13 @@ if TYPE_CHECKING:
 Backend = Literal['auto', 'pytorch', 'onnxruntime']
 BACKENDS: tuple[Backend, ...] = ('auto', 'pytorch', 'onnxruntime')
 
+PrecisionChoice = Literal['auto', 'fp32', 'fp16', 'bf16']
+"""What the node's ``precision`` and the CLIs that mirror it take: a precision, or ``auto``
+(:func:`resolved_precision`)."""
+
+NATIVE_BF16_FLAGS: frozenset[str] = frozenset({'avx512_bf16', 'amx_bf16'})
+"""The CPU flags (Linux's ``/proc/cpuinfo``) of cores that compute bfloat16 natively: AVX512-BF16, AMX."""
+
 
 def export_path(checkpoint: Path, refine: bool = True) -> Path:
     """Where the export of ``checkpoint`` that ``refine`` runs lies beside it (``promote`` writes both):
@@ -145,10 +152,55 @@ def chosen_backend(path: str | os.PathLike[str] | None, device: str, precision: 
     return 'onnxruntime' if usable and runs_on_cpu(device) else 'pytorch'
 
 
-def open_predictor(path: str | os.PathLike[str] | None = None, device: str = 'auto', precision: Precision = 'fp32',
-                   *, backend: Backend = 'auto', threads: int = 0, refine: bool = True) -> Predictor | OnnxPredictor:
+def cpu_flags_say_native_bf16(cpuinfo: str) -> bool:
+    """Whether the ``flags`` of a ``/proc/cpuinfo`` text name a native bfloat16 unit (:data:`NATIVE_BF16_FLAGS`)."""
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(':')
+        if name.strip() == 'flags':
+            return not NATIVE_BF16_FLAGS.isdisjoint(value.split())
+    return False
+
+
+def _cpu_has_native_bf16_flags() -> bool:
+    try:
+        return cpu_flags_say_native_bf16(Path('/proc/cpuinfo').read_text(encoding='utf-8', errors='replace'))
+    except OSError:  # not Linux: nothing says so
+        return False
+
+
+def resolved_precision(precision: PrecisionChoice, path: str | os.PathLike[str] | None, device: str,
+                       backend: Backend = 'auto') -> Precision:
+    """``precision``, or for ``auto``: ``bf16`` for the bundled default (``path`` None) in PyTorch on a CPU that
+    computes bfloat16 natively (its flags name AVX512-BF16 or AMX, and oneDNN agrees), ``fp32`` everywhere else:
+    a checkpoint you name (its bf16 answers are not measured), a GPU (not measured either), a CPU without the unit
+    (oneDNN would emulate it, slower than float32), ``backend`` onnxruntime (its exports run as exported), no
+    PyTorch that imports.
+
+    Why: there the bundled default's network took 0.26-0.27x ONNX Runtime's float32 time and the node's CPU
+    default call 0.54x, with the same dense figures to within 0.03 px on both real pairs and the synthetic set
+    (``benchmarks/cpu_precision.py``; README, ``precision``). PyTorch is imported only where the flags say yes.
+    """
+    if precision != 'auto':
+        return precision
+    if path is not None or backend == 'onnxruntime':
+        return 'fp32'
+    if importlib.util.find_spec('torch') is None or not _cpu_has_native_bf16_flags():
+        return 'fp32'
+    try:
+        if not runs_on_cpu(device):
+            return 'fp32'
+        from stereonet_ros.precision import cpu_has_native_bf16
+
+        return 'bf16' if cpu_has_native_bf16() else 'fp32'
+    except ImportError:  # PyTorch present but not importable: the torch-free path
+        return 'fp32'
+
+
+def open_predictor(path: str | os.PathLike[str] | None = None, device: str = 'auto',
+                   precision: PrecisionChoice = 'fp32', *, backend: Backend = 'auto', threads: int = 0,
+                   refine: bool = True) -> Predictor | OnnxPredictor:
     """Open ``path`` (``None`` = the bundled default) for inference with the backend
-    :func:`chosen_backend` picks.
+    :func:`chosen_backend` picks, at ``precision`` (``auto``: :func:`resolved_precision`).
 
     ``threads`` > 0 sets the CPU threads the network runs on: the ONNX Runtime session's, or PyTorch's,
     which is process-wide (``torch.set_num_threads``); 0 leaves each backend's default (all cores). The steps after
@@ -160,6 +212,7 @@ def open_predictor(path: str | os.PathLike[str] | None = None, device: str = 'au
     """
     if threads < 0:
         raise InputError(f'threads {threads}: must be >= 0')
+    precision = resolved_precision(precision, path, device, backend)
     if chosen_backend(path, device, precision, backend, refine) == 'onnxruntime':
         from stereonet_ros.onnx_backend import OnnxPredictor
 

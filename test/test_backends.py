@@ -133,6 +133,61 @@ def test_a_stale_default_export_falls_back_to_pytorch_or_is_refused(monkeypatch:
         chosen_backend(None, 'cpu', 'fp32', 'onnxruntime', refine=refine)
 
 
+@pytest.mark.parametrize(('cpuinfo', 'native'), [
+    ('processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni\n', True),  # Zen 4
+    ('flags\t\t: fpu avx512f amx_bf16 amx_tile amx_int8\n', True),  # AMX alone names it
+    ('flags\t\t: fpu avx2 avx512f avx512bw avx512dq avx512vl avx512_vnni\n', False),  # AVX-512, no BF16 unit
+    ('flags\t\t: fpu avx2\nbugs\t\t: avx512_bf16\n', False),  # only the flags line counts
+    ('Features\t: fp asimd evtstrm bf16\n', False),  # an ARM core's features: not oneDNN's x86 units
+    ('', False),
+])
+def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo: str, native: bool) -> None:
+    assert backends.cpu_flags_say_native_bf16(cpuinfo) is native
+
+
+def test_precision_auto_is_bf16_only_for_pytorch_on_a_cpu_with_native_bf16(monkeypatch: pytest.MonkeyPatch,
+                                                                          no_gpu: None) -> None:
+    """Where the flags name the unit and oneDNN agrees, the bundled default on the CPU runs in bf16 (what was
+    measured); a checkpoint file or an .onnx file, backend onnxruntime, a GPU and a CPU without the unit run in
+    fp32, and a precision named is kept (a bf16 the machine cannot run is still refused where it is opened)."""
+    from stereonet_ros.precision import cpu_has_native_bf16
+
+    monkeypatch.setattr(backends, '_cpu_has_native_bf16_flags', lambda: True)
+    expected = 'bf16' if cpu_has_native_bf16() else 'fp32'  # oneDNN has the last word
+    assert backends.resolved_precision('auto', None, 'cpu') == expected
+    assert backends.resolved_precision('auto', None, 'auto', 'pytorch') == expected  # no NVIDIA device node here
+    assert backends.resolved_precision('auto', 'weights.safetensors', 'cpu', 'pytorch') == 'fp32'
+    assert backends.resolved_precision('auto', None, 'cpu', 'onnxruntime') == 'fp32'
+    assert backends.resolved_precision('auto', 'model.onnx', 'cpu') == 'fp32'
+    assert backends.resolved_precision('auto', None, 'cuda:0') == 'fp32'
+    for named in ('fp32', 'bf16', 'fp16'):
+        assert backends.resolved_precision(named, None, 'cpu', 'onnxruntime') == named  # type: ignore[arg-type]
+    monkeypatch.setattr(backends, '_cpu_has_native_bf16_flags', lambda: False)
+    assert backends.resolved_precision('auto', None, 'cpu') == 'fp32'
+    predictor = backends.open_predictor(None, device='cpu', precision='auto')
+    assert predictor.precision == 'fp32' and type(predictor).__name__ == 'OnnxPredictor'  # the torch-free default
+
+
+@pytest.mark.parametrize('installed', [False, True])
+def test_precision_auto_without_a_pytorch_that_imports_is_fp32_in_onnx_runtime(tmp_path: Path,
+                                                                               installed: bool) -> None:
+    """PyTorch not installed, or installed and failing to import (a package that raises ImportError first on the
+    path): auto is fp32 even where the CPU flags name a bfloat16 unit, and the bundled default runs in ONNX
+    Runtime."""
+    blocked = tmp_path / 'blocked' / 'torch'
+    blocked.mkdir(parents=True)
+    (blocked / '__init__.py').write_text("raise ImportError('torch is blocked for this test')\n")
+    script = ("import importlib.util, sys; real = importlib.util.find_spec; "
+              + ("" if installed else "importlib.util.find_spec = lambda name, *a: None if name == 'torch' else "
+                 "real(name, *a); ")
+              + f"sys.path.insert(0, {str(blocked.parent)!r}); from stereonet_ros import backends; "
+              "backends._cpu_has_native_bf16_flags = lambda: True; "
+              "p = backends.open_predictor(None, device='cpu', precision='auto'); "
+              "print(backends.resolved_precision('auto', None, 'cpu'), type(p).__name__, p.precision)")
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ['fp32', 'OnnxPredictor', 'fp32'], result.stderr
+
+
 def test_device_auto_without_nvidia_device_nodes_is_the_cpu_without_importing_pytorch(tmp_path: Path) -> None:
     script = (f"import sys; from pathlib import Path; from stereonet_ros import backends; "
               f"backends.NVIDIA_DEVICE_NODES = (Path({str(tmp_path / 'nvidiactl')!r}),); "

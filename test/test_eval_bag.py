@@ -223,7 +223,8 @@ def test_min_confidence_leaves_holes_where_the_node_would_and_a_bad_one_exits_wi
     write_stereo_bag(tmp_path / 'bag', [pair], gt='disparity')
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the default is marked preliminary
-        predictor = open_predictor(None, device='cpu')  # eval-bag's backend choice (its export, where present)
+        # eval-bag's backend and precision choice (its export in fp32, where present; bf16 where the CPU has it)
+        predictor = open_predictor(None, device='cpu', precision='auto')
     answer = predictor.infer(pair.left, pair.right, with_confidence=True, local_search=AUTO)
     assert answer.confidence is not None
     threshold = float(np.sort(answer.confidence.ravel())[answer.confidence.size // 2])  # a value a pixel holds
@@ -260,7 +261,7 @@ def test_no_sgbm_fallback_and_no_fill_occlusions_reach_the_predictor_and_are_ref
     write_stereo_bag(tmp_path / 'bag', [pair], gt='disparity')
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the default is marked preliminary
-        predictor = open_predictor(None, device='cpu')
+        predictor = open_predictor(None, device='cpu', precision='auto')  # eval-bag's choices
     common = ['--device', 'cpu', '--gt-topic', GT_TOPIC, '--no-progress']
     for flags, fallback in ((['--no-fill-occlusions'], True), (['--no-sgbm-fallback', '--no-fill-occlusions'], False)):
         out = tmp_path / f'report-{fallback}'

@@ -26,7 +26,7 @@ def test_stereo_image_proc_names_and_defaults_are_kept() -> None:
     config = NodeConfig()
     assert (config.queue_size, config.approximate_sync, config.approximate_sync_tolerance_seconds) == (5, False, 0.0)
     assert (config.use_color, config.avoid_point_cloud_padding, config.use_system_default_qos) == (True, False, False)
-    assert (config.checkpoint, config.device, config.precision) == ('', 'auto', 'fp32')
+    assert (config.checkpoint, config.device, config.precision) == ('', 'auto', 'auto')
 
 
 def test_every_parameter_has_a_description_and_numbers_have_a_range() -> None:

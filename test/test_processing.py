@@ -220,10 +220,11 @@ def default_processor() -> StereoProcessor:
 
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the bundled checkpoint is marked preliminary
-        # As the node opens it (on a CPU, the bundled default runs in ONNX Runtime), and as stereonet-infer does.
+        # As the node opens it (its default precision, auto: on a CPU the bundled default runs in ONNX Runtime in
+        # fp32, or in PyTorch in bf16 where the CPU has it natively), and as stereonet-infer does.
         from stereonet_ros.backends import open_predictor
 
-        return StereoProcessor(open_predictor(device='cpu'))
+        return StereoProcessor(open_predictor(device='cpu', precision=NodeConfig().precision))
 
 
 @pytest.mark.parametrize('kind', ['rgb', 'gray'])

@@ -3,7 +3,7 @@
     stereonet-eval-bag BAG... --out DIR [--gt-topic TOPIC] [--left-topic T] [--right-topic T]
                        [--left-info-topic T] [--right-info-topic T] [--approximate-sync]
                        [--sync-tolerance S] [--queue-size N] [--checkpoint PATH] [--backend auto] [--device auto]
-                       [--precision fp32] [--inference-scale S] [--no-refine] [--local-search PX] [--min-confidence T]
+                       [--precision auto] [--inference-scale S] [--no-refine] [--local-search PX] [--min-confidence T]
                        [--write-bag]
                        [--max-frames N]
                        [--no-progress]
@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stereonet_ros.cli import PRECISION_HELP, PRECISIONS, add_after_search_flags
+from stereonet_ros.cli import NODE_PRECISION_HELP, NODE_PRECISIONS, add_after_search_flags
 from stereonet_ros.evaluation.metrics import DEPTH_RANGE_EDGES  # numpy only: --help stays fast
 from stereonet_ros.evaluation.replay import (DEFAULT_LEFT_INFO_TOPIC, DEFAULT_LEFT_TOPIC, DEFAULT_QUEUE_SIZE,
                                              DEFAULT_RIGHT_INFO_TOPIC, DEFAULT_RIGHT_TOPIC)
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'auto' (the default) runs the bundled default in ONNX Runtime on a CPU in fp32 and in "
                         'PyTorch otherwise, a checkpoint file in PyTorch, an .onnx file in ONNX Runtime; as the node')
     parser.add_argument('--device', help="'auto' (CUDA when available; the default), 'cpu', 'cuda', 'cuda:N'")
-    parser.add_argument('--precision', choices=PRECISIONS, help=PRECISION_HELP)
+    parser.add_argument('--precision', choices=NODE_PRECISIONS, help=NODE_PRECISION_HELP)
     parser.add_argument('--inference-scale', type=float, metavar='S',
                         help='run the network on each pair resized by S, in [0.1, 2.5], in this process or in the '
                         'node this run starts (its inference_scale parameter); disparities come back at the input '
@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter('always', UntrainedPlaceholderWarning)
                     predictor = open_predictor(arguments.checkpoint, device=device,
-                                               precision=arguments.precision or 'fp32',
+                                               precision=arguments.precision or 'auto',
                                                backend=arguments.backend or 'auto', refine=not arguments.no_refine)
                 for warning in caught:
                     print(f'{PROGRAM}: warning: {warning.message}', file=sys.stderr)
@@ -395,7 +395,7 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
     scale = 1.0 if arguments.inference_scale is None else float(arguments.inference_scale)
     with NodeProcess(node_folder, settings.domain_id or 0, str(checkpoint_path) if checkpoint_path else None,
                      arguments.device or 'auto', executable=arguments.node_executable,
-                     extra_parameters={'precision': arguments.precision or 'fp32',
+                     extra_parameters={'precision': arguments.precision or 'auto',
                                        'backend': arguments.backend or 'auto', 'inference_scale': repr(scale),
                                        'refine': 'false' if arguments.no_refine else 'true',
                                        'local_search_px': str(AUTO if arguments.local_search is None
@@ -413,7 +413,7 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
                    checkpoint=str(arguments.checkpoint) if arguments.checkpoint else 'bundled default',
                    checkpoint_note=str(checkpoint.provenance.get('note', '')),
                    placeholder=bool(checkpoint.provenance.get('placeholder')), device=device,
-                   precision=playback.node_diagnostics.get('precision', arguments.precision or 'fp32'),
+                   precision=playback.node_diagnostics.get('precision', arguments.precision or 'auto'),
                    max_disparity=float(checkpoint.contract.max_disparity) / scale)
 
 

@@ -1,7 +1,7 @@
 """stereonet-infer: disparity for one rectified stereo pair.
 
     stereonet-infer LEFT RIGHT --out OUT.(npy|pfm) [--color OUT.png] [--gt GT.(pfm|npy)]
-                    [--checkpoint PATH] [--backend auto] [--device auto] [--precision fp32]
+                    [--checkpoint PATH] [--backend auto] [--device auto] [--precision auto]
                     [--inference-scale 1.0] [--no-refine] [--local-search PX]
 
 Writes the left-view disparity, float32 pixels of the input (at the input size whatever
@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from stereonet_ros.cli import PRECISION_HELP, PRECISIONS, add_after_search_flags
+from stereonet_ros.cli import NODE_PRECISION_HELP, NODE_PRECISIONS, add_after_search_flags
 
 PROGRAM = 'stereonet-infer'
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'auto' runs the bundled default in ONNX Runtime on a CPU in fp32 and in PyTorch "
                         'otherwise, a checkpoint file in PyTorch, an .onnx file in ONNX Runtime (default auto)')
     parser.add_argument('--device', default='auto', help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'")
-    parser.add_argument('--precision', default='fp32', choices=PRECISIONS, help=PRECISION_HELP)
+    parser.add_argument('--precision', default='auto', choices=NODE_PRECISIONS, help=NODE_PRECISION_HELP)
     parser.add_argument('--inference-scale', type=float, default=1.0, metavar='S',
                         help='run the network on the pair resized by S, in [0.1, 2.5] (above 1: finer, about S^2 '
                         'the time); the disparity comes back at the input size, in input pixels (default 1)')
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if broken:  # finite images in: only the weights (or fp16 overflow) can do this; write nothing
             raise CheckpointError(f'the network gave non-finite disparities ({broken} of {disparity.size} pixels) '
                                   f'with checkpoint {arguments.checkpoint or "bundled default"} at precision '
-                                  f'{arguments.precision}')
+                                  f'{predictor.precision}')
         write_disparity(arguments.out, disparity)
         if arguments.color is not None:
             write_png(arguments.color, colorize_disparity(disparity, vmin=0.0))
