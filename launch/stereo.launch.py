@@ -147,8 +147,9 @@ def generate_launch_description():
         DeclareLaunchArgument('device', default_value='',
                               description="auto, cpu, cuda or cuda:N; '' = the params file's (auto)"),
         DeclareLaunchArgument('precision', default_value='',
-                              description="auto (bf16 on a CPU with native bfloat16 in PyTorch, else fp32), fp32, "
-                              "bf16 (GPU, or CPU with native bfloat16) or fp16 (GPU); '' = the params file's (auto)"),
+                              description="auto (the bundled default in bf16 on a CPU with native bfloat16, else "
+                              "fp32), fp32, bf16 (GPU, or CPU with native bfloat16) or fp16 (GPU); '' = the params "
+                              "file's (auto)"),
         DeclareLaunchArgument('inference_scale', default_value='',
                               description="Network on the pair resized by this, 0.1..2.5 (above 1: finer, "
                               "slower); '' = the params file's (1.0)"),

@@ -110,9 +110,10 @@ class NodeConfig:
         "Runtime; 'pytorch' or 'onnxruntime' to insist", choices=BACKENDS)
     device: str = _param('auto', "Inference device: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:N'")
     precision: PrecisionChoice = _param(
-        'auto', "Inference precision; 'auto' = 'bf16' where the network runs in PyTorch on a CPU with native "
-        "bfloat16 (AVX512-BF16, AMX: there a third of float32's time, the same figures), else 'fp32'; 'fp16' needs "
-        "a CUDA device, 'bf16' a GPU or a CPU with native bfloat16", choices=('auto', 'fp32', 'fp16', 'bf16'))
+        'auto', "Inference precision; 'auto' = 'bf16' for the bundled default (in PyTorch) on a CPU with native "
+        "bfloat16 (AVX512-BF16, AMX: there a third of ONNX Runtime's float32 time, the same figures), else 'fp32'; "
+        "'fp16' needs a CUDA device, 'bf16' a GPU or a CPU with native bfloat16",
+        choices=('auto', 'fp32', 'fp16', 'bf16'))
     min_disparity: float = _param(
         0.0, 'Smallest valid disparity, pixels (DisparityImage.min_disparity); smaller values are invalid '
         'and written as min_disparity - 1. stereo_image_proc\'s range, -2048..2048; for this node it is a '

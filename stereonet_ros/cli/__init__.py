@@ -10,9 +10,9 @@ PRECISION_HELP = ("inference precision: 'fp32' (default), 'bf16' (a GPU, or a CP
                   "half the CPU time), 'fp16' (a GPU)")
 NODE_PRECISIONS = ('auto', *PRECISIONS)
 """What the node's ``precision`` takes, for the CLIs that run the bundled default as the node does."""
-NODE_PRECISION_HELP = ("inference precision, as the node's: 'auto' (default: bf16 where the network runs in PyTorch on "
-                       "a CPU with native bfloat16, AVX512-BF16 or AMX, else fp32), 'fp32', 'bf16' (a GPU, or a CPU "
-                       "with native bfloat16), 'fp16' (a GPU)")
+NODE_PRECISION_HELP = ("inference precision, as the node's: 'auto' (default: bf16 for the bundled default on a CPU "
+                       "with native bfloat16, AVX512-BF16 or AMX, else fp32), 'fp32', 'bf16' (a GPU, or a CPU with "
+                       "native bfloat16), 'fp16' (a GPU)")
 
 
 def add_after_search_flags(parser: argparse.ArgumentParser, where: str = '') -> None:
