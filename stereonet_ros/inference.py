@@ -71,6 +71,7 @@ from stereonet_ros.inference_common import (DEFAULT_CHECKPOINT, DEFAULT_MAX_PIXE
                                             check_min_confidence, checked_image, checked_pair, fitted_scale,
                                             network_confidence_needed, padded_size, scaled_size, searched,
                                             to_contract_color, warn_about_provenance)
+from stereonet_ros.left_right_check import mirrored
 from stereonet_ros.model.checkpoint import Checkpoint, InputContract, load_checkpoint
 from stereonet_ros.model.stereonet import (StereoNet, StereoNetConfig, fold_batchnorm, matching_confidence,
                                            to_channels_last)
@@ -508,7 +509,7 @@ class Predictor(CheckpointFacts):
 
     def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, *, scale: float = 1.0,
               with_confidence: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, local_search: int = 0,
-              sgbm_fallback: bool = True, fill_occlusions: bool = True) -> Inference:
+              sgbm_fallback: bool = True, fill_occlusions: bool = True, left_right_check: bool = False) -> Inference:
         """The one inference path (node, CLIs, evaluators): colour, scale, network, confidence, back to input
         pixels, then the local search and the SGBM fallback (on the host, on as many threads as PyTorch's on the
         CPU: ``torch.get_num_threads()``).
@@ -530,6 +531,9 @@ class Predictor(CheckpointFacts):
                 confidence is then computed whether or not ``with_confidence`` asks for it.
             fill_occlusions: with the local search, last, the pixels the answer says are hidden from the right
                 camera and is unsure of take their row's background (:mod:`stereonet_ros.occlusion_fill`).
+            left_right_check: with the local search, the network and the same steps also answer for the right
+                view (on the mirrored pair: about twice the time), and the pixels whose match there disagrees
+                are unsure (:mod:`stereonet_ros.left_right_check`).
 
         Raises:
             InputError: shapes, dtypes or sizes the predictor cannot use, a scale or reach out of range, or a
@@ -542,21 +546,31 @@ class Predictor(CheckpointFacts):
         scale = fitted_scale(height, width, scale, max_pixels)
         network_size = scaled_size(height, width, scale)
         need_confidence = network_confidence_needed(with_confidence, local_search, sgbm_fallback, self.device.type,
-                                                    self.has_confidence, fill_occlusions)
-        answer = self._answer(left_image, right_image, network_size, need_confidence)
+                                                    self.has_confidence, fill_occlusions, left_right_check)
+        inference = self._network(left_image, right_image, network_size, need_confidence, scale)
         pixels = network_size[0] * network_size[1]
         if self.device.type == 'cpu' and pixels > 2 * self._last_pixels > 0:
             # A rare large frame grew the heap that the tuned allocator keeps: give its pages back now
             # rather than hold the peak for ever (issue 11: a 2000x1500 pair left RSS 1.0 GB, was 0.69 GB).
             release_free_memory()
         self._last_pixels = pixels
-        ratio = width / network_size[1]  # disparity scales with the width
-        inference = Inference(disparity=answer[0], confidence=answer[1] if need_confidence else None,
-                              max_disparity=float(self.contract.max_disparity) * ratio, network_size=network_size,
-                              scale=scale)
+
+        def right_view() -> Inference:
+            return self._network(mirrored(right_image), mirrored(left_image), network_size, need_confidence, scale)
+
         return searched(inference, left_image, right_image, local_search, self.device.type, max_pixels,
                         sgbm_fallback=sgbm_fallback, fill_occlusions=fill_occlusions,
-                        with_confidence=with_confidence, threads=torch.get_num_threads())
+                        with_confidence=with_confidence, threads=torch.get_num_threads(),
+                        right_view=right_view if left_right_check else None)
+
+    def _network(self, left_image: npt.NDArray[Any], right_image: npt.NDArray[Any], network_size: tuple[int, int],
+                 with_confidence: bool, scale: float) -> Inference:
+        """The network's answer for the checked pair, at the input's size and in its pixels."""
+        answer = self._answer(left_image, right_image, network_size, with_confidence)
+        ratio = left_image.shape[1] / network_size[1]  # disparity scales with the width
+        return Inference(disparity=answer[0], confidence=answer[1] if with_confidence else None,
+                         max_disparity=float(self.contract.max_disparity) * ratio, network_size=network_size,
+                         scale=scale)
 
     def predict(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0) -> npt.NDArray[np.float32]:
         """Left-view disparity ``(H, W)`` float32 in pixels of the input: :meth:`infer`'s ``disparity``.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -233,19 +234,21 @@ def check_min_confidence(threshold: float) -> float:
 
 
 def network_confidence_needed(with_confidence: bool, reach: int, sgbm_fallback: bool, device_type: str,
-                              has_confidence: bool, fill_occlusions: bool = False) -> bool:
+                              has_confidence: bool, fill_occlusions: bool = False,
+                              left_right_check: bool = False) -> bool:
     """Whether a pass must compute the network's confidence: asked for, or for :func:`searched`'s
-    :mod:`~stereonet_ros.sgbm_fallback` or :mod:`~stereonet_ros.occlusion_fill` (which pick their pixels by it),
-    when the model has one."""
+    :mod:`~stereonet_ros.sgbm_fallback`, :mod:`~stereonet_ros.occlusion_fill` or
+    :mod:`~stereonet_ros.left_right_check` (which pick their pixels by it), when the model has one."""
     from stereonet_ros.local_search import reach_for
 
-    return with_confidence or ((sgbm_fallback or fill_occlusions) and has_confidence
+    return with_confidence or ((sgbm_fallback or fill_occlusions or left_right_check) and has_confidence
                                and reach_for(reach, device_type) > 0)
 
 
 def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: npt.NDArray[Any],
              reach: int, device_type: str, max_pixels: int, *, sgbm_fallback: bool = True,
-             fill_occlusions: bool = True, with_confidence: bool = True, threads: int = 1) -> Inference:
+             fill_occlusions: bool = True, with_confidence: bool = True, threads: int = 1,
+             right_view: Callable[[], Inference] | None = None) -> Inference:
     """``inference`` after :func:`~stereonet_ros.local_search.local_search` within ``reach`` px (0: as it is;
     :data:`~stereonet_ros.local_search.AUTO`: as suits a network on ``device_type``), on the grey (BT.601 luma)
     images of the pair as given: the one place both backends apply it. The search runs at the input's size and
@@ -255,13 +258,17 @@ def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: np
     :func:`~stereonet_ros.local_search.photometric_agreement`. With ``sgbm_fallback`` (and a confidence), the
     pixels the searched answer is unsure of then take SGBM's answer where :mod:`~stereonet_ros.sgbm_fallback`'s
     rules hold, and where any did the search runs again from that answer; the confidence is then the lesser of
-    the first one and the network's times the new answer's agreement. With ``fill_occlusions`` (and a confidence),
-    last, the pixels that answer says are hidden from the right camera and whose confidence is below 0.5 take their
-    row's background (:mod:`~stereonet_ros.occlusion_fill`). ``with_confidence=False`` drops the confidence from
-    the result (a pass that computed it only for those steps). ``threads``: the CPU threads the network runs on
-    (0 = every usable CPU), as many as the search computes its correlation maps on (fewer on a large input:
+    the first one and the network's times the new answer's agreement. With ``right_view`` (and a confidence), the
+    left-right check (:mod:`~stereonet_ros.left_right_check`): ``right_view()`` is the network's answer on the
+    mirrored pair (called only here, so only when these steps run), the same steps give the right view's answer,
+    and the pixels whose match there disagrees are the unsure ones. With ``fill_occlusions`` (and a confidence),
+    last, the pixels that answer says are hidden from the right camera (with the check: that disagree) and whose
+    confidence is below 0.5 take their row's background (:mod:`~stereonet_ros.occlusion_fill`); then the check
+    halves the disagreeing pixels' confidence. ``with_confidence=False`` drops the confidence from the result (a
+    pass that computed it only for those steps). ``threads``: the CPU threads the network runs on (0 = every usable
+    CPU), as many as the search computes its correlation maps on (fewer on a large input:
     :func:`~stereonet_ros.local_search.workers_within_memory`; the same answer for any number)."""
-    from stereonet_ros.local_search import local_search, photometric_agreement, reach_for
+    from stereonet_ros.local_search import reach_for
 
     reach = reach_for(reach, device_type)
     result = inference
@@ -269,31 +276,56 @@ def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: np
         left_grey, right_grey = (to_contract_color(as_float_image(image, name), 'gray')[0]
                                  for image, name in ((left_image, 'left'), (right_image, 'right')))
         workers = threads if threads > 0 else usable_cpus()
-        disparity = local_search(inference.disparity, left_grey, right_grey, reach, inference.max_disparity,
-                                 workers=workers)
-        confidence = inference.confidence
+        disparity, confidence = _search_steps(inference, left_grey, right_grey, reach, sgbm_fallback, workers)
         if confidence is not None:
-            agreement = photometric_agreement(disparity, left_grey, right_grey)
-            confidence = confidence * agreement
-            if sgbm_fallback:
-                from stereonet_ros.sgbm_fallback import sgbm_fallback as fallback
+            disagrees = None
+            if right_view is not None:
+                from stereonet_ros.left_right_check import mirrored, right_view_disagrees
 
-                disparity, taken = fallback(disparity, confidence, agreement, left_grey, right_grey,
-                                            inference.max_disparity)
-                if taken.any():
-                    # SGBM's answers are starts the search has not seen: searching again carries them to the
-                    # neighbours SGBM left unanswered and refines them. The confidence only falls, so that every
-                    # answer from SGBM stays below the fallback's threshold (min_confidence 0.7 removes them all).
-                    disparity = local_search(disparity, left_grey, right_grey, reach, inference.max_disparity,
-                                             workers=workers)
-                    confidence = np.minimum(confidence, inference.confidence
-                                            * photometric_agreement(disparity, left_grey, right_grey))
+                # The mirrored pair's left image is the right one: its answer, mirrored back, is the right view's.
+                right_disparity, _ = _search_steps(right_view(), mirrored(right_grey), mirrored(left_grey), reach,
+                                                   sgbm_fallback, workers)
+                disagrees = right_view_disagrees(disparity, mirrored(right_disparity))
             if fill_occlusions:
                 from stereonet_ros.occlusion_fill import background_where_hidden
 
-                disparity, _ = background_where_hidden(disparity, confidence)
+                # By the confidence before the check's factor, which would put every disagreeing pixel below the
+                # fill's threshold: filling them all was worse on Aloe (docs/depth_quality.md).
+                disparity, _ = background_where_hidden(disparity, confidence, disagrees)
+            if disagrees is not None:
+                from stereonet_ros.left_right_check import checked_confidence
+
+                confidence = checked_confidence(confidence, disagrees)
         result = replace(inference, disparity=disparity, confidence=confidence)
     return result if with_confidence else replace(result, confidence=None)
+
+
+def _search_steps(inference: Inference, left_grey: npt.NDArray[np.float32], right_grey: npt.NDArray[np.float32],
+                  reach: int, sgbm_fallback: bool, workers: int
+                  ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
+    """(disparity, confidence | None) of :func:`searched`'s search and SGBM fallback on one view's grey pair."""
+    from stereonet_ros.local_search import local_search, photometric_agreement
+
+    disparity = local_search(inference.disparity, left_grey, right_grey, reach, inference.max_disparity,
+                             workers=workers)
+    confidence = inference.confidence
+    if confidence is not None:
+        agreement = photometric_agreement(disparity, left_grey, right_grey)
+        confidence = confidence * agreement
+        if sgbm_fallback:
+            from stereonet_ros.sgbm_fallback import sgbm_fallback as fallback
+
+            disparity, taken = fallback(disparity, confidence, agreement, left_grey, right_grey,
+                                        inference.max_disparity)
+            if taken.any():
+                # SGBM's answers are starts the search has not seen: searching again carries them to the
+                # neighbours SGBM left unanswered and refines them. The confidence only falls, so that every
+                # answer from SGBM stays below the fallback's threshold (min_confidence 0.7 removes them all).
+                disparity = local_search(disparity, left_grey, right_grey, reach, inference.max_disparity,
+                                         workers=workers)
+                confidence = np.minimum(confidence, inference.confidence
+                                        * photometric_agreement(disparity, left_grey, right_grey))
+    return disparity, confidence
 
 
 def fitted_scale(height: int, width: int, scale: float, max_pixels: int) -> float:

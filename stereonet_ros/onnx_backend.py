@@ -32,6 +32,7 @@ from stereonet_ros.inference_common import (DEFAULT_MAX_PIXELS, CheckpointFacts,
                                             check_local_search, checked_pair, fitted_scale, network_confidence_needed,
                                             padded_size, resize_array, scaled_size, searched, to_contract_color,
                                             warn_about_provenance)
+from stereonet_ros.left_right_check import mirrored
 from stereonet_ros.model.checkpoint import CheckpointError
 from stereonet_ros.model.onnx_metadata import INPUT_NAMES, OnnxMetadata, read_metadata_map
 
@@ -257,7 +258,7 @@ class OnnxPredictor(CheckpointFacts):
 
     def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, *, scale: float = 1.0,
               with_confidence: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, local_search: int = 0,
-              sgbm_fallback: bool = True, fill_occlusions: bool = True) -> Inference:
+              sgbm_fallback: bool = True, fill_occlusions: bool = True, left_right_check: bool = False) -> Inference:
         """:meth:`Predictor.infer <stereonet_ros.inference.Predictor.infer>` through ONNX Runtime: same
         arguments, same answer (within 0.01 px for an fp32 export). The steps after the network run on
         ``threads`` threads, as the session does (0: every usable CPU).
@@ -272,11 +273,24 @@ class OnnxPredictor(CheckpointFacts):
             raise InputError(f'the ONNX model {self.path.name} has no confidence output; export it with '
                              'stereonet-export --confidence')
         left_image, right_image = checked_pair(left, right)
-        height, width = left_image.shape[:2]
-        scale = fitted_scale(height, width, scale, max_pixels)
-        network_size = scaled_size(height, width, scale)
+        scale = fitted_scale(*left_image.shape[:2], scale, max_pixels)
+        network_size = scaled_size(*left_image.shape[:2], scale)
         need_confidence = network_confidence_needed(with_confidence, local_search, sgbm_fallback, self.device.type,
-                                                    self.has_confidence, fill_occlusions)
+                                                    self.has_confidence, fill_occlusions, left_right_check)
+        inference = self._network(left_image, right_image, network_size, need_confidence, scale)
+
+        def right_view() -> Inference:
+            return self._network(mirrored(right_image), mirrored(left_image), network_size, need_confidence, scale)
+
+        return searched(inference, left_image, right_image, local_search, self.device.type, max_pixels,
+                        sgbm_fallback=sgbm_fallback, fill_occlusions=fill_occlusions,
+                        with_confidence=with_confidence, threads=self.threads,
+                        right_view=right_view if left_right_check else None)
+
+    def _network(self, left_image: npt.NDArray[Any], right_image: npt.NDArray[Any], network_size: tuple[int, int],
+                 need_confidence: bool, scale: float) -> Inference:
+        """The network's answer for the checked pair, at the input's size and in its pixels."""
+        height, width = left_image.shape[:2]
         padded = self.padded_size(*network_size)
         inputs = []
         for image, side in ((left_image, 'left'), (right_image, 'right')):
@@ -296,14 +310,10 @@ class OnnxPredictor(CheckpointFacts):
             if need_confidence:
                 cropped[1] = bilinear_array(cropped[1], (height, width))
         confidence = np.clip(cropped[1], 0.0, 1.0)[0, 0] if need_confidence else None
-        inference = Inference(disparity=np.ascontiguousarray(cropped[0][0, 0], dtype=np.float32),
-                              confidence=None if confidence is None else np.ascontiguousarray(confidence,
-                                                                                              dtype=np.float32),
-                              max_disparity=float(self.contract.max_disparity) * ratio, network_size=network_size,
-                              scale=scale)
-        return searched(inference, left_image, right_image, local_search, self.device.type, max_pixels,
-                        sgbm_fallback=sgbm_fallback, fill_occlusions=fill_occlusions,
-                        with_confidence=with_confidence, threads=self.threads)
+        return Inference(disparity=np.ascontiguousarray(cropped[0][0, 0], dtype=np.float32),
+                         confidence=None if confidence is None else np.ascontiguousarray(confidence, dtype=np.float32),
+                         max_disparity=float(self.contract.max_disparity) * ratio, network_size=network_size,
+                         scale=scale)
 
     def predict(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0) -> npt.NDArray[np.float32]:
         """Left-view disparity ``(H, W)`` float32 in pixels of the input: :meth:`infer`'s ``disparity``."""

@@ -213,7 +213,8 @@ class StereoProcessor:
 
     def infer(self, left: npt.ArrayLike, right: npt.ArrayLike, scale: float = 1.0, with_confidence: bool = False,
               max_pixels: int = DEFAULT_MAX_PIXELS, local_search: int = 0, sgbm_fallback: bool = True,
-              fill_occlusions: bool = True) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None, float]:
+              fill_occlusions: bool = True, left_right_check: bool = False
+              ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None, float]:
         """:meth:`Predictor.infer <stereonet_ros.inference.Predictor.infer>` as a tuple:
         ``(shift, confidence | None, max_shift)``, all at the input's size and in its pixels.
 
@@ -226,7 +227,7 @@ class StereoProcessor:
         """
         answer = self.predictor.infer(left, right, scale=scale, with_confidence=with_confidence, max_pixels=max_pixels,
                                       local_search=local_search, sgbm_fallback=sgbm_fallback,
-                                      fill_occlusions=fill_occlusions)
+                                      fill_occlusions=fill_occlusions, left_right_check=left_right_check)
         return answer.disparity, answer.confidence, answer.max_disparity
 
     def process(self, left: npt.ArrayLike, right: npt.ArrayLike, camera: StereoCamera, config: NodeConfig,
@@ -237,7 +238,8 @@ class StereoProcessor:
             left, right: decoded images (``decode_pair``), ``(H, W)`` or ``(H, W, 3)``.
             camera: the pair's camera model; its size must equal the images'.
             config: the node's parameters (``min_disparity``, ``min_confidence``, ``inference_scale``,
-                ``local_search_px``, ``sgbm_fallback``, ``fill_occlusions``, ``max_pixels``, ``use_color``,
+                ``local_search_px``, ``sgbm_fallback``, ``fill_occlusions``, ``left_right_check``, ``max_pixels``,
+                ``use_color``,
                 ``avoid_point_cloud_padding`` are used).
             outputs: which outputs to compute.
             rgb: ``(H, W, 3)`` uint8 left colours for the cloud, or ``None`` (no rgb field), or a function
@@ -260,7 +262,8 @@ class StereoProcessor:
         answer = self.predictor.infer(left_array, right_array, scale=config.inference_scale,
                                       with_confidence=want_confidence, max_pixels=config.max_pixels,
                                       local_search=config.local_search_px, sgbm_fallback=config.sgbm_fallback,
-                                      fill_occlusions=config.fill_occlusions)
+                                      fill_occlusions=config.fill_occlusions,
+                                      left_right_check=config.left_right_check)
         shift, confidence, max_shift = answer.disparity, answer.confidence, answer.max_disparity
         model_done = time.perf_counter()
 

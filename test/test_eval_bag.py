@@ -274,7 +274,14 @@ def test_no_sgbm_fallback_and_no_fill_occlusions_reach_the_predictor_and_are_ref
         assert metrics['epe'] == pytest.approx(MetricAccumulator().add(answer.disparity, pair.gt_shift).epe, rel=1e-6)
     assert json.loads((tmp_path / 'report-True' / 'metrics.json').read_text())['epe'] != pytest.approx(
         json.loads((tmp_path / 'report-False' / 'metrics.json').read_text())['epe'], rel=1e-6)
-    for flag in ('--no-sgbm-fallback', '--no-fill-occlusions'):
+    code, _, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(tmp_path / 'checked'),
+                                             '--left-right-check', *common], capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / 'checked' / 'metrics.json').read_text())
+    assert metrics['left_right_check'] is True and metrics['fill_occlusions'] is True
+    answer = predictor.infer(pair.left, pair.right, local_search=AUTO, left_right_check=True)
+    assert metrics['epe'] == pytest.approx(MetricAccumulator().add(answer.disparity, pair.gt_shift).epe, rel=1e-6)
+    for flag in ('--no-sgbm-fallback', '--no-fill-occlusions', '--left-right-check'):
         code, stdout, err = _run_main(eval_bag.main, [str(tmp_path / 'bag'), '--out', str(tmp_path / 'refused'),
                                                       '--through-node', '--use-running-node', flag,
                                                       '--gt-topic', GT_TOPIC], capsys)

@@ -156,6 +156,11 @@ def test_table_has_the_three_views_and_records_how_ours_ran() -> None:
                       (4, True): 'stereonet (fp32, scale 1, local search 4 px + SGBM fallback)'}
     filled = format_table({'local_search': 4, 'sgbm_fallback': True, 'fill_occlusions': True, 'sets': sets})
     assert 'stereonet (fp32, scale 1, local search 4 px + SGBM fallback + occlusion fill)' in filled
+    checked = format_table({'local_search': 4, 'sgbm_fallback': True, 'fill_occlusions': True,
+                            'left_right_check': True, 'sets': sets})
+    assert 'stereonet (fp32, scale 1, local search 4 px + SGBM fallback + occlusion fill + left-right check)' in checked
+    unsearched = format_table({'local_search': 0, 'left_right_check': True, 'sets': sets})
+    assert 'stereonet (fp32, scale 1) |' in unsearched  # without the search the check does not run
 
 
 def test_synthetic_set_is_held_out_and_deterministic() -> None:
@@ -191,7 +196,7 @@ def test_cli_writes_json_and_a_table(seed_checkpoint_path: Path, tmp_path: Path)
     assert set(written['sets']['synthetic']['methods']) == {'stereonet', 'sgbm-stereo_image_proc', 'sgbm-tuned'}
     assert written['sgbm_tuned_params']['block_size'] in (3, 5, 7, 9)
     assert written['inference_scale'] == 0.5 and written['sgbm_fallback'] is False
-    assert written['fill_occlusions'] is False
+    assert written['fill_occlusions'] is False and written['left_right_check'] is False
     methods = written['sets']['synthetic']['methods']
     for name, method in methods.items():
         assert set(method) >= {'dense', 'answered', 'matched', 'epe', 'bad3', 'seconds_per_frame'}, name

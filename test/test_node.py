@@ -798,6 +798,10 @@ def test_run_time_parameter_changes_are_applied_or_refused_with_a_reason(client:
     assert client.set_parameter('fill_occlusions', False).successful
     assert client.spin_until(lambda: client.diagnostics.get('occlusion fill') == 'false'), client.diagnostics
     assert client.set_parameter('fill_occlusions', True).successful
+    assert client.spin_until(lambda: client.diagnostics.get('left-right check') == 'false'), client.diagnostics
+    assert client.set_parameter('left_right_check', True).successful
+    assert client.spin_until(lambda: client.diagnostics.get('left-right check') == 'true'), client.diagnostics
+    assert client.set_parameter('left_right_check', False).successful
     result = client.set_parameter('backend', 'onnxruntime')
     assert not result.successful and 'backend onnxruntime runs .onnx files' in result.reason, result.reason
     assert client.set_parameter('refine', True).successful

@@ -16,14 +16,18 @@ NODE_PRECISION_HELP = ("inference precision, as the node's: 'auto' (default: bf1
 
 
 def add_after_search_flags(parser: argparse.ArgumentParser, where: str = '') -> None:
-    """``--no-sgbm-fallback`` and ``--no-fill-occlusions``, the node's ``sgbm_fallback`` and ``fill_occlusions``
-    false, as every CLI that runs the local search declares them; ``where`` adds where they apply."""
+    """``--no-sgbm-fallback``, ``--no-fill-occlusions`` and ``--left-right-check``: the node's ``sgbm_fallback`` and
+    ``fill_occlusions`` false and ``left_right_check`` true, as every CLI that runs the local search declares them;
+    ``where`` adds where they apply."""
     parser.add_argument('--no-sgbm-fallback', action='store_true',
                         help=f"keep the searched answer where it is unsure instead of taking SGBM's{where} (the node's "
                         'sgbm_fallback false)')
     parser.add_argument('--no-fill-occlusions', action='store_true',
                         help="keep the answer where it says a pixel is hidden and is unsure instead of the row's "
                         f"background{where} (the node's fill_occlusions false)")
+    parser.add_argument('--left-right-check', action='store_true',
+                        help="also answer for the right view (the mirrored pair, about twice the time) and take the "
+                        f"pixels it disagrees with as unsure{where} (the node's left_right_check true)")
 
 
 def fail(program: str, reason: str, status: int = 1) -> NoReturn:

@@ -202,9 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            or arguments.precision or arguments.inference_scale is not None
                                            or arguments.no_refine or arguments.local_search is not None
                                            or arguments.no_sgbm_fallback or arguments.no_fill_occlusions
+                                           or arguments.left_right_check
                                            or arguments.min_confidence is not None or arguments.node_executable):
             fail(PROGRAM, '--checkpoint, --backend, --device, --precision, --inference-scale, --no-refine, '
-                 '--local-search, --no-sgbm-fallback, --no-fill-occlusions, --min-confidence and --node-executable '
+                 '--local-search, --no-sgbm-fallback, --no-fill-occlusions, --left-right-check, --min-confidence and '
+                 '--node-executable '
                  'configure a node this run starts; with --use-running-node set them on the running node', status=2)
     try:
         config = ReplayConfig(left_topic=arguments.left_topic, right_topic=arguments.right_topic,
@@ -249,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                created=created, precision=predictor.precision)
                 source = PredictorSource(predictor, scale=scale, local_search=reach, min_confidence=min_confidence,
                                          sgbm_fallback=not arguments.no_sgbm_fallback,
-                                         fill_occlusions=not arguments.no_fill_occlusions)
+                                         fill_occlusions=not arguments.no_fill_occlusions,
+                                         left_right_check=arguments.left_right_check)
                 max_disparity = predictor.contract.max_disparity / scale  # each answer gives its exact one
             bag_path = staging.path / OUTPUT_BAG_NAME
             with open_bag_writer(bag_path, 'mcap') if arguments.write_bag else nullcontext(None) as output_bag:
@@ -266,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result.extra['local_search_px'] = reach
                 result.extra['sgbm_fallback'] = not arguments.no_sgbm_fallback
                 result.extra['fill_occlusions'] = not arguments.no_fill_occlusions
+                result.extra['left_right_check'] = arguments.left_right_check
                 result.extra['min_confidence'] = min_confidence
             published_bag = str(arguments.out / OUTPUT_BAG_NAME) if arguments.write_bag else None
             metrics = write_report(result, info, staging.path, output_bag=published_bag)
@@ -402,6 +406,7 @@ def _play_through_node(arguments: argparse.Namespace, config: ReplayConfig, fold
                                                               else arguments.local_search),
                                        'sgbm_fallback': 'false' if arguments.no_sgbm_fallback else 'true',
                                        'fill_occlusions': 'false' if arguments.no_fill_occlusions else 'true',
+                                       'left_right_check': 'true' if arguments.left_right_check else 'false',
                                        'min_confidence': repr(0.0 if arguments.min_confidence is None
                                                               else float(arguments.min_confidence))},
                      image_transport=transport) as node:

@@ -105,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f'{PROGRAM}: warning: {warning.message}', file=sys.stderr)
         answer = predictor.infer(left, right, scale=scale, max_pixels=max_pixels, local_search=reach,
                                  sgbm_fallback=not arguments.no_sgbm_fallback,
-                                 fill_occlusions=not arguments.no_fill_occlusions)
+                                 fill_occlusions=not arguments.no_fill_occlusions,
+                                 left_right_check=arguments.left_right_check)
         disparity = answer.disparity
         if answer.scale < scale:
             print(f'{PROGRAM}: warning: {width}x{height} pair run at inference scale {answer.scale:.3f} instead of '

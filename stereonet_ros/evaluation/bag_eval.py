@@ -90,7 +90,8 @@ class DisparitySource(Protocol):
 
 class PredictorSource:
     """The network run directly on each pair at ``scale`` (and the local search within ``local_search`` px, then the
-    SGBM fallback and the occlusion fill unless ``sgbm_fallback`` / ``fill_occlusions`` is false), timed around
+    SGBM fallback and the occlusion fill unless ``sgbm_fallback`` / ``fill_occlusions`` is false, and the left-right
+    check with ``left_right_check``), timed around
     :meth:`Predictor.infer`, with its matching confidence when the predictor has one (an ONNX model only when
     exported with it); with ``min_confidence`` > 0, a hole where the confidence is below it (the node's rule,
     :func:`~stereonet_ros.processing.confident`).
@@ -102,8 +103,9 @@ class PredictorSource:
 
     def __init__(self, predictor: Predictor | OnnxPredictor, warmup: bool = True, scale: float = 1.0,
                  local_search: int = 0, min_confidence: float = 0.0, sgbm_fallback: bool = True,
-                 fill_occlusions: bool = True) -> None:
+                 fill_occlusions: bool = True, left_right_check: bool = False) -> None:
         self.predictor = predictor
+        self.left_right_check = left_right_check
         self.sgbm_fallback = sgbm_fallback
         self.fill_occlusions = fill_occlusions
         self.warmup = warmup
@@ -130,7 +132,8 @@ class PredictorSource:
         start = time.perf_counter()
         answer = self.predictor.infer(frame.left, frame.right, scale=self.scale,
                                       with_confidence=self.predictor.has_confidence, local_search=self.local_search,
-                                      sgbm_fallback=self.sgbm_fallback, fill_occlusions=self.fill_occlusions)
+                                      sgbm_fallback=self.sgbm_fallback, fill_occlusions=self.fill_occlusions,
+                                      left_right_check=self.left_right_check)
         disparity = with_confident_only(answer.disparity, answer.confidence, self.min_confidence)
         return SourceResult(disparity, time.perf_counter() - start, max_shift=answer.max_disparity,
                             confidence=answer.confidence)

@@ -283,7 +283,8 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
              with_sgbm: bool = True, log: Callable[[str], None] = print,
              precision: Precision = 'fp32', inference_scale: float = 1.0,
              sgbm_tuning_samples: int = 12, refine: bool = True, local_search: int = 0,
-             min_confidence: float = 0.0, sgbm_fallback: bool = True, fill_occlusions: bool = True) -> dict[str, Any]:
+             min_confidence: float = 0.0, sgbm_fallback: bool = True, fill_occlusions: bool = True,
+             left_right_check: bool = False) -> dict[str, Any]:
     """Score the checkpoint (and SGBM) on every set in the three views. Returns the JSON-ready results.
 
     ``sgbm_tuning_samples``: pairs of the synthetic tuning stream the tuned SGBM is chosen on
@@ -293,6 +294,8 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
     parameter: with the local search, SGBM's answer where ours is unsure (:mod:`stereonet_ros.sgbm_fallback`; as
     the node, on by default). ``fill_occlusions``: the node's parameter: with the local search, last, the hidden
     pixels it is unsure of take their row's background (:mod:`stereonet_ros.occlusion_fill`; on by default).
+    ``left_right_check``: the node's parameter: with the local search, the right view's answer too, and the pixels
+    it disagrees with are unsure (:mod:`stereonet_ros.left_right_check`; off by default).
     ``min_confidence``: the node's
     parameter, in [0, 1]: ours leaves a hole where its confidence is below it
     (:func:`~stereonet_ros.processing.confident`), so its answered view has a density, as SGBM's does.
@@ -336,6 +339,7 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
         'min_confidence': min_confidence,
         'sgbm_fallback': sgbm_fallback,
         'fill_occlusions': fill_occlusions,
+        'left_right_check': left_right_check,
         'max_disparity': max_disparity,
         'views': {'dense': 'holes filled (KITTI devkit, row-wise min of the nearest valid neighbours), every '
                            'valid-ground-truth pixel scored',
@@ -350,7 +354,7 @@ def evaluate(checkpoint: str | None, sets: Sequence[str], *, device: str = 'auto
     def ours(frame: Frame) -> tuple[F32, F32 | None]:
         shift, confidence, _ = processor.infer(frame.left, frame.right, inference_scale, with_confidence=True,
                                                local_search=local_search, sgbm_fallback=sgbm_fallback,
-                                               fill_occlusions=fill_occlusions)
+                                               fill_occlusions=fill_occlusions, left_right_check=left_right_check)
         return with_confident_only(shift, confidence, min_confidence), confidence
 
     for spec in sets:
@@ -387,6 +391,8 @@ def format_table(results: dict[str, Any]) -> str:
         searched += ' + SGBM fallback'
     if searched and results.get('fill_occlusions', False):
         searched += ' + occlusion fill'
+    if searched and results.get('left_right_check', False):
+        searched += ' + left-right check'
     if results.get('min_confidence'):
         searched += f', min confidence {results["min_confidence"]:g}'
     scale = results.get('inference_scale', 1.0)
@@ -457,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            local_search=arguments.local_search, min_confidence=arguments.min_confidence,
                            sgbm_fallback=not arguments.no_sgbm_fallback,
                            fill_occlusions=not arguments.no_fill_occlusions,
+                           left_right_check=arguments.left_right_check,
                            synthetic_samples=arguments.synthetic_samples, with_sgbm=not arguments.no_sgbm,
                            log=lambda text: print(f'{PROGRAM}: {text}', file=sys.stderr))
     except (EvaluationError, CheckpointError, InputError) as err:

@@ -597,6 +597,7 @@ class StereoNetNode(Node):
             'local search px': str(reach_for(config.local_search_px, predictor.device.type)),
             'sgbm fallback': str(config.sgbm_fallback and after_search).lower(),
             'occlusion fill': str(config.fill_occlusions and after_search).lower(),
+            'left-right check': str(config.left_right_check and after_search).lower(),
             'checkpoint': config.checkpoint or 'bundled default',
             'checkpoint provenance': repr(predictor.checkpoint.provenance),
             'placeholder': str(predictor.is_placeholder).lower(),
