@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
-import time
 import warnings
 from datetime import date
 from pathlib import Path
+
+from _report import alternating, publish
 
 REACH_PX = 4
 MIN_CONFIDENCE = 0.5
@@ -34,7 +34,6 @@ def main() -> int:
     parser.add_argument('--out', type=Path, help='also write the table (with date and machine) here')
     arguments = parser.parse_args()
 
-    import numpy as np
     import torch
 
     from stereonet_ros.backends import open_predictor
@@ -58,30 +57,23 @@ def main() -> int:
              '| --- | --- | --- | --- | --- | --- | --- | --- | --- |']
     for name, load in PAIRS.items():
         sample = load()
-        answers, times = {}, {False: [], True: []}
         predictor.infer(sample.left, sample.right, local_search=REACH_PX)  # warm-up at this size
-        for _ in range(arguments.repeats):
-            for check in (False, True):
-                start = time.perf_counter()
-                answers[check] = predictor.infer(sample.left, sample.right, local_search=REACH_PX,
-                                                 with_confidence=True, left_right_check=check)
-                times[check].append(time.perf_counter() - start)
-        off = statistics.median(times[False])
+        answers, seconds = alternating({check: (lambda check=check: predictor.infer(
+            sample.left, sample.right, local_search=REACH_PX, with_confidence=True, left_right_check=check))
+            for check in (False, True)}, arguments.repeats)
         for check in (False, True):
             answer = answers[check]
             dense = disparity_metrics(answer.disparity, sample.disparity, max_disparity=answer.max_disparity)
             kept = disparity_metrics(with_confident_only(answer.disparity, answer.confidence, MIN_CONFIDENCE),
                                      sample.disparity, max_disparity=answer.max_disparity)
-            seconds = statistics.median(times[check])
             lines.append(f'| {name} | {str(check).lower()} | {dense.epe:.3f} | {dense.bad3:.2f} | {kept.density:.3f} '
-                         f'| {kept.epe:.3f} | {kept.bad3:.2f} | {seconds:.3f} | {seconds / off:.2f} |')
+                         f'| {kept.epe:.3f} | {kept.bad3:.2f} | {seconds[check]:.3f} | '
+                         f'{seconds[check] / seconds[False]:.2f} |')
         print(lines[-2], lines[-1], sep='\n', file=sys.stderr)
-    table = '\n'.join(lines)
-    print(table)
-    if arguments.out:
-        machine = (f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), '
-                   f'torch {torch.__version__}')
-        arguments.out.write_text(f'{table}\n\nMeasured {date.today().isoformat()} on {platform.node()} ({machine}).\n')
+    machine = (f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), '
+               f'torch {torch.__version__}')
+    publish('\n'.join([*lines, '', f'Measured {date.today().isoformat()} on {platform.node()} ({machine}).']),
+            arguments.out)
     return 0
 
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
-import time
 import warnings
 from datetime import date
 from pathlib import Path
+
+from _report import alternating, publish
 
 REACH_PX = 4
 
@@ -54,29 +54,22 @@ def main() -> int:
              '| --- | --- | --- | --- | --- | --- | --- |']
     for name, load in PAIRS.items():
         sample = load()
-        answers, times = {}, {False: [], True: []}
         predictor.infer(sample.left, sample.right, local_search=REACH_PX)  # warm-up at this size
-        for _ in range(arguments.repeats):
-            for fallback in (False, True):
-                start = time.perf_counter()
-                answers[fallback] = predictor.infer(sample.left, sample.right, local_search=REACH_PX,
-                                                    sgbm_fallback=fallback, fill_occlusions=fallback).disparity
-                times[fallback].append(time.perf_counter() - start)
+        answers, seconds = alternating({fallback: (lambda fallback=fallback: predictor.infer(
+            sample.left, sample.right, local_search=REACH_PX, sgbm_fallback=fallback,
+            fill_occlusions=fallback).disparity) for fallback in (False, True)}, arguments.repeats)
         moved = float(np.mean(np.abs(answers[True] - answers[False]) > 1.0))
-        off = statistics.median(times[False])
         for fallback in (False, True):
             metrics = disparity_metrics(answers[fallback], sample.disparity,
                                         max_disparity=float(predictor.contract.max_disparity))
-            seconds = statistics.median(times[fallback])
             lines.append(f'| {name} | {str(fallback).lower()} | {metrics.epe:.3f} | {metrics.bad3:.2f} | '
-                         f'{moved if fallback else 0.0:.2%} | {seconds:.3f} | {seconds / off:.2f} |')
+                         f'{moved if fallback else 0.0:.2%} | {seconds[fallback]:.3f} | '
+                         f'{seconds[fallback] / seconds[False]:.2f} |')
         print(lines[-2], lines[-1], sep='\n', file=sys.stderr)
-    table = '\n'.join(lines)
-    print(table)
-    if arguments.out:
-        machine = (f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), '
-                   f'torch {torch.__version__}')
-        arguments.out.write_text(f'{table}\n\nMeasured {date.today().isoformat()} on {platform.node()} ({machine}).\n')
+    machine = (f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), '
+               f'torch {torch.__version__}')
+    publish('\n'.join([*lines, '', f'Measured {date.today().isoformat()} on {platform.node()} ({machine}).']),
+            arguments.out)
     return 0
 
 

@@ -280,7 +280,7 @@ def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: np
         if confidence is not None:
             disagrees = None
             if right_view is not None:
-                from stereonet_ros.left_right_check import mirrored, right_view_disagrees
+                from stereonet_ros.left_right_check import checked_confidence, mirrored, right_view_disagrees
 
                 # The mirrored pair's left image is the right one: its answer, mirrored back, is the right view's.
                 right_disparity, _ = _search_steps(right_view(), mirrored(right_grey), mirrored(left_grey), reach,
@@ -293,8 +293,6 @@ def searched(inference: Inference, left_image: npt.NDArray[Any], right_image: np
                 # fill's threshold: filling them all was worse on Aloe (docs/depth_quality.md).
                 disparity, _ = background_where_hidden(disparity, confidence, disagrees)
             if disagrees is not None:
-                from stereonet_ros.left_right_check import checked_confidence
-
                 confidence = checked_confidence(confidence, disagrees)
         result = replace(inference, disparity=disparity, confidence=confidence)
     return result if with_confidence else replace(result, confidence=None)
